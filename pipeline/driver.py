@@ -1,0 +1,216 @@
+"""The sweep driver shared by ``kma sweep`` and ``jobs/sweep.py``.
+
+One Ray task per variant (resources from the config, retried when its worker dies),
+at most ``max_parallel`` in flight; variants whose run is already finished in the store
+are skipped. The driver alone registers results in MLflow, reading them back from the
+store (the source of truth), so a retried task can never produce a duplicate record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+import yaml
+
+from .config import SweepConfig, Variant, expand, flatten_dict
+from .console import Console
+from .errors import KMAError
+from .store import FINISHED, TrajectoryStore
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "kma-store"
+TASK_MAX_RETRIES = 3
+
+
+class Interrupted(KMAError):
+    exit_code = 130
+
+
+@dataclass
+class SweepSummary:
+    sweep: str
+    store: str
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    diverged: list[str] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    analyzed: list[str] = field(default_factory=list)
+
+
+def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
+    """Register one stored run in MLflow (a no-op if already there). Returns True if new."""
+    run = store.open_run(run_id)
+    variant = Variant.model_validate(run.config)
+    params = flatten_dict(variant.model_dump(mode="json"))
+    params["run_id"] = run_id
+    params["n_parameters"] = run.layout.size
+    _, created = tracker.register_training(
+        experiment=variant.sweep,
+        run_id=run_id,
+        status=run.status,
+        params=params,
+        metrics=run.metrics,
+        trajectory_uri=run.uri,
+        config_yaml=yaml.safe_dump(run.config, sort_keys=False),
+        extra_tags={"kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")},
+    )
+    return created
+
+
+def init_ray(address: str | None, console: Console):
+    """Connect to a Ray cluster, or start a local one when no address is given."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    try:
+        if address:
+            console.info(f"connecting to Ray at {address}")
+            os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        where = address or "a local Ray"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
+    return ray
+
+
+def _train_remote():
+    import ray
+
+    from .runner import run_variant
+
+    return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_variant)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    store_url: str | None = None,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    max_parallel: int | None = None,
+    analyze: bool | None = None,
+    console: Console | None = None,
+) -> SweepSummary:
+    """Train every unfinished variant of ``cfg``, register all of them, then analyse."""
+    console = console or Console()
+    store_url = store_url or cfg.store or DEFAULT_STORE
+    if max_parallel is not None and max_parallel < 1:
+        raise KMAError("--max-parallel must be >= 1")
+    variants = expand(cfg)
+    store = TrajectoryStore(store_url)
+    store.check_writable()
+    tracker = Tracker(tracking_uri)
+    summary = SweepSummary(cfg.name, store_url)
+
+    todo = []
+    for v in variants:
+        if store.status(v.run_id) in FINISHED:
+            summary.skipped.append(v.run_id)
+        else:
+            todo.append(v)
+    console.info(
+        f"sweep {cfg.name}: {len(variants)} variants, {len(summary.skipped)} already finished, "
+        f"{len(todo)} to train; store {store_url}; MLflow {tracker.uri}"
+    )
+    for rid in summary.skipped:  # finished earlier but perhaps never registered
+        if register_run(tracker, store, rid):
+            summary.registered.append(rid)
+
+    if todo:
+        _train_all(todo, store, tracker, summary, ray_address, max_parallel, console)
+
+    want_analysis = cfg.analysis.enabled if analyze is None else analyze
+    if want_analysis:
+        from .analysis import AnalysisParams, analyze_runs
+
+        finished = [v.run_id for v in variants if store.status(v.run_id) in FINISHED]
+        a = cfg.analysis
+        params = AnalysisParams(method=a.method, rank=a.rank, window=a.window, stride=a.stride,
+                                per_layer=a.per_layer)
+        report = analyze_runs(store, finished, params, tracker=tracker, console=console)
+        summary.analyzed = [r for r, err in report.items() if err is None]
+
+    console.info(
+        f"sweep {cfg.name}: trained {len(summary.trained)}, skipped {len(summary.skipped)}, "
+        f"diverged {len(summary.diverged)}, failed {len(summary.failed)}, "
+        f"newly registered in MLflow {len(summary.registered)}"
+    )
+    for rid, err in summary.failed.items():
+        console.error(f"  failed: {rid}: {err.splitlines()[0] if err else 'unknown error'}")
+    return summary
+
+
+def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console):
+    ray = init_ray(ray_address, console)
+    from ray.exceptions import RayError
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    train = _train_remote()
+    cap = max_parallel or len(todo)
+    queue = list(todo)
+    pending: dict = {}
+    progress = console.progress(todo[0].sweep, len(todo))
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while queue or pending:
+            while queue and len(pending) < cap:
+                v = queue.pop(0)
+                num_gpus = v.resources.num_gpus if gpus >= v.resources.num_gpus else 0
+                if v.resources.num_gpus and not num_gpus:
+                    log.warning("no GPU in the Ray cluster: %s runs on CPU", v.run_id)
+                ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus).remote(
+                    v.model_dump(mode="json"), store.url
+                )
+                pending[ref] = v
+            progress.update(running=len(pending))
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+            for ref in ready:
+                v = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except RayError as e:  # the worker died more often than retries allow
+                    res = {"run_id": v.run_id, "status": "failed", "error": str(e).splitlines()[0]}
+                _record(res, store, tracker, summary)
+                progress.update(done=len(summary.trained), failed=len(summary.failed), running=len(pending))
+        progress.close()
+    except KeyboardInterrupt:
+        progress.close()
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+        raise Interrupted(
+            f"sweep {summary.sweep} interrupted: {len(summary.trained)} runs finished this time; "
+            "run the same command again to train only the missing variants"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
+    rid, status = res["run_id"], res["status"]
+    if status == "failed":
+        summary.failed[rid] = res.get("error") or "unknown error"
+        if store.status(rid) is None:
+            return  # nothing was stored (died before creating the run)
+    else:
+        summary.trained.append(rid)
+        if status == "diverged":
+            summary.diverged.append(rid)
+    if register_run(tracker, store, rid):
+        summary.registered.append(rid)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

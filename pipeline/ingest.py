@@ -1,0 +1,102 @@
+"""Import an ordered series of PyTorch checkpoints (state_dicts) as a stored run.
+
+Every file must hold the same floating-point tensors with the same shapes. All files
+are checked first (memory-mapped, so this reads almost nothing), and only then is the
+run written, so a bad series never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .errors import KMAError
+from .layout import Layout
+from .store import FINISHED, TrajectoryStore
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _load(path: Path):
+    import torch
+
+    if not path.is_file():
+        raise KMAError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - unreadable, truncated, or not a checkpoint
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise KMAError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise KMAError(f"{path}: expected a state_dict (a mapping of names to tensors)")
+    return obj
+
+
+def ingest(
+    files: Sequence[str | Path],
+    store_url: str,
+    run_id: str,
+    *,
+    layers: Sequence[str] | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> dict:
+    """Write checkpoints ``files`` (in the order given) as snapshots of run ``run_id``."""
+    files = [Path(f) for f in files]
+    if not files:
+        raise KMAError("ingest: no checkpoint files given")
+    if not run_id or "/" in run_id:
+        raise KMAError(f"ingest: invalid run id {run_id!r}")
+    store = TrajectoryStore(store_url)
+    store.check_writable()
+    if store.status(run_id) in FINISHED and not overwrite:
+        raise KMAError(f"run {run_id}: already in {store_url} (pass --overwrite to replace it)")
+
+    first = _load(files[0])
+    try:
+        layout = Layout.from_state_dict(first, layers)
+    except KMAError as e:
+        raise KMAError(f"{files[0]}: {e}") from None
+    if layout.size == 0:
+        raise KMAError(f"{files[0]}: no floating-point tensors to ingest")
+    for f in files[1:]:  # validate everything before writing anything
+        _check_same(layout, _load(f), f)
+
+    if overwrite:
+        store.delete_run(run_id)
+    writer = store.create_run(
+        run_id,
+        layout,
+        config={"source": "ingest", "files": [str(f) for f in files], "layers": list(layers or [])},
+        capacity=len(files),
+        dtype=dtype,
+        extra={"sweep": "ingested"},
+    )
+    try:
+        for i, f in enumerate(files):
+            state = first if i == 0 else _load(f)
+            writer.append(layout.flatten(state).float().contiguous(), epoch=i, step=i)
+    except BaseException as e:
+        writer.abort(f"ingest interrupted: {type(e).__name__}")
+        store.delete_run(run_id)
+        if isinstance(e, KMAError):
+            raise
+        raise KMAError(f"ingest of {run_id} failed ({type(e).__name__}: {e})") from None
+    writer.finish("complete")
+    return {"run_id": run_id, "n_snapshots": len(files), "n_parameters": layout.size}
+
+
+def _check_same(layout: Layout, state, path: Path) -> None:
+    for e in layout.entries:
+        if e.name not in state:
+            raise KMAError(f"{path}: missing key {e.name!r} that the first checkpoint has")
+        shape = tuple(state[e.name].shape)
+        if shape != e.shape:
+            raise KMAError(f"{path}: key {e.name!r} has shape {shape}, the first file has {e.shape}")

@@ -1,0 +1,440 @@
+"""Trajectory store on Zarr v3: the source of truth for every run.
+
+Layout under the store root (a local path or any fsspec URL)::
+
+    runs/<run_id>/            group; attrs: status, config, layout, code_version,
+                              n_snapshots, snapshot_epochs, snapshot_steps, metrics, ...
+    runs/<run_id>/weights     array (snapshot × parameter), float32 by default,
+                              chunks (t_chunk, p_chunk): tall-skinny column blocks
+    runs/<run_id>/analyses/<analysis_id>/   results written by ``kma analyze``
+
+The verbs are few (:meth:`TrajectoryStore.create_run`, :meth:`RunWriter.append`,
+:meth:`RunWriter.finish`, :meth:`TrajectoryStore.open_run`, :meth:`TrajectoryStore.runs`).
+A run is ``complete`` only after its weights and metrics are written: the status is the
+last thing a writer sets. Creating a run over one that is not ``complete`` deletes the
+old prefix first, so a retried or re-run task always starts clean (writes are safe to
+repeat), and each run has exactly one writer (its own array: no shared chunks).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import queue
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import RunNotFound, StoreError
+from .layout import Layout
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("running", "complete", "diverged", "failed")
+FINISHED = ("complete", "diverged")  # runs a re-run does not redo
+_BUFFER_BYTES = 128 * 2**20  # snapshots buffered in memory before a chunk row is written
+_P_CHUNK = 2**18  # parameters per chunk column
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when there is one."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001 - no git is fine
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def make_store(url: str, *, read_only: bool = False):
+    """Turn a path or URL into a zarr store, once, at the edge."""
+    import zarr.storage
+
+    url = str(url)
+    if "://" not in url or url.startswith("file://"):
+        path = Path(url.removeprefix("file://")).expanduser()
+        if not read_only:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"store {url}: cannot create directory ({e.strerror})") from None
+        elif not path.exists():
+            raise StoreError(f"store {url}: no such directory")
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    try:
+        return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"store {url}: {e}") from None
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    status: str
+    n_snapshots: int
+    n_parameters: int
+    created: str | None
+    updated: str | None
+
+
+class Run:
+    """Read access to one stored run."""
+
+    def __init__(self, store: "TrajectoryStore", run_id: str, group):
+        self.store = store
+        self.run_id = run_id
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    @property
+    def status(self) -> str:
+        return self.attrs.get("status", "running")
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.from_records(self.attrs["layout"])
+
+    @property
+    def config(self) -> dict:
+        return self.attrs.get("config", {})
+
+    @property
+    def metrics(self) -> dict[str, list]:
+        return self.attrs.get("metrics", {})
+
+    @property
+    def n_snapshots(self) -> int:
+        return int(self.attrs.get("n_snapshots", 0))
+
+    @property
+    def uri(self) -> str:
+        return f"{self.store.url.rstrip('/')}/runs/{self.run_id}"
+
+    def weights_array(self):
+        """The zarr array (capacity rows; only the first ``n_snapshots`` are data)."""
+        try:
+            return self.group["weights"]
+        except KeyError:
+            raise StoreError(f"run {self.run_id}: no weights array") from None
+
+    def weights(self, dtype=np.float32):
+        """Snapshots as a lazy Dask array of shape (n_snapshots, n_parameters)."""
+        import dask.array as da
+
+        arr = self.weights_array()
+        x = da.from_zarr(arr)[: self.n_snapshots]
+        if self.attrs.get("stored_dtype") == "bfloat16":
+            x = x.map_blocks(_bf16_to_f32, dtype=np.float32)
+        return x.astype(dtype) if x.dtype != dtype else x
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 → bfloat16 bit pattern (uint16)."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((b >> 16) & 1) + np.uint32(0x7FFF)
+    return ((b + rounding) >> 16).astype(np.uint16)
+
+
+class TrajectoryStore:
+    """A Zarr hierarchy holding the runs of any number of sweeps.
+
+    Parameters
+    ----------
+    url : str
+        Local path, ``file://``, ``memory://``, ``s3://`` or any fsspec URL.
+    read_only : bool
+        Open without creating anything.
+    """
+
+    def __init__(self, url: str, *, read_only: bool = False):
+        import zarr
+
+        self.url = str(url)
+        self.read_only = read_only
+        self._zstore = make_store(self.url, read_only=read_only)
+        try:
+            self.root = zarr.open_group(self._zstore, mode="r" if read_only else "a")
+        except FileNotFoundError:
+            raise StoreError(f"store {self.url}: no KMA store here") from None
+        except PermissionError:
+            raise StoreError(f"store {self.url}: permission denied") from None
+        except OSError as e:
+            raise StoreError(f"store {self.url}: {e.strerror or e}") from None
+
+    # -- listing -------------------------------------------------------------------
+    def run_ids(self) -> list[str]:
+        if "runs" not in self.root:
+            return []
+        return sorted(self.root["runs"].group_keys())
+
+    def status(self, run_id: str) -> str | None:
+        """Status of a run, or None if there is no (readable) run of that id."""
+        try:
+            return self._group(run_id).attrs.get("status", "running")
+        except (RunNotFound, StoreError):
+            return None
+
+    def runs(self) -> list[RunInfo]:
+        out = []
+        for rid in self.run_ids():
+            try:
+                attrs = dict(self._group(rid).attrs)
+            except StoreError:
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None))
+                continue
+            n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
+            out.append(
+                RunInfo(
+                    rid,
+                    attrs.get("status", "running"),
+                    int(attrs.get("n_snapshots", 0)),
+                    n_params,
+                    attrs.get("created"),
+                    attrs.get("updated"),
+                )
+            )
+        return out
+
+    # -- reading -------------------------------------------------------------------
+    def _group(self, run_id: str):
+        try:
+            return self.root[f"runs/{run_id}"]
+        except KeyError:
+            raise RunNotFound(f"run {run_id}: not in store {self.url}") from None
+        except Exception as e:  # noqa: BLE001 - unreadable metadata
+            raise StoreError(f"run {run_id}: unreadable metadata ({e})") from None
+
+    def open_run(self, run_id: str) -> Run:
+        return Run(self, run_id, self._group(run_id))
+
+    # -- writing -------------------------------------------------------------------
+    def delete_run(self, run_id: str) -> None:
+        self._require_writable()
+        if "runs" in self.root and run_id in self.root["runs"]:
+            del self.root["runs"][run_id]
+
+    def create_run(
+        self,
+        run_id: str,
+        layout: Layout,
+        *,
+        config: dict | None = None,
+        capacity: int | None = None,
+        dtype: str = "float32",
+        extra: dict | None = None,
+    ) -> "RunWriter":
+        """Start a run (wiping any earlier, unfinished attempt) and return its writer.
+
+        Raises :class:`StoreError` if a finished run of that id exists: delete it first.
+        """
+        import zarr
+
+        self._require_writable()
+        prev = self.status(run_id)
+        if prev in FINISHED:
+            raise StoreError(f"run {run_id}: already {prev} in {self.url}")
+        if prev is not None or self._exists(run_id):
+            log.info("run %s: removing an unfinished earlier attempt (%s)", run_id, prev)
+            self._wipe(run_id)
+        runs = self.root.require_group("runs")
+        group = runs.create_group(run_id, overwrite=True)
+        p = max(layout.size, 1)
+        storage = "uint16" if dtype == "bfloat16" else dtype
+        itemsize = np.dtype(storage).itemsize
+        t_chunk = int(max(1, min(64, _BUFFER_BYTES // (2 * p * itemsize))))
+        cap = int(capacity) if capacity else t_chunk
+        group.create_array(
+            "weights",
+            shape=(cap, layout.size),
+            chunks=(t_chunk, min(layout.size, _P_CHUNK) or 1),
+            dtype=storage,
+            fill_value=0,
+            compressors=None,
+            overwrite=True,
+        )
+        group.attrs.update(
+            {
+                "status": "running",
+                "run_id": run_id,
+                "layout": layout.to_records(),
+                "config": config or {},
+                "code_version": code_version(),
+                "stored_dtype": dtype,
+                "n_snapshots": 0,
+                "created": _now(),
+                "updated": _now(),
+                **(extra or {}),
+            }
+        )
+        return RunWriter(self, run_id, group, layout, dtype, t_chunk)
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            return "runs" in self.root and run_id in self.root["runs"]
+        except Exception:  # noqa: BLE001 - corrupt metadata still "exists"
+            return True
+
+    def _wipe(self, run_id: str) -> None:
+        from zarr.core.sync import sync
+
+        sync(self._zstore.delete_dir(f"runs/{run_id}"))
+
+    def check_writable(self) -> None:
+        """Write and remove a probe key: an unwritable store fails here, before work."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        self._require_writable()
+        probe = ".kma-write-probe"
+        try:
+            buf = default_buffer_prototype().buffer.from_bytes(b"ok")
+            sync(self._zstore.set(probe, buf))
+            sync(self._zstore.delete(probe))
+        except Exception as e:  # noqa: BLE001 - any backend error means "not writable"
+            raise StoreError(f"store {self.url}: not writable ({getattr(e, 'strerror', None) or e})") from None
+
+    def _require_writable(self):
+        if self.read_only:
+            raise StoreError(f"store {self.url}: opened read-only")
+
+
+class RunWriter:
+    """Streams snapshots of one run into its weights array.
+
+    Snapshots are buffered in memory and written a chunk row at a time by a background
+    thread, so training overlaps with I/O. :meth:`finish` flushes, waits for the writes
+    and only then records the final status.
+    """
+
+    def __init__(self, store, run_id, group, layout, dtype, t_chunk):
+        self.store, self.run_id, self.group, self.layout = store, run_id, group, layout
+        self.dtype, self.t_chunk = dtype, t_chunk
+        self.array = group["weights"]
+        self._np_dtype = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
+        self._buf = np.empty((t_chunk, layout.size), self._np_dtype)
+        self._fill = 0
+        self._written = 0  # rows handed to the writer thread
+        self.epochs: list[int] = []
+        self.steps: list[int] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name=f"kma-writer-{run_id}")
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def n_snapshots(self) -> int:
+        return self._written + self._fill
+
+    def append(self, flat, *, epoch: int = 0, step: int = 0) -> None:
+        """Append one snapshot (1-D, length ``layout.size``; torch tensor or numpy)."""
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        x = flat.numpy() if hasattr(flat, "numpy") and not isinstance(flat, np.ndarray) else flat
+        if x.shape != (self.layout.size,):
+            raise ValueError(f"snapshot has shape {x.shape}, expected ({self.layout.size},)")
+        if self.dtype == "bfloat16":
+            self._buf[self._fill] = _f32_to_bf16(x)
+        else:
+            self._buf[self._fill] = x
+        self._fill += 1
+        self.epochs.append(int(epoch))
+        self.steps.append(int(step))
+        if self._fill == self.t_chunk:
+            self._flush()
+
+    __call__ = append  # a writer is a snapshot sink
+
+    def _flush(self) -> None:
+        if self._fill == 0:
+            return
+        block, start = self._buf[: self._fill], self._written
+        self._queue.put((start, block))
+        self._written += self._fill
+        self._buf = np.empty_like(self._buf)
+        self._fill = 0
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            start, block = item
+            try:
+                stop = start + block.shape[0]
+                if stop > self.array.shape[0]:
+                    grow = max(stop, 2 * self.array.shape[0])
+                    self.array.resize((grow, self.array.shape[1]))
+                self.array[start:stop] = block
+            except BaseException as e:  # noqa: BLE001 - surfaced on the next call
+                self._error = e
+
+    def _join(self) -> None:
+        if not self._closed:
+            self._flush()
+            self._queue.put(None)
+            self._thread.join()
+            self._closed = True
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+
+    def finish(self, status: str, *, metrics: dict | None = None, extra: dict | None = None) -> None:
+        """Flush every snapshot, then record metrics and the final ``status``."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        try:
+            self._join()
+        except StoreError:
+            status = "failed"
+            raise
+        finally:
+            self.group.attrs.update(
+                {
+                    "n_snapshots": self.n_snapshots,
+                    "snapshot_epochs": self.epochs,
+                    "snapshot_steps": self.steps,
+                    "metrics": _json_safe(metrics or {}),
+                    "updated": _now(),
+                    **(extra or {}),
+                }
+            )
+            # the status goes last: a run is only "complete" once everything is written
+            self.group.attrs.update({"status": status, "finished": _now()})
+
+    def abort(self, reason: str) -> None:
+        """Mark the run failed (best effort); a re-run redoes it."""
+        try:
+            self._join()
+        except StoreError:
+            pass
+        self.group.attrs.update({"status": "failed", "error": reason[:500], "updated": _now()})
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
