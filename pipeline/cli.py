@@ -138,7 +138,12 @@ COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "r
 def main(argv=None) -> int:
     from .console import Console
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow the options of `kma sweep`
+        if args.command != "sweep" or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     console = Console(quiet=args.quiet)

@@ -69,6 +69,8 @@ def init_ray(address: str | None, console: Console):
 
     if ray.is_initialized():
         return ray
+    if address and address != "auto":
+        _check_tcp(address)
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
     try:
         if address:
@@ -82,6 +84,21 @@ def init_ray(address: str | None, console: Console):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
     return ray
+
+
+def _check_tcp(address: str, timeout: float = 5.0) -> None:
+    """Ray itself retries an unreachable address for minutes: fail fast instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    hostport = urlparse(address).netloc if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise KMAError(f"Ray address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise KMAError(f"Ray at {address}: unreachable ({e.strerror or e})") from None
 
 
 def _train_remote():

@@ -22,12 +22,20 @@ def lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
         raise ConfigError(f"unknown {what} {name!r}; known {what}s: {known}") from None
 
 
-def check_params(fn: Callable, params: Mapping[str, Any], what: str) -> None:
-    """Raise ConfigError if ``params`` holds a keyword that ``fn`` does not accept."""
+def check_params(fn: Callable, params: Mapping[str, Any], what: str,
+                 reserved: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError if ``params`` holds a keyword that ``fn`` does not accept.
+
+    ``reserved`` keywords are passed by the caller itself and are not accepted in
+    ``params``.
+    """
     sig = inspect.signature(fn)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return
-    accepted = [n for n, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    accepted = [
+        n for n, p in sig.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in reserved
+    ]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(

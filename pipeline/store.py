@@ -181,9 +181,13 @@ class TrajectoryStore:
 
     # -- listing -------------------------------------------------------------------
     def run_ids(self) -> list[str]:
-        if "runs" not in self.root:
-            return []
-        return sorted(self.root["runs"].group_keys())
+        """Ids of every run prefix (listed from the store, so corrupt runs show too)."""
+        from zarr.core.sync import sync
+
+        async def _ls():
+            return [k async for k in self._zstore.list_dir("runs")]
+
+        return sorted(k.rstrip("/") for k in sync(_ls()) if k.rstrip("/") != "zarr.json")
 
     def status(self, run_id: str) -> str | None:
         """Status of a run, or None if there is no (readable) run of that id."""

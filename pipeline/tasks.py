@@ -82,7 +82,7 @@ def build_task(name: str, seed: int, **params) -> TaskData:
         Unknown task (the message lists the known ones), unknown or invalid parameter.
     """
     builder = lookup(TASKS, name, "task")
-    check_params(builder, params, f"task {name!r}")
+    check_params(builder, params, f"task {name!r}", reserved=("seed",))
     task = builder(seed=int(seed), **params)
     task.params = {"name": name, "seed": int(seed), **params}
     return task

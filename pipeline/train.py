@@ -163,7 +163,7 @@ def train(
 
     def result(status: str, message: str = "", stopped_early: bool = False) -> TrainResult:
         if message:
-            logger.warning("training diverged: %s", message)
+            logger.info("training diverged: %s", message)
         return TrainResult(status, history, n_snapshots, epochs_run, steps, stopped_early, message)
 
     if not snapshot(0):

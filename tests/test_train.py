@@ -28,7 +28,8 @@ def _run(task_name="multiscale", *, family="mlp", depth=2, width=16, activation=
          init="xavier", loss="mse", optimizer="adam", lr=1e-2, epochs=3, batch_size=32,
          every=1, unit="epoch", layers=None, callbacks=(), task_params=None, seed=0,
          opt_params=None):
-    task = build_task(task_name, seed, **(task_params or {"n_points": 128}))
+    task_params = {"n_points": 128} if task_params is None else task_params
+    task = build_task(task_name, seed, **task_params)
     model = build_model(family, task.in_dim, task.out_dim, depth, width, activation)
     apply_init(model, init, torch.Generator().manual_seed(seed))
     layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
@@ -118,13 +119,33 @@ def test_reproducible_from_seeds():
     assert all(torch.equal(x, y) for x, y in zip(a.flats, b.flats))
 
 
-def test_divergence_stops_without_nonfinite_snapshots():
-    result, sink, *_ = _run(optimizer="sgd", lr=1e4, init="large_variance", activation="relu",
-                            epochs=20, unit="step", every=1)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=10.0, epochs=20),  # blows up after a few epochs
+        dict(lr=1e4, init="large_variance", activation="relu", epochs=20, unit="step"),
+    ],
+)
+def test_divergence_stops_without_nonfinite_snapshots(kw):
+    result, sink, *_ = _run(optimizer="sgd", **kw)
     assert result.status == "diverged" and result.message
-    assert len(result.history["train_loss"]) < 20
+    assert result.epochs_run == len(result.history["train_loss"]) < 20
+    assert len(result.history["val_loss"]) == result.epochs_run
     assert result.n_snapshots == len(sink.flats) >= 1
     assert all(torch.isfinite(f).all() for f in sink.flats)
+
+
+def test_nonfinite_initial_weights_emit_nothing():
+    task = build_task("multiscale", 0, n_points=32)
+    model = build_model("mlp", 1, 1, 1, 4, "tanh")
+    with torch.no_grad():
+        model.out.weight[0, 0] = float("nan")
+    layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+    sink = Recorder()
+    result = train(model, task, build_loss("mse"), build_optimizer("sgd", model.parameters(), 0.1),
+                   epochs=2, batch_size=8, snapshot_every=1, snapshot_unit="epoch",
+                   layout=layout, sink=sink, generator=torch.Generator())
+    assert result.status == "diverged" and result.n_snapshots == 0 and sink.flats == []
 
 
 def test_callback_stops_early_and_sees_snapshots():

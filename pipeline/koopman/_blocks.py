@@ -13,12 +13,14 @@ read once and only ``T × T``-sized objects travel.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from typing import Callable
 
 import dask
 import numpy as np
 
-_SLAB_BYTES = 16 * 2**20
+_SLAB_BYTES = 2 * 2**20
+_MIN_SLAB = 256
 _FAN_IN = 8
 
 
@@ -28,7 +30,7 @@ def transformed_slabs(parts, c0, c1, starts, stops):
     Parameters
     ----------
     parts : list of ndarray, shapes (t_i, c1 - c0)
-        Time chunks of the block, in order (concatenated along axis 0).
+        Time chunks of the block, in order (stacked along axis 0).
     c0, c1 : int
         Column range of the block in ``Y``.
     starts, stops : list of int
@@ -36,20 +38,25 @@ def transformed_slabs(parts, c0, c1, starts, stops):
 
     Yields
     ------
-    (int, ndarray of shape (T, p), float64, C-contiguous)
+    (int, ndarray of shape (T, p), float64)
         ``slab[0]`` is the first snapshot, ``slab[j] = x_j - x_0`` for ``j >= 1``
-        (exact: float64 subtraction of float32/float16 values).
+        (exact: float64 subtraction of float32/float16 values). The slab is a view of a
+        buffer reused for the next slab: kernels must not keep references to it.
     """
-    block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    T = block.shape[0]
-    width = max(1, _SLAB_BYTES // (8 * T))
+    rows = np.cumsum([0] + [q.shape[0] for q in parts])
+    T = int(rows[-1])
+    width = max(_MIN_SLAB, _SLAB_BYTES // (8 * T))
+    buf = np.empty((T, min(width, c1 - c0)))
     g = bisect.bisect_right(starts, c0) - 1
     while g < len(starts) and starts[g] < c1:
         lo, hi = max(starts[g], c0), min(stops[g], c1)
         for a in range(lo, hi, width):
-            b = min(a + width, hi)
-            x = block[:, a - c0:b - c0].astype(np.float64)
-            x[1:] -= x[0]
+            cols = slice(a - c0, min(a + width, hi) - c0)
+            x = buf[:, :cols.stop - cols.start]
+            first = parts[0][0, cols]
+            for q, r0, r1 in zip(parts, rows[:-1], rows[1:]):   # cast, subtract, no concat
+                np.subtract(q[:, cols], first, out=x[r0:r1], dtype=np.float64)
+            x[0] = first
             yield g, x
         g += 1
 
@@ -78,8 +85,10 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
 
     def block_task(parts, c0, c1):
-        partials = [kernel(g, x) for g, x in transformed_slabs(parts, c0, c1, starts, stops)]
-        return merge(partials)
+        acc = {}
+        for g, x in transformed_slabs(parts, c0, c1, starts, stops):
+            acc = merge([acc, kernel(g, x)])           # incremental: O(1) partials alive
+        return acc
 
     level = [
         dask.delayed(block_task)(list(blocks[:, j]), col_edges[j], col_edges[j + 1])
@@ -88,8 +97,22 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     while len(level) > 1:
         level = [dask.delayed(merge)(level[i:i + _FAN_IN])
                  for i in range(0, len(level), _FAN_IN)]
-    (out,) = dask.compute(level[0], scheduler=scheduler)
+    # Parallelism comes from the dask workers: one BLAS thread each avoids
+    # oversubscription (OpenBLAS threads spin). Process-based schedulers are unaffected.
+    with _single_threaded_blas():
+        (out,) = dask.compute(level[0], scheduler=scheduler)
     return out
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                    # pragma: no cover
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def sum_merge(partials):
@@ -110,14 +133,10 @@ def tsqr_merge(partials):
     for p in partials:
         for key, rs in p.items():
             stacked.setdefault(key, []).extend(rs)
-    return {key: [_qr_r(np.concatenate(rs, axis=0))] if len(rs) > 1 else rs
+    return {key: [qr_r(np.concatenate(rs, axis=0))] if len(rs) > 1 else rs
             for key, rs in stacked.items()}
-
-
-def _qr_r(a):
-    return np.linalg.qr(a, mode="r")
 
 
 def qr_r(a):
     """R factor of a Householder QR (``mode='r'``)."""
-    return _qr_r(a)
+    return np.linalg.qr(a, mode="r")

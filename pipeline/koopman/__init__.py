@@ -1,0 +1,22 @@
+"""Out-of-core Koopman/DMD engine: compress once, analyse many windows and layers.
+
+Shapes: a trajectory ``Y`` is snapshot-major, ``(T, P)`` (``X = Y.T`` is ``P × T``);
+layers are contiguous column ranges ``[(name, start, stop), ...]``.
+
+- :func:`compress` — one pass over ``Y`` gives per-layer factors ``C`` (``k × T``) with
+  ``X_layer ≈ Q C`` (exact Gram/TSQR, or randomized: Halko, Martinsson & Tropp 2011;
+  Erichson et al. 2019).
+- :func:`dmd` — refined Rayleigh–Ritz DMD with residuals on a small matrix (Drmač,
+  Mezić & Mohr 2018; LAPACK xGEDMD, LAWN 298).
+- :class:`KoopmanDMD` — scikit-learn-style estimator over windows and layers.
+
+Pure math: no Ray, no MLflow, no store.
+"""
+
+from .compress import compress
+from .core import DMDResult, dmd
+from .estimator import KoopmanDMD, WindowResult
+from .factor import Factor, KoopmanInputError
+
+__all__ = ["KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
+           "KoopmanInputError"]

@@ -1,0 +1,198 @@
+"""Compress once: one pass over the trajectory gives a small factor per layer.
+
+Input: a snapshot-major trajectory ``Y`` (dask or numpy, ``T × P``, float16/32/64),
+i.e. ``X = Y.T`` is ``P × T`` (tall, skinny), and layers ``[(name, start, stop), ...]``
+covering the columns of ``Y``. Output: ``{name: Factor}`` for every layer (if asked) and
+for ``"all"``, each with ``C`` of shape ``(k, T)`` and ``X_layer ≈ Q C`` (see
+:mod:`pipeline.koopman.factor`). Every DMD quantity of any window of any layer is then
+a small problem on ``C[:, a:b]``.
+
+Methods
+-------
+``"qr"`` (exact; ``k`` = numerical rank ``≤ T``), one pass:
+    per block, cast to float64, apply the exact transform ``E`` (subtract the first
+    snapshot, so a large, slowly moving weight vector no longer dominates every column)
+    and accumulate the float64 Gram ``G = (XE)^T (XE)`` per layer (``G_all = Σ G_layer``).
+    Then, with column scaling ``D`` (Drmač, Mezić & Mohr 2018, §on scaling), the
+    eigendecomposition ``D^{-1} G D^{-1} = V Σ² V^T`` gives ``C = Σ V^T D E^{-1}``.
+    A Gram squares the condition number: singular values below ``~sqrt(T eps) σ_max`` of
+    the scaled matrix are lost. If the spectrum has content between the data's own noise
+    floor (input rounding, measured per layer) and ``gram_rcond``, a second pass
+    computes the stable factor instead: Householder QR of every float64 block and TSQR
+    (Demmel, Grigori, Hoemmen & Langou, SIAM J. Sci. Comput. 34(1), 2012) of the stacked
+    ``R`` factors. ``stable="tsqr"`` uses that pass directly, ``stable="gram"`` never.
+``"randomized"`` (``k ≪ T``), ``n_power_iter + 1`` passes: see
+    :mod:`pipeline.koopman.randomized` (Halko, Martinsson & Tropp 2011; Erichson,
+    Mathelin, Kutz & Brunton 2019).
+
+The passes are implemented on the chunk structure directly (:mod:`._blocks`); the
+generic ``dask.array.linalg`` TSQR/SVD is far slower than a read pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from . import _blocks
+from .factor import (Factor, KoopmanInputError, apply_e_rows, as_dask, factor_from_r,
+                     raise_non_finite, undo_e_columns, validate_groups)
+
+__all__ = ["compress", "Factor"]
+
+log = logging.getLogger(__name__)
+
+_METHODS = ("qr", "randomized")
+_STABLE = ("auto", "gram", "tsqr")
+_EPS = np.finfo(np.float64).eps
+
+
+def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversample=10,
+             n_power_iter=2, seed=0, stable="auto", gram_rcond=1e-6,
+             scheduler=None) -> dict[str, Factor]:
+    """Compress the trajectory ``Y`` into small factors, reading it once (``"qr"``).
+
+    Parameters
+    ----------
+    Y : dask.array.Array or ndarray, shape (T, P)
+        Snapshot-major trajectory (float16/32/64), any chunking.
+    groups : list of (str, int, int), optional
+        Contiguous column ranges covering ``[0, P)``; default one group ``"all"``.
+    method : {"qr", "randomized"}
+    per_group : bool
+        Also return a factor for every group (``"all"`` is always returned).
+    rank : int, optional
+        Target rank of the randomized sketch (default 50); ignored by ``"qr"``.
+    oversample, n_power_iter, seed
+        Randomized sketch size ``rank + oversample``, power iterations, and the seed of
+        the Gaussian test matrices.
+    stable : {"auto", "gram", "tsqr"}
+        ``"qr"`` only: Gram with fallback, Gram only, or TSQR only.
+    gram_rcond : float
+        Relative singular values below this are not trusted from the Gram.
+    scheduler : str, optional
+        Dask scheduler for the passes (None: default threaded).
+
+    Returns
+    -------
+    dict of str to Factor
+        Keyed by group name, plus ``"all"``.
+
+    Raises
+    ------
+    KoopmanInputError
+        Bad shape/groups, or NaN/inf in the data (detected during the pass).
+    """
+    if method not in _METHODS:
+        raise KoopmanInputError(f"unknown method {method!r}; known: {list(_METHODS)}")
+    if stable not in _STABLE:
+        raise KoopmanInputError(f"unknown stable={stable!r}; known: {list(_STABLE)}")
+    Y = as_dask(Y)
+    groups = validate_groups(groups, Y.shape[1])
+    if method == "randomized":
+        from .randomized import randomized_factors
+        return randomized_factors(Y, groups, per_group=per_group, rank=rank,
+                                  oversample=oversample, n_power_iter=n_power_iter,
+                                  seed=seed, scheduler=scheduler)
+    return _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler)
+
+
+def _spans(groups):
+    return [g[1] for g in groups], [g[2] for g in groups]
+
+
+def _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler):
+    starts, stops = _spans(groups)
+    P = Y.shape[1]
+    wanted = list(range(len(groups))) if per_group and len(groups) > 1 else []
+    if stable != "tsqr":
+        grams = _blocks.run_pass(Y, _gram_kernel, _blocks.sum_merge, starts, stops,
+                                 scheduler=scheduler)
+        _check_gram_finite(grams, groups)
+        u_in = np.finfo(Y.dtype).eps / 2
+        jobs = [("all", 0, P, sum(grams[g] for g in range(len(groups))))]
+        jobs += [(*groups[g], grams[g]) for g in wanted]
+        out, unreliable = {}, []
+        for name, start, stop, G in jobs:
+            out[name], ok = _factor_from_gram(G, name, start, stop, u_in, gram_rcond)
+            if not ok:
+                unreliable.append(name)
+        if stable == "gram" or not unreliable:
+            return out
+        log.info("Gram spectrum of %s has content below gram_rcond=%g; "
+                 "second pass with TSQR", unreliable, gram_rcond)
+    rs = _blocks.run_pass(Y, _tsqr_kernel, _blocks.tsqr_merge, starts, stops,
+                          scheduler=scheduler)
+    Rs = [rs[g][0] for g in range(len(groups))]
+    bad = [groups[g][0] for g, R in enumerate(Rs) if not np.isfinite(R).all()]
+    if bad:
+        raise_non_finite(bad)
+    R_all = _blocks.qr_r(np.concatenate(Rs, axis=0))
+    out = {"all": factor_from_r(R_all, "all", 0, P, "tsqr")}
+    for g in wanted:
+        out[groups[g][0]] = factor_from_r(Rs[g], *groups[g], "tsqr")
+    return out
+
+
+def _gram_kernel(g, x):
+    return {g: x @ x.T}
+
+
+def _tsqr_kernel(g, x):
+    return {g: [_blocks.qr_r(x.T)]}
+
+
+def _check_gram_finite(grams, groups):
+    bad = [g for g, G in grams.items() if not np.isfinite(G).all()]
+    if not bad:
+        return
+    diag = np.diagonal(grams[bad[0]])
+    if not np.isfinite(diag[0]):
+        detail = "first snapshot"
+    else:
+        snaps = np.flatnonzero(~np.isfinite(diag))
+        detail = "snapshot(s) " + ", ".join(str(s) for s in snaps[:10])
+        detail += " ..." if snaps.size > 10 else ""
+    raise_non_finite([groups[g][0] for g in bad], detail)
+
+
+def gram_to_factor(G, name, start, stop, method="gram"):
+    """Factor of ``XE`` from its float64 Gram ``G`` (``T × T``), with column scaling.
+
+    Returns the factor and the scaled spectrum ``σ / σ_max`` (descending).
+    """
+    T = G.shape[0]
+    d = np.sqrt(np.maximum(np.diagonal(G), 0.0))
+    d[d == 0] = 1.0
+    Gs = G / d[:, None] / d[None, :]
+    mu, V = np.linalg.eigh((Gs + Gs.T) / 2)
+    mu, V = mu[::-1], V[:, ::-1]
+    if not mu[0] > 0:
+        k = 0
+    else:
+        k = int(np.count_nonzero(mu > T * _EPS * mu[0]))
+    sig = np.sqrt(mu[:k])
+    Ct = (sig[:, None] * V[:, :k].T) * d[None, :]
+    basis = apply_e_rows((V[:, :k] / d[:, None]) / sig)
+    rel = np.sqrt(np.maximum(mu, 0.0) / mu[0]) if k else np.zeros(0)
+    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method), rel
+
+
+def _data_floor(G, u_in):
+    """Relative noise level of the scaled ``XE`` due to rounding of the stored data."""
+    norms_b = np.sqrt(np.maximum(np.diagonal(G), 0.0))
+    x0 = norms_b[0]
+    xj = np.sqrt(np.maximum(np.diagonal(G)[1:] + 2 * G[0, 1:] + G[0, 0], 0.0))
+    nz = norms_b[1:] > 0
+    if not nz.any():
+        return np.inf
+    ratios = u_in * (xj[nz] + x0) / norms_b[1:][nz]
+    return float(np.median(np.concatenate([[u_in], ratios])))
+
+
+def _factor_from_gram(G, name, start, stop, u_in, gram_rcond):
+    factor, rel = gram_to_factor(G, name, start, stop)
+    floor = _data_floor(G, u_in)
+    gray = (rel > 10 * floor) & (rel < gram_rcond)
+    return factor, not gray.any()

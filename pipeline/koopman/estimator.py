@@ -1,0 +1,203 @@
+"""``KoopmanDMD``: compress once, then DMD of every window of every layer.
+
+``fit(Y, groups)`` takes a snapshot-major trajectory ``Y`` (``T × P``, dask or numpy)
+and layers ``[(name, start, stop), ...]``; it reads ``Y`` once (method ``"qr"``; a
+second pass only if the Gram is not trustworthy, see
+:mod:`pipeline.koopman.compress`) into factors ``C`` (``k × T``), then runs the refined
+Rayleigh–Ritz DMD of :mod:`pipeline.koopman.core` (Drmač, Mezić & Mohr 2018; xGEDMD,
+LAWN 298) on ``C[:, a:a+W]`` for every window ``[a, a+W)``, stride ``S``, for
+``"all"`` and, with ``per_layer``, for every layer. Because ``Q`` is orthonormal the
+eigenvalues, residuals and amplitudes equal those of a direct DMD of
+``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence a second pass:
+:meth:`KoopmanDMD.modes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from .compress import compress
+from .core import _validate_rank_args, dmd
+from .factor import Factor, KoopmanInputError, as_dask, validate_groups
+
+__all__ = ["KoopmanDMD", "WindowResult"]
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """DMD of one layer on one window ``[start, stop)`` of snapshots.
+
+    ``eigenvalues`` (r,) complex128, ``amplitudes`` (r,) complex128, ``residuals`` (r,)
+    float64, ``singular_values`` (min(k, W-1),) float64, ``rank`` r.
+    """
+
+    layer: str
+    window: tuple[int, int]
+    eigenvalues: np.ndarray
+    amplitudes: np.ndarray
+    residuals: np.ndarray
+    singular_values: np.ndarray
+    rank: int
+
+
+class KoopmanDMD:
+    """Windowed, per-layer DMD of a training trajectory, scikit-learn style.
+
+    Parameters
+    ----------
+    method : {"qr", "randomized"}
+        Compression of the trajectory (:func:`pipeline.koopman.compress.compress`).
+    rank, tol, threshold
+        Truncation of every window's DMD (at most one; see
+        :func:`pipeline.koopman.core.choose_rank`). ``rank`` is also the target rank of
+        the randomized sketch.
+    window : int, optional
+        Window length ``W`` in snapshots (default: the whole trajectory).
+    stride : int, optional
+        Step between window starts (default: ``W``).
+    per_layer : bool
+        Also analyse every group given to :meth:`fit`.
+    oversample, n_power_iter, seed
+        Randomized sketch parameters (``seed`` is used afresh by every ``fit``).
+    scheduler : str, optional
+        Dask scheduler for the passes.
+    scale, refine : bool
+        Column scaling and refined Ritz vectors in the small DMD.
+
+    Attributes
+    ----------
+    results_ : list of WindowResult
+        ``"all"`` first, then layers in order; windows in order within each.
+    factors_ : dict of str to Factor
+    n_snapshots_, n_parameters_ : int
+    windows_ : list of (int, int)
+    """
+
+    def __init__(self, method="qr", rank=None, tol=None, threshold=None, window=None,
+                 stride=None, per_layer=False, oversample=10, n_power_iter=2, seed=0,
+                 scheduler=None, scale=False, refine=False):
+        self.method = method
+        self.rank = rank
+        self.tol = tol
+        self.threshold = threshold
+        self.window = window
+        self.stride = stride
+        self.per_layer = per_layer
+        self.oversample = oversample
+        self.n_power_iter = n_power_iter
+        self.seed = seed
+        self.scheduler = scheduler
+        self.scale = scale
+        self.refine = refine
+
+    # -- validation ---------------------------------------------------------------
+    def _windows(self, T):
+        W = T if self.window is None else self.window
+        if int(W) != W or W < 2:
+            raise KoopmanInputError(f"window must be an integer >= 2, got {self.window!r}")
+        if W > T:
+            raise KoopmanInputError(
+                f"window={W} is longer than the trajectory ({T} snapshots)")
+        S = W if self.stride is None else self.stride
+        if int(S) != S or S < 1:
+            raise KoopmanInputError(f"stride must be a positive integer, got {self.stride!r}")
+        return [(a, a + int(W)) for a in range(0, T - int(W) + 1, int(S))]
+
+    def fit(self, Y, groups=None):
+        """Compress ``Y`` once and analyse every window of every requested layer.
+
+        Parameters
+        ----------
+        Y : dask.array.Array or ndarray, shape (T, P)
+        groups : list of (str, int, int), optional
+            Layers as contiguous column ranges covering ``[0, P)``.
+
+        Returns
+        -------
+        self
+        """
+        try:
+            _validate_rank_args(self.rank, self.tol, self.threshold)
+        except ValueError as e:
+            raise KoopmanInputError(str(e)) from None
+        Y = as_dask(Y)
+        T, P = Y.shape
+        windows = self._windows(T)
+        groups = validate_groups(groups, P)
+        factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
+                           rank=self.rank, oversample=self.oversample,
+                           n_power_iter=self.n_power_iter, seed=self.seed,
+                           scheduler=self.scheduler)
+        names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
+        results = []
+        for name in names:
+            f = factors[name]
+            for a, b in windows:
+                r = self._window_dmd(f, a, b)
+                results.append(WindowResult(name, (a, b), r.eigenvalues, r.amplitudes,
+                                            r.residuals, r.singular_values, r.rank))
+        self.factors_ = factors
+        self.results_ = results
+        self.windows_ = windows
+        self.groups_ = groups
+        self.n_snapshots_, self.n_parameters_ = T, P
+        return self
+
+    def _window_dmd(self, factor: Factor, a, b):
+        return dmd(factor.C[:, a:b], rank=self.rank, tol=self.tol, threshold=self.threshold,
+                   scale=self.scale, refine=self.refine,
+                   data_shape=(factor.stop - factor.start, b - a - 1))
+
+    def modes(self, Y, layer="all", window=None):
+        """P-long Ritz vectors (modes) of one layer and window: a second pass over ``Y``.
+
+        Parameters
+        ----------
+        Y : dask.array.Array or ndarray, shape (T, P)
+            The trajectory given to :meth:`fit`.
+        layer : str
+        window : (int, int), optional
+            One of ``windows_``; may be omitted when there is a single window.
+
+        Returns
+        -------
+        dask.array.Array, shape (r, P_layer), complex128
+            Row ``i`` is the unit-norm mode of ``results_[...].eigenvalues[i]``
+            (lazy; compute it or write it with ``da.to_zarr``).
+        """
+        if not hasattr(self, "factors_"):
+            raise KoopmanInputError("call fit before modes")
+        if layer not in self.factors_:
+            raise KoopmanInputError(
+                f"unknown layer {layer!r}; fitted: {sorted(self.factors_)}")
+        if window is None:
+            if len(self.windows_) != 1:
+                raise KoopmanInputError(f"several windows were fitted; pass one of {self.windows_}")
+            window = self.windows_[0]
+        window = tuple(int(w) for w in window)
+        if window not in self.windows_:
+            raise KoopmanInputError(f"window {window} was not fitted; fitted: {self.windows_}")
+        Y = as_dask(Y)
+        if Y.shape != (self.n_snapshots_, self.n_parameters_):
+            raise KoopmanInputError(f"Y has shape {Y.shape}, fit saw "
+                                    f"{(self.n_snapshots_, self.n_parameters_)}")
+        f = self.factors_[layer]
+        z = self._window_dmd(f, *window).vectors         # (k, r) in C coordinates
+        pieces = [_project(Y[:, a:b], basis @ z) for a, b, basis in f.segments]
+        return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1)
+
+
+def _project(Yg, Wc):
+    """``Wc^T Yg`` for ``Yg`` (T, p) dask and ``Wc`` (T, r) complex: modes (r, p)."""
+    Wr, Wi = np.ascontiguousarray(Wc.real.T), np.ascontiguousarray(Wc.imag.T)
+
+    def block(y):
+        y = y.astype(np.float64)
+        return (Wr @ y) + 1j * (Wi @ y)
+
+    r = Wc.shape[1]
+    return da.blockwise(block, "kj", Yg, "ij", new_axes={"k": r}, concatenate=True,
+                        dtype=np.complex128)

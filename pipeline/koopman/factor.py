@@ -1,0 +1,133 @@
+"""Compressed factors ``X_g ≈ Q C`` and the helpers shared by the compression methods.
+
+For a group (layer) ``g`` with columns ``[start, stop)`` of the snapshot-major
+trajectory ``Y`` (``T × P``), ``X_g = Y[:, start:stop].T`` has shape ``(P_g, T)``.
+A :class:`Factor` holds ``C`` (``k × T``, float64) with ``X_g ≈ Q C`` and ``Q``
+orthonormal (``P_g × k``). ``Q`` is never formed: it is recorded as
+``Q[rows of segment i] = X[rows of segment i] @ basis_i`` (``basis_i``: ``T × k``), so a
+second pass over the data can form P-long modes ``Q z`` on request.
+
+The column transform ``E`` used by the passes maps ``X`` to
+``X E = [x_0, x_1 - x_0, ..., x_{T-1} - x_0]``; it is exact and is undone on the small
+side (``C = C_E E^{-1}``, ``basis = E basis_E``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from ..errors import KMAError
+
+__all__ = ["Factor", "KoopmanInputError", "as_dask", "validate_groups"]
+
+
+class KoopmanInputError(KMAError, ValueError):
+    """Invalid input to the Koopman engine (bad shape, NaN/inf, bad window)."""
+
+
+@dataclass(frozen=True)
+class Factor:
+    """Compressed factor of one group.
+
+    Attributes
+    ----------
+    name : str
+        Group name (``"all"`` for the whole network).
+    start, stop : int
+        Column range of the group in ``Y``.
+    C : ndarray, shape (k, T), float64
+        ``X_g ≈ Q C`` with ``Q`` orthonormal.
+    segments : tuple of (int, int, ndarray of shape (T, k))
+        ``Q[a - start:b - start] = Y[:, a:b].T @ basis`` for each ``(a, b, basis)``.
+    method : str
+        ``"gram"``, ``"tsqr"`` or ``"randomized"``.
+    """
+
+    name: str
+    start: int
+    stop: int
+    C: np.ndarray
+    segments: tuple
+    method: str
+
+    @property
+    def rank(self) -> int:
+        return self.C.shape[0]
+
+
+def undo_e_columns(C):
+    """``C E^{-1}``: add column 0 to the other columns (``k × T``)."""
+    C = np.array(C, dtype=np.float64)
+    C[:, 1:] += C[:, :1]
+    return C
+
+
+def apply_e_rows(M):
+    """``E M`` for ``M`` of shape ``(T, k)``: row 0 minus the sum of the other rows."""
+    M = np.array(M, dtype=np.float64)
+    M[0] -= M[1:].sum(axis=0)
+    return M
+
+
+def factor_from_r(R, name, start, stop, method):
+    """Factor from ``X E = Q_R R`` (``R``: ``r × T``): ``C = Σ V^T E^{-1}``."""
+    T = R.shape[1]
+    _, s, Vh = np.linalg.svd(R, full_matrices=False)
+    k = int(np.count_nonzero(s > T * np.finfo(np.float64).eps * s[0])) if s.size and s[0] > 0 else 0
+    Ct = s[:k, None] * Vh[:k]
+    basis = apply_e_rows(Vh[:k].T / s[:k])
+    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method)
+
+
+def as_dask(Y):
+    """Wrap ``Y`` (``T × P`` numpy or dask) as a dask array; validate shape and dtype."""
+    if not isinstance(Y, da.Array):
+        Y = np.asarray(Y)
+        if Y.ndim == 2:
+            p_chunk = max(1, min(Y.shape[1], 2**24 // max(1, Y.shape[0] * Y.itemsize)))
+            Y = da.from_array(Y, chunks=(Y.shape[0], p_chunk))
+    if Y.ndim != 2:
+        raise KoopmanInputError(f"trajectory must be 2-d (snapshots × parameters), got shape {Y.shape}")
+    if not np.issubdtype(Y.dtype, np.floating):
+        raise KoopmanInputError(f"trajectory must be floating point, got dtype {Y.dtype}")
+    if Y.shape[0] < 2:
+        raise KoopmanInputError(f"need at least 2 snapshots, got {Y.shape[0]}")
+    if any(np.isnan(c) for c in Y.chunks[0] + Y.chunks[1]):
+        raise KoopmanInputError("trajectory has unknown chunk sizes")
+    return Y
+
+
+def validate_groups(groups, P):
+    """Check ``[(name, start, stop), ...]`` covers ``[0, P)`` contiguously, in order."""
+    if groups is None:
+        return [("all", 0, P)]
+    out, expected, names = [], 0, set()
+    for item in groups:
+        try:
+            name, start, stop = item
+        except (TypeError, ValueError):
+            raise KoopmanInputError(f"group {item!r} is not (name, start, stop)") from None
+        name, start, stop = str(name), int(start), int(stop)
+        if start != expected or stop <= start:
+            raise KoopmanInputError(
+                f"group {name!r} spans [{start}, {stop}); groups must be non-empty, contiguous "
+                f"and in order from 0 (expected start {expected})")
+        if name in names:
+            raise KoopmanInputError(f"group name {name!r} appears twice")
+        names.add(name)
+        out.append((name, start, stop))
+        expected = stop
+    if expected != P:
+        raise KoopmanInputError(f"groups cover [0, {expected}) but the trajectory has {P} parameters")
+    if "all" in names and len(out) > 1:
+        raise KoopmanInputError("group name 'all' is reserved for the whole network")
+    return out
+
+
+def raise_non_finite(names, detail=""):
+    raise KoopmanInputError(
+        "trajectory contains NaN or inf values in layer(s) "
+        + ", ".join(repr(n) for n in names) + (f" ({detail})" if detail else ""))

@@ -1,0 +1,99 @@
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import KMAError
+from pipeline.ingest import ingest
+from pipeline.store import TrajectoryStore
+
+from conftest import kma_cmd
+
+
+def _series(tmp_path, n=4, wrap=False):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 2))
+    files = []
+    for i in range(n):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        f = tmp_path / f"ckpt_{i:03d}.pt"
+        torch.save({"model_state_dict": state, "epoch": i} if wrap else state, f)
+        files.append(f)
+    return files
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_ingest_round_trip(tmp_path, wrap):
+    files = _series(tmp_path, wrap=wrap)
+    out = ingest(files, str(tmp_path / "store"), "ext-run")
+    run = TrajectoryStore(str(tmp_path / "store")).open_run("ext-run")
+    assert run.status == "complete" and run.n_snapshots == len(files) == out["n_snapshots"]
+    W = run.weights().compute()
+    for i, f in enumerate(files):
+        state = torch.load(f, weights_only=True)
+        state = state.get("model_state_dict", state)
+        back = run.layout.unflatten(W[i])
+        for name, arr in back.items():
+            np.testing.assert_array_equal(arr, state[name].numpy())
+    # float buffers (BatchNorm running stats) are included; the int counter is not
+    assert "1.running_mean" in run.layout.names
+    assert "1.num_batches_tracked" not in run.layout.names
+
+
+def test_ingest_selected_layers(tmp_path):
+    files = _series(tmp_path, n=2)
+    ingest(files, str(tmp_path / "s"), "r", layers=["2"])
+    assert TrajectoryStore(str(tmp_path / "s")).open_run("r").layout.layers == ["2"]
+    with pytest.raises(KMAError, match="unknown layer"):
+        ingest(files, str(tmp_path / "s"), "r2", layers=["nope"])
+
+
+def test_mismatched_series_writes_nothing(tmp_path):
+    files = _series(tmp_path, n=3)
+    state = torch.load(files[1], weights_only=True)
+    state["0.weight"] = torch.zeros(7, 3)
+    torch.save(state, files[1])
+    with pytest.raises(KMAError, match=r"ckpt_001.pt: key '0.weight' has shape \(7, 3\)"):
+        ingest(files, str(tmp_path / "store"), "bad")
+    del state["0.weight"]
+    torch.save(state, files[1])
+    with pytest.raises(KMAError, match="missing key '0.weight'"):
+        ingest(files, str(tmp_path / "store"), "bad")
+    assert TrajectoryStore(str(tmp_path / "store")).run_ids() == []
+
+
+def test_ingest_refuses_to_clobber_and_bad_files(tmp_path):
+    files = _series(tmp_path, n=2)
+    store = str(tmp_path / "store")
+    ingest(files, store, "r")
+    with pytest.raises(KMAError, match="already in"):
+        ingest(files, store, "r")
+    ingest(files[:1], store, "r", overwrite=True)
+    assert TrajectoryStore(store).open_run("r").n_snapshots == 1
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(KMAError, match="junk.pt: not a readable PyTorch checkpoint"):
+        ingest([junk], store, "j")
+    with pytest.raises(KMAError, match="no such checkpoint"):
+        ingest([tmp_path / "nope.pt"], store, "j")
+
+
+def test_cli_ingest_then_runs_lists_it(tmp_path, kma_env):
+    files = _series(tmp_path, n=3)
+    store = tmp_path / "store"
+    r = subprocess.run(kma_cmd("ingest", *files, "--store", store, "--run-id", "imported"),
+                       capture_output=True, text=True, env=kma_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(kma_cmd("runs", "--store", store), capture_output=True, text=True, env=kma_env, timeout=120)
+    assert r.returncode == 0
+    row = [line for line in r.stdout.splitlines() if line.startswith("imported")][0].split()
+    assert row[1:3] == ["complete", "3"]
+    # a bad series: one line, exit code 2
+    r = subprocess.run(kma_cmd("ingest", tmp_path / "missing.pt", "--store", store, "--run-id", "x"),
+                       capture_output=True, text=True, env=kma_env, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"kma: error: {tmp_path / 'missing.pt'}: no such checkpoint file"]

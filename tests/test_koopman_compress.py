@@ -1,0 +1,158 @@
+"""Compress-once factors (pipeline.koopman.compress): exactness, chunking, conditioning."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy.linalg import block_diag
+
+from pipeline.koopman import KoopmanInputError, compress, dmd
+
+GROUPS = [("a", 0, 700), ("b", 700, 1500), ("c", 1500, 2000)]
+TRUE = np.array([0.99, 0.95, 0.9 + 0.1j, 0.9 - 0.1j, 0.8])
+
+
+def trajectory(T, P, seed, noise=0.0, dtype=np.float64):
+    """Snapshot-major (T, P) trajectory of a lifted linear system with eigenvalues TRUE."""
+    rng = np.random.default_rng(seed)
+    A = block_diag([[0.99]], [[0.95]], [[0.9, 0.1], [-0.1, 0.9]], [[0.8]])
+    z = rng.standard_normal(5) + 1.0
+    Z = np.empty((5, T))
+    for t in range(T):
+        Z[:, t] = z
+        z = A @ z
+    L = np.linalg.qr(rng.standard_normal((P, 5)))[0]
+    return (L @ Z + noise * rng.standard_normal((P, T))).T.astype(dtype)
+
+
+def sorted_c(v):
+    return v[np.lexsort((v.imag.round(8), v.real.round(8)))]
+
+
+def implicit_q(Y, f):
+    return np.concatenate([Y[:, a:b].T.astype(np.float64) @ basis for a, b, basis in f.segments])
+
+
+@pytest.mark.parametrize("stable", ["gram", "tsqr"])
+def test_qr_factors_are_exact(stable):
+    Y = trajectory(24, 2000, seed=0, noise=1e-2)     # full rank 24
+    Yd = da.from_array(Y, chunks=(7, 300))           # time chunks; blocks straddle groups
+    fs = compress(Yd, GROUPS, stable=stable)
+    assert set(fs) == {"all", "a", "b", "c"}
+    for name, start, stop in GROUPS + [("all", 0, 2000)]:
+        f = fs[name]
+        X = Y[:, start:stop].T
+        assert f.method == stable and f.C.shape == (24, 24) and (f.start, f.stop) == (start, stop)
+        Q = implicit_q(Y, f)                         # (stop - start, k)
+        np.testing.assert_allclose(Q.T @ Q, np.eye(f.rank), atol=1e-9)
+        np.testing.assert_allclose(Q @ f.C, X, atol=1e-10)
+        np.testing.assert_allclose(f.C.T @ f.C, X.T @ X, atol=1e-10)
+
+
+def test_dask_chunking_and_numpy_agree():
+    Y = trajectory(20, 2000, seed=1, noise=1e-3)
+    ref = compress(Y, GROUPS)
+    for chunks in [(20, 2000), (3, 128), (20, 999)]:
+        got = compress(da.from_array(Y, chunks=chunks), GROUPS, scheduler="synchronous")
+        for name in ref:
+            np.testing.assert_allclose(got[name].C.T @ got[name].C, ref[name].C.T @ ref[name].C,
+                                       atol=1e-12)
+
+
+def test_gram_falls_back_to_tsqr_when_spectrum_is_unresolved():
+    Y = trajectory(30, 2000, seed=2)                 # float64, exact rank 5 < T
+    assert compress(Y)["all"].method == "tsqr"
+    f = compress(Y, stable="gram")["all"]
+    assert f.method == "gram"
+    Y32 = trajectory(30, 2000, seed=2, noise=1e-3, dtype=np.float32)
+    assert compress(Y32)["all"].method == "gram"     # content well above the Gram's floor
+    res = dmd(compress(Y)["all"].C)
+    np.testing.assert_allclose(sorted_c(res.eigenvalues), sorted_c(TRUE), atol=1e-10)
+
+
+def weakly_excited(T=40, P=20000, seed=0, amp=1e-4):
+    """float32 (T, P): large constant weights w0 plus dynamics ~1e-4 of them."""
+    rng = np.random.default_rng(seed)
+    A = block_diag([[0.99]], [[0.95]], [[0.9, 0.1], [-0.1, 0.9]])
+    L = np.linalg.qr(rng.standard_normal((P, 4)))[0] * np.sqrt(P)    # entries ~1
+    z, Z = np.ones(4), np.empty((4, T))
+    for t in range(T):
+        Z[:, t] = z
+        z = A @ z
+    w0 = rng.standard_normal(P)
+    return (w0[:, None] + amp * (L @ Z)).T.astype(np.float32)
+
+
+def test_conditioning_weak_dynamics_on_large_weights():
+    """First-snapshot subtraction + float64 Gram keeps dynamics a float32 Gram loses."""
+    Y = weakly_excited()
+    truth = np.array([1.0, 0.99, 0.95, 0.9 + 0.1j, 0.9 - 0.1j])   # 1: the constant w0
+
+    def err(lam):
+        return max(np.min(np.abs(lam - t)) for t in truth)
+
+    f = compress(da.from_array(Y, chunks=(40, 3000)))["all"]
+    assert f.method == "gram"
+    ours = dmd(f.C, rank=5).eigenvalues
+    dense = dmd(Y.T.astype(np.float64), rank=5).eigenvalues        # float64 SVD of the data
+    np.testing.assert_allclose(sorted_c(ours), sorted_c(dense), atol=1e-8)
+    assert err(ours) < 5e-4                         # limited by float32 storage only
+    X32 = Y.T
+    G = (X32.T @ X32).astype(np.float64)             # naive: float32 Gram of raw snapshots
+    mu, V = np.linalg.eigh(G)
+    mu, V = mu[::-1], V[:, ::-1]
+    k = int(np.sum(mu > 0))
+    naive = dmd(np.sqrt(mu[:k])[:, None] * V[:, :k].T, rank=5).eigenvalues
+    assert err(naive) > 1e-2
+    assert err(naive) > 50 * err(ours)
+
+
+def test_randomized_agrees_with_exact():
+    Y = trajectory(60, 2000, seed=3)
+    exact = dmd(compress(Y)["all"].C, rank=5).eigenvalues
+    fs = compress(da.from_array(Y, chunks=(60, 400)), GROUPS, method="randomized", rank=5,
+                  oversample=5, n_power_iter=1, seed=11)
+    assert fs["all"].rank <= 10 and fs["all"].method == "randomized"
+    np.testing.assert_allclose(sorted_c(dmd(fs["all"].C, rank=5).eigenvalues),
+                               sorted_c(exact), atol=1e-9)
+    for name, start, stop in GROUPS:                 # per-layer sketches, combined for "all"
+        Q = implicit_q(Y, fs[name])
+        np.testing.assert_allclose(Q.T @ Q, np.eye(fs[name].rank), atol=1e-8)
+    Q = implicit_q(Y, fs["all"])
+    np.testing.assert_allclose(Q.T @ Q, np.eye(fs["all"].rank), atol=1e-8)
+    np.testing.assert_allclose(Q @ fs["all"].C, Y.T, atol=1e-9)
+
+
+def test_randomized_noisy_within_tolerance_and_seeded():
+    Y = trajectory(80, 2000, seed=4, noise=1e-4)
+    exact = dmd(compress(Y)["all"].C, rank=5).eigenvalues
+    kw = dict(method="randomized", rank=5, oversample=10, n_power_iter=2)
+    a = compress(Y, seed=5, **kw)["all"]
+    b = compress(Y, seed=5, **kw)["all"]
+    c = compress(Y, seed=6, **kw)["all"]
+    np.testing.assert_array_equal(a.C, b.C)
+    assert not np.array_equal(a.C, c.C)
+    lam = dmd(a.C, rank=5).eigenvalues
+    np.testing.assert_allclose(sorted_c(lam), sorted_c(exact), atol=5e-4)   # noise 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(stable="tsqr"), dict(method="randomized", rank=3)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_is_reported(kw, bad):
+    Y = trajectory(10, 2000, seed=5, noise=1e-3)
+    Y[4, 1600] = bad
+    with pytest.raises(KoopmanInputError, match=r"NaN or inf.*'c'"):
+        compress(da.from_array(Y, chunks=(5, 500)), GROUPS, **kw)
+
+
+def test_bad_groups_and_arguments():
+    Y = np.ones((4, 10))
+    for groups, msg in [([("a", 0, 4), ("b", 5, 10)], "contiguous"),
+                        ([("a", 0, 4)], "cover"),
+                        ([("a", 0, 4), ("a", 4, 10)], "twice"),
+                        ([("all", 0, 4), ("b", 4, 10)], "reserved")]:
+        with pytest.raises(KoopmanInputError, match=msg):
+            compress(Y, groups)
+    with pytest.raises(KoopmanInputError, match="method"):
+        compress(Y, method="svd")
+    with pytest.raises(KoopmanInputError, match="floating"):
+        compress(np.ones((4, 10), dtype=int))

@@ -1,0 +1,122 @@
+"""KoopmanDMD: windows and layers equal direct DMD of the slices; modes; errors."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy.linalg import block_diag
+
+from pipeline.koopman import KoopmanDMD, KoopmanInputError, dmd
+
+GROUPS = [("l0", 0, 900), ("l1", 900, 1300), ("l2", 1300, 2000)]
+
+
+def trajectory(T, P, seed, noise=1e-3):
+    """(T, P): lifted linear system (eigenvalues 0.99, 0.95, 0.9±0.1i, 0.8) plus noise."""
+    rng = np.random.default_rng(seed)
+    A = block_diag([[0.99]], [[0.95]], [[0.9, 0.1], [-0.1, 0.9]], [[0.8]])
+    z, Z = rng.standard_normal(5) + 1.0, np.empty((5, T))
+    for t in range(T):
+        Z[:, t] = z
+        z = A @ z
+    L = np.linalg.qr(rng.standard_normal((P, 5)))[0]
+    return (L @ Z + noise * rng.standard_normal((P, T))).T
+
+
+def assert_same(result, direct, atol=1e-8):
+    assert result.rank == direct.rank
+    np.testing.assert_allclose(result.eigenvalues, direct.eigenvalues, atol=atol)
+    np.testing.assert_allclose(result.residuals, direct.residuals, atol=atol)
+    np.testing.assert_allclose(np.abs(result.amplitudes), np.abs(direct.amplitudes),
+                               rtol=1e-6, atol=atol)
+    k = direct.singular_values.size
+    np.testing.assert_allclose(result.singular_values[:k], direct.singular_values, atol=atol)
+
+
+@pytest.mark.parametrize("kw", [dict(rank=6), dict(tol=1e-3), dict(threshold="gavish-donoho")])
+def test_windows_and_layers_equal_direct_dmd(kw):
+    Y = trajectory(40, 2000, seed=0)
+    est = KoopmanDMD(window=16, stride=8, per_layer=True, **kw)
+    assert est.fit(da.from_array(Y, chunks=(10, 450)), GROUPS) is est
+    assert est.windows_ == [(0, 16), (8, 24), (16, 32), (24, 40)]
+    assert [r.layer for r in est.results_][::4] == ["all", "l0", "l1", "l2"]
+    assert len(est.results_) == 16
+    spans = {"all": (0, 2000), **{n: (a, b) for n, a, b in GROUPS}}
+    for r in est.results_:
+        (a, b), (c0, c1) = r.window, spans[r.layer]
+        assert_same(r, dmd(Y[a:b, c0:c1].T, **kw))
+
+
+def test_default_single_window_and_numpy_equals_dask():
+    Y = trajectory(30, 2000, seed=1)
+    ref = KoopmanDMD(rank=5).fit(Y)
+    got = KoopmanDMD(rank=5).fit(da.from_array(Y, chunks=(7, 333)), GROUPS)
+    assert len(ref.results_) == len(got.results_) == 1
+    assert ref.results_[0].window == (0, 30) and ref.results_[0].layer == "all"
+    assert_same(got.results_[0], ref.results_[0], atol=1e-10)
+    assert_same(ref.results_[0], dmd(Y.T, rank=5))
+
+
+def test_randomized_estimator_matches_exact():
+    Y = trajectory(60, 2000, seed=2, noise=0.0)
+    exact = KoopmanDMD(rank=5, window=30, stride=30, per_layer=True).fit(Y, GROUPS)
+    rnd = KoopmanDMD(method="randomized", rank=5, window=30, stride=30, per_layer=True,
+                     seed=3).fit(Y, GROUPS)
+    for a, b in zip(exact.results_, rnd.results_):
+        assert (a.layer, a.window) == (b.layer, b.window)
+        np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, atol=1e-8)
+        assert b.residuals.max() < 1e-8
+    assert not any(isinstance(v, np.random.Generator) for v in vars(rnd).values())
+
+
+def test_modes_second_pass_equals_direct_ritz_vectors(tmp_path):
+    Y = trajectory(30, 2000, seed=4)
+    est = KoopmanDMD(rank=5, window=20, stride=10, per_layer=True).fit(
+        da.from_array(Y, chunks=(10, 300)), GROUPS)
+    for layer, (c0, c1) in [("l1", (900, 1300)), ("all", (0, 2000))]:
+        m = est.modes(da.from_array(Y, chunks=(10, 300)), layer=layer, window=(10, 30))
+        assert m.shape == (5, c1 - c0) and m.dtype == np.complex128
+        direct = dmd(Y[10:30, c0:c1].T, rank=5)
+        got = m.compute()
+        for i in range(5):                          # equal up to a unit phase
+            overlap = abs(np.vdot(got[i], direct.vectors[:, i]))
+            assert overlap == pytest.approx(1.0, abs=1e-8)
+    path = tmp_path / "modes.zarr"
+    da.to_zarr(est.modes(Y, layer="l0", window=(0, 20)), str(path))
+    with pytest.raises(KoopmanInputError, match="several windows"):
+        est.modes(Y, layer="l0")
+    with pytest.raises(KoopmanInputError, match="unknown layer"):
+        est.modes(Y, layer="nope", window=(0, 20))
+
+
+def test_randomized_modes_for_combined_all_factor():
+    Y = trajectory(30, 2000, seed=5, noise=0.0)
+    est = KoopmanDMD(method="randomized", rank=5, per_layer=True, seed=1).fit(Y, GROUPS)
+    got = est.modes(Y, layer="all").compute()
+    direct = dmd(Y.T, rank=5)
+    for i in range(5):
+        assert abs(np.vdot(got[i], direct.vectors[:, i])) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_refit_replaces_and_init_only_stores():
+    est = KoopmanDMD(window=10, per_layer=True)
+    assert not hasattr(est, "results_")
+    est.fit(trajectory(20, 2000, seed=6), GROUPS)
+    assert len(est.results_) == 8
+    est.fit(trajectory(30, 500, seed=7))
+    assert len(est.results_) == 3 and set(est.factors_) == {"all"}
+
+
+def test_errors_are_clear():
+    Y = trajectory(20, 2000, seed=8)
+    with pytest.raises(ValueError, match="window=25 is longer than the trajectory"):
+        KoopmanDMD(window=25).fit(Y)
+    with pytest.raises(ValueError, match="stride"):
+        KoopmanDMD(window=5, stride=0).fit(Y)
+    with pytest.raises(ValueError, match="at most one"):
+        KoopmanDMD(rank=3, tol=0.1).fit(Y)
+    bad = Y.copy()
+    bad[3, 950] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf.*'l1'"):
+        KoopmanDMD().fit(da.from_array(bad, chunks=(5, 400)), GROUPS)
+    with pytest.raises(KoopmanInputError, match="call fit"):
+        KoopmanDMD().modes(Y)

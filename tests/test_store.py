@@ -1,0 +1,125 @@
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.errors import RunNotFound, StoreError
+from pipeline.layout import Layout
+from pipeline.store import TrajectoryStore
+
+LAYOUT = Layout.from_named_shapes(
+    [("l0.weight", (4, 3)), ("l0.bias", (4,)), ("l1.weight", (2, 4)), ("l1.bias", (2,))]
+)
+
+
+def _write(store, run_id, X, status="complete", **kw):
+    w = store.create_run(run_id, LAYOUT, config={"k": 1}, **kw)
+    for i, x in enumerate(X):
+        w.append(x, epoch=i, step=10 * i)
+    w.finish(status, metrics={"train_loss": list(np.linspace(1, 0, len(X)))})
+    return w
+
+
+@pytest.mark.parametrize("where", ["local", "memory", "file"])
+def test_round_trip(tmp_path, where):
+    url = {"local": str(tmp_path / "s"), "memory": f"memory://kma-{os.getpid()}-{id(tmp_path)}",
+           "file": f"file://{tmp_path / 's2'}"}[where]
+    X = np.random.default_rng(0).standard_normal((7, LAYOUT.size)).astype(np.float32)
+    _write(TrajectoryStore(url), "r1", X, capacity=5)  # grows past the capacity
+    store = TrajectoryStore(url, read_only=True)
+    run = store.open_run("r1")
+    assert run.status == "complete" and run.n_snapshots == 7
+    d = run.weights()
+    assert d.shape == (7, LAYOUT.size) and hasattr(d, "dask")  # lazy
+    np.testing.assert_array_equal(d.compute(), X)
+    assert run.layout == LAYOUT
+    assert run.attrs["snapshot_steps"] == [0, 10, 20, 30, 40, 50, 60]
+    assert run.metrics["train_loss"][0] == 1.0
+    assert "code_version" in run.attrs and run.config == {"k": 1}
+    [info] = store.runs()
+    assert (info.run_id, info.status, info.n_snapshots, info.n_parameters) == ("r1", "complete", 7, LAYOUT.size)
+
+
+def test_layout_maps_indices_to_layers():
+    assert LAYOUT.layers == ["l0", "l1"]
+    assert LAYOUT.layer_ranges() == [("l0", 0, 16), ("l1", 16, 26)]
+    e, idx = LAYOUT.locate(13)
+    assert (e.name, idx) == ("l0.bias", (1,))
+    e, idx = LAYOUT.locate(17)
+    assert (e.name, idx) == ("l1.weight", (0, 1))
+    assert LAYOUT.layer_of(25) == "l1"
+    with pytest.raises(IndexError):
+        LAYOUT.locate(26)
+    tensors = {e.name: np.arange(e.size, dtype=np.float32).reshape(e.shape) + e.offset for e in LAYOUT.entries}
+    flat = LAYOUT.flatten(tensors)
+    np.testing.assert_array_equal(flat, np.arange(LAYOUT.size, dtype=np.float32))
+    back = LAYOUT.unflatten(flat)
+    np.testing.assert_array_equal(back["l1.weight"], tensors["l1.weight"])
+    assert Layout.from_records(LAYOUT.to_records()) == LAYOUT
+    assert LAYOUT.select(["l1"]).size == 10
+
+
+@pytest.mark.parametrize("dtype, tol", [("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_reduced_precision(tmp_path, dtype, tol):
+    X = np.random.default_rng(1).uniform(0.5, 1.0, (3, LAYOUT.size)).astype(np.float32)
+    store = TrajectoryStore(str(tmp_path))
+    _write(store, "r", X, dtype=dtype)
+    Y = store.open_run("r").weights().compute()
+    assert Y.dtype == np.float32
+    np.testing.assert_allclose(Y, X, rtol=tol)
+
+
+def test_unfinished_run_is_redone_cleanly(tmp_path):
+    store = TrajectoryStore(str(tmp_path))
+    w = store.create_run("r", LAYOUT, capacity=4)
+    w.append(np.ones(LAYOUT.size, np.float32))
+    # the task dies here: status stays "running"
+    assert store.status("r") == "running"
+    X = np.zeros((2, LAYOUT.size), np.float32)
+    _write(store, "r", X)
+    run = store.open_run("r")
+    assert run.n_snapshots == 2 and run.status == "complete"
+    np.testing.assert_array_equal(run.weights().compute(), X)
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    store = TrajectoryStore(str(tmp_path))
+    _write(store, "r", np.zeros((2, LAYOUT.size), np.float32))
+    with pytest.raises(StoreError, match="already complete"):
+        store.create_run("r", LAYOUT)
+
+
+def test_corrupt_metadata_is_reported_and_redone(tmp_path):
+    store = TrajectoryStore(str(tmp_path))
+    _write(store, "r", np.zeros((2, LAYOUT.size), np.float32), status="diverged")
+    (tmp_path / "runs" / "r" / "zarr.json").write_text("{not json")
+    store = TrajectoryStore(str(tmp_path))
+    assert store.status("r") is None
+    assert [i.status for i in store.runs()] == ["corrupt"]
+    _write(store, "r", np.ones((2, LAYOUT.size), np.float32))
+    assert store.open_run("r").status == "complete"
+
+
+def test_missing_run_and_unwritable_store(tmp_path):
+    store = TrajectoryStore(str(tmp_path))
+    with pytest.raises(RunNotFound, match="run nope"):
+        store.open_run("nope")
+    with pytest.raises(StoreError, match="no such directory"):
+        TrajectoryStore(str(tmp_path / "absent"), read_only=True)
+    if os.geteuid() != 0:  # root ignores permissions
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(StoreError):
+            TrajectoryStore(str(ro)).check_writable()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError):
+        TrajectoryStore(str(blocker / "sub"))
+
+
+def test_snapshot_shape_checked(tmp_path):
+    w = TrajectoryStore(str(tmp_path)).create_run("r", LAYOUT)
+    with pytest.raises(ValueError, match="expected"):
+        w.append(np.zeros(3, np.float32))
+    w.abort("test")

@@ -1,0 +1,111 @@
+"""End to end on real parts: a local Ray started by the command, a Zarr store on disk,
+MLflow on a SQLite file. Re-runs train and register nothing; an interrupted sweep
+completes exactly the missing variants on the next run."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.store import TrajectoryStore
+
+from conftest import kma_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(cfg, store, uri, env, *extra, timeout=300):
+    return subprocess.run(
+        kma_cmd("sweep", cfg, "--store", store, "--tracking-uri", uri, *extra),
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+
+
+def _training_runs(uri, experiment):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'training'") if exp else []
+
+
+def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env):
+    cfg = tiny_config(seeds=[0, 1], analysis={"enabled": True, "window": 6, "stride": 3})
+    store, uri = tmp_path / "store", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = _sweep(cfg, store, uri, kma_env)
+    assert r.returncode == 0, r.stderr
+    assert "4 to train" in r.stderr and "finished: 4 done" in r.stderr
+
+    st = TrajectoryStore(str(store))
+    runs = {i.run_id: i for i in st.runs()}
+    assert len(runs) == 4 and {i.status for i in runs.values()} == {"complete"}
+    assert {i.n_snapshots for i in runs.values()} == {13}
+    finished = {rid: st.open_run(rid).attrs["finished"] for rid in runs}
+
+    mruns = _training_runs(uri, "tiny")
+    assert sorted(m.data.tags["kma.run_id"] for m in mruns) == sorted(runs)
+    client = MlflowClient(uri)
+    for m in mruns:
+        rid = m.data.tags["kma.run_id"]
+        assert m.data.tags["kma.status"] == "complete" and m.data.tags["kma.sweep"] == "tiny"
+        assert m.data.tags["kma.trajectory_uri"].endswith(f"runs/{rid}")
+        assert m.data.params["depth"] in ("1", "2") and m.data.params["optimizer"] == "adam"
+        hist = client.get_metric_history(m.info.run_id, "train_loss")
+        assert [h.step for h in hist] == list(range(1, 13))
+        stored = st.open_run(rid).metrics["train_loss"]
+        assert [h.value for h in hist] == pytest.approx(stored)
+        assert "config.yaml" in [a.path for a in client.list_artifacts(m.info.run_id)]
+
+    # the default analysis ran and is registered as child runs of the training runs
+    exp = client.get_experiment_by_name("tiny")
+    analyses = client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'analysis'")
+    assert len(analyses) == 4
+    parents = {m.info.run_id for m in mruns}
+    assert {a.data.tags["mlflow.parentRunId"] for a in analyses} == parents
+
+    # second run: nothing trained, nothing registered
+    r = _sweep(cfg, store, uri, kma_env)
+    assert r.returncode == 0, r.stderr
+    assert "4 already finished, 0 to train" in r.stderr
+    assert len(_training_runs(uri, "tiny")) == 4
+    assert {rid: st.open_run(rid).attrs["finished"] for rid in runs} == finished
+
+
+def test_interrupted_sweep_completes_only_missing(tiny_config, tmp_path, kma_env):
+    cfg = tiny_config(name="interrupt", model={"family": "mlp", "depth": [1, 2, 3, 4], "width": 64},
+                      task={"name": "multiscale", "n_points": 2048}, epochs=40)
+    store, uri = tmp_path / "store", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        kma_cmd("sweep", cfg, "--store", store, "--tracking-uri", uri, "--max-parallel", "1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kma_env,
+    )
+    deadline = time.time() + 240
+    done = []
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists():
+            done = [i.run_id for i in TrajectoryStore(str(store), read_only=True).runs() if i.status == "complete"]
+            if done:
+                break
+        time.sleep(0.2)
+    assert done, "no variant completed before the deadline"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+
+    st = TrajectoryStore(str(store))
+    before = {i.run_id: i.status for i in st.runs()}
+    complete_before = {rid for rid, s in before.items() if s == "complete"}
+    assert 1 <= len(complete_before) < 4
+    finished = {rid: st.open_run(rid).attrs["finished"] for rid in complete_before}
+
+    r = _sweep(cfg, store, uri, kma_env)
+    assert r.returncode == 0, r.stderr
+    missing = 4 - len(complete_before)
+    assert f"{len(complete_before)} already finished, {missing} to train" in r.stderr
+    after = {i.run_id: i.status for i in st.runs()}
+    assert len(after) == 4 and set(after.values()) == {"complete"}
+    # the runs finished before the interrupt were not retrained
+    assert {rid: st.open_run(rid).attrs["finished"] for rid in complete_before} == finished
+    mruns = _training_runs(uri, "interrupt")
+    assert sorted(m.data.tags["kma.run_id"] for m in mruns) == sorted(after)
