@@ -1,0 +1,331 @@
+"""Analysis of stored trajectories: the I/O around :mod:`pipeline.koopman`.
+
+For each run: read the weights lazily from the store, fit
+:class:`~pipeline.koopman.KoopmanDMD` (one pass over the data for every layer and
+window), write the spectra into the store under
+``runs/<run_id>/analyses/<analysis_id>/`` (keyed by the analysis parameters, so
+analyses with other parameters stay), optionally write modes (a second pass), draw the
+figures, register the analysis in MLflow as a child of the training run, and return the
+results for ``--json``. A bad run (still training, unreadable, NaN, window too long)
+is reported in one line and the other runs are still analysed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .console import Console
+from .errors import KMAError
+from .koopman import KoopmanDMD, WindowResult
+from .store import FINISHED, Run, TrajectoryStore, _now
+
+log = logging.getLogger(__name__)
+
+RELIABLE_RESIDUAL = 1e-2  # residual below which a Ritz pair counts as reliable
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    """What an analysis computes; its hash names the analysis in the store."""
+
+    method: str = "qr"
+    rank: int | None = None
+    tol: float | None = None
+    threshold: str | None = None
+    window: int | None = None
+    stride: int | None = None
+    per_layer: bool = False
+    modes: bool = False
+    seed: int = 0
+    oversample: int = 10
+    n_power_iter: int = 2
+    residual_tol: float = RELIABLE_RESIDUAL
+
+    def key(self) -> dict:
+        d = asdict(self)
+        d.pop("modes")
+        if self.method != "randomized":
+            for k in ("seed", "oversample", "n_power_iter"):
+                d.pop(k)
+        return d
+
+    @property
+    def analysis_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
+        w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
+        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-{digest}"
+
+    def estimator(self, scheduler=None) -> KoopmanDMD:
+        return KoopmanDMD(
+            method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
+            window=self.window, stride=self.stride, per_layer=self.per_layer,
+            oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
+            scheduler=scheduler,
+        )
+
+
+# --------------------------------------------------------------------------- one run
+def check_analyzable(run: Run) -> None:
+    if run.status == "running":
+        raise KMAError(f"run {run.run_id}: still training (status running); analyse it when it has finished")
+    if run.status == "failed":
+        raise KMAError(f"run {run.run_id}: failed during training ({run.attrs.get('error', 'no trajectory')})")
+    if run.n_snapshots < 2:
+        raise KMAError(f"run {run.run_id}: only {run.n_snapshots} snapshot(s), need at least 2")
+
+
+def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
+    """Fit the estimator on a stored run (one pass over its weights)."""
+    check_analyzable(run)
+    groups = run.layout.layer_ranges()
+    try:
+        return params.estimator(scheduler).fit(run.weights(), groups)
+    except KMAError as e:
+        raise KMAError(f"run {run.run_id}: {e}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # corrupt / missing chunks
+        raise KMAError(f"run {run.run_id}: cannot read its trajectory ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
+    width = max([len(r) for r in rows] + [1])
+    out = np.full((len(rows), width), np.nan, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None) -> str:
+    """Store the spectra under ``runs/<id>/analyses/<analysis_id>``; status goes last."""
+    aid = params.analysis_id
+    analyses = run.group.require_group("analyses")
+    if aid in analyses:
+        del analyses[aid]
+    g = analyses.create_group(aid)
+    g.attrs.update({"status": "writing", "params": params.key(), "created": _now()})
+    by_layer: dict[str, list[WindowResult]] = {}
+    for r in est.results_:
+        by_layer.setdefault(r.layer, []).append(r)
+    for layer, rows in by_layer.items():
+        lg = g.create_group(layer)
+        eig = _pad([r.eigenvalues for r in rows], np.complex128)
+        amp = _pad([r.amplitudes for r in rows], np.complex128)
+        arrays = {
+            "windows": np.array([r.window for r in rows], dtype=np.int64),
+            "rank": np.array([r.rank for r in rows], dtype=np.int64),
+            "eigenvalues": np.stack([eig.real, eig.imag], axis=-1),
+            "amplitudes": np.stack([amp.real, amp.imag], axis=-1),
+            "residuals": _pad([r.residuals for r in rows], np.float64),
+            "singular_values": _pad([r.singular_values for r in rows], np.float64),
+        }
+        for name, arr in arrays.items():
+            lg.create_array(name, data=arr)
+    for layer, arr in (modes or {}).items():
+        import dask.array as da
+
+        mg = g.require_group("modes")
+        da.to_zarr(arr.real.astype(np.float32), mg.create_array(
+            f"{layer}.real", shape=arr.shape, chunks=(arr.shape[0], min(arr.shape[1], 2**18)), dtype="float32"))
+        da.to_zarr(arr.imag.astype(np.float32), mg.create_array(
+            f"{layer}.imag", shape=arr.shape, chunks=(arr.shape[0], min(arr.shape[1], 2**18)), dtype="float32"))
+    g.attrs.update({"status": "complete", "layers": list(by_layer), "n_snapshots": est.n_snapshots_,
+                    "modes_layers": list(modes or {})})
+    return aid
+
+
+def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
+    """Read back a stored analysis as :class:`WindowResult` rows."""
+    try:
+        g = run.group[f"analyses/{analysis_id}"]
+    except KeyError:
+        raise KMAError(f"run {run.run_id}: no analysis {analysis_id}") from None
+    out = []
+    for layer in g.attrs["layers"]:
+        lg = g[layer]
+        eig, amp, res, sv = (lg[k][...] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
+        for i, (w, k) in enumerate(zip(lg["windows"][...], lg["rank"][...])):
+            n = int(np.isfinite(res[i]).sum())
+            out.append(WindowResult(
+                layer, (int(w[0]), int(w[1])),
+                eig[i, :n, 0] + 1j * eig[i, :n, 1], amp[i, :n, 0] + 1j * amp[i, :n, 1],
+                res[i, :n], sv[i][np.isfinite(sv[i])], int(k)))
+    return out
+
+
+def list_analyses(run: Run) -> list[str]:
+    try:
+        return sorted(run.group["analyses"].group_keys())
+    except KeyError:
+        return []
+
+
+def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float) -> list[dict]:
+    """The ``--json`` rows (contract in the README)."""
+    rows = []
+    for r in results:
+        rows.append({
+            "run_id": run_id,
+            "layer": r.layer,
+            "window": [int(r.window[0]), int(r.window[1])],
+            "eigenvalues": [[float(z.real), float(z.imag)] for z in r.eigenvalues],
+            "residuals": [float(x) for x in r.residuals],
+            "amplitudes": [[float(z.real), float(z.imag)] for z in r.amplitudes],
+            "reliable": [bool(x <= residual_tol) for x in r.residuals],
+            "singular_values": [float(x) for x in r.singular_values],
+            "rank": int(r.rank),
+            "analysis_id": aid,
+        })
+    return rows
+
+
+def summary_metrics(results: list[WindowResult], residual_tol: float) -> dict[str, list[tuple[int, float]]]:
+    """Per layer, per window (step = window end): counts and extremes of reliable eigenvalues."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        ok = r.residuals <= residual_tol
+        lam = r.eigenvalues[ok]
+        step = int(r.window[1])
+        vals = {
+            "rank": float(r.rank),
+            "n_reliable": float(ok.sum()),
+            "max_abs_reliable": float(np.abs(lam).max()) if lam.size else None,
+            "min_dist_to_1": float(np.abs(lam - 1).min()) if lam.size else None,
+            "median_residual": float(np.median(r.residuals)) if r.residuals.size else None,
+        }
+        for k, v in vals.items():
+            if v is not None and np.isfinite(v):
+                out.setdefault(f"{r.layer}/{k}", []).append((step, v))
+    return out
+
+
+# --------------------------------------------------------------------------- many runs
+def analyze_runs(
+    store: TrajectoryStore,
+    run_ids: list[str] | None,
+    params: AnalysisParams,
+    *,
+    tracker=None,
+    console: Console | None = None,
+    json_path: str | None = None,
+    scheduler=None,
+    plots_dir: str | None = None,
+) -> dict[str, str | None]:
+    """Analyse each run; returns ``{run_id: None or the error line}``."""
+    console = console or Console()
+    if run_ids is None:
+        run_ids = [i.run_id for i in store.runs() if i.status in FINISHED]
+    report: dict[str, str | None] = {}
+    records: list[dict] = []
+    aid = params.analysis_id
+    console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}")
+    for n, rid in enumerate(run_ids, 1):
+        t0 = time.perf_counter()
+        try:
+            run = store.open_run(rid)
+            est = fit_run(run, params, scheduler)
+            modes = _modes(run, est, params) if params.modes else None
+            write_results(run, params, est, modes)
+            records += result_records(rid, aid, est.results_, params.residual_tol)
+            figs = _figures(run, est, params, plots_dir)
+            if tracker is not None:
+                _register(tracker, run, params, est, figs)
+            report[rid] = None
+            console.info(
+                f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
+                f"({len(est.windows_)} windows × {len({r.layer for r in est.results_})} layers) "
+                f"in {time.perf_counter() - t0:.1f}s"
+            )
+        except KMAError as e:
+            msg = str(e) if rid in str(e) else f"run {rid}: {e}"
+            report[rid] = msg
+            console.error(f"kma: error: {msg}")
+    if json_path:
+        _write_json(json_path, records, report)
+    return report
+
+
+def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=None, scheduler="threads",
+                  plots_dir=None, console=None) -> dict[str, str | None]:
+    """``kma analyze``: open the store and the tracker, resolve the scheduler, analyse."""
+    from .tracking import Tracker
+
+    store = TrajectoryStore(store_url)
+    tracker = Tracker(tracking_uri or None) if tracking_uri is not None else None
+    sched = resolve_scheduler(scheduler)
+    try:
+        return analyze_runs(store, run_ids, params, tracker=tracker, console=console,
+                            json_path=json_path, scheduler=sched, plots_dir=plots_dir)
+    finally:
+        if hasattr(sched, "close"):
+            sched.close()
+
+
+def resolve_scheduler(name: str | None):
+    if name in (None, "", "threads", "threading"):
+        return "threads"
+    if name in ("processes", "sync", "synchronous", "single-threaded"):
+        return name
+    if name.startswith("tcp://"):
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise KMAError("--scheduler tcp://...: install dask.distributed (pip install 'kma[cluster]')") from None
+        try:
+            return Client(name, timeout=10)
+        except (OSError, TimeoutError) as e:
+            raise KMAError(f"Dask scheduler {name}: unreachable ({e})") from None
+    raise KMAError(f"--scheduler {name!r}: expected threads, processes or tcp://HOST:PORT")
+
+
+def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
+    """Modes of the last window of every analysed layer (a second pass)."""
+    last = est.windows_[-1]
+    layers = ["all"] + ([name for name, _, _ in est.groups_] if params.per_layer else [])
+    return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
+
+
+def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, plots_dir: str | None) -> list[Path]:
+    from . import plots
+
+    out = Path(plots_dir) / run.run_id if plots_dir else Path(tempfile.mkdtemp(prefix="kma-figs-"))
+    out.mkdir(parents=True, exist_ok=True)
+    return plots.analysis_figures(est.results_, out, title=run.run_id, residual_tol=params.residual_tol)
+
+
+def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
+    experiment = run.attrs.get("sweep") or "kma"
+    metrics_series = summary_metrics(est.results_, params.residual_tol)
+    rid = tracker.register_analysis(
+        experiment=experiment,
+        run_id=run.run_id,
+        analysis_id=params.analysis_id,
+        params={**params.key(), "n_snapshots": est.n_snapshots_, "n_parameters": est.n_parameters_},
+        metrics={},
+        artifacts=figs,
+        tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
+    )
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, step) for k, series in metrics_series.items() for step, v in series]
+    for i in range(0, len(batch), 1000):
+        tracker.client.log_batch(rid, metrics=batch[i : i + 1000])
+
+
+def _write_json(path: str, records: list[dict], report: dict) -> None:
+    payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e]}
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(p)
+    except OSError as e:
+        raise KMAError(f"--json {path}: cannot write ({e.strerror})") from None
