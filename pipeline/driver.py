@@ -69,6 +69,7 @@ def init_ray(address: str | None, console: Console):
 
     if ray.is_initialized():
         return ray
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address and address != "auto":
         _check_tcp(address)
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)

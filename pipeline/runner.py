@@ -70,7 +70,7 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         config=variant.model_dump(mode="json"),
         capacity=variant.snapshot_capacity(),
         dtype=variant.snapshot.dtype,
-        extra={"device": device, "sweep": variant.sweep},
+        extra={"device": device, "sweep": variant.sweep, "t_start": time.time()},
     )
     try:
         loss_fn = build_loss(variant.loss)
@@ -94,7 +94,7 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
             callbacks=callbacks,
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
-                 "stopped_early": bool(getattr(result, "stopped_early", False))}
+                 "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}
         writer.finish(result.status, metrics=result.history, extra=extra)
         return _summary(run_id, result.status, result.history, writer.n_snapshots, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - recorded as a failed run, redone on re-run

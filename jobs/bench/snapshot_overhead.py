@@ -1,0 +1,196 @@
+"""Snapshot-writing overhead as a fraction of epoch time (benchmark, not a test).
+
+Command::
+
+    .venv/bin/python jobs/bench/snapshot_overhead.py            # full (a few minutes)
+    .venv/bin/python jobs/bench/snapshot_overhead.py --quick    # smoke run
+
+For each model ((a) the demo MLP of configs/demo.yaml: multiscale, depth 2, width 32;
+(b) a >= 1e7-parameter MLP on digits) the same variant is trained, same seeds, in three
+modes, alternated A/B/C/A/B/C... to cancel drift:
+
+- ``none``  : only the initial snapshot (``snapshot_every`` > epochs), no-op sink
+- ``noop``  : snapshot every epoch into a sink that does nothing (flatten + isfinite)
+- ``store`` : snapshot every epoch into a real ``RunWriter`` on local disk (buffer copy
+              + background zarr writes), ``finish()`` included in the timing
+
+Overhead of ``store`` is reported against ``noop`` (the sink alone) and against ``none``
+(everything snapshotting costs: flatten + isfinite + copy + write). Target: <= 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pipeline import config  # noqa: E402
+from pipeline.losses import build_loss  # noqa: E402
+from pipeline.optim import build_optimizer  # noqa: E402
+from pipeline.runner import build_parts  # noqa: E402
+from pipeline.store import TrajectoryStore  # noqa: E402
+from pipeline.train import train  # noqa: E402
+
+MODES = ("none", "noop", "store")
+
+
+# --------------------------------------------------------------------------- parse
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few epochs and reps, smaller big model")
+    p.add_argument("--models", default="demo,big", help="comma list of demo,big")
+    p.add_argument("--demo-epochs", type=int, default=200)
+    p.add_argument("--big-epochs", type=int, default=8)
+    p.add_argument("--big-width", type=int, default=2240, help="digits MLP depth 3; 2240 -> 1.02e7 params")
+    p.add_argument("--reps", type=int, default=3, help="A/B/C rounds per model")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (num_cpus of a sweep task)")
+    p.add_argument("--store-dir", default=None, help="where the temporary store goes (local disk)")
+    p.add_argument("--out", default="bench-out/snapshot_overhead.json")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.demo_epochs, a.big_epochs, a.big_width, a.reps = 40, 3, 600, 1
+    return a
+
+
+# --------------------------------------------------------------------------- build
+def variant_for(name: str, args):
+    cfg = config.load(ROOT / "configs" / "demo.yaml")
+    v = config.expand(cfg)[0]  # depth 2, width 32, kaiming, multiscale
+    assert v.depth == 2 and v.width == 32
+    if name == "demo":
+        return v.model_copy(update={"epochs": args.demo_epochs})
+    task = config.DigitsTask() if hasattr(config, "DigitsTask") else {"name": "digits"}
+    return v.model_copy(update={"task": task, "depth": 3, "width": args.big_width,
+                                "epochs": args.big_epochs, "loss": "cross_entropy",
+                                "batch_size": 64})
+
+
+class EpochClock:
+    """Callback recording the wall time at the end of every epoch."""
+
+    def __init__(self):
+        self.t = [time.perf_counter()]
+
+    def on_epoch_end(self, epoch, history):
+        self.t.append(time.perf_counter())
+
+    def per_epoch(self):
+        return [b - a for a, b in zip(self.t[:-1], self.t[1:])]
+
+
+def one_run(v, mode: str, store_root: str, run_no: int) -> dict:
+    task, model, layout = build_parts(v, "cpu")
+    opt = build_optimizer(v.optimizer, model.parameters(), v.lr, weight_decay=v.weight_decay)
+    loss_fn = build_loss(v.loss)
+    writer = None
+    if mode == "store":
+        store = TrajectoryStore(store_root)
+        writer = store.create_run(f"bench-{run_no}", layout, capacity=v.snapshot_capacity())
+        sink = writer
+    else:
+        sink = lambda flat, epoch=0, step=0: None  # noqa: E731
+    every = v.epochs + 1 if mode == "none" else 1
+    clock = EpochClock()
+    t0 = time.perf_counter()
+    res = train(model, task, loss_fn, opt, epochs=v.epochs, batch_size=v.batch_size,
+                snapshot_every=every, snapshot_unit="epoch", layout=layout, sink=sink,
+                generator=torch.Generator().manual_seed(v.torch_seed + 1), callbacks=[clock])
+    t1 = time.perf_counter()
+    if writer is not None:
+        writer.finish(res.status, metrics=res.history)
+    total = time.perf_counter() - t0
+    finish = time.perf_counter() - t1
+    if writer is not None:
+        TrajectoryStore(store_root).delete_run(f"bench-{run_no}")
+    return {"mode": mode, "total_s": total, "finish_s": finish, "epoch_s": clock.per_epoch(),
+            "n_params": layout.size, "status": res.status}
+
+
+# --------------------------------------------------------------------------- run
+def bench_model(name, args, store_root):
+    v = variant_for(name, args)
+    one_run(v.model_copy(update={"epochs": 2}), "store", store_root, 0)  # warm-up
+    runs = {m: [] for m in MODES}
+    k = 1
+    for rep in range(args.reps):
+        order = MODES if rep % 2 == 0 else MODES[::-1]
+        for m in order:
+            runs[m].append(one_run(v, m, store_root, k))
+            k += 1
+    n_params = runs["none"][0]["n_params"]
+    row = {"model": name, "n_params": n_params, "epochs": v.epochs,
+           "snapshot_mb": n_params * 4 / 1e6}
+    for m in MODES:
+        totals = [r["total_s"] for r in runs[m]]
+        med_epoch = [statistics.median(r["epoch_s"]) for r in runs[m]]
+        row[m] = {"total_s": totals, "median_epoch_s": med_epoch,
+                  "finish_s": [r["finish_s"] for r in runs[m]],
+                  "epoch_median_min": min(med_epoch),
+                  "epoch_median_median": statistics.median(med_epoch),
+                  "per_epoch_total_min": min(totals) / v.epochs,
+                  "per_epoch_total_median": statistics.median(totals) / v.epochs}
+
+    def ovh(a, b, key):
+        return (row[a][key] - row[b][key]) / row[b][key] * 100
+
+    for key in ("per_epoch_total_min", "per_epoch_total_median",
+                "epoch_median_min", "epoch_median_median"):
+        row[f"overhead_store_vs_noop_%[{key}]"] = ovh("store", "noop", key)
+        row[f"overhead_store_vs_none_%[{key}]"] = ovh("store", "none", key)
+    return row
+
+
+def report(rows):
+    print("\ns/epoch: 'steady' = median single-epoch time (min | median over reps); "
+          "'amortized' = whole run incl. finish() / epochs (min | median over reps)")
+    print(f"{'model':6} {'params':>11} {'MB/snap':>8} {'mode':6} {'steady min':>11} {'steady med':>11} "
+          f"{'amort min':>10} {'amort med':>10} {'finish s':>9}")
+    for r in rows:
+        for m in MODES:
+            d = r[m]
+            print(f"{r['model']:6} {r['n_params']:>11,} {r['snapshot_mb']:>8.2f} {m:6} "
+                  f"{d['epoch_median_min']:>11.5f} {d['epoch_median_median']:>11.5f} "
+                  f"{d['per_epoch_total_min']:>10.5f} {d['per_epoch_total_median']:>10.5f} "
+                  f"{min(d['finish_s']):>9.4f}")
+    print("\noverhead of 'store' in % (min-based | median-based)")
+    print(f"{'model':6} {'steady vs none':>20} {'steady vs noop':>20} {'amort vs none':>20} {'amort vs noop':>20}")
+    for r in rows:
+        cells = []
+        for kind in ("epoch_median", "per_epoch_total"):
+            for base in ("none", "noop"):
+                a = r[f"overhead_store_vs_{base}_%[{kind}_min]"]
+                b = r[f"overhead_store_vs_{base}_%[{kind}_median]"]
+                cells.append(f"{a:+7.2f} | {b:+7.2f}")
+        print(f"{r['model']:6} " + " ".join(f"{c:>20}" for c in cells))
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp(prefix="kma-bench-", dir=args.store_dir)
+    try:
+        rows = [bench_model(name, args, os.path.join(tmp, "store"))
+                for name in args.models.split(",")]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "torch_threads": torch.get_num_threads(),
+                               "results": rows}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
