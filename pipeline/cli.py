@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import KMAError
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None, help="only these layers (module names)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of that id")
+
+    p = sub.add_parser("compare", help="compare runs grouped by a config key: table and figures")
+    _add_common(p, store_required=True)
+    p.add_argument("--run", dest="runs", action="append", metavar="ID", help="only these runs")
+    p.add_argument("--sweep", default=None, help="only runs of this sweep")
+    p.add_argument("--analysis", default=None, metavar="ID", help="analysis id (default: each run's latest)")
+    p.add_argument("--by", default="depth", help="config key to group by (depth, init, width, seed, ...)")
+    p.add_argument("--out", default="kma-compare", help="folder for the figures")
 
     p = sub.add_parser("runs", help="list the runs in a store")
     _add_common(p, store_required=True)
@@ -132,7 +141,22 @@ def cmd_runs(args, console) -> int:
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs}
+def cmd_compare(args, console) -> int:
+    from pathlib import Path
+
+    from . import compare
+    from .store import TrajectoryStore
+
+    rows = compare.collect(TrajectoryStore(args.store, read_only=True), args.runs, args.analysis,
+                           by=args.by, sweep=args.sweep)
+    print(compare.table(rows))
+    figs = compare.figures(rows, Path(args.out), args.by)
+    console.info("figures: " + ", ".join(str(f) for f in figs))
+    return 0
+
+
+COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs,
+            "compare": cmd_compare}
 
 
 def main(argv=None) -> int:
@@ -146,6 +170,8 @@ def main(argv=None) -> int:
         args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # MLflow logs INFO lines (e.g. creating its tables) on its own handler
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     console = Console(quiet=args.quiet)
     try:
         return COMMANDS[args.command](args, console)

@@ -126,6 +126,9 @@ def run_sweep(
     if max_parallel is not None and max_parallel < 1:
         raise KMAError("--max-parallel must be >= 1")
     variants = expand(cfg)
+    from .runner import preflight
+
+    preflight(variants)
     store = TrajectoryStore(store_url)
     store.check_writable()
     tracker = Tracker(tracking_uri)

@@ -49,6 +49,27 @@ def build_parts(variant: Variant, device: str = "cpu"):
     return task, model, layout
 
 
+def preflight(variants: list[Variant]) -> None:
+    """Check, before anything trains, that every variant's model builds and its snapshot
+    layers exist (models are built on the ``meta`` device: no memory, no compute)."""
+    seen: dict = {}
+    for v in variants:
+        key = (v.task.model_dump_json(), v.family, v.depth, v.width, v.activation,
+               str(v.snapshot.layers))
+        if key in seen:
+            continue
+        task = build_task(v.task.name, seed=0, **v.task.model_dump(exclude={"name"}))
+        with torch.device("meta"):
+            model = build_model(v.family, task.in_dim, task.out_dim, v.depth, v.width, v.activation)
+        layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+        if v.snapshot.layers != "all":
+            try:
+                layout.select(v.snapshot.layers)
+            except KMAError as e:
+                raise KMAError(f"snapshot.layers of {v.run_id}: {e}") from None
+        seen[key] = layout.size
+
+
 def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
     """Train ``variant`` and stream its trajectory into ``store_url``.
 

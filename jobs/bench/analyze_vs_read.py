@@ -1,0 +1,427 @@
+"""Analysis speed and scale: KoopmanDMD against a plain read pass of the same array.
+
+Command::
+
+    .venv/bin/python jobs/bench/analyze_vs_read.py             # full, a few minutes, ~7 GB of /tmp
+    .venv/bin/python jobs/bench/analyze_vs_read.py --quick     # smoke run, small sizes
+
+Sections (each can be skipped with ``--skip read,zstd,tsqr,ooc,pydmd``):
+
+1. ``read``  : a synthetic trajectory ``T x P`` (default 100 x 2e6 float32, 10 layers:
+   ``w0`` + slowly decaying modes + small noise) written through
+   ``TrajectoryStore.create_run`` / ``RunWriter`` (the store's real chunking, no
+   compression). Alternately, ``--reps`` times: a plain read pass
+   ``da.from_zarr(arr)[:T].sum().compute()``, ``KoopmanDMD(method="qr", window=50,
+   stride=25, per_layer=True).fit(run.weights(), layers)`` and the same with
+   ``method="randomized", rank=20``. Times, GB/s, fit/read ratios (target <= 1.5x).
+2. ``zstd``  : the same data copied into a zarr array with the same chunks and a zstd
+   compressor; write time, compression ratio, read pass and qr fit, alternated.
+3. ``tsqr``  : reference, ``dask.array.linalg.tsqr`` of ``X = Y.T`` (R only) + a small DMD.
+4. ``ooc``   : out of core. A trajectory of ``--ooc-gb`` GB; the qr fit runs in a child
+   process whose peak RSS (``VmHWM``) is compared with ``--budget-gib``.
+5. ``pydmd`` : ``pydmd.DMD(svd_rank=0).fit(X)`` (``X`` P x T numpy, loaded from the store)
+   against ``KoopmanDMD(method="qr")`` on the same stored run (one window, all
+   snapshots), each in its own child process: time and peak RSS.
+
+Every child reports ``VmHWM`` from ``/proc/self/status`` (reset on exec, unlike
+``ru_maxrss``, which keeps the parent's pre-exec peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+GB = 1e9
+
+
+# --------------------------------------------------------------------------- parse
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--T", type=int, default=100)
+    p.add_argument("--P", type=int, default=2_000_000)
+    p.add_argument("--layers", type=int, default=10)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--stride", type=int, default=25)
+    p.add_argument("--rank", type=int, default=20, help="randomized method rank")
+    p.add_argument("--ooc-gb", type=float, default=4.4, help="size of the out-of-core trajectory")
+    p.add_argument("--ooc-T", type=int, default=200)
+    p.add_argument("--budget-gib", type=float, default=1.0, help="memory the analysis may use")
+    p.add_argument("--pydmd-P", type=int, default=1_000_000)
+    p.add_argument("--pydmd-T", type=int, default=100)
+    p.add_argument("--zstd-level", type=int, default=3)
+    p.add_argument("--skip", default="", help="comma list of read,zstd,tsqr,ooc,pydmd")
+    p.add_argument("--dir", default=None, help="scratch directory (local disk)")
+    p.add_argument("--out", default="bench-out/analyze_vs_read.json")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.T, a.P, a.reps, a.window, a.stride = 60, 200_000, 2, 30, 15
+        a.ooc_gb, a.ooc_T, a.budget_gib = 0.4, 100, 0.5
+        a.pydmd_P, a.pydmd_T = 100_000, 60
+    return a
+
+
+# --------------------------------------------------------------------------- build
+def synthetic_rows(T, P, seed=0, n_modes=6, noise=1e-4):
+    """Yield snapshots w0 + sum_k a_k lam_k^t v_k + noise (float32), one at a time."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(P, dtype=np.float32)
+    lams = np.exp(-np.linspace(0.01, 0.2, n_modes))
+    vs = rng.standard_normal((n_modes, P), dtype=np.float32) * np.float32(0.1)
+    row = np.empty(P, np.float32)
+    for t in range(T):
+        row[:] = w0
+        for lam, v in zip(lams, vs):
+            row += np.float32(1 - lam ** t) * v
+        row += noise * rng.standard_normal(P, dtype=np.float32)
+        yield row
+
+
+def layout_of(P, n_layers):
+    from pipeline.layout import Layout
+
+    edges = np.linspace(0, P, n_layers + 1).astype(int)
+    return Layout.from_named_shapes((f"l{i}.weight", (int(b - a),))
+                                    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])))
+
+
+def write_run(store_url, run_id, T, P, n_layers, seed=0):
+    """Write the synthetic trajectory through the store's own writer; returns seconds."""
+    from pipeline.store import TrajectoryStore
+
+    store = TrajectoryStore(store_url)
+    if store.status(run_id) is not None:
+        store.delete_run(run_id)
+    t0 = time.perf_counter()
+    w = store.create_run(run_id, layout_of(P, n_layers), capacity=T)
+    for t, row in enumerate(synthetic_rows(T, P, seed)):
+        w.append(row, epoch=t)
+    w.finish("complete")
+    return time.perf_counter() - t0
+
+
+def zstd_copy(src, group, level):
+    """Copy ``src`` into ``group['weights_zstd']``: same shape and chunks, zstd. Returns s."""
+    import zarr.codecs
+
+    dst = group.create_array("weights_zstd", shape=src.shape, chunks=src.chunks, dtype=src.dtype,
+                             fill_value=0, compressors=[zarr.codecs.ZstdCodec(level=level)],
+                             overwrite=True)
+    tc = src.chunks[0]
+    blocks = [src[a:a + tc] for a in range(0, src.shape[0], tc)]  # read first: time the write only
+    t0 = time.perf_counter()
+    for i, b in enumerate(blocks):
+        dst[i * tc:i * tc + b.shape[0]] = b
+    return dst, time.perf_counter() - t0
+
+
+def array_bytes(arr):
+    return int(np.prod(arr.shape)) * arr.dtype.itemsize
+
+
+def stored_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------- timed ops
+def read_pass(arr, T):
+    import dask.array as da
+
+    t0 = time.perf_counter()
+    da.from_zarr(arr)[:T].sum().compute()
+    return time.perf_counter() - t0
+
+
+def fit(Y, groups, method, window, stride, rank=None, per_layer=True):
+    from pipeline.koopman import KoopmanDMD
+
+    t0 = time.perf_counter()
+    est = KoopmanDMD(method=method, rank=rank, window=window, stride=stride,
+                     per_layer=per_layer).fit(Y, groups)
+    dt = time.perf_counter() - t0
+    n_eigs = sum(len(r.eigenvalues) for r in est.results_)
+    return dt, len(est.results_), n_eigs
+
+
+def dask_y(arr, T):
+    import dask.array as da
+
+    return da.from_zarr(arr)[:T]
+
+
+def stats(xs):
+    return {"min": min(xs), "median": statistics.median(xs), "all": xs}
+
+
+# --------------------------------------------------------------------------- child
+def child_main(spec: dict) -> None:
+    """Run one measured job in this fresh process; print one JSON line."""
+    def hwm_bytes():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    from pipeline.store import TrajectoryStore
+
+    run = TrajectoryStore(spec["store"], read_only=True).open_run(spec["run"])
+    base = hwm_bytes()  # interpreter + imports, before any data
+    out = {"baseline_hwm": base}
+    if spec["job"] == "fit":
+        dt, n_win, n_eigs = fit(run.weights(), run.layout.layer_ranges(), spec["method"],
+                                spec.get("window"), spec.get("stride"), spec.get("rank"),
+                                spec.get("per_layer", True))
+        out.update(fit_s=dt, n_results=n_win, n_eigs=n_eigs)
+    elif spec["job"] == "pydmd":
+        import pydmd
+
+        t0 = time.perf_counter()
+        X = np.ascontiguousarray(run.weights().compute().T)  # P x T float32
+        out["load_s"] = time.perf_counter() - t0
+        out["X_bytes"] = X.nbytes
+        t0 = time.perf_counter()
+        d = pydmd.DMD(svd_rank=0).fit(X)
+        out["fit_s"] = time.perf_counter() - t0
+        out["n_eigs"] = len(d.eigs)
+    out["peak_hwm"] = hwm_bytes()
+    print("CHILD " + json.dumps(out))
+
+
+def run_child(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("CHILD ")]
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"child {spec} failed ({p.returncode}): {p.stderr[-2000:]}")
+    res = json.loads(lines[-1][6:])
+    res["child_wall_s"] = wall
+    return res
+
+
+# --------------------------------------------------------------------------- run
+def bench_read(args, tmp, res):
+    from pipeline.store import TrajectoryStore
+
+    url = str(tmp / "store")
+    wt = write_run(url, "main", args.T, args.P, args.layers)
+    run = TrajectoryStore(url).open_run("main")
+    arr = run.weights_array()
+    nbytes = args.T * args.P * 4
+    groups = run.layout.layer_ranges()
+    print(f"[read] wrote {nbytes / GB:.2f} GB through RunWriter in {wt:.1f} s; "
+          f"chunks {arr.chunks}, compressors {arr.compressors}", flush=True)
+    read_pass(arr, args.T)  # warm the page cache: every timing below reads from memory
+    t_read, t_qr, t_rnd = [], [], []
+    for rep in range(args.reps):
+        t_read.append(read_pass(arr, args.T))
+        t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
+        t_rnd.append(fit(run.weights(), groups, "randomized", args.window, args.stride, args.rank)[0])
+        print(f"[read] rep {rep}: read {t_read[-1]:.2f}s qr {t_qr[-1]:.2f}s "
+              f"randomized {t_rnd[-1]:.2f}s", flush=True)
+    _, n_res, n_eigs = fit(run.weights(), groups, "qr", args.window, args.stride)
+    res["read"] = {
+        "T": args.T, "P": args.P, "bytes": nbytes, "write_s": wt, "chunks": list(arr.chunks),
+        "n_window_layer_results": n_res, "n_eigenvalues": n_eigs,
+        "read_s": stats(t_read), "qr_fit_s": stats(t_qr), "randomized_fit_s": stats(t_rnd),
+        "qr_over_read": {"min-based": min(t_qr) / min(t_read),
+                         "median-based": statistics.median(t_qr) / statistics.median(t_read)},
+        "randomized_over_read": {"min-based": min(t_rnd) / min(t_read),
+                                 "median-based": statistics.median(t_rnd) / statistics.median(t_read)},
+    }
+    return run, arr
+
+
+def bench_zstd(args, run, arr, tmp, res):
+    dst, wt = zstd_copy(arr, run.group, args.zstd_level)
+    # write time of the store's uncompressed layout, same blocks, for comparison
+    raw = run.group.create_array("weights_raw_copy", shape=arr.shape, chunks=arr.chunks,
+                                 dtype=arr.dtype, fill_value=0, compressors=None, overwrite=True)
+    tc = arr.chunks[0]
+    blocks = [arr[a:a + tc] for a in range(0, arr.shape[0], tc)]
+    t0 = time.perf_counter()
+    for i, b in enumerate(blocks):
+        raw[i * tc:i * tc + b.shape[0]] = b
+    w_raw = time.perf_counter() - t0
+    del blocks, raw
+    del run.group["weights_raw_copy"]
+    run_path = Path(str(run.store.url)) / "runs" / run.run_id
+    z_bytes = stored_bytes(run_path / "weights_zstd")
+    r_bytes = stored_bytes(run_path / "weights")
+    groups = run.layout.layer_ranges()
+    read_pass(dst, args.T)
+    t_read_z, t_qr_z, t_read_r, t_qr_r = [], [], [], []
+    for rep in range(args.reps):
+        t_read_r.append(read_pass(arr, args.T))
+        t_read_z.append(read_pass(dst, args.T))
+        t_qr_r.append(fit(dask_y(arr, args.T), groups, "qr", args.window, args.stride)[0])
+        t_qr_z.append(fit(dask_y(dst, args.T), groups, "qr", args.window, args.stride)[0])
+        print(f"[zstd] rep {rep}: read raw {t_read_r[-1]:.2f}s zstd {t_read_z[-1]:.2f}s | "
+              f"qr raw {t_qr_r[-1]:.2f}s zstd {t_qr_z[-1]:.2f}s", flush=True)
+    res["zstd"] = {
+        "level": args.zstd_level, "raw_bytes_on_disk": r_bytes, "zstd_bytes_on_disk": z_bytes,
+        "compression_ratio": r_bytes / z_bytes, "write_s_raw": w_raw, "write_s_zstd": wt,
+        "read_s_raw": stats(t_read_r), "read_s_zstd": stats(t_read_z),
+        "qr_fit_s_raw": stats(t_qr_r), "qr_fit_s_zstd": stats(t_qr_z),
+        "qr_over_read_raw": statistics.median(t_qr_r) / statistics.median(t_read_r),
+        "qr_over_read_zstd": statistics.median(t_qr_z) / statistics.median(t_read_z),
+        "qr_zstd_over_read_raw": statistics.median(t_qr_z) / statistics.median(t_read_r),
+    }
+    del run.group["weights_zstd"]
+
+
+def bench_tsqr(args, run, res):
+    import dask.array as da
+
+    from pipeline.koopman import dmd
+
+    Y = run.weights()
+    X = Y.T.rechunk({0: Y.chunks[1][0], 1: -1}).astype(np.float64)
+    t0 = time.perf_counter()
+    _, R = da.linalg.tsqr(X)
+    R = R.compute()
+    t_r = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = dmd(R, data_shape=(X.shape[0], X.shape[1] - 1))
+    t_dmd = time.perf_counter() - t1
+    res["tsqr"] = {"tsqr_R_s": t_r, "small_dmd_s": t_dmd, "n_eigs": len(out.eigenvalues),
+                   "note": "whole trajectory, one window, no E transform, no per-layer"}
+    print(f"[tsqr] dask tsqr R {t_r:.2f}s + small dmd {t_dmd:.3f}s", flush=True)
+
+
+def bench_ooc(args, tmp, res):
+    url = str(tmp / "ooc")
+    T = args.ooc_T
+    P = int(args.ooc_gb * GB / (4 * T))
+    wt = write_run(url, "big", T, P, args.layers, seed=1)
+    nbytes = T * P * 4
+    print(f"[ooc] wrote {nbytes / GB:.2f} GB ({T} x {P}) in {wt:.1f} s", flush=True)
+    r = run_child({"job": "fit", "store": url, "run": "big", "method": "qr",
+                   "window": args.window, "stride": args.stride})
+    budget = args.budget_gib * 2**30
+    res["ooc"] = {"T": T, "P": P, "dataset_bytes": nbytes, "write_s": wt, **r,
+                  "budget_bytes": budget, "dataset_over_budget": nbytes / budget,
+                  "dataset_over_peak_rss": nbytes / r["peak_hwm"],
+                  "within_budget": r["peak_hwm"] <= budget,
+                  "GBps": nbytes / GB / r["fit_s"]}
+    print(f"[ooc] fit {r['fit_s']:.1f}s, peak RSS {r['peak_hwm'] / 2**20:.0f} MiB "
+          f"(baseline {r['baseline_hwm'] / 2**20:.0f} MiB), budget {args.budget_gib} GiB", flush=True)
+    shutil.rmtree(tmp / "ooc", ignore_errors=True)
+
+
+def bench_pydmd(args, tmp, res):
+    url = str(tmp / "pyd")
+    T, P = args.pydmd_T, args.pydmd_P
+    write_run(url, "pyd", T, P, args.layers, seed=2)
+    ours = run_child({"job": "fit", "store": url, "run": "pyd", "method": "qr",
+                      "window": None, "stride": None, "per_layer": False})
+    theirs = run_child({"job": "pydmd", "store": url, "run": "pyd"})
+    ours2 = run_child({"job": "fit", "store": url, "run": "pyd", "method": "qr",
+                       "window": None, "stride": None, "per_layer": False})
+    best = min((ours, ours2), key=lambda r: r["fit_s"])
+    res["pydmd"] = {"T": T, "P": P, "bytes": T * P * 4, "ours": [ours, ours2], "pydmd": theirs,
+                    "time_ratio_pydmd_fit_over_ours": theirs["fit_s"] / best["fit_s"],
+                    "time_ratio_pydmd_load+fit_over_ours": (theirs["fit_s"] + theirs["load_s"]) / best["fit_s"],
+                    "peak_rss_ratio_pydmd_over_ours": theirs["peak_hwm"] / best["peak_hwm"]}
+    print(f"[pydmd] ours {best['fit_s']:.2f}s peak {best['peak_hwm'] / 2**20:.0f} MiB | pydmd load "
+          f"{theirs['load_s']:.2f}s fit {theirs['fit_s']:.2f}s peak {theirs['peak_hwm'] / 2**20:.0f} MiB",
+          flush=True)
+    shutil.rmtree(tmp / "pyd", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- report
+def report(res):
+    print()
+    if "read" in res:
+        r = res["read"]
+        gb = r["bytes"] / GB
+        print(f"1. {r['T']} x {r['P']:,} float32 = {gb:.2f} GB, chunks {r['chunks']}, "
+              f"{r['n_window_layer_results']} (window, layer) results")
+        print(f"   {'pass':28} {'min s':>7} {'med s':>7} {'GB/s(min)':>10} {'x read (min|med)':>18}")
+        for name, key, ratio in (("plain read (dask sum)", "read_s", None),
+                                 ("KoopmanDMD qr", "qr_fit_s", "qr_over_read"),
+                                 (f"KoopmanDMD randomized r{res['args']['rank']}", "randomized_fit_s",
+                                  "randomized_over_read")):
+            s = r[key]
+            rr = (f"{r[ratio]['min-based']:.2f} | {r[ratio]['median-based']:.2f}" if ratio else "1")
+            print(f"   {name:28} {s['min']:>7.2f} {s['median']:>7.2f} {gb / s['min']:>10.2f} {rr:>18}")
+    if "zstd" in res:
+        z = res["zstd"]
+        gb = res["read"]["bytes"] / GB
+        print(f"2. zstd level {z['level']}: compression {z['compression_ratio']:.2f}x; write "
+              f"{z['write_s_raw']:.2f}s raw vs {z['write_s_zstd']:.2f}s zstd")
+        for name in ("read_s_raw", "read_s_zstd", "qr_fit_s_raw", "qr_fit_s_zstd"):
+            s = z[name]
+            print(f"   {name:28} {s['min']:>7.2f} {s['median']:>7.2f} {gb / s['min']:>10.2f}")
+        print(f"   qr/read (median): raw {z['qr_over_read_raw']:.2f}x, zstd {z['qr_over_read_zstd']:.2f}x,"
+              f" qr on zstd / raw read {z['qr_zstd_over_read_raw']:.2f}x")
+    if "tsqr" in res:
+        t = res["tsqr"]
+        print(f"3. dask.array.linalg.tsqr (R only) {t['tsqr_R_s']:.2f}s + small DMD {t['small_dmd_s']:.3f}s")
+    if "ooc" in res:
+        o = res["ooc"]
+        print(f"4. out of core: {o['T']} x {o['P']:,} = {o['dataset_bytes'] / GB:.2f} GB; fit "
+              f"{o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s, includes cold reads); peak RSS "
+              f"{o['peak_hwm'] / 2**20:.0f} MiB (baseline {o['baseline_hwm'] / 2**20:.0f} MiB); budget "
+              f"{o['budget_bytes'] / 2**30:.2f} GiB; dataset/budget {o['dataset_over_budget']:.1f}x, "
+              f"dataset/peak {o['dataset_over_peak_rss']:.1f}x, within budget: {o['within_budget']}")
+    if "pydmd" in res:
+        p = res["pydmd"]
+        best = min(p["ours"], key=lambda r: r["fit_s"])
+        print(f"5. PyDMD vs ours on {p['P']:,} x {p['T']} float32 ({p['bytes'] / GB:.2f} GB), one window:")
+        print(f"   ours qr fit {best['fit_s']:.2f}s peak RSS {best['peak_hwm'] / 2**20:.0f} MiB | pydmd "
+              f"fit {p['pydmd']['fit_s']:.2f}s (+ load {p['pydmd']['load_s']:.2f}s) peak RSS "
+              f"{p['pydmd']['peak_hwm'] / 2**20:.0f} MiB")
+        print(f"   time ratio pydmd/ours {p['time_ratio_pydmd_fit_over_ours']:.2f}x "
+              f"(incl. load {p['time_ratio_pydmd_load+fit_over_ours']:.2f}x), peak-memory ratio "
+              f"{p['peak_rss_ratio_pydmd_over_ours']:.2f}x")
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.child:
+        return child_main(json.loads(args.child))
+    skip = set(filter(None, args.skip.split(",")))
+    res = {"args": vars(args), "cpus": os.cpu_count()}
+    tmp = Path(tempfile.mkdtemp(prefix="kma-bench-analyze-", dir=args.dir))
+    try:
+        if not {"read", "zstd", "tsqr"} <= skip:
+            run, arr = bench_read(args, tmp, res)
+            if "zstd" not in skip:
+                bench_zstd(args, run, arr, tmp, res)
+            if "tsqr" not in skip:
+                bench_tsqr(args, run, res)
+            del run, arr
+            shutil.rmtree(tmp / "store", ignore_errors=True)
+        if "ooc" not in skip:
+            bench_ooc(args, tmp, res)
+        if "pydmd" not in skip:
+            bench_pydmd(args, tmp, res)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(res)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
