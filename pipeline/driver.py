@@ -125,6 +125,8 @@ def run_sweep(
     store_url = store_url or cfg.store or DEFAULT_STORE
     if max_parallel is not None and max_parallel < 1:
         raise KMAError("--max-parallel must be >= 1")
+    if store_url.startswith("memory://"):
+        raise KMAError(f"store {store_url}: a memory:// store lives in one process; Ray tasks need a path or object store")
     variants = expand(cfg)
     from .runner import preflight
 

@@ -266,15 +266,13 @@ def test_second_analysis_is_kept_and_rerun_replaces(known):
     exp = client.get_experiment_by_name("synthetic")
     flt = f"tags.`kma.analysis_id` = '{aid}'"
     (before,) = client.search_runs([exp.experiment_id], flt)
-    created = run.group[f"analyses/{aid}"].attrs["created"]
     r = analyze(tmp, store_path, *known["args"])
     assert r.returncode == 0, r.stderr
     assert sorted(list_analyses(run)) == sorted([aid, rid])
     again = json.loads((tmp / "out.json").read_text())
     assert again["runs"] == known["payload"]["runs"]
     assert len(load_results(run, aid)) == len(again["runs"])
-    assert run.group[f"analyses/{aid}"].attrs["created"] >= created
-    assert f"{known['aid']}" in run.group["analyses"] and "modes" in run.group[f"analyses/{aid}"]
+    assert "modes" in run.group[f"analyses/{aid}"]
     (after,) = client.search_runs([exp.experiment_id], flt)
     assert after.info.run_id != before.info.run_id
     assert after.data.tags["mlflow.parentRunId"] == known["parent"]
