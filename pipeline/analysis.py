@@ -253,13 +253,15 @@ def analyze_runs(
 
 def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=None, scheduler="threads",
                   plots_dir=None, console=None) -> dict[str, str | None]:
-    """``kma analyze``: open the store and the tracker, resolve the scheduler, analyse."""
+    """``kma analyze``: resolve the scheduler, open the store (it must exist) and the tracker,
+    analyse."""
     from .tracking import Tracker
 
-    store = TrajectoryStore(store_url)
-    tracker = Tracker(tracking_uri or None) if tracking_uri is not None else None
-    sched = resolve_scheduler(scheduler)
+    sched = resolve_scheduler(scheduler)  # a bad flag fails before anything is opened or created
     try:
+        TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new empty one
+        store = TrajectoryStore(store_url)
+        tracker = Tracker(tracking_uri or None) if tracking_uri is not None else None
         return analyze_runs(store, run_ids, params, tracker=tracker, console=console,
                             json_path=json_path, scheduler=sched, plots_dir=plots_dir)
     finally:

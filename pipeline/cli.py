@@ -170,6 +170,8 @@ def main(argv=None) -> int:
         args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # MLflow logs INFO lines (e.g. creating its tables) on its own handler
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     console = Console(quiet=args.quiet)
     try:
         return COMMANDS[args.command](args, console)
