@@ -80,6 +80,10 @@ def check_analyzable(run: Run) -> None:
         raise KMAError(f"run {run.run_id}: failed during training ({run.attrs.get('error', 'no trajectory')})")
     if run.n_snapshots < 2:
         raise KMAError(f"run {run.run_id}: only {run.n_snapshots} snapshot(s), need at least 2")
+    missing = run.missing_chunks()
+    if missing:
+        raise KMAError(f"run {run.run_id}: {len(missing)} chunk(s) of its weights are missing "
+                       f"(first: weights/{missing[0]}); the trajectory is incomplete")
 
 
 def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:

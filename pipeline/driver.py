@@ -131,9 +131,9 @@ def run_sweep(
     from .runner import preflight
 
     preflight(variants)
+    tracker = Tracker(tracking_uri)
     store = TrajectoryStore(store_url)
     store.check_writable()
-    tracker = Tracker(tracking_uri)
     summary = SweepSummary(cfg.name, store_url)
 
     todo = []

@@ -131,6 +131,23 @@ class Run:
         except KeyError:
             raise StoreError(f"run {self.run_id}: no weights array") from None
 
+    def missing_chunks(self) -> list[str]:
+        """Chunk keys of the first ``n_snapshots`` rows that are absent from the store."""
+        from zarr.core.sync import sync
+
+        arr = self.weights_array()
+        tc, pc = arr.chunks
+        rows = -(-self.n_snapshots // tc)
+        cols = -(-arr.shape[1] // pc)
+        prefix = f"runs/{self.run_id}/weights/"
+        zstore = self.store._zstore
+
+        async def _ls():
+            return {k.removeprefix(prefix) async for k in zstore.list_prefix(prefix + "c/")}
+
+        present = sync(_ls())
+        return [f"c/{i}/{j}" for i in range(rows) for j in range(cols) if f"c/{i}/{j}" not in present]
+
     def weights(self, dtype=np.float32):
         """Snapshots as a lazy Dask array of shape (n_snapshots, n_parameters)."""
         import dask.array as da
@@ -270,9 +287,12 @@ class TrajectoryStore:
             shape=(cap, layout.size),
             chunks=(t_chunk, min(layout.size, _P_CHUNK) or 1),
             dtype=storage,
-            fill_value=0,
+            # a lost chunk must read as NaN, never as plausible zeros; and every chunk is
+            # written, even an all-zero one, so missing_chunks() can tell loss from zeros
+            fill_value=0 if storage == "uint16" else float("nan"),
             compressors=None,
             overwrite=True,
+            config={"write_empty_chunks": True},
         )
         group.attrs.update(
             {

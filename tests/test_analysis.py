@@ -319,9 +319,6 @@ def test_bad_runs_reported_one_line_each_good_run_analysed(tmp_path):
         assert list_analyses(store.open_run(rid)) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store bug: weights use fill_value 0 and zarr skips/omits missing chunks, so a deleted "
-    "chunk file reads back as zeros and is analysed silently"))
 def test_missing_chunk_is_an_error(tmp_path):
     layout, Y, _, _ = known_system(seed=2)
     store = TrajectoryStore(str(tmp_path / "store"))
@@ -331,3 +328,4 @@ def test_missing_chunk_is_an_error(tmp_path):
     err = io.StringIO()
     report = analyze_runs(store, ["deleted"], AnalysisParams(window=20), console=Console(stream=err))
     assert report["deleted"] is not None and "run deleted" in report["deleted"], err.getvalue()
+    assert "chunk(s) of its weights are missing" in report["deleted"]
