@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import Console
+from .console import Console, DaskProgress
 from .errors import KMAError
 from .koopman import KoopmanDMD, WindowResult
 from .store import FINISHED, Run, TrajectoryStore, _now
@@ -233,8 +233,9 @@ def analyze_runs(
         t0 = time.perf_counter()
         try:
             run = store.open_run(rid)
-            est = fit_run(run, params, scheduler)
-            modes = _modes(run, est, params) if params.modes else None
+            with DaskProgress(console, f"[{n}/{len(run_ids)}] {rid}"):
+                est = fit_run(run, params, scheduler)
+                modes = _modes(run, est, params) if params.modes else None
             write_results(run, params, est, modes)
             records += result_records(rid, aid, est.results_, params.residual_tol)
             figs = _figures(run, est, params, plots_dir)
