@@ -308,22 +308,15 @@ def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, plots_dir: str |
 
 def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
     experiment = run.attrs.get("sweep") or "kma"
-    metrics_series = summary_metrics(est.results_, params.residual_tol)
-    rid = tracker.register_analysis(
+    tracker.register_analysis(
         experiment=experiment,
         run_id=run.run_id,
         analysis_id=params.analysis_id,
         params={**params.key(), "n_snapshots": est.n_snapshots_, "n_parameters": est.n_parameters_},
-        metrics={},
+        metrics=summary_metrics(est.results_, params.residual_tol),
         artifacts=figs,
         tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
     )
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(k, v, now, step) for k, series in metrics_series.items() for step, v in series]
-    for i in range(0, len(batch), 1000):
-        tracker.client.log_batch(rid, metrics=batch[i : i + 1000])
 
 
 def _write_json(path: str, records: list[dict], report: dict) -> None:

@@ -110,7 +110,7 @@ class Tracker:
         run_id: str,
         analysis_id: str,
         params: dict[str, Any],
-        metrics: dict[str, float],
+        metrics: dict[str, list[tuple[int, float]]],
         artifacts: list[Path],
         tags: dict[str, str] | None = None,
     ) -> str:
@@ -127,12 +127,7 @@ class Tracker:
         )
         rid = run.info.run_id
         self.log_params(rid, params)
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(rid, metrics=batch[i : i + 1000])
+        self.log_metrics(rid, ((k, v, step) for k, series in metrics.items() for step, v in series))
         for path in artifacts:
             self.client.log_artifact(rid, str(path))
         self.client.set_terminated(rid, "FINISHED")
@@ -148,15 +143,15 @@ class Tracker:
 
     def log_series(self, rid: str, series: dict[str, list]) -> None:
         """Per-epoch metrics with ``step`` = epoch index (1-based)."""
+        self.log_metrics(rid, ((name, v, step) for name, values in series.items()
+                               for step, v in enumerate(values, start=1)))
+
+    def log_metrics(self, rid: str, points) -> None:
+        """``(key, value, step)`` points, in batches; None values are skipped."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [
-            Metric(name, float(v), now, step)
-            for name, values in series.items()
-            for step, v in enumerate(values, start=1)
-            if v is not None
-        ]
+        batch = [Metric(k, float(v), now, int(step)) for k, v, step in points if v is not None]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(rid, metrics=batch[i : i + 1000])
 
