@@ -153,7 +153,9 @@ def train(
         """Flatten, copy to host, check, emit. False if the weights are not finite."""
         nonlocal n_snapshots
         flat = _to_host(layout.flatten(params))
-        if not bool(torch.isfinite(flat).all()):
+        # a finite sum proves every entry finite (1 ms vs 39 ms for 10M entries); the
+        # exact check runs only when the sum is not finite (overflow or NaN/inf)
+        if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
             return False
         sink(flat, epoch=epoch, step=steps)
         for hook in on_snapshot:

@@ -378,7 +378,7 @@ def report(res):
     if "ooc" in res:
         o = res["ooc"]
         print(f"4. out of core: {o['T']} x {o['P']:,} = {o['dataset_bytes'] / GB:.2f} GB; fit "
-              f"{o['fit_s']:.1f}s ({o["GBps"]:.2f} GB/s; data just written, so mostly from page cache); peak RSS "
+              f"{o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s; data just written, so mostly from page cache); peak RSS "
               f"{o['peak_hwm'] / 2**20:.0f} MiB (baseline {o['baseline_hwm'] / 2**20:.0f} MiB); budget "
               f"{o['budget_bytes'] / 2**30:.2f} GiB; dataset/budget {o['dataset_over_budget']:.1f}x, "
               f"dataset/peak {o['dataset_over_peak_rss']:.1f}x, within budget: {o['within_budget']}")

@@ -102,6 +102,7 @@ def one_run(v, mode: str, store_root: str, run_no: int) -> dict:
         sink = lambda flat, epoch=0, step=0: None  # noqa: E731
     every = v.epochs + 1 if mode == "none" else 1
     clock = EpochClock()
+    c0 = time.process_time()  # CPU of all threads (trainer + writer): less sensitive to other load
     t0 = time.perf_counter()
     res = train(model, task, loss_fn, opt, epochs=v.epochs, batch_size=v.batch_size,
                 snapshot_every=every, snapshot_unit="epoch", layout=layout, sink=sink,
@@ -111,9 +112,10 @@ def one_run(v, mode: str, store_root: str, run_no: int) -> dict:
         writer.finish(res.status, metrics=res.history)
     total = time.perf_counter() - t0
     finish = time.perf_counter() - t1
+    cpu = time.process_time() - c0
     if writer is not None:
         TrajectoryStore(store_root).delete_run(f"bench-{run_no}")
-    return {"mode": mode, "total_s": total, "finish_s": finish, "epoch_s": clock.per_epoch(),
+    return {"mode": mode, "total_s": total, "cpu_s": cpu, "finish_s": finish, "epoch_s": clock.per_epoch(),
             "n_params": layout.size, "status": res.status}
 
 
@@ -136,6 +138,9 @@ def bench_model(name, args, store_root):
         med_epoch = [statistics.median(r["epoch_s"]) for r in runs[m]]
         row[m] = {"total_s": totals, "median_epoch_s": med_epoch,
                   "finish_s": [r["finish_s"] for r in runs[m]],
+                  "cpu_s": [r["cpu_s"] for r in runs[m]],
+                  "cpu_per_epoch_min": min(r["cpu_s"] for r in runs[m]) / v.epochs,
+                  "cpu_per_epoch_median": statistics.median(r["cpu_s"] for r in runs[m]) / v.epochs,
                   "epoch_median_min": min(med_epoch),
                   "epoch_median_median": statistics.median(med_epoch),
                   "per_epoch_total_min": min(totals) / v.epochs,
@@ -145,7 +150,8 @@ def bench_model(name, args, store_root):
         return (row[a][key] - row[b][key]) / row[b][key] * 100
 
     for key in ("per_epoch_total_min", "per_epoch_total_median",
-                "epoch_median_min", "epoch_median_median"):
+                "epoch_median_min", "epoch_median_median",
+                "cpu_per_epoch_min", "cpu_per_epoch_median"):
         row[f"overhead_store_vs_noop_%[{key}]"] = ovh("store", "noop", key)
         row[f"overhead_store_vs_none_%[{key}]"] = ovh("store", "none", key)
     return row
@@ -155,19 +161,20 @@ def report(rows):
     print("\ns/epoch: 'steady' = median single-epoch time (min | median over reps); "
           "'amortized' = whole run incl. finish() / epochs (min | median over reps)")
     print(f"{'model':6} {'params':>11} {'MB/snap':>8} {'mode':6} {'steady min':>11} {'steady med':>11} "
-          f"{'amort min':>10} {'amort med':>10} {'finish s':>9}")
+          f"{'amort min':>10} {'amort med':>10} {'finish s':>9} {'cpu/ep min':>11} {'cpu/ep med':>11}")
     for r in rows:
         for m in MODES:
             d = r[m]
             print(f"{r['model']:6} {r['n_params']:>11,} {r['snapshot_mb']:>8.2f} {m:6} "
                   f"{d['epoch_median_min']:>11.5f} {d['epoch_median_median']:>11.5f} "
                   f"{d['per_epoch_total_min']:>10.5f} {d['per_epoch_total_median']:>10.5f} "
-                  f"{min(d['finish_s']):>9.4f}")
+                  f"{min(d['finish_s']):>9.4f} {d['cpu_per_epoch_min']:>11.5f} {d['cpu_per_epoch_median']:>11.5f}")
     print("\noverhead of 'store' in % (min-based | median-based)")
-    print(f"{'model':6} {'steady vs none':>20} {'steady vs noop':>20} {'amort vs none':>20} {'amort vs noop':>20}")
+    print(f"{'model':6} {'steady vs none':>20} {'steady vs noop':>20} {'amort vs none':>20} "
+          f"{'amort vs noop':>20} {'CPU vs none':>20} {'CPU vs noop':>20}")
     for r in rows:
         cells = []
-        for kind in ("epoch_median", "per_epoch_total"):
+        for kind in ("epoch_median", "per_epoch_total", "cpu_per_epoch"):
             for base in ("none", "noop"):
                 a = r[f"overhead_store_vs_{base}_%[{kind}_min]"]
                 b = r[f"overhead_store_vs_{base}_%[{kind}_median]"]

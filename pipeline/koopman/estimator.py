@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .compress import compress
 from .core import _validate_rank_args, dmd
@@ -133,12 +134,14 @@ class KoopmanDMD:
                            scheduler=self.scheduler)
         names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
         results = []
-        for name in names:
-            f = factors[name]
-            for a, b in windows:
-                r = self._window_dmd(f, a, b)
-                results.append(WindowResult(name, (a, b), r.eigenvalues, r.amplitudes,
-                                            r.residuals, r.singular_values, r.rank))
+        # many tiny (k × W) problems: threaded BLAS only adds overhead to them
+        with threadpool_limits(limits=1, user_api="blas"):
+            for name in names:
+                f = factors[name]
+                for a, b in windows:
+                    r = self._window_dmd(f, a, b)
+                    results.append(WindowResult(name, (a, b), r.eigenvalues, r.amplitudes,
+                                                r.residuals, r.singular_values, r.rank))
         self.factors_ = factors
         self.results_ = results
         self.windows_ = windows
