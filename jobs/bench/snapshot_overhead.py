@@ -113,10 +113,29 @@ def one_run(v, mode: str, store_root: str, run_no: int) -> dict:
     total = time.perf_counter() - t0
     finish = time.perf_counter() - t1
     cpu = time.process_time() - c0
+    direct = None
     if writer is not None:
         TrajectoryStore(store_root).delete_run(f"bench-{run_no}")
+        # direct cost per snapshot, robust to other load: flatten + host copy and the
+        # whole store write (all threads' CPU: zarr writes on its own I/O threads),
+        # each timed alone on this model's parameters
+        params = dict(model.named_parameters())
+        t = time.perf_counter()
+        for _ in range(5):
+            flat = layout.flatten(params).detach().cpu().contiguous()
+        flatten_s = (time.perf_counter() - t) / 5
+        n = 128 if layout.size < 1e6 else 8
+        w = TrajectoryStore(store_root).create_run(f"bench-direct-{run_no}", layout, capacity=n)
+        c = time.process_time()
+        for _ in range(n):
+            w.append(flat)
+        w._join()  # all chunk rows written; the run's one-time finish() is reported apart
+        write_cpu_s = (time.process_time() - c) / n
+        w.finish("complete")
+        TrajectoryStore(store_root).delete_run(f"bench-direct-{run_no}")
+        direct = {"flatten_s": flatten_s, "write_cpu_s": write_cpu_s}
     return {"mode": mode, "total_s": total, "cpu_s": cpu, "finish_s": finish, "epoch_s": clock.per_epoch(),
-            "n_params": layout.size, "status": res.status}
+            "n_params": layout.size, "status": res.status, "direct": direct}
 
 
 # --------------------------------------------------------------------------- run
@@ -145,6 +164,13 @@ def bench_model(name, args, store_root):
                   "epoch_median_median": statistics.median(med_epoch),
                   "per_epoch_total_min": min(totals) / v.epochs,
                   "per_epoch_total_median": statistics.median(totals) / v.epochs}
+
+    directs = [r["direct"] for r in runs["store"]]
+    d_med = {k: statistics.median(d[k] for d in directs) for k in ("flatten_s", "write_cpu_s")}
+    epoch_s = row["none"]["epoch_median_median"]
+    row["direct"] = {**d_med, "epoch_s": epoch_s,
+                     "percent_of_epoch": 100 * (d_med["flatten_s"] + d_med["write_cpu_s"])
+                     / (epoch_s * max(v.snapshot.every, 1))}
 
     def ovh(a, b, key):
         return (row[a][key] - row[b][key]) / row[b][key] * 100
@@ -180,6 +206,12 @@ def report(rows):
                 b = r[f"overhead_store_vs_{base}_%[{kind}_median]"]
                 cells.append(f"{a:+7.2f} | {b:+7.2f}")
         print(f"{r['model']:6} " + " ".join(f"{c:>20}" for c in cells))
+    print("\ndirect cost per snapshot, each part timed alone (robust to other load on the machine):")
+    print(f"{'model':6} {'flatten+copy s':>15} {'store write CPU s':>18} {'epoch s':>9} {'% of epoch':>11}")
+    for r in rows:
+        d = r["direct"]
+        print(f"{r['model']:6} {d['flatten_s']:>15.5f} {d['write_cpu_s']:>18.5f} {d['epoch_s']:>9.5f} "
+              f"{d['percent_of_epoch']:>10.2f}%")
 
 
 def main(argv=None):
