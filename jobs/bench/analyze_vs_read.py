@@ -5,7 +5,7 @@ Command::
     .venv/bin/python jobs/bench/analyze_vs_read.py             # full, a few minutes, ~7 GB of /tmp
     .venv/bin/python jobs/bench/analyze_vs_read.py --quick     # smoke run, small sizes
 
-Sections (each can be skipped with ``--skip read,zstd,tsqr,ooc,pydmd``):
+Sections (each can be skipped with ``--skip read,cold,zstd,tsqr,ooc,pydmd``):
 
 1. ``read``  : a synthetic trajectory ``T x P`` (default 100 x 2e6 float32, 10 layers:
    ``w0`` + slowly decaying modes + small noise) written through
@@ -14,6 +14,8 @@ Sections (each can be skipped with ``--skip read,zstd,tsqr,ooc,pydmd``):
    ``da.from_zarr(arr)[:T].sum().compute()``, ``KoopmanDMD(method="qr", window=50,
    stride=25, per_layer=True).fit(run.weights(), layers)`` and the same with
    ``method="randomized", rank=20``. Times, GB/s, fit/read ratios (target <= 1.5x).
+1b. ``cold`` : the same read pass and qr fit from disk: the OS page cache is dropped
+   before every pass (root only; skipped otherwise).
 2. ``zstd``  : the same data copied into a zarr array with the same chunks and a zstd
    compressor; write time, compression ratio, read pass and qr fit, alternated.
 3. ``tsqr``  : reference, ``dask.array.linalg.tsqr`` of ``X = Y.T`` (R only) + a small DMD.
@@ -65,7 +67,7 @@ def parse(argv=None):
     p.add_argument("--pydmd-P", type=int, default=1_000_000)
     p.add_argument("--pydmd-T", type=int, default=100)
     p.add_argument("--zstd-level", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma list of read,zstd,tsqr,ooc,pydmd")
+    p.add_argument("--skip", default="", help="comma list of read,cold,zstd,tsqr,ooc,pydmd")
     p.add_argument("--dir", default=None, help="scratch directory (local disk)")
     p.add_argument("--out", default="bench-out/analyze_vs_read.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -249,6 +251,37 @@ def bench_read(args, tmp, res):
     return run, arr
 
 
+def drop_page_cache() -> bool:
+    """Empty the OS page cache (root only) so the next pass reads from disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def bench_cold(args, run, arr, res):
+    """Read pass and qr fit from disk: the page cache is dropped before each pass."""
+    if not drop_page_cache():
+        print("[cold] skipped: cannot drop the page cache (needs root)", flush=True)
+        return
+    groups = run.layout.layer_ranges()
+    t_read, t_qr = [], []
+    for rep in range(args.reps):
+        drop_page_cache()
+        t_read.append(read_pass(arr, args.T))
+        drop_page_cache()
+        t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
+        print(f"[cold] rep {rep}: read {t_read[-1]:.2f}s qr {t_qr[-1]:.2f}s", flush=True)
+    res["cold"] = {
+        "read_s": stats(t_read), "qr_fit_s": stats(t_qr),
+        "qr_over_read": {"min-based": min(t_qr) / min(t_read),
+                         "median-based": statistics.median(t_qr) / statistics.median(t_read)},
+    }
+
+
 def bench_zstd(args, run, arr, tmp, res):
     dst, wt = zstd_copy(arr, run.group, args.zstd_level)
     # write time of the store's uncompressed layout, same blocks, for comparison
@@ -362,6 +395,12 @@ def report(res):
             s = r[key]
             rr = (f"{r[ratio]['min-based']:.2f} | {r[ratio]['median-based']:.2f}" if ratio else "1")
             print(f"   {name:28} {s['min']:>7.2f} {s['median']:>7.2f} {gb / s['min']:>10.2f} {rr:>18}")
+    if "cold" in res:
+        c = res["cold"]
+        gb = res["read"]["bytes"] / GB
+        print(f"1b. from disk (page cache dropped before every pass): read {c['read_s']['min']:.2f}s "
+              f"({gb / c['read_s']['min']:.2f} GB/s), qr fit {c['qr_fit_s']['min']:.2f}s; qr/read "
+              f"{c['qr_over_read']['min-based']:.2f} (min) | {c['qr_over_read']['median-based']:.2f} (median)")
     if "zstd" in res:
         z = res["zstd"]
         gb = res["read"]["bytes"] / GB
@@ -404,6 +443,8 @@ def main(argv=None):
     try:
         if not {"read", "zstd", "tsqr"} <= skip:
             run, arr = bench_read(args, tmp, res)
+            if "cold" not in skip:
+                bench_cold(args, run, arr, res)
             if "zstd" not in skip:
                 bench_zstd(args, run, arr, tmp, res)
             if "tsqr" not in skip:
