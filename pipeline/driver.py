@@ -184,8 +184,10 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     queue = list(todo)
     pending: dict = {}
     progress = console.progress(todo[0].sweep, len(todo))
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM (ray job stop, kill) and SIGHUP (closed terminal) end the sweep like Ctrl-C
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in previous:
+        signal.signal(sig, _raise_interrupt)
     try:
         while queue or pending:
             while queue and len(pending) < cap:
@@ -218,7 +220,8 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             "run the same command again to train only the missing variants"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
