@@ -120,11 +120,12 @@ class Layout:
         return self.locate(index)[0].layer
 
     # -- flattening ---------------------------------------------------------------------
-    def flatten(self, tensors: Mapping):
+    def flatten(self, tensors: Mapping, out=None):
         """Concatenate the layout's tensors from ``tensors`` (name → tensor) into 1-D.
 
         Works for torch tensors (returns a torch tensor on their device) and numpy
-        arrays. Raises :class:`ConfigError` naming a missing key or a wrong shape.
+        arrays; ``out`` (torch only) receives the result in place. Raises
+        :class:`ConfigError` naming a missing key or a wrong shape.
         """
         parts = []
         for e in self.entries:
@@ -139,7 +140,8 @@ class Layout:
         if parts and not isinstance(parts[0], np.ndarray):
             import torch
 
-            return torch.cat([p.detach() for p in parts])
+            with torch.no_grad():
+                return torch.cat([p.detach() for p in parts], out=out)
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def unflatten(self, flat) -> dict:

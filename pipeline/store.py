@@ -384,16 +384,24 @@ class RunWriter:
         finally:
             self.stats["append_s"] += time.perf_counter() - t0
 
+    def reserve(self) -> np.ndarray | None:
+        """The buffer row the next snapshot goes to (float32 storage only), so a
+        producer can fill it in place; :meth:`append` of that row then copies nothing.
+        Valid until the next :meth:`append`."""
+        return self._buf[self._fill] if self.dtype == "float32" else None
+
     def _append(self, flat, epoch: int, step: int) -> None:
         if self._error is not None:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
         x = flat.numpy() if hasattr(flat, "numpy") and not isinstance(flat, np.ndarray) else flat
         if x.shape != (self.layout.size,):
             raise ValueError(f"snapshot has shape {x.shape}, expected ({self.layout.size},)")
+        target = self._buf[self._fill]
         if self.dtype == "bfloat16":
-            self._buf[self._fill] = _f32_to_bf16(x)
-        else:
-            self._buf[self._fill] = x
+            target[...] = _f32_to_bf16(x)
+        elif x.__array_interface__["data"][0] != target.__array_interface__["data"][0]:
+            # (same address: the producer filled the row in place via reserve())
+            target[...] = x
         self._fill += 1
         self.epochs.append(int(epoch))
         self.steps.append(int(step))

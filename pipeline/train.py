@@ -147,12 +147,23 @@ def train(
     on_snapshot = [cb.on_snapshot for cb in callbacks if hasattr(cb, "on_snapshot")]
     on_epoch_end = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
 
+    reserve = getattr(sink, "reserve", None)
     n_snapshots = steps = epochs_run = 0
 
     def snapshot(epoch: int) -> bool:
         """Flatten, copy to host, check, emit. False if the weights are not finite."""
         nonlocal n_snapshots
-        flat = _to_host(layout.flatten(params))
+        # a sink that offers its next buffer row (RunWriter.reserve) gets the snapshot
+        # flattened straight into it: no 40 MB temporary per snapshot of a 10M model
+        row = reserve() if reserve is not None else None
+        if row is not None:
+            flat = torch.from_numpy(row)
+            if device.type == "cpu" and all(p.dtype == torch.float32 for p in params.values()):
+                layout.flatten(params, out=flat)
+            else:
+                flat.copy_(layout.flatten(params))
+        else:
+            flat = _to_host(layout.flatten(params))
         # a finite sum proves every entry finite (1 ms vs 39 ms for 10M entries); the
         # exact check runs only when the sum is not finite (overflow or NaN/inf)
         if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):

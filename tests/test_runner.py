@@ -59,3 +59,31 @@ def test_same_variant_same_trajectory(tiny_config, tmp_path):
     a = TrajectoryStore(str(tmp_path / "a")).open_run(v.run_id).weights().compute()
     b = TrajectoryStore(str(tmp_path / "b")).open_run(v.run_id).weights().compute()
     np.testing.assert_array_equal(a, b)
+
+
+def test_in_place_snapshots_equal_copied_ones(tiny_config, tmp_path):
+    """Snapshots flattened straight into the writer's buffer (RunWriter.reserve) are the
+    same as those handed over by copy through a plain sink."""
+    import torch
+
+    from pipeline.losses import build_loss
+    from pipeline.optim import build_optimizer
+    from pipeline.runner import build_parts
+    from pipeline.train import train
+
+    v = config.expand(config.load(tiny_config(epochs=5)))[0]
+    out = {}
+    for kind in ("copy", "reserve"):
+        task, model, layout = build_parts(v)
+        store = TrajectoryStore(str(tmp_path / kind))
+        writer = store.create_run("r", layout, capacity=6)
+        sink = writer if kind == "reserve" else (lambda flat, epoch, step: writer.append(flat.clone()))
+        train(model, task, build_loss("mse"), build_optimizer("adam", model.parameters(), 0.01),
+              epochs=5, batch_size=16, snapshot_every=1, snapshot_unit="epoch", layout=layout,
+              sink=sink, generator=torch.Generator().manual_seed(0))
+        writer.finish("complete")
+        out[kind] = store.open_run("r").weights().compute()
+        final = layout.flatten(dict(model.named_parameters())).numpy()
+        np.testing.assert_array_equal(out[kind][-1], final)
+    np.testing.assert_array_equal(out["copy"], out["reserve"])
+    assert out["copy"].shape == (6, layout.size)
