@@ -164,10 +164,12 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
 
 
 def list_analyses(run: Run) -> list[str]:
+    """Ids of the run's completely written analyses (an interrupted one is not listed)."""
     try:
-        return sorted(run.group["analyses"].group_keys())
+        group = run.group["analyses"]
     except KeyError:
         return []
+    return sorted(k for k in group.group_keys() if group[k].attrs.get("status") == "complete")
 
 
 def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float) -> list[dict]:

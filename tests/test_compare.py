@@ -51,3 +51,17 @@ def test_compare_empty_store_is_one_line(tmp_path, kma_env):
                        env=kma_env, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("kma: error: no finished runs")
+
+
+def test_interrupted_analysis_is_not_listed(tmp_path):
+    from pipeline.analysis import list_analyses
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    _linear_run(store, "r", [0.9, 0.8], depth=2)
+    analyze_runs(store, ["r"], AnalysisParams(window=10), console=Console(quiet=True))
+    run = store.open_run("r")
+    [aid] = list_analyses(run)
+    half = run.group["analyses"].create_group("qr-half-written")
+    half.attrs.update({"status": "writing"})
+    assert list_analyses(store.open_run("r")) == [aid]
+    assert compare.collect(store)[0]["analysis_id"] == aid
