@@ -25,8 +25,8 @@ _MIN_SLAB = 256
 _FAN_IN = 8
 
 
-def transformed_slabs(parts, c0, c1, starts, stops):
-    """Yield ``(group_index, slab)`` for one column block.
+def transformed_slabs(parts, c0, c1, starts, stops, s0=None, s1=None):
+    """Yield ``(group_index, slab)`` for one column block (or its sub-range ``[s0, s1)``).
 
     Parameters
     ----------
@@ -36,6 +36,8 @@ def transformed_slabs(parts, c0, c1, starts, stops):
         Column range of the block in ``Y``.
     starts, stops : list of int
         Sorted group column ranges.
+    s0, s1 : int, optional
+        Only these columns of the block (default: all of ``[c0, c1)``).
 
     Yields
     ------
@@ -47,10 +49,12 @@ def transformed_slabs(parts, c0, c1, starts, stops):
     rows = np.cumsum([0] + [q.shape[0] for q in parts])
     T = int(rows[-1])
     width = max(_MIN_SLAB, _SLAB_BYTES // (8 * T))
-    buf = np.empty((T, min(width, c1 - c0)))
-    g = bisect.bisect_right(starts, c0) - 1
-    while g < len(starts) and starts[g] < c1:
-        lo, hi = max(starts[g], c0), min(stops[g], c1)
+    s0 = c0 if s0 is None else s0
+    s1 = c1 if s1 is None else s1
+    buf = np.empty((T, min(width, s1 - s0)))
+    g = bisect.bisect_right(starts, s0) - 1
+    while g < len(starts) and starts[g] < s1:
+        lo, hi = max(starts[g], s0), min(stops[g], s1)
         for a in range(lo, hi, width):
             cols = slice(a - c0, min(a + width, hi) - c0)
             x = buf[:, :cols.stop - cols.start]
@@ -85,16 +89,23 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     blocks = Y.to_delayed()                      # (n_t, n_p) Delayed chunks
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
 
-    def block_task(parts, c0, c1):
+    def block_task(parts, c0, c1, s0, s1):
         acc = {}
-        for g, x in transformed_slabs(parts, c0, c1, starts, stops):
+        for g, x in transformed_slabs(parts, c0, c1, starts, stops, s0, s1):
             acc = merge([acc, kernel(g, x)])           # incremental: O(1) partials alive
         return acc
 
-    level = [
-        dask.delayed(block_task)(list(blocks[:, j]), col_edges[j], col_edges[j + 1])
-        for j in range(blocks.shape[1])
-    ]
+    # Few, wide column chunks (small P, long T) would leave workers idle: split each
+    # chunk's columns among several tasks, which share its chunk reads (same dask keys).
+    n_workers = (os.cpu_count() or 1) + 1
+    split = max(1, -(-2 * n_workers // blocks.shape[1]))
+    level = []
+    for j in range(blocks.shape[1]):
+        c0, c1 = col_edges[j], col_edges[j + 1]
+        pieces = max(1, min(split, (c1 - c0) // _MIN_SLAB))
+        edges = np.linspace(c0, c1, pieces + 1).astype(int).tolist()
+        parts = list(blocks[:, j])
+        level += [dask.delayed(block_task)(parts, c0, c1, a, b) for a, b in zip(edges[:-1], edges[1:])]
     while len(level) > 1:
         level = [dask.delayed(merge)(level[i:i + _FAN_IN])
                  for i in range(0, len(level), _FAN_IN)]
