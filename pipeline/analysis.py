@@ -63,6 +63,21 @@ class AnalysisParams:
         w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
         return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-{digest}"
 
+    def validate(self) -> None:
+        """Check the parameters once, before any run is read (one line if wrong)."""
+        from .koopman.core import _validate_rank_args
+
+        if self.method not in ("qr", "randomized"):
+            raise KMAError(f"--method {self.method!r}: expected qr or randomized")
+        if self.window is not None and self.window < 2:
+            raise KMAError(f"--window {self.window}: must be >= 2 snapshots")
+        if self.stride is not None and self.stride < 1:
+            raise KMAError(f"--stride {self.stride}: must be >= 1")
+        try:
+            _validate_rank_args(self.rank, self.tol, self.threshold)
+        except ValueError as e:
+            raise KMAError(f"analysis parameters: {e}") from None
+
     def estimator(self, scheduler=None) -> KoopmanDMD:
         return KoopmanDMD(
             method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
@@ -225,6 +240,7 @@ def analyze_runs(
 ) -> dict[str, str | None]:
     """Analyse each run; returns ``{run_id: None or the error line}``."""
     console = console or Console()
+    params.validate()
     if run_ids is None:
         run_ids = [i.run_id for i in store.runs() if i.status in FINISHED]
     report: dict[str, str | None] = {}
@@ -264,6 +280,7 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
     analyse."""
     from .tracking import Tracker
 
+    params.validate()
     sched = resolve_scheduler(scheduler)  # a bad flag fails before anything is opened or created
     try:
         TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new empty one

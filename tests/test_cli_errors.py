@@ -113,3 +113,18 @@ def test_analyze_missing_store_is_not_created(tmp_path, kma_env):
     r = kma(tmp_path, kma_env, "analyze", "--store", missing, "--no-mlflow")
     user_error(r, str(missing))
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--window", "1"], "--window 1: must be >= 2"),
+    (["--stride", "0"], "--stride 0: must be >= 1"),
+    (["--rank", "0"], "rank must be a positive integer"),
+    (["--rank", "3", "--tol", "0.1"], "at most one of rank, tol"),
+])
+def test_bad_analysis_parameters_are_one_line(tmp_path, kma_env, flags, message):
+    TrajectoryStore(str(tmp_path / "s"))
+    r = subprocess.run(kma_cmd("analyze", "--store", tmp_path / "s", "--no-mlflow", *flags),
+                       capture_output=True, text=True, env=kma_env, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kma: error:") and message in lines[0], r.stderr
