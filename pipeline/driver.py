@@ -155,14 +155,17 @@ def run_sweep(
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
-        from .analysis import AnalysisParams, analyze_runs
+        from .analysis import AnalysisParams, analyze_runs, list_analyses
 
-        finished = [v.run_id for v in variants if store.status(v.run_id) in FINISHED]
         a = cfg.analysis
         params = AnalysisParams(method=a.method, rank=a.rank, window=a.window, stride=a.stride,
                                 per_layer=a.per_layer)
-        report = analyze_runs(store, finished, params, tracker=tracker, console=console)
-        summary.analyzed = [r for r, err in report.items() if err is None]
+        # runs that already have this analysis keep it (kma analyze redoes one on request)
+        todo_analysis = [v.run_id for v in variants if store.status(v.run_id) in FINISHED
+                         and params.analysis_id not in list_analyses(store.open_run(v.run_id))]
+        if todo_analysis:
+            report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)
+            summary.analyzed = [r for r, err in report.items() if err is None]
 
     console.info(
         f"sweep {cfg.name}: trained {len(summary.trained)}, skipped {len(summary.skipped)}, "

@@ -63,11 +63,13 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     parents = {m.info.run_id for m in mruns}
     assert {a.data.tags["mlflow.parentRunId"] for a in analyses} == parents
 
-    # second run: nothing trained, nothing registered
+    # second run: nothing trained, nothing registered, nothing re-analysed
     r = _sweep(cfg, store, uri, kma_env)
     assert r.returncode == 0, r.stderr
     assert "4 already finished, 0 to train" in r.stderr
     assert len(_training_runs(uri, "tiny")) == 4
+    again = client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'analysis'")
+    assert {a.info.run_id for a in again} == {a.info.run_id for a in analyses}
     assert {rid: st.open_run(rid).attrs["finished"] for rid in runs} == finished
 
 
