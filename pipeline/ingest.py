@@ -54,20 +54,20 @@ def ingest(
         raise KMAError("ingest: no checkpoint files given")
     if not run_id or "/" in run_id:
         raise KMAError(f"ingest: invalid run id {run_id!r}")
-    store = TrajectoryStore(store_url)
-    store.check_writable()
-    if store.status(run_id) in FINISHED and not overwrite:
-        raise KMAError(f"run {run_id}: already in {store_url} (pass --overwrite to replace it)")
-
-    first = _load(files[0])
+    first = _load(files[0])  # validate every file before the store is even opened
     try:
         layout = Layout.from_state_dict(first, layers)
     except KMAError as e:
         raise KMAError(f"{files[0]}: {e}") from None
     if layout.size == 0:
         raise KMAError(f"{files[0]}: no floating-point tensors to ingest")
-    for f in files[1:]:  # validate everything before writing anything
+    for f in files[1:]:
         _check_same(layout, _load(f), f)
+
+    store = TrajectoryStore(store_url)
+    store.check_writable()
+    if store.status(run_id) in FINISHED and not overwrite:
+        raise KMAError(f"run {run_id}: already in {store_url} (pass --overwrite to replace it)")
 
     if overwrite:
         store.delete_run(run_id)
