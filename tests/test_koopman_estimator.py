@@ -103,7 +103,7 @@ def test_refit_replaces_and_init_only_stores():
     est.fit(trajectory(20, 2000, seed=6), GROUPS)
     assert len(est.results_) == 8
     est.fit(trajectory(30, 500, seed=7))
-    assert len(est.results_) == 3 and set(est.factors_) == {"all"}
+    assert len(est.results_) == 3 and set(est.window_factors_) == {"all"}
 
 
 def test_errors_are_clear():
@@ -120,3 +120,33 @@ def test_errors_are_clear():
         KoopmanDMD().fit(da.from_array(bad, chunks=(5, 400)), GROUPS)
     with pytest.raises(KoopmanInputError, match="call fit"):
         KoopmanDMD().modes(Y)
+
+
+@pytest.mark.parametrize("window, stride", [(10, 10), (12, 6)])
+def test_per_window_grams_equal_direct_dmd(window, stride):
+    """Long trajectories, short windows: per-window Grams (no T × T Gram) are used and
+    every window of every layer still equals a direct DMD of that slice."""
+    Y = trajectory(60, 2000, seed=11)
+    est = KoopmanDMD(window=window, stride=stride, per_layer=True, rank=5)
+    est.fit(da.from_array(Y, chunks=(7, 450)), GROUPS)
+    assert est.factors_ == {}  # the per-window path was taken
+    assert {f.method for w in est.window_factors_.values() for f in w.values()} == {"gram-window"}
+    spans = {"all": (0, 2000), **{n: (a, b) for n, a, b in GROUPS}}
+    assert len(est.results_) == 4 * len(est.windows_)
+    for r in est.results_:
+        (a, b), (c0, c1) = r.window, spans[r.layer]
+        assert_same(r, dmd(Y[a:b, c0:c1].T, rank=5))
+    # modes of a later window (the x_0 rows enter the basis) equal the direct Ritz vectors
+    a, b = est.windows_[-1]
+    got = est.modes(Y, layer="l1", window=(a, b)).compute()
+    c0, c1 = spans["l1"]
+    direct = dmd(Y[a:b, c0:c1].T, rank=5)
+    for i in range(5):
+        assert abs(np.vdot(got[i], direct.vectors[:, i])) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_per_window_path_detects_nan():
+    Y = trajectory(60, 2000, seed=12)
+    Y[33, 1500] = np.nan
+    with pytest.raises(KoopmanInputError, match="l2"):
+        KoopmanDMD(window=10, stride=10, per_layer=True).fit(Y, GROUPS)

@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .compress import compress
+from .windows import window_factors, windows_cheaper
 from .core import _validate_rank_args, dmd
 from .factor import Factor, KoopmanInputError, as_dask, validate_groups
 
@@ -128,29 +129,38 @@ class KoopmanDMD:
         T, P = Y.shape
         windows = self._windows(T)
         groups = validate_groups(groups, P)
-        factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
-                           rank=self.rank, oversample=self.oversample,
-                           n_power_iter=self.n_power_iter, seed=self.seed,
-                           scheduler=self.scheduler)
+        wfs = None
+        if self.method == "qr" and windows_cheaper(windows, T):
+            wfs = window_factors(Y, groups, windows, per_group=self.per_layer,
+                                 scheduler=self.scheduler)
+        if wfs is None:
+            factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
+                               rank=self.rank, oversample=self.oversample,
+                               n_power_iter=self.n_power_iter, seed=self.seed,
+                               scheduler=self.scheduler)
+            wfs = {name: {(a, b): _Slice(f, a, b) for a, b in windows} for name, f in factors.items()}
+        else:
+            factors = {}
         names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
         results = []
         # many tiny (k × W) problems: threaded BLAS only adds overhead to them
         with threadpool_limits(limits=1, user_api="blas"):
             for name in names:
-                f = factors[name]
                 for a, b in windows:
-                    r = self._window_dmd(f, a, b)
+                    r = self._window_dmd(wfs[name][(a, b)], a, b)
                     results.append(WindowResult(name, (a, b), r.eigenvalues, r.amplitudes,
                                                 r.residuals, r.singular_values, r.rank))
         self.factors_ = factors
+        self.window_factors_ = wfs
         self.results_ = results
         self.windows_ = windows
         self.groups_ = groups
         self.n_snapshots_, self.n_parameters_ = T, P
         return self
 
-    def _window_dmd(self, factor: Factor, a, b):
-        return dmd(factor.C[:, a:b], rank=self.rank, tol=self.tol, threshold=self.threshold,
+    def _window_dmd(self, factor, a, b):
+        """DMD of window ``[a, b)`` from its factor (``C`` has exactly the window's columns)."""
+        return dmd(factor.C, rank=self.rank, tol=self.tol, threshold=self.threshold,
                    scale=self.scale, refine=self.refine,
                    data_shape=(factor.stop - factor.start, b - a - 1))
 
@@ -171,11 +181,11 @@ class KoopmanDMD:
             Row ``i`` is the unit-norm mode of ``results_[...].eigenvalues[i]``
             (lazy; compute it or write it with ``da.to_zarr``).
         """
-        if not hasattr(self, "factors_"):
+        if not hasattr(self, "window_factors_"):
             raise KoopmanInputError("call fit before modes")
-        if layer not in self.factors_:
+        if layer not in self.window_factors_:
             raise KoopmanInputError(
-                f"unknown layer {layer!r}; fitted: {sorted(self.factors_)}")
+                f"unknown layer {layer!r}; fitted: {sorted(self.window_factors_)}")
         if window is None:
             if len(self.windows_) != 1:
                 raise KoopmanInputError(f"several windows were fitted; pass one of {self.windows_}")
@@ -187,10 +197,18 @@ class KoopmanDMD:
         if Y.shape != (self.n_snapshots_, self.n_parameters_):
             raise KoopmanInputError(f"Y has shape {Y.shape}, fit saw "
                                     f"{(self.n_snapshots_, self.n_parameters_)}")
-        f = self.factors_[layer]
+        f = self.window_factors_[layer][window]
         z = self._window_dmd(f, *window).vectors         # (k, r) in C coordinates
         pieces = [_project(Y[:, a:b], basis @ z) for a, b, basis in f.segments]
         return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1)
+
+
+class _Slice:
+    """Window ``[a, b)`` of a whole-trajectory factor: same basis, ``C[:, a:b]``."""
+
+    def __init__(self, f: Factor, a: int, b: int):
+        self.name, self.start, self.stop, self.segments = f.name, f.start, f.stop, f.segments
+        self.C = f.C[:, a:b]
 
 
 def _project(Yg, Wc):
