@@ -111,3 +111,28 @@ def test_interrupted_sweep_completes_only_missing(tiny_config, tmp_path, kma_env
     assert {rid: st.open_run(rid).attrs["finished"] for rid in complete_before} == finished
     mruns = _training_runs(uri, "interrupt")
     assert sorted(m.data.tags["kma.run_id"] for m in mruns) == sorted(after)
+
+
+def test_gpu_share_script_runs_on_cpu_without_a_gpu(tmp_path, kma_env):
+    """jobs/gpu_share.py (fractional num_gpus) falls back to the CPU when Ray has no GPU."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU fallback")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(repo / "jobs" / "gpu_share.py"), str(repo / "configs" / "gpu_share.yaml"),
+                        "epochs=2", "model.width=16", "analysis.enabled=false", "--store", str(tmp_path / "s"),
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(out)],
+                       capture_output=True, text=True, env=kma_env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["gpu"] is None and report["num_gpus_per_variant"] == 0.25
+    assert len(report["variants"]) == 4
+    assert {v["status"] for v in report["variants"]} == {"complete"}
+    assert {v["device"] for v in report["variants"]} == {"cpu"}
+    assert report["max_concurrent"] >= 1
