@@ -256,9 +256,13 @@ def analyze_runs(
                 modes = _modes(run, est, params) if params.modes else None
             write_results(run, params, est, modes)
             records += result_records(rid, aid, est.results_, params.residual_tol)
-            figs = _figures(run, est, params, plots_dir)
-            if tracker is not None:
-                _register(tracker, run, params, est, figs)
+            if plots_dir:
+                figs = _figures(run, est, params, Path(plots_dir) / rid)
+                if tracker is not None:
+                    _register(tracker, run, params, est, figs)
+            elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
+                with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
+                    _register(tracker, run, params, est, _figures(run, est, params, Path(tmp)))
             report[rid] = None
             console.info(
                 f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
@@ -317,10 +321,9 @@ def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 
-def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, plots_dir: str | None) -> list[Path]:
+def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path) -> list[Path]:
     from . import plots
 
-    out = Path(plots_dir) / run.run_id if plots_dir else Path(tempfile.mkdtemp(prefix="kma-figs-"))
     out.mkdir(parents=True, exist_ok=True)
     return plots.analysis_figures(est.results_, out, title=run.run_id, residual_tol=params.residual_tol)
 
