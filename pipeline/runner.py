@@ -22,7 +22,7 @@ from .layout import Layout
 from .losses import build_loss
 from .models import build_model
 from .optim import build_optimizer
-from .store import TrajectoryStore
+from .store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .train import train
 
@@ -79,7 +79,7 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
     run_id = variant.run_id
     t0 = time.perf_counter()
     store = TrajectoryStore(store_url)
-    if store.status(run_id) in ("complete", "diverged"):
+    if store.status(run_id) in FINISHED:
         run = store.open_run(run_id)
         return _summary(run_id, run.status, run.metrics, run.n_snapshots, 0.0)
     device = pick_device(variant.resources.num_gpus)

@@ -23,7 +23,6 @@ import logging
 import queue
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,9 +363,6 @@ class RunWriter:
         # np.empty per flush costs page faults on every touch (~5 ms per 40 MB row).
         # At most three exist: one filling, one queued, one being written.
         self._spare: queue.SimpleQueue = queue.SimpleQueue()
-        # costs, for benchmarks and diagnostics: trainer-side append time, writer-thread
-        # wall and CPU time (time.thread_time) of the chunk writes
-        self.stats = {"append_s": 0.0, "write_wall_s": 0.0, "write_cpu_s": 0.0, "writes": 0}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, daemon=True, name=f"kma-writer-{run_id}")
         self._thread.start()
@@ -376,21 +372,14 @@ class RunWriter:
     def n_snapshots(self) -> int:
         return self._written + self._fill
 
-    def append(self, flat, *, epoch: int = 0, step: int = 0) -> None:
-        """Append one snapshot (1-D, length ``layout.size``; torch tensor or numpy)."""
-        t0 = time.perf_counter()
-        try:
-            self._append(flat, epoch, step)
-        finally:
-            self.stats["append_s"] += time.perf_counter() - t0
-
     def reserve(self) -> np.ndarray | None:
         """The buffer row the next snapshot goes to (float32 storage only), so a
         producer can fill it in place; :meth:`append` of that row then copies nothing.
         Valid until the next :meth:`append`."""
         return self._buf[self._fill] if self.dtype == "float32" else None
 
-    def _append(self, flat, epoch: int, step: int) -> None:
+    def append(self, flat, *, epoch: int = 0, step: int = 0) -> None:
+        """Append one snapshot (1-D, length ``layout.size``; torch tensor or numpy)."""
         if self._error is not None:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
         x = flat.numpy() if hasattr(flat, "numpy") and not isinstance(flat, np.ndarray) else flat
@@ -427,7 +416,6 @@ class RunWriter:
             if item is None:
                 return
             start, buf, n = item
-            w0, c0 = time.perf_counter(), time.thread_time()
             try:
                 stop = start + n
                 if stop > self.array.shape[0]:
@@ -436,9 +424,6 @@ class RunWriter:
                 self.array[start:stop] = buf[:n]
             except BaseException as e:  # noqa: BLE001 - surfaced on the next call
                 self._error = e
-            self.stats["write_wall_s"] += time.perf_counter() - w0
-            self.stats["write_cpu_s"] += time.thread_time() - c0
-            self.stats["writes"] += 1
             self._spare.put(buf)
 
     def _join(self) -> None:
