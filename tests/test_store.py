@@ -123,3 +123,47 @@ def test_snapshot_shape_checked(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         w.append(np.zeros(3, np.float32))
     w.abort("test")
+
+
+def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path):
+    """Local uncompressed runs read through read-only maps of the chunk files; values,
+    chunking (edge chunks included), missing chunks (fill NaN) and corrupt ones agree
+    with what zarr itself does, and object stores / compressed arrays still use zarr."""
+    import dask.array as da
+    import zarr
+
+    from pipeline.chunkmap import mappable, mapped_dask
+
+    big = Layout.from_named_shapes([("w", (300_000,))])   # two chunk columns, the last partial
+    X = np.random.default_rng(1).standard_normal((11, big.size)).astype(np.float32)
+    store = TrajectoryStore(str(tmp_path / "s"))
+    w = store.create_run("r", big, capacity=4)
+    for i, x in enumerate(X):
+        w.append(x, epoch=i)
+    w.finish("complete")
+    run = TrajectoryStore(str(tmp_path / "s"), read_only=True).open_run("r")
+    arr = run.weights_array()
+    assert mappable(arr)
+    Y = run.weights()
+    assert Y.name.startswith("mapped-")
+    ref = da.from_zarr(arr)[:11]
+    assert Y.chunks == ref.chunks and len(Y.chunks[1]) == 2
+    np.testing.assert_array_equal(Y.compute(), X)
+    np.testing.assert_array_equal(Y[3:9, 262_000:263_000].compute(), X[3:9, 262_000:263_000])
+
+    chunk_dir = tmp_path / "s" / "runs" / "r" / "weights" / "c"
+    (chunk_dir / "0" / "1").unlink()                        # lost chunk: NaN, as through zarr
+    got = mapped_dask(arr, 11).compute()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref.compute()))
+    assert np.isnan(got[:, 262_144:]).all() and not np.isnan(got[:, :262_144]).any()
+    (chunk_dir / "0" / "0").write_bytes(b"junk")
+    with pytest.raises(OSError, match="c/0/0 has 4 bytes"):
+        mapped_dask(arr, 11).compute()
+
+    zst = zarr.open_group(str(tmp_path / "z"), mode="w").create_array(
+        "a", shape=(4, 10), chunks=(2, 5), dtype="f4", compressors=[zarr.codecs.ZstdCodec()])
+    assert not mappable(zst)
+    mem = TrajectoryStore(f"memory://kma-map-{os.getpid()}")
+    _write(mem, "m", X[:, :LAYOUT.size])
+    assert not mappable(mem.open_run("m").weights_array())
+    assert not mem.open_run("m").weights().name.startswith("mapped-")
