@@ -156,3 +156,29 @@ def test_bad_groups_and_arguments():
         compress(Y, method="svd")
     with pytest.raises(KoopmanInputError, match="floating"):
         compress(np.ones((4, 10), dtype=int))
+
+
+@pytest.mark.parametrize("T, W, S", [(100, 50, 25), (100, 100, 1), (61, 12, 5), (40, 7, 7),
+                                     (50, 10, 13), (30, 2, 1), (1000, 100, 50)])
+def test_band_plan_gives_every_window_gram_exactly(T, W, S):
+    """The band's blocks assemble into each window's Gram [x0, d_lo..d_b-1] (same as a
+    direct Gram), every needed row product is made exactly once (no more), never more than the full Gram."""
+    from pipeline.koopman.windows import band_kernel, band_plan, window_gram
+
+    windows = [(a, a + W) for a in range(0, T - W + 1, S)]
+    plan = band_plan(windows, T)
+    x = np.random.default_rng(T + W + S).standard_normal((T, 37))
+    part = band_kernel(plan)(0, x)
+    blocks = [part[(0, k)] for k in range(len(plan.ops))]
+    for w, (a, b) in enumerate(windows):
+        rows = x[[0] + list(range(max(a, 1), b))]
+        np.testing.assert_allclose(window_gram(plan, w, part[(0, "c")][0], part[(0, "r")], blocks),
+                                   rows @ rows.T, rtol=1e-13, atol=1e-12)
+    needed = set()
+    for lo, b in plan.spans:
+        needed |= {(s, t) for s in range(lo, b) for t in range(s, b)}
+    made = []
+    for u1, v1, u2, v2 in plan.ops:
+        made += [(s, t) for s in range(u1, v1) for t in range(u2, v2) if s <= t]
+    assert len(made) == len(set(made)) == plan.products() and set(made) == needed
+    assert plan.products() <= (T - 1) * T // 2

@@ -150,3 +150,18 @@ def test_per_window_path_detects_nan():
     Y[33, 1500] = np.nan
     with pytest.raises(KoopmanInputError, match="l2"):
         KoopmanDMD(window=10, stride=10, per_layer=True).fit(Y, GROUPS)
+
+
+def test_windows_fall_back_to_the_stable_pass_when_a_gram_is_unresolved():
+    """Exact low-rank float64 data: the windows' Grams cannot resolve the spectrum, so
+    the TSQR pass is used instead, and every window still equals a direct DMD."""
+    Y = trajectory(30, 2000, seed=2, noise=0.0)      # float64, exact rank 5
+    est = KoopmanDMD(window=10, stride=5, rank=5).fit(da.from_array(Y, chunks=(7, 450)))
+    assert {f.method for f in est.window_factors_["all"].values()} == {"tsqr"}
+    for r in est.results_:
+        a, b = r.window
+        direct = dmd(Y[a:b].T, rank=5)
+        np.testing.assert_allclose(r.eigenvalues, direct.eigenvalues, atol=1e-8)
+        np.testing.assert_allclose(r.residuals, direct.residuals, atol=1e-8)
+        # exact rank 5: the factor keeps the numerical rank, the SVD of the data all W-1
+        np.testing.assert_allclose(r.singular_values, direct.singular_values[:5], atol=1e-10)

@@ -6,8 +6,8 @@ layers are contiguous column ranges ``[(name, start, stop), ...]``.
 - :func:`compress` — one pass over ``Y`` gives per-layer factors ``C`` (``k × T``) with
   ``X_layer ≈ Q C`` (exact Gram/TSQR, or randomized: Halko, Martinsson & Tropp 2011;
   Erichson et al. 2019).
-- :func:`pipeline.koopman.windows.window_factors` — the same exact pass for long
-  trajectories with short windows: one small Gram per window instead of ``T × T``.
+- :func:`pipeline.koopman.windows.window_factors` — the exact pass ``KoopmanDMD`` uses:
+  every window's Gram from the band of ``T × T`` that some window needs.
 - :func:`dmd` — refined Rayleigh–Ritz DMD with residuals on a small matrix (Drmač,
   Mezić & Mohr 2018; LAPACK xGEDMD, LAWN 298).
 - :class:`KoopmanDMD` — scikit-learn-style estimator over windows and layers.

@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .compress import compress
-from .windows import window_factors, windows_cheaper
+from .windows import window_factors
 from .core import _validate_rank_args, dmd
 from .factor import Factor, KoopmanInputError, as_dask, validate_groups
 
@@ -130,13 +130,14 @@ class KoopmanDMD:
         windows = self._windows(T)
         groups = validate_groups(groups, P)
         wfs = None
-        if self.method == "qr" and windows_cheaper(windows, T):
+        if self.method == "qr":    # every window's Gram from one pass (band of the Gram)
             wfs = window_factors(Y, groups, windows, per_group=self.per_layer,
                                  scheduler=self.scheduler)
-        if wfs is None:
+        if wfs is None:            # randomized, or some window needs the stable factor
             factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
                                rank=self.rank, oversample=self.oversample,
                                n_power_iter=self.n_power_iter, seed=self.seed,
+                               stable="tsqr" if self.method == "qr" else "auto",
                                scheduler=self.scheduler)
             wfs = {name: {(a, b): _Slice(f, a, b) for a, b in windows} for name, f in factors.items()}
         else:
@@ -208,6 +209,7 @@ class _Slice:
 
     def __init__(self, f: Factor, a: int, b: int):
         self.name, self.start, self.stop, self.segments = f.name, f.start, f.stop, f.segments
+        self.method = f.method
         self.C = f.C[:, a:b]
 
 

@@ -1,23 +1,30 @@
-"""Windowed compression: per-window Grams instead of the whole ``T × T`` Gram.
+"""Windowed compression: every window's Gram from one pass, computing only the band.
 
-For sliding windows ``[a, a+W)`` (stride ``S``) the full Gram costs ``T² P`` and
-``T²`` memory per layer, although every window only needs its own ``W × W`` block and
-the inner products with the reference snapshot ``x_0``. One pass accumulates, per layer
-and window, ``G_w = D_w D_w^T`` (``D_w`` the reference-subtracted rows ``d_a … d_{b-1}``,
-``d_t = x_t - x_0``), ``r_w = D_w x_0`` and ``c = x_0·x_0``: ``n_windows · W² P``
-multiply-adds instead of ``T² P`` — for ``T = 1000, W = 100, S = 50``, a fifth; for
-``T = 10^4``, a fiftieth, and ``T²`` of memory per layer becomes ``n_windows · W²``.
+For sliding windows ``[a, a+W)`` (stride ``S``) the full Gram costs ``T² P / 2``
+multiply-adds and ``T²`` memory per layer, although a window only needs the inner
+products of its own rows and with the reference snapshot ``x_0``. One pass accumulates,
+per layer, ``c = x_0·x_0``, ``r = D x_0`` (``D`` the reference-subtracted rows
+``d_t = x_t - x_0``, ``t ≥ 1``) and the blocks of ``D D^T`` that some window needs
+(:func:`band_plan`): rows are cut at window edges into *atoms*; consecutive atoms that
+fit in one window form a *panel*, whose square Gram is one symmetric product (BLAS
+``syrk``); pairs of atoms in different panels that share a window are rectangular
+products (``gemm``). For ``T = 100, W = 50, S = 25`` that is 3,125 products of rows
+instead of 5,050 for the full Gram (measured ~20% less time: BLAS is less efficient on
+the smaller blocks); for ``T = 1000, W = 100, S = 50``, ~73,000 instead of ~500,000.
+A single window spanning the trajectory is one panel: the full Gram.
 
-``[[c, r^T], [r, G_w]]`` is the Gram of ``[x_0, d_a, …, d_{b-1}]``, the exact
+``[[c, r_w^T], [r_w, G_w]]`` is the Gram of ``[x_0, d_a, …, d_{b-1}]``, the exact
 reference-subtracted form (:mod:`pipeline.koopman.factor`) of ``[x_0, x_a, …, x_{b-1}]``,
 so each window's factor is made exactly as the whole-trajectory one
 (:func:`pipeline.koopman.compress.gram_to_factor`, same conditioning check), and the
-``x_0`` column is dropped: ``X_w ≈ Q_w C_w`` with ``C_w`` of shape ``(k, W)``. If any
-window's Gram is not trustworthy, the caller falls back to the full path (Gram with its
-own TSQR fallback).
+``x_0`` column is dropped when the window does not start at 0: ``X_w ≈ Q_w C_w`` with
+``C_w`` of shape ``(k, W)``. If any window's Gram is not trustworthy, the caller
+falls back to the stable (TSQR) pass.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,33 +32,103 @@ from . import _blocks
 from .compress import _factor_from_gram
 from .factor import Factor, raise_non_finite
 
+__all__ = ["BandPlan", "band_plan", "window_factors"]
 
-def windows_cheaper(windows, T: int) -> bool:
-    """Per-window Grams pay off when they need well under the full ``T²`` products."""
-    cost = sum((b - a + 1) ** 2 for a, b in windows)
-    return len(windows) > 1 and cost < 0.5 * T * T
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Products of one slab that give every window's Gram.
+
+    ``ops[k] = (u1, v1, u2, v2)``: the block ``D D^T[u1:v1, u2:v2]`` (row indices of the
+    trajectory, ``≥ 1``) is ``x[u1:v1] @ x[u2:v2].T``; diagonal ops (panels) have
+    ``(u1, v1) == (u2, v2)``. Within the union of the windows' squares, every entry of
+    the upper triangle is covered by exactly one op.
+    """
+
+    spans: tuple[tuple[int, int], ...]        # rows [lo, b) of every window's d's
+    ops: tuple[tuple[int, int, int, int], ...]
+
+    def products(self) -> int:
+        """Row-pair products per column (symmetric panels counted once)."""
+        n = 0
+        for u1, v1, u2, v2 in self.ops:
+            m = v1 - u1
+            n += m * (m + 1) // 2 if (u1, v1) == (u2, v2) else m * (v2 - u2)
+        return n
+
+
+def band_plan(windows, T: int) -> BandPlan:
+    """Atoms, panels and cross products for ``windows`` (``[(a, b), ...]``, ``b ≤ T``)."""
+    spans = tuple((max(a, 1), b) for a, b in windows)
+    edges = sorted({e for s in spans for e in s})
+    atoms = [(u, v) for u, v in zip(edges[:-1], edges[1:])
+             if any(lo <= u and v <= b for lo, b in spans)]
+    cover = [frozenset(w for w, (lo, b) in enumerate(spans) if lo <= u and v <= b)
+             for u, v in atoms]
+    panels, cur, cand = [], [0], cover[0]
+    for k in range(1, len(atoms)):
+        common = cand & cover[k]
+        if atoms[k][0] == atoms[k - 1][1] and common:
+            cur.append(k)
+            cand = common
+        else:
+            panels.append(cur)
+            cur, cand = [k], cover[k]
+    panels.append(cur)
+    panel_of = {k: p for p, ks in enumerate(panels) for k in ks}
+    ops = [(atoms[ks[0]][0], atoms[ks[-1]][1]) * 2 for ks in panels]
+    for i in range(len(atoms)):
+        need = [j for j in range(i + 1, len(atoms))
+                if panel_of[j] != panel_of[i] and cover[i] & cover[j]]
+        run = []
+        for j in need + [None]:                 # contiguous runs of atoms: one gemm each
+            if run and (j is None or j != run[-1] + 1 or atoms[j][0] != atoms[run[-1]][1]):
+                ops.append((*atoms[i], atoms[run[0]][0], atoms[run[-1]][1]))
+                run = []
+            if j is not None:
+                run.append(j)
+    return BandPlan(spans, tuple(ops))
+
+
+def band_kernel(plan: BandPlan):
+    """Slab kernel ``(g, x) -> {(g, key): partial}`` for :func:`_blocks.run_pass`."""
+    def kernel(g, x):                 # x: (T, p); x[0] = x_0, x[t] = d_t
+        out = {(g, "c"): np.atleast_1d(x[0] @ x[0]), (g, "r"): x[1:] @ x[0]}
+        for k, (u1, v1, u2, v2) in enumerate(plan.ops):
+            a = x[u1:v1]
+            out[(g, k)] = a @ (a.T if (u1, v1) == (u2, v2) else x[u2:v2].T)
+        return out
+    return kernel
+
+
+def window_gram(plan: BandPlan, w: int, c, r, blocks) -> np.ndarray:
+    """Gram of ``[x_0, d_lo, …, d_{b-1}]`` of window ``w`` from the band's blocks."""
+    lo, b = plan.spans[w]
+    m = b - lo
+    G = np.empty((m + 1, m + 1))
+    G[0, 0] = c
+    G[0, 1:] = G[1:, 0] = r[lo - 1:b - 1]
+    for (u1, v1, u2, v2), B in zip(plan.ops, blocks):
+        r0, r1, c0, c1 = max(u1, lo), min(v1, b), max(u2, lo), min(v2, b)
+        if r0 < r1 and c0 < c1:
+            piece = B[r0 - u1:r1 - u1, c0 - u2:c1 - u2]
+            G[1 + r0 - lo:1 + r1 - lo, 1 + c0 - lo:1 + c1 - lo] = piece
+            G[1 + c0 - lo:1 + c1 - lo, 1 + r0 - lo:1 + r1 - lo] = piece.T
+    return G
 
 
 def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=1e-6):
     """``{name: {(a, b): Factor}}`` for ``"all"`` (and every group), or None when some
-    window's Gram is not trustworthy (the caller then uses the full path).
+    window's Gram is not trustworthy (the caller then uses the stable pass).
 
     Each factor's ``C`` has the window's ``b - a`` columns; its basis (for modes) is
     ``T × k`` with rows outside ``{0} ∪ [a, b)`` zero.
     """
     T, P = Y.shape
     starts, stops = [g[1] for g in groups], [g[2] for g in groups]
-
-    def kernel(g, x):                 # x: (T, p); x[0] = x_0, x[t] = d_t
-        out = {(g, "c"): np.atleast_1d(x[0] @ x[0])}
-        for w, (a, b) in enumerate(windows):
-            lo = max(a, 1)            # rows d_lo … d_{b-1}; x_0 enters through r and c
-            d = x[lo:b]
-            out[(g, w, "G")] = d @ d.T
-            out[(g, w, "r")] = d @ x[0]
-        return out
-
-    sums = _blocks.run_pass(Y, kernel, _blocks.sum_merge, starts, stops, scheduler=scheduler)
+    plan = band_plan(windows, T)
+    sums = _blocks.run_pass(Y, band_kernel(plan), _blocks.sum_merge, starts, stops,
+                            scheduler=scheduler)
     bad = [groups[g][0] for g in range(len(groups))
            if not all(np.isfinite(v).all() for k, v in sums.items() if k[0] == g)]
     if bad:
@@ -63,14 +140,12 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=
     out: dict[str, dict] = {}
     for name, start, stop, members in names:
         c = sum(sums[(g, "c")][0] for g in members)
+        r = sum(sums[(g, "r")] for g in members)
+        blocks = [sum(sums[(g, k)] for g in members) for k in range(len(plan.ops))]
         per_window = {}
         for w, (a, b) in enumerate(windows):
-            G = sum(sums[(g, w, "G")] for g in members)
-            r = sum(sums[(g, w, "r")] for g in members)
-            m = G.shape[0] + 1
-            Gs = np.empty((m, m))
-            Gs[0, 0], Gs[0, 1:], Gs[1:, 0], Gs[1:, 1:] = c, r, r, G
-            f, ok = _factor_from_gram(Gs, name, start, stop, u_in, gram_rcond)
+            f, ok = _factor_from_gram(window_gram(plan, w, c, r, blocks), name, start, stop,
+                                      u_in, gram_rcond)
             if not ok:
                 return None
             rows = [0] + list(range(max(a, 1), b))
