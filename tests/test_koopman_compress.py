@@ -182,3 +182,37 @@ def test_band_plan_gives_every_window_gram_exactly(T, W, S):
         made += [(s, t) for s in range(u1, v1) for t in range(u2, v2) if s <= t]
     assert len(made) == len(set(made)) == plan.products() and set(made) == needed
     assert plan.products() <= (T - 1) * T // 2
+
+
+@pytest.mark.parametrize("T, W, S, max_rows", [(100, 50, 25, 60), (61, 12, 5, 20), (50, 10, 13, 1),
+                                               (40, 40, 1, 10), (200, 20, 3, 45)])
+def test_band_split_into_row_spans_gives_the_same_grams(T, W, S, max_rows):
+    """Long trajectories: each task of the pass holds snapshot 0 and one span of rows;
+    spans hold whole ops, own disjoint rows for the x_0 products, and the pass over
+    dask chunks gives the same window Grams as the whole-trajectory kernel."""
+    from pipeline.koopman import _blocks
+    from pipeline.koopman.windows import band_kernel, band_plan, row_spans, window_gram
+
+    windows = [(a, a + W) for a in range(0, T - W + 1, S)]
+    plan = band_plan(windows, T)
+    spans, op_span, owned = row_spans(plan, T, max_rows)
+    assert owned[0][0] == 1 and owned[-1][1] == T
+    assert all(a[1] == b[0] for a, b in zip(owned[:-1], owned[1:]))
+    for k, (u1, v1, u2, v2) in enumerate(plan.ops):
+        r0, r1 = spans[op_span[k]]
+        assert r0 <= min(u1, u2) and max(v1, v2) <= r1
+    for (r0, r1), (o0, o1) in zip(spans, owned):
+        assert r0 <= o0 and o1 <= r1
+    if max_rows >= W:
+        assert max(r1 - r0 for r0, r1 in spans) <= max_rows + W
+
+    Y = np.random.default_rng(T * S).standard_normal((T, 300)).astype(np.float32)
+    got = _blocks.run_pass(da.from_array(Y, chunks=(7, 128)), band_kernel(plan, spans, op_span, owned),
+                           _blocks.sum_merge, [0], [300], scheduler="synchronous", spans=spans)
+    X = Y.astype(np.float64)
+    X[1:] -= X[0]
+    blocks = [got[(0, k)] for k in range(len(plan.ops))]
+    for w, (a, b) in enumerate(windows):
+        rows = X[[0] + list(range(max(a, 1), b))]
+        np.testing.assert_allclose(window_gram(plan, w, got[(0, "c")][0], got[(0, "r")], blocks),
+                                   rows @ rows.T, rtol=1e-12, atol=1e-10)

@@ -165,3 +165,23 @@ def test_windows_fall_back_to_the_stable_pass_when_a_gram_is_unresolved():
         np.testing.assert_allclose(r.residuals, direct.residuals, atol=1e-8)
         # exact rank 5: the factor keeps the numerical rank, the SVD of the data all W-1
         np.testing.assert_allclose(r.singular_values, direct.singular_values[:5], atol=1e-10)
+
+
+def test_pass_split_into_row_spans_equals_direct_dmd(monkeypatch):
+    """With a small per-task budget the pass runs span by span (tasks hold a few time
+    chunks, not all T); every window of every layer still equals a direct DMD."""
+    import pipeline.koopman.windows as windows
+
+    monkeypatch.setattr(windows, "_TASK_BYTES", 450 * 8 * 15)   # 15 rows of a column chunk
+    calls = []
+    real = windows._blocks.run_pass
+    monkeypatch.setattr(windows._blocks, "run_pass",
+                        lambda *a, **k: calls.append(k["spans"]) or real(*a, **k))
+    Y = trajectory(60, 2000, seed=13)
+    est = KoopmanDMD(window=12, stride=6, per_layer=True, rank=5)
+    est.fit(da.from_array(Y, chunks=(7, 450)), GROUPS)
+    assert len(calls[0]) > 3
+    spans = {"all": (0, 2000), **{n: (a, b) for n, a, b in GROUPS}}
+    for r in est.results_:
+        (a, b), (c0, c1) = r.window, spans[r.layer]
+        assert_same(r, dmd(Y[a:b, c0:c1].T, rank=5))

@@ -11,16 +11,21 @@ Sections (each can be skipped with ``--skip read,cold,zstd,tsqr,ooc,pydmd``):
    ``w0`` + slowly decaying modes + small noise) written through
    ``TrajectoryStore.create_run`` / ``RunWriter`` (the store's real chunking, no
    compression). Alternately, ``--reps`` times: a plain read pass
-   ``da.from_zarr(arr)[:T].sum().compute()``, ``KoopmanDMD(method="qr", window=50,
-   stride=25, per_layer=True).fit(run.weights(), layers)`` and the same with
-   ``method="randomized", rank=20``. Times, GB/s, fit/read ratios (target <= 1.5x).
+   ``da.from_zarr(arr)[:T].sum().compute()``; ``KoopmanDMD(method="qr", window=50,
+   stride=25, per_layer=True).fit(run.weights(), layers)`` (the store's reader: chunk
+   files mapped) and the same through ``da.from_zarr`` (zarr's decode path); the same
+   with ``method="randomized", rank=20``; and qr with other windows (the whole
+   trajectory; W=20, S=10). Times, GB/s, fit/read ratios (target <= 1.5x).
 1b. ``cold`` : the same read pass and qr fit from disk: the OS page cache is dropped
    before every pass (root only; skipped otherwise).
 2. ``zstd``  : the same data copied into a zarr array with the same chunks and a zstd
    compressor; write time, compression ratio, read pass and qr fit, alternated.
 3. ``tsqr``  : reference, ``dask.array.linalg.tsqr`` of ``X = Y.T`` (R only) + a small DMD.
-4. ``ooc``   : out of core. A trajectory of ``--ooc-gb`` GB; the qr fit runs in a child
-   process whose peak RSS (``VmHWM``) is compared with ``--budget-gib``.
+4. ``ooc``   : out of core. Two trajectories of ``--ooc-gb`` GB each: wide
+   (``--ooc-T`` snapshots, the windows above) and long (``--ooc-long-T`` snapshots,
+   windows ``--ooc-long-window``, stride half of it). Each qr fit runs in a child
+   process, through the mapped reader and through zarr's decode path; its peak RSS
+   (``VmHWM``) is compared with ``--budget-gib``.
 5. ``pydmd`` : ``pydmd.DMD(svd_rank=0).fit(X)`` (``X`` P x T numpy, loaded from the store)
    against ``KoopmanDMD(method="qr")`` on the same stored run (one window, all
    snapshots), each in its own child process: time and peak RSS.
@@ -62,7 +67,9 @@ def parse(argv=None):
     p.add_argument("--stride", type=int, default=25)
     p.add_argument("--rank", type=int, default=20, help="randomized method rank")
     p.add_argument("--ooc-gb", type=float, default=4.4, help="size of the out-of-core trajectory")
-    p.add_argument("--ooc-T", type=int, default=200)
+    p.add_argument("--ooc-T", type=int, default=200, help="snapshots of the wide out-of-core case")
+    p.add_argument("--ooc-long-T", type=int, default=2000, help="snapshots of the long case")
+    p.add_argument("--ooc-long-window", type=int, default=100, help="window of the long case (stride W/2)")
     p.add_argument("--budget-gib", type=float, default=1.0, help="memory the analysis may use")
     p.add_argument("--pydmd-P", type=int, default=1_000_000)
     p.add_argument("--pydmd-T", type=int, default=100)
@@ -75,6 +82,7 @@ def parse(argv=None):
     if a.quick:
         a.T, a.P, a.reps, a.window, a.stride = 60, 200_000, 2, 30, 15
         a.ooc_gb, a.ooc_T, a.budget_gib = 0.4, 100, 0.5
+        a.ooc_long_T, a.ooc_long_window = 400, 40
         a.pydmd_P, a.pydmd_T = 100_000, 60
     return a
 
@@ -188,7 +196,8 @@ def child_main(spec: dict) -> None:
     base = hwm_bytes()  # interpreter + imports, before any data
     out = {"baseline_hwm": base}
     if spec["job"] == "fit":
-        dt, n_win, n_eigs = fit(run.weights(), run.layout.layer_ranges(), spec["method"],
+        Y = run.weights() if spec.get("reader", "map") == "map" else dask_y(run.weights_array(), run.n_snapshots)
+        dt, n_win, n_eigs = fit(Y, run.layout.layer_ranges(), spec["method"],
                                 spec.get("window"), spec.get("stride"), spec.get("rank"),
                                 spec.get("per_layer", True))
         out.update(fit_s=dt, n_results=n_win, n_eigs=n_eigs)
@@ -233,18 +242,27 @@ def bench_read(args, tmp, res):
     print(f"[read] wrote {nbytes / GB:.2f} GB through RunWriter in {wt:.1f} s; "
           f"chunks {arr.chunks}, compressors {arr.compressors}", flush=True)
     read_pass(arr, args.T)  # warm the page cache: every timing below reads from memory
-    t_read, t_qr, t_rnd = [], [], []
+    t_read, t_qr, t_rnd, t_qrz = [], [], [], []
+    sweep = [(args.T, args.T), (20, 10)]            # other windows: whole trajectory, short
+    t_sweep = {f"{w}/{s}": [] for w, s in sweep}
     for rep in range(args.reps):
         t_read.append(read_pass(arr, args.T))
         t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
+        t_qrz.append(fit(dask_y(arr, args.T), groups, "qr", args.window, args.stride)[0])
         t_rnd.append(fit(run.weights(), groups, "randomized", args.window, args.stride, args.rank)[0])
+        for w, st in sweep:
+            t_sweep[f"{w}/{st}"].append(fit(run.weights(), groups, "qr", w, st)[0])
         print(f"[read] rep {rep}: read {t_read[-1]:.2f}s qr {t_qr[-1]:.2f}s "
-              f"randomized {t_rnd[-1]:.2f}s", flush=True)
+              f"(through zarr decode {t_qrz[-1]:.2f}s) randomized {t_rnd[-1]:.2f}s; qr W/S "
+              + " ".join(f"{k}: {v[-1]:.2f}s" for k, v in t_sweep.items()), flush=True)
     _, n_res, n_eigs = fit(run.weights(), groups, "qr", args.window, args.stride)
     res["read"] = {
         "T": args.T, "P": args.P, "bytes": nbytes, "write_s": wt, "chunks": list(arr.chunks),
         "n_window_layer_results": n_res, "n_eigenvalues": n_eigs,
         "read_s": stats(t_read), "qr_fit_s": stats(t_qr), "randomized_fit_s": stats(t_rnd),
+        "qr_fit_zarr_decode_s": stats(t_qrz),
+        "qr_window_sweep": {k: {**stats(v), "over_read_median": statistics.median(v) / statistics.median(t_read)}
+                            for k, v in t_sweep.items()},
         "qr_over_read": {"min-based": min(t_qr) / min(t_read),
                          "median-based": statistics.median(t_qr) / statistics.median(t_read)},
         "randomized_over_read": {"min-based": min(t_rnd) / min(t_read),
@@ -306,7 +324,7 @@ def bench_zstd(args, run, arr, tmp, res):
     for rep in range(args.reps):
         t_read_r.append(read_pass(arr, args.T))
         t_read_z.append(read_pass(dst, args.T))
-        t_qr_r.append(fit(dask_y(arr, args.T), groups, "qr", args.window, args.stride)[0])
+        t_qr_r.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
         t_qr_z.append(fit(dask_y(dst, args.T), groups, "qr", args.window, args.stride)[0])
         print(f"[zstd] rep {rep}: read raw {t_read_r[-1]:.2f}s zstd {t_read_z[-1]:.2f}s | "
               f"qr raw {t_qr_r[-1]:.2f}s zstd {t_qr_z[-1]:.2f}s", flush=True)
@@ -342,23 +360,32 @@ def bench_tsqr(args, run, res):
 
 
 def bench_ooc(args, tmp, res):
-    url = str(tmp / "ooc")
-    T = args.ooc_T
-    P = int(args.ooc_gb * GB / (4 * T))
-    wt = write_run(url, "big", T, P, args.layers, seed=1)
-    nbytes = T * P * 4
-    print(f"[ooc] wrote {nbytes / GB:.2f} GB ({T} x {P}) in {wt:.1f} s", flush=True)
-    r = run_child({"job": "fit", "store": url, "run": "big", "method": "qr",
-                   "window": args.window, "stride": args.stride})
+    """Two shapes of the same size: wide (few snapshots) and long (many snapshots,
+    windows), each fitted in a child through the store's mapped reader and through
+    zarr's decode path (what object storage uses)."""
     budget = args.budget_gib * 2**30
-    res["ooc"] = {"T": T, "P": P, "dataset_bytes": nbytes, "write_s": wt, **r,
-                  "budget_bytes": budget, "dataset_over_budget": nbytes / budget,
-                  "dataset_over_peak_rss": nbytes / r["peak_hwm"],
-                  "within_budget": r["peak_hwm"] <= budget,
-                  "GBps": nbytes / GB / r["fit_s"]}
-    print(f"[ooc] fit {r['fit_s']:.1f}s, peak RSS {r['peak_hwm'] / 2**20:.0f} MiB "
-          f"(baseline {r['baseline_hwm'] / 2**20:.0f} MiB), budget {args.budget_gib} GiB", flush=True)
-    shutil.rmtree(tmp / "ooc", ignore_errors=True)
+    cases = [("wide", args.ooc_T, args.window, args.stride),
+             ("long", args.ooc_long_T, args.ooc_long_window, args.ooc_long_window // 2)]
+    res["ooc"] = {"budget_bytes": budget, "cases": []}
+    for name, T, W, S in cases:
+        url = str(tmp / f"ooc-{name}")
+        P = int(args.ooc_gb * GB / (4 * T))
+        wt = write_run(url, "big", T, P, args.layers, seed=1)
+        nbytes = T * P * 4
+        print(f"[ooc] {name}: wrote {nbytes / GB:.2f} GB ({T} x {P}) in {wt:.1f} s", flush=True)
+        for reader in ("map", "zarr"):
+            r = run_child({"job": "fit", "store": url, "run": "big", "method": "qr",
+                           "window": W, "stride": S, "reader": reader})
+            case = {"shape": name, "T": T, "P": P, "window": W, "stride": S, "reader": reader,
+                    "dataset_bytes": nbytes, "write_s": wt, **r,
+                    "dataset_over_budget": nbytes / budget,
+                    "dataset_over_peak_rss": nbytes / r["peak_hwm"],
+                    "within_budget": r["peak_hwm"] <= budget, "GBps": nbytes / GB / r["fit_s"]}
+            res["ooc"]["cases"].append(case)
+            print(f"[ooc] {name} via {reader}: fit {r['fit_s']:.1f}s, peak RSS "
+                  f"{r['peak_hwm'] / 2**20:.0f} MiB (baseline {r['baseline_hwm'] / 2**20:.0f} MiB), "
+                  f"budget {args.budget_gib} GiB", flush=True)
+        shutil.rmtree(tmp / f"ooc-{name}", ignore_errors=True)
 
 
 def bench_pydmd(args, tmp, res):
@@ -391,12 +418,19 @@ def report(res):
               f"{r['n_window_layer_results']} (window, layer) results")
         print(f"   {'pass':28} {'min s':>7} {'med s':>7} {'GB/s(min)':>10} {'x read (min|med)':>18}")
         for name, key, ratio in (("plain read (dask sum)", "read_s", None),
-                                 ("KoopmanDMD qr", "qr_fit_s", "qr_over_read"),
+                                 (f"KoopmanDMD qr W{res['args']['window']}/S{res['args']['stride']}",
+                                  "qr_fit_s", "qr_over_read"),
+                                 ("  same, through zarr decode", "qr_fit_zarr_decode_s", None),
                                  (f"KoopmanDMD randomized r{res['args']['rank']}", "randomized_fit_s",
                                   "randomized_over_read")):
             s = r[key]
-            rr = (f"{r[ratio]['min-based']:.2f} | {r[ratio]['median-based']:.2f}" if ratio else "1")
+            rr = (f"{r[ratio]['min-based']:.2f} | {r[ratio]['median-based']:.2f}" if ratio
+                  else f"{s['min'] / r['read_s']['min']:.2f} | {s['median'] / r['read_s']['median']:.2f}")
             print(f"   {name:28} {s['min']:>7.2f} {s['median']:>7.2f} {gb / s['min']:>10.2f} {rr:>18}")
+        for k, s in r["qr_window_sweep"].items():
+            rr = f"{s['min'] / r['read_s']['min']:.2f} | {s['over_read_median']:.2f}"
+            print(f"   {'KoopmanDMD qr W' + k.replace('/', '/S'):28} {s['min']:>7.2f} {s['median']:>7.2f} "
+                  f"{gb / s['min']:>10.2f} {rr:>18}")
     if "cold" in res:
         c = res["cold"]
         gb = res["read"]["bytes"] / GB
@@ -417,12 +451,13 @@ def report(res):
         t = res["tsqr"]
         print(f"3. dask.array.linalg.tsqr (R only) {t['tsqr_R_s']:.2f}s + small DMD {t['small_dmd_s']:.3f}s")
     if "ooc" in res:
-        o = res["ooc"]
-        print(f"4. out of core: {o['T']} x {o['P']:,} = {o['dataset_bytes'] / GB:.2f} GB; fit "
-              f"{o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s; data just written, so mostly from page cache); peak RSS "
-              f"{o['peak_hwm'] / 2**20:.0f} MiB (baseline {o['baseline_hwm'] / 2**20:.0f} MiB); budget "
-              f"{o['budget_bytes'] / 2**30:.2f} GiB; dataset/budget {o['dataset_over_budget']:.1f}x, "
-              f"dataset/peak {o['dataset_over_peak_rss']:.1f}x, within budget: {o['within_budget']}")
+        print(f"4. out of core, budget {res['ooc']['budget_bytes'] / 2**30:.2f} GiB "
+              "(data just written, so mostly read from the page cache):")
+        for o in res["ooc"]["cases"]:
+            print(f"   {o['shape']:4} {o['T']} x {o['P']:,} = {o['dataset_bytes'] / GB:.2f} GB, W{o['window']}/S"
+                  f"{o['stride']}, reader {o['reader']:4}: fit {o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s); "
+                  f"peak RSS {o['peak_hwm'] / 2**20:.0f} MiB (baseline {o['baseline_hwm'] / 2**20:.0f} MiB); "
+                  f"dataset/budget {o['dataset_over_budget']:.1f}x, within budget: {o['within_budget']}")
     if "pydmd" in res:
         p = res["pydmd"]
         best = min(p["ours"], key=lambda r: r["fit_s"])

@@ -25,33 +25,40 @@ _MIN_SLAB = 256
 _FAN_IN = 8
 
 
-def transformed_slabs(parts, c0, c1, starts, stops, s0=None, s1=None):
+def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None, span=None):
     """Yield ``(group_index, slab)`` for one column block (or its sub-range ``[s0, s1)``).
 
     Parameters
     ----------
     parts : list of ndarray, shapes (t_i, c1 - c0)
-        Time chunks of the block, in order (stacked along axis 0).
+        Time chunks of the block, in order; the first holds snapshot 0.
+    part_rows : list of int
+        Row of the trajectory at which each part starts.
     c0, c1 : int
         Column range of the block in ``Y``.
     starts, stops : list of int
         Sorted group column ranges.
     s0, s1 : int, optional
         Only these columns of the block (default: all of ``[c0, c1)``).
+    span : (int, int), optional
+        Rows ``[r0, r1)`` (``r0 >= 1``) to transform besides snapshot 0 (default: all).
 
     Yields
     ------
-    (int, ndarray of shape (T, p), float64)
-        ``slab[0]`` is the first snapshot, ``slab[j] = x_j - x_0`` for ``j >= 1``
+    (int, ndarray of shape (1 + r1 - r0, p), float64)
+        ``slab[0]`` is the first snapshot, ``slab[1 + t - r0] = x_t - x_0``
         (exact: float64 subtraction of float32/float16 values). The slab is a view of a
         buffer reused for the next slab: kernels must not keep references to it.
     """
-    rows = np.cumsum([0] + [q.shape[0] for q in parts])
-    T = int(rows[-1])
-    width = max(_MIN_SLAB, _SLAB_BYTES // (8 * T))
+    ends = [r + q.shape[0] for r, q in zip(part_rows, parts)]
+    r0, r1 = span if span is not None else (1, ends[-1])
+    pieces = [(q, max(r, r0) - r, min(e, r1) - r, 1 + max(r, r0) - r0)
+              for q, r, e in zip(parts, part_rows, ends) if max(r, r0) < min(e, r1)]
+    n = 1 + r1 - r0
+    width = max(_MIN_SLAB, _SLAB_BYTES // (8 * n))
     s0 = c0 if s0 is None else s0
     s1 = c1 if s1 is None else s1
-    buf = np.empty((T, min(width, s1 - s0)))
+    buf = np.empty((n, min(width, s1 - s0)))
     g = bisect.bisect_right(starts, s0) - 1
     while g < len(starts) and starts[g] < s1:
         lo, hi = max(starts[g], s0), min(stops[g], s1)
@@ -59,20 +66,21 @@ def transformed_slabs(parts, c0, c1, starts, stops, s0=None, s1=None):
             cols = slice(a - c0, min(a + width, hi) - c0)
             x = buf[:, :cols.stop - cols.start]
             first = parts[0][0, cols]
-            for q, r0, r1 in zip(parts, rows[:-1], rows[1:]):   # cast, subtract, no concat
-                np.subtract(q[:, cols], first, out=x[r0:r1], dtype=np.float64)
+            for q, q0, q1, at in pieces:          # cast, subtract, no concat
+                np.subtract(q[q0:q1, cols], first, out=x[at:at + q1 - q0], dtype=np.float64)
             x[0] = first
             yield g, x
         g += 1
 
 
-def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=None):
+def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=None,
+             spans=None):
     """Apply ``kernel`` to every transformed slab and reduce with ``merge``.
 
     Parameters
     ----------
     Y : dask.array.Array, shape (T, P)
-    kernel : callable ``(group_index, slab) -> dict``
+    kernel : callable ``(group_index, slab) -> dict``, or ``(group_index, slab, span_index)``
         Partial result for one slab, keyed by whatever the caller wants.
     merge : callable ``(list of dict) -> dict``
         Associative combination of partial results.
@@ -80,6 +88,11 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
         Group column ranges covering ``[0, P)``.
     scheduler : str or None
         Passed to :func:`dask.compute` (None: the default, threaded).
+    spans : list of (int, int), optional
+        Row ranges ``[r0, r1)`` (``r0 >= 1``): every column block is then processed
+        span by span, a task holding only the time chunks of snapshot 0 and of its span
+        (memory per task bounded in ``T``); the kernel gets the span's index. Default:
+        one span of all rows, and a two-argument kernel.
 
     Returns
     -------
@@ -88,24 +101,36 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     """
     blocks = Y.to_delayed()                      # (n_t, n_p) Delayed chunks
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
+    row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
+    T = row_edges[-1]
+    call = kernel if spans is not None else (lambda g, x, s: kernel(g, x))
+    spans = list(spans) if spans is not None else [(1, T)]
 
-    def block_task(parts, c0, c1, s0, s1):
+    def block_task(parts, part_rows, c0, c1, s0, s1, si):
         acc = {}
-        for g, x in transformed_slabs(parts, c0, c1, starts, stops, s0, s1):
-            acc = merge([acc, kernel(g, x)])           # incremental: O(1) partials alive
+        for g, x in transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0, s1, spans[si]):
+            acc = merge([acc, call(g, x, si)])         # incremental: O(1) partials alive
         return acc
 
+    def chunks_of(r0, r1):                       # time chunks of row 0 and rows [r0, r1)
+        idx = [i for i in range(len(row_edges) - 1)
+               if i == 0 or (row_edges[i] < r1 and row_edges[i + 1] > r0)]
+        return idx, [row_edges[i] for i in idx]
+
+    span_chunks = [chunks_of(r0, r1) for r0, r1 in spans]
     # Few, wide column chunks (small P, long T) would leave workers idle: split each
     # chunk's columns among several tasks, which share its chunk reads (same dask keys).
     n_workers = (os.cpu_count() or 1) + 1
-    split = max(1, -(-2 * n_workers // blocks.shape[1]))
+    split = max(1, -(-2 * n_workers // (blocks.shape[1] * len(spans))))
     level = []
     for j in range(blocks.shape[1]):
         c0, c1 = col_edges[j], col_edges[j + 1]
         pieces = max(1, min(split, (c1 - c0) // _MIN_SLAB))
         edges = np.linspace(c0, c1, pieces + 1).astype(int).tolist()
-        parts = list(blocks[:, j])
-        level += [dask.delayed(block_task)(parts, c0, c1, a, b) for a, b in zip(edges[:-1], edges[1:])]
+        for si, (idx, part_rows) in enumerate(span_chunks):
+            parts = [blocks[i, j] for i in idx]
+            level += [dask.delayed(block_task)(parts, part_rows, c0, c1, a, b, si)
+                      for a, b in zip(edges[:-1], edges[1:])]
     while len(level) > 1:
         level = [dask.delayed(merge)(level[i:i + _FAN_IN])
                  for i in range(0, len(level), _FAN_IN)]

@@ -34,6 +34,8 @@ from .factor import Factor, raise_non_finite
 
 __all__ = ["BandPlan", "band_plan", "window_factors"]
 
+_TASK_BYTES = 128 * 2**20   # time chunks one task of the pass may hold (per column block)
+
 
 @dataclass(frozen=True)
 class BandPlan:
@@ -90,13 +92,62 @@ def band_plan(windows, T: int) -> BandPlan:
     return BandPlan(spans, tuple(ops))
 
 
-def band_kernel(plan: BandPlan):
-    """Slab kernel ``(g, x) -> {(g, key): partial}`` for :func:`_blocks.run_pass`."""
-    def kernel(g, x):                 # x: (T, p); x[0] = x_0, x[t] = d_t
-        out = {(g, "c"): np.atleast_1d(x[0] @ x[0]), (g, "r"): x[1:] @ x[0]}
-        for k, (u1, v1, u2, v2) in enumerate(plan.ops):
-            a = x[u1:v1]
-            out[(g, k)] = a @ (a.T if (u1, v1) == (u2, v2) else x[u2:v2].T)
+def row_spans(plan: BandPlan, T: int, max_rows: int):
+    """Split the band's rows into spans of about ``max_rows`` rows (an op is never cut).
+
+    Returns ``(spans, op_span, owned)``: ``spans[s] = (r0, r1)`` rows of span ``s``,
+    ``op_span[k]`` the span computing op ``k``, ``owned[s] = (o0, o1)`` the rows whose
+    products with ``x_0`` span ``s`` computes (disjoint, covering ``[1, T)``).
+    """
+    order = sorted(range(len(plan.ops)), key=lambda k: (min(plan.ops[k][0], plan.ops[k][2]), k))
+    groups, lo, hi = [], None, None
+    for k in order:
+        u1, v1, u2, v2 = plan.ops[k]
+        u, v = min(u1, u2), max(v1, v2)
+        if groups and max(hi, v) - lo <= max_rows:
+            groups[-1].append(k)
+            hi = max(hi, v)
+        else:
+            groups.append([k])
+            lo, hi = u, v
+    if not groups:
+        return [(1, T)], [], [(1, T)]
+    bounds = [1] + [min(min(plan.ops[k][0], plan.ops[k][2]) for k in ks) for ks in groups[1:]] + [T]
+    owned = list(zip(bounds[:-1], bounds[1:]))
+    spans, op_span = [], [0] * len(plan.ops)
+    for s, ks in enumerate(groups):
+        r0 = min([owned[s][0]] + [min(plan.ops[k][0], plan.ops[k][2]) for k in ks])
+        r1 = max([owned[s][1]] + [max(plan.ops[k][1], plan.ops[k][3]) for k in ks])
+        spans.append((r0, r1))
+        for k in ks:
+            op_span[k] = s
+    return spans, op_span, owned
+
+
+def band_kernel(plan: BandPlan, spans=None, op_span=None, owned=None):
+    """Slab kernel ``(g, x, s) -> {(g, key): partial}`` for :func:`_blocks.run_pass`.
+
+    ``x`` holds ``x_0`` and the rows ``d_t`` of span ``s`` (all rows by default:
+    ``x[t] = d_t``); see :func:`row_spans`.
+    """
+    if spans is None:
+        T = max([v for op in plan.ops for v in (op[1], op[3])] + [1])
+        spans, op_span, owned = [(1, T)], [0] * len(plan.ops), [(1, T)]
+    T = owned[-1][1]
+    mine = [[k for k in range(len(plan.ops)) if op_span[k] == s] for s in range(len(spans))]
+
+    def kernel(g, x, s=0):               # x[0] = x_0, x[1 + t - r0] = d_t
+        r0 = spans[s][0]
+        o0, o1 = owned[s]
+        r = np.zeros(T - 1)
+        r[o0 - 1:o1 - 1] = x[1 + o0 - r0:1 + o1 - r0] @ x[0]
+        out = {(g, "r"): r}
+        if s == 0:
+            out[(g, "c")] = np.atleast_1d(x[0] @ x[0])
+        for k in mine[s]:
+            u1, v1, u2, v2 = plan.ops[k]
+            a = x[1 + u1 - r0:1 + v1 - r0]
+            out[(g, k)] = a @ (a.T if (u1, v1) == (u2, v2) else x[1 + u2 - r0:1 + v2 - r0].T)
         return out
     return kernel
 
@@ -127,8 +178,12 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=
     T, P = Y.shape
     starts, stops = [g[1] for g in groups], [g[2] for g in groups]
     plan = band_plan(windows, T)
-    sums = _blocks.run_pass(Y, band_kernel(plan), _blocks.sum_merge, starts, stops,
-                            scheduler=scheduler)
+    # a task holds snapshot 0 and one span of rows of a column block: bounded in T
+    p_chunk = max(Y.chunks[1])
+    max_rows = max(1, _TASK_BYTES // (p_chunk * Y.dtype.itemsize))
+    spans, op_span, owned = row_spans(plan, T, max_rows)
+    sums = _blocks.run_pass(Y, band_kernel(plan, spans, op_span, owned), _blocks.sum_merge,
+                            starts, stops, scheduler=scheduler, spans=spans)
     bad = [groups[g][0] for g in range(len(groups))
            if not all(np.isfinite(v).all() for k, v in sums.items() if k[0] == g)]
     if bad:
