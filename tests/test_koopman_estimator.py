@@ -185,3 +185,18 @@ def test_pass_split_into_row_spans_equals_direct_dmd(monkeypatch):
     for r in est.results_:
         (a, b), (c0, c1) = r.window, spans[r.layer]
         assert_same(r, dmd(Y[a:b, c0:c1].T, rank=5))
+
+
+def test_modes_of_a_window_read_only_its_snapshots():
+    """The modes pass reads snapshot 0 and the window's rows only: the other rows may
+    be anything (here NaN) without changing the modes."""
+    Y = trajectory(60, 2000, seed=14)
+    est = KoopmanDMD(window=12, stride=12, rank=5).fit(Y)
+    a, b = est.windows_[2]
+    want = est.modes(Y, window=(a, b)).compute()
+    poisoned = Y.copy()
+    outside = np.ones(60, bool)
+    outside[[0] + list(range(a, b))] = False
+    poisoned[outside] = np.nan
+    got = est.modes(da.from_array(poisoned, chunks=(5, 700)), window=(a, b)).compute()
+    np.testing.assert_allclose(got, want, atol=1e-12)

@@ -200,7 +200,7 @@ class KoopmanDMD:
                                     f"{(self.n_snapshots_, self.n_parameters_)}")
         f = self.window_factors_[layer][window]
         z = self._window_dmd(f, *window).vectors         # (k, r) in C coordinates
-        pieces = [_project(Y[:, a:b], basis @ z) for a, b, basis in f.segments]
+        pieces = [_project(_rows_of(Y[:, a:b], f.rows), basis @ z) for a, b, basis in f.segments]
         return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1)
 
 
@@ -209,8 +209,17 @@ class _Slice:
 
     def __init__(self, f: Factor, a: int, b: int):
         self.name, self.start, self.stop, self.segments = f.name, f.start, f.stop, f.segments
-        self.method = f.method
+        self.method, self.rows = f.method, f.rows
         self.C = f.C[:, a:b]
+
+
+def _rows_of(Yg, rows):
+    """The snapshots a basis refers to (all when ``rows`` is None): a window's modes
+    read snapshot 0 and the window's rows only, not all ``T``."""
+    if rows is None:
+        return Yg
+    runs = np.split(np.asarray(rows), np.flatnonzero(np.diff(rows) != 1) + 1)
+    return da.concatenate([Yg[r[0]:r[-1] + 1] for r in runs], axis=0)
 
 
 def _project(Yg, Wc):

@@ -43,7 +43,10 @@ class Factor:
     segments : tuple of (int, int, ndarray of shape (T, k))
         ``Q[a - start:b - start] = Y[:, a:b].T @ basis`` for each ``(a, b, basis)``.
     method : str
-        ``"gram"``, ``"tsqr"`` or ``"randomized"``.
+        ``"gram"``, ``"tsqr"``, ``"randomized"`` or ``"gram-window"``.
+    rows : ndarray of int, optional
+        The snapshots the bases refer to (their rows; ``len(rows) × k``), when not all
+        ``T``: a window's factor depends only on snapshot 0 and the window's own.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Factor:
     C: np.ndarray
     segments: tuple
     method: str
+    rows: np.ndarray | None = None
 
     @property
     def rank(self) -> int:

@@ -172,8 +172,8 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=
     """``{name: {(a, b): Factor}}`` for ``"all"`` (and every group), or None when some
     window's Gram is not trustworthy (the caller then uses the stable pass).
 
-    Each factor's ``C`` has the window's ``b - a`` columns; its basis (for modes) is
-    ``T × k`` with rows outside ``{0} ∪ [a, b)`` zero.
+    Each factor's ``C`` has the window's ``b - a`` columns; its basis (for modes) has
+    one row per snapshot of ``{0} ∪ [a, b)`` (``Factor.rows``).
     """
     T, P = Y.shape
     starts, stops = [g[1] for g in groups], [g[2] for g in groups]
@@ -203,11 +203,8 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=
                                       u_in, gram_rcond)
             if not ok:
                 return None
-            rows = [0] + list(range(max(a, 1), b))
-            (_, _, basis_sub), = f.segments
-            basis = np.zeros((T, basis_sub.shape[1]))
-            basis[rows] = basis_sub
+            rows = np.array([0] + list(range(max(a, 1), b)))
             C = f.C if a == 0 else f.C[:, 1:]    # drop the x_0 column outside the window
-            per_window[(a, b)] = Factor(name, start, stop, C, ((start, stop, basis),), "gram-window")
+            per_window[(a, b)] = Factor(name, start, stop, C, f.segments, "gram-window", rows)
         out[name] = per_window
     return out
