@@ -16,6 +16,7 @@ else (object storage, compression, sharding, a big-endian layout) reads through 
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import sys
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .koopman import _blocks
 
 __all__ = ["mappable", "mapped_dask"]
 
@@ -91,6 +94,9 @@ def mapped_dask(arr, rows: int | None = None):
     tc, pc = spec.chunk_shape
     chunks = (_edges(rows, tc), _edges(spec.shape[1], pc))
     name = "mapped-" + tokenize(spec)
+    # passes over this array map the chunks inside their own tasks (no chunk held
+    # between tasks, re-mapping costs nothing): see pipeline.koopman._blocks
+    _blocks.CHUNK_LOADERS[name] = functools.partial(load_chunk, spec)
     return da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
                          name=name, meta=np.empty((0, 0), np.dtype(spec.dtype)))
 
@@ -100,7 +106,11 @@ def _edges(n: int, c: int) -> tuple[int, ...]:
 
 
 def _load(block_id=None, spec: _Spec = None):
-    i, j = block_id
+    return load_chunk(spec, *block_id)
+
+
+def load_chunk(spec: _Spec, i: int, j: int) -> np.ndarray:
+    """Chunk ``(i, j)`` (trimmed at the array's edges) as a read-only mapped array."""
     tc, pc = spec.chunk_shape
     t = min(tc, spec.shape[0] - i * tc)
     p = min(pc, spec.shape[1] - j * pc)

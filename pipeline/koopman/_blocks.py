@@ -21,6 +21,10 @@ import dask
 import numpy as np
 
 _SLAB_BYTES = 2 * 2**20
+# dask array name -> picklable ``loader(i, j)`` of chunk (i, j), for arrays whose chunks
+# are cheap to load again (mapped files, see pipeline.chunkmap): a pass then loads each
+# task's chunks inside the task, so no chunk is held in memory between tasks
+CHUNK_LOADERS: dict[str, Callable] = {}
 _MIN_SLAB = 256
 _FAN_IN = 8
 
@@ -99,7 +103,9 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     dict
         The merged partial results of all blocks.
     """
-    blocks = Y.to_delayed()                      # (n_t, n_p) Delayed chunks
+    loader = CHUNK_LOADERS.get(Y.name)
+    blocks = None if loader else Y.to_delayed()  # (n_t, n_p) Delayed chunks
+    n_col_blocks = len(Y.chunks[1])
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
     row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
     T = row_edges[-1]
@@ -107,6 +113,8 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     spans = list(spans) if spans is not None else [(1, T)]
 
     def block_task(parts, part_rows, c0, c1, s0, s1, si):
+        if loader is not None:                   # parts are chunk indices: load here
+            parts = [loader(i, j) for i, j in parts]
         acc = {}
         for g, x in transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0, s1, spans[si]):
             acc = merge([acc, call(g, x, si)])         # incremental: O(1) partials alive
@@ -121,14 +129,14 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     # Few, wide column chunks (small P, long T) would leave workers idle: split each
     # chunk's columns among several tasks, which share its chunk reads (same dask keys).
     n_workers = (os.cpu_count() or 1) + 1
-    split = max(1, -(-2 * n_workers // (blocks.shape[1] * len(spans))))
+    split = max(1, -(-2 * n_workers // (n_col_blocks * len(spans))))
     level = []
-    for j in range(blocks.shape[1]):
+    for j in range(n_col_blocks):
         c0, c1 = col_edges[j], col_edges[j + 1]
         pieces = max(1, min(split, (c1 - c0) // _MIN_SLAB))
         edges = np.linspace(c0, c1, pieces + 1).astype(int).tolist()
         for si, (idx, part_rows) in enumerate(span_chunks):
-            parts = [blocks[i, j] for i in idx]
+            parts = [(i, j) for i in idx] if loader else [blocks[i, j] for i in idx]
             level += [dask.delayed(block_task)(parts, part_rows, c0, c1, a, b, si)
                       for a, b in zip(edges[:-1], edges[1:])]
     while len(level) > 1:
