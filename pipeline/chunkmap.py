@@ -15,7 +15,6 @@ else (object storage, compression, sharding, a big-endian layout) reads through 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import mmap
 import os

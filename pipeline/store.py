@@ -271,7 +271,6 @@ class TrajectoryStore:
 
         Raises :class:`StoreError` if a finished run of that id exists: delete it first.
         """
-        import zarr
 
         self._require_writable()
         prev = self.status(run_id)
