@@ -15,7 +15,6 @@ else (object storage, compression, sharding, a big-endian layout) reads through 
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 
 from .koopman import _blocks
 
-__all__ = ["mappable", "mapped_dask"]
+__all__ = ["mappable", "mapped_dask", "zarr_dask"]
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,45 @@ def mapped_dask(arr, rows: int | None = None):
     name = "mapped-" + tokenize(spec)
     # passes over this array map the chunks inside their own tasks (no chunk held
     # between tasks, re-mapping costs nothing): see pipeline.koopman._blocks
-    _blocks.CHUNK_LOADERS[name] = functools.partial(load_chunk, spec)
+    _blocks.CHUNK_LOADERS[name] = _Mapped(spec)
     return da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
                          name=name, meta=np.empty((0, 0), np.dtype(spec.dtype)))
+
+
+def zarr_dask(arr, rows: int | None = None):
+    """``da.from_zarr(arr)[:rows]`` whose passes read each task's chunks inside the task
+    (through zarr: object storage, compression), so no chunk is held between tasks."""
+    import dask.array as da
+
+    rows = arr.shape[0] if rows is None else int(rows)
+    x = da.from_zarr(arr)[:rows]
+    _blocks.CHUNK_LOADERS[x.name] = _ZarrChunks(arr, rows)
+    return x
+
+
+class _Mapped:
+    """Chunk loader of a mapped array (re-loading a chunk costs nothing)."""
+
+    cheap = True
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        return load_chunk(self.spec, i, j)
+
+
+class _ZarrChunks:
+    """Chunk loader through zarr (each load is a read and a decode)."""
+
+    cheap = False
+
+    def __init__(self, arr, rows: int):
+        self.arr, self.rows = arr, rows
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        tc, pc = self.arr.chunks
+        return self.arr[i * tc:min((i + 1) * tc, self.rows), j * pc:(j + 1) * pc]
 
 
 def _edges(n: int, c: int) -> tuple[int, ...]:

@@ -150,15 +150,13 @@ class Run:
 
     def weights(self, dtype=np.float32):
         """Snapshots as a lazy Dask array of shape (n_snapshots, n_parameters)."""
-        import dask.array as da
-
-        from .chunkmap import mappable, mapped_dask
+        from .chunkmap import mappable, mapped_dask, zarr_dask
 
         arr = self.weights_array()
         if mappable(arr):   # local and uncompressed: chunk files mapped, no decode copies
             x = mapped_dask(arr, self.n_snapshots)
         else:
-            x = da.from_zarr(arr)[: self.n_snapshots]
+            x = zarr_dask(arr, self.n_snapshots)
         if self.attrs.get("stored_dtype") == "bfloat16":
             x = x.map_blocks(_bf16_to_f32, dtype=np.float32)
         return x.astype(dtype) if x.dtype != dtype else x

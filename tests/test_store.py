@@ -176,4 +176,22 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path):
     mem = TrajectoryStore(f"memory://kma-map-{os.getpid()}")
     _write(mem, "m", X[:, :LAYOUT.size])
     assert not mappable(mem.open_run("m").weights_array())
-    assert not mem.open_run("m").weights().name.startswith("mapped-")
+    Ym = mem.open_run("m").weights()
+    assert not Ym.name.startswith("mapped-")
+    zl = _blocks.CHUNK_LOADERS[Ym.name]
+    assert not zl.cheap                                       # tasks read through zarr
+    reads = []
+
+    class Counting:
+        cheap = False
+
+        def __call__(self, i, j):
+            reads.append((i, j))
+            return zl(i, j)
+
+    _blocks.CHUNK_LOADERS[Ym.name] = Counting()
+    fits = [KoopmanDMD(window=6, stride=2).fit(y).results_
+            for y in (Ym, da.from_zarr(mem.open_run("m").weights_array())[:11])]
+    for a, b in zip(*fits):
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-12)
+    assert reads and set(reads) == {(i, 0) for i in range(len(Ym.chunks[0]))}

@@ -183,10 +183,11 @@ def cast_pass(Y, groups):
     return time.perf_counter() - t0
 
 
-def dask_y(arr, T):
-    import dask.array as da
+def zarr_y(run):
+    """The run's trajectory read through zarr's decode path (as from object storage)."""
+    from pipeline.chunkmap import zarr_dask
 
-    return da.from_zarr(arr)[:T]
+    return zarr_dask(run.weights_array(), run.n_snapshots)
 
 
 def stats(xs):
@@ -208,7 +209,7 @@ def child_main(spec: dict) -> None:
     base = hwm_bytes()  # interpreter + imports, before any data
     out = {"baseline_hwm": base}
     if spec["job"] == "fit":
-        Y = run.weights() if spec.get("reader", "map") == "map" else dask_y(run.weights_array(), run.n_snapshots)
+        Y = run.weights() if spec.get("reader", "map") == "map" else zarr_y(run)
         dt, n_win, n_eigs = fit(Y, run.layout.layer_ranges(), spec["method"],
                                 spec.get("window"), spec.get("stride"), spec.get("rank"),
                                 spec.get("per_layer", True))
@@ -261,7 +262,7 @@ def bench_read(args, tmp, res):
         t_read.append(read_pass(arr, args.T))
         t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
         t_cast.append(cast_pass(run.weights(), groups))
-        t_qrz.append(fit(dask_y(arr, args.T), groups, "qr", args.window, args.stride)[0])
+        t_qrz.append(fit(zarr_y(run), groups, "qr", args.window, args.stride)[0])
         t_rnd.append(fit(run.weights(), groups, "randomized", args.window, args.stride, args.rank)[0])
         for w, st in sweep:
             t_sweep[f"{w}/{st}"].append(fit(run.weights(), groups, "qr", w, st)[0])
@@ -316,6 +317,8 @@ def bench_cold(args, run, arr, res):
 
 
 def bench_zstd(args, run, arr, tmp, res):
+    from pipeline.chunkmap import zarr_dask
+
     dst, wt = zstd_copy(arr, run.group, args.zstd_level)
     # write time of the store's uncompressed layout, same blocks, for comparison
     raw = run.group.create_array("weights_raw_copy", shape=arr.shape, chunks=arr.chunks,
@@ -338,7 +341,7 @@ def bench_zstd(args, run, arr, tmp, res):
         t_read_r.append(read_pass(arr, args.T))
         t_read_z.append(read_pass(dst, args.T))
         t_qr_r.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
-        t_qr_z.append(fit(dask_y(dst, args.T), groups, "qr", args.window, args.stride)[0])
+        t_qr_z.append(fit(zarr_dask(dst, args.T), groups, "qr", args.window, args.stride)[0])
         print(f"[zstd] rep {rep}: read raw {t_read_r[-1]:.2f}s zstd {t_read_z[-1]:.2f}s | "
               f"qr raw {t_qr_r[-1]:.2f}s zstd {t_qr_z[-1]:.2f}s", flush=True)
     res["zstd"] = {

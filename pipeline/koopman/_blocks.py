@@ -21,9 +21,10 @@ import dask
 import numpy as np
 
 _SLAB_BYTES = 2 * 2**20
-# dask array name -> picklable ``loader(i, j)`` of chunk (i, j), for arrays whose chunks
-# are cheap to load again (mapped files, see pipeline.chunkmap): a pass then loads each
-# task's chunks inside the task, so no chunk is held in memory between tasks
+# dask array name -> picklable ``loader(i, j)`` of chunk (i, j) (see pipeline.chunkmap):
+# a pass then loads each task's chunks inside the task, so no chunk is held in memory
+# between tasks. A chunk two tasks need is loaded twice: free for mapped files
+# (``loader.cheap``), a second read otherwise (then only when columns are not split).
 CHUNK_LOADERS: dict[str, Callable] = {}
 _MIN_SLAB = 256
 _FAN_IN = 8
@@ -104,7 +105,6 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
         The merged partial results of all blocks.
     """
     loader = CHUNK_LOADERS.get(Y.name)
-    blocks = None if loader else Y.to_delayed()  # (n_t, n_p) Delayed chunks
     n_col_blocks = len(Y.chunks[1])
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
     row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
@@ -130,11 +130,14 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     # chunk's columns among several tasks, which share its chunk reads (same dask keys).
     n_workers = (os.cpu_count() or 1) + 1
     split = max(1, -(-2 * n_workers // (n_col_blocks * len(spans))))
+    pieces = [max(1, min(split, (c1 - c0) // _MIN_SLAB)) for c0, c1 in zip(col_edges[:-1], col_edges[1:])]
+    if loader is not None and max(pieces) > 1 and not getattr(loader, "cheap", False):
+        loader = None          # each column piece would read the whole chunks again
+    blocks = None if loader else Y.to_delayed()  # (n_t, n_p) Delayed chunks
     level = []
     for j in range(n_col_blocks):
         c0, c1 = col_edges[j], col_edges[j + 1]
-        pieces = max(1, min(split, (c1 - c0) // _MIN_SLAB))
-        edges = np.linspace(c0, c1, pieces + 1).astype(int).tolist()
+        edges = np.linspace(c0, c1, pieces[j] + 1).astype(int).tolist()
         for si, (idx, part_rows) in enumerate(span_chunks):
             parts = [(i, j) for i in idx] if loader else [blocks[i, j] for i in idx]
             level += [dask.delayed(block_task)(parts, part_rows, c0, c1, a, b, si)
