@@ -25,7 +25,7 @@ import numpy as np
 
 from .koopman import _blocks
 
-__all__ = ["mappable", "mapped_dask", "zarr_dask"]
+__all__ = ["converted", "mappable", "mapped_dask", "zarr_dask"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,27 @@ def zarr_dask(arr, rows: int | None = None):
     x = da.from_zarr(arr)[:rows]
     _blocks.CHUNK_LOADERS[x.name] = _ZarrChunks(arr, rows)
     return x
+
+
+def converted(x, fn, dtype):
+    """``x.map_blocks(fn)`` that keeps ``x``'s in-task chunk loader (converting each
+    loaded chunk), so passes over it still hold no chunk between tasks."""
+    y = x.map_blocks(fn, dtype=np.dtype(dtype))
+    loader = _blocks.CHUNK_LOADERS.get(x.name)
+    if loader is not None:
+        _blocks.CHUNK_LOADERS[y.name] = _Converted(loader, fn)
+    return y
+
+
+class _Converted:
+    """Chunk loader applying ``fn`` to the chunks of another loader."""
+
+    def __init__(self, loader, fn):
+        self.loader, self.fn = loader, fn
+        self.cheap = getattr(loader, "cheap", False)
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        return self.fn(self.loader(i, j))
 
 
 class _Mapped:

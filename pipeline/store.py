@@ -150,7 +150,7 @@ class Run:
 
     def weights(self, dtype=np.float32):
         """Snapshots as a lazy Dask array of shape (n_snapshots, n_parameters)."""
-        from .chunkmap import mappable, mapped_dask, zarr_dask
+        from .chunkmap import converted, mappable, mapped_dask, zarr_dask
 
         arr = self.weights_array()
         if mappable(arr):   # local and uncompressed: chunk files mapped, no decode copies
@@ -158,8 +158,18 @@ class Run:
         else:
             x = zarr_dask(arr, self.n_snapshots)
         if self.attrs.get("stored_dtype") == "bfloat16":
-            x = x.map_blocks(_bf16_to_f32, dtype=np.float32)
-        return x.astype(dtype) if x.dtype != dtype else x
+            x = converted(x, _bf16_to_f32, np.float32)
+        return converted(x, _Cast(dtype), dtype) if x.dtype != dtype else x
+
+
+class _Cast:
+    """Picklable ``astype`` of one block."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return block.astype(self.dtype)
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:

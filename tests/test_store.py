@@ -64,9 +64,15 @@ def test_reduced_precision(tmp_path, dtype, tol):
     X = np.random.default_rng(1).uniform(0.5, 1.0, (3, LAYOUT.size)).astype(np.float32)
     store = TrajectoryStore(str(tmp_path))
     _write(store, "r", X, dtype=dtype)
-    Y = store.open_run("r").weights().compute()
+    Yd = store.open_run("r").weights()
+    Y = Yd.compute()
     assert Y.dtype == np.float32
     np.testing.assert_allclose(Y, X, rtol=tol)
+    # passes still load (and convert) each task's chunks inside the task
+    from pipeline.koopman import _blocks
+
+    loader = _blocks.CHUNK_LOADERS[Yd.name]
+    np.testing.assert_array_equal(loader(0, 0), Y[:, :Yd.chunks[1][0]])
 
 
 def test_unfinished_run_is_redone_cleanly(tmp_path):
