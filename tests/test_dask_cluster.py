@@ -1,5 +1,6 @@
 """`kma analyze --scheduler tcp://...` on a real dask.distributed cluster (a scheduler and
-a worker started here as separate processes), with the same results as threads."""
+a worker started here as separate processes) and `--scheduler processes`, with the same
+results as threads."""
 
 import json
 import socket
@@ -64,18 +65,19 @@ def test_analyze_on_dask_cluster_matches_threads(tmp_path, kma_env, dask_cluster
         w.append(x)
     w.finish("complete")
     out = {}
-    for sched in ("threads", dask_cluster):
-        path = tmp_path / f"{'t' if sched == 'threads' else 'd'}.json"
+    for sched in ("threads", "processes", dask_cluster):
+        path = tmp_path / f"{sched[:1]}.json"
         r = subprocess.run(kma_cmd("analyze", "--store", tmp_path / "s", "--window", "12", "--stride", "6",
                                    "--per-layer", "--no-mlflow", "--scheduler", sched, "--json", path),
                            capture_output=True, text=True, env=kma_env, timeout=180)
         assert r.returncode == 0, r.stderr
         out[sched] = json.loads(path.read_text())["runs"]
-    a, b = out["threads"], out[dask_cluster]
-    assert len(a) == len(b) == 3 * 3
-    for ra, rb in zip(a, b):
-        assert (ra["layer"], ra["window"]) == (rb["layer"], rb["window"])
-        np.testing.assert_allclose(ra["eigenvalues"], rb["eigenvalues"], atol=1e-8)
+    a = out["threads"]
+    for b in (out["processes"], out[dask_cluster]):
+        assert len(a) == len(b) == 3 * 3
+        for ra, rb in zip(a, b):
+            assert (ra["layer"], ra["window"]) == (rb["layer"], rb["window"])
+            np.testing.assert_allclose(ra["eigenvalues"], rb["eigenvalues"], atol=1e-8)
     eig = np.array([complex(*z) for z in a[0]["eigenvalues"]])
     res = np.array(a[0]["residuals"])
     for known in (0.6, 0.9, 0.97, 1.0):  # the constant part gives λ = 1
