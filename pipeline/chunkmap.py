@@ -94,7 +94,7 @@ def mapped_dask(arr, rows: int | None = None):
     name = "mapped-" + tokenize(spec)
     # passes over this array map the chunks inside their own tasks (no chunk held
     # between tasks, re-mapping costs nothing): see pipeline.koopman._blocks
-    _blocks.CHUNK_LOADERS[name] = _Mapped(spec)
+    _blocks.register_loader(name, _Mapped(spec))
     return da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
                          name=name, meta=np.empty((0, 0), np.dtype(spec.dtype)))
 
@@ -106,7 +106,7 @@ def zarr_dask(arr, rows: int | None = None):
 
     rows = arr.shape[0] if rows is None else int(rows)
     x = da.from_zarr(arr)[:rows]
-    _blocks.CHUNK_LOADERS[x.name] = _ZarrChunks(arr, rows)
+    _blocks.register_loader(x.name, _ZarrChunks(arr, rows))
     return x
 
 
@@ -116,7 +116,7 @@ def converted(x, fn, dtype):
     y = x.map_blocks(fn, dtype=np.dtype(dtype))
     loader = _blocks.CHUNK_LOADERS.get(x.name)
     if loader is not None:
-        _blocks.CHUNK_LOADERS[y.name] = _Converted(loader, fn)
+        _blocks.register_loader(y.name, _Converted(loader, fn))
     return y
 
 

@@ -25,7 +25,17 @@ _SLAB_BYTES = 2 * 2**20
 # a pass then loads each task's chunks inside the task, so no chunk is held in memory
 # between tasks. A chunk two tasks need is loaded twice: free for mapped files
 # (``loader.cheap``), a second read otherwise (then only when columns are not split).
+# Bounded (the most recent entries): an evicted array is still read, as dask chunks.
 CHUNK_LOADERS: dict[str, Callable] = {}
+_MAX_LOADERS = 1024
+
+
+def register_loader(name: str, loader: Callable) -> None:
+    """Record ``loader`` for the dask array called ``name`` (see ``CHUNK_LOADERS``)."""
+    CHUNK_LOADERS.pop(name, None)
+    CHUNK_LOADERS[name] = loader
+    while len(CHUNK_LOADERS) > _MAX_LOADERS:
+        del CHUNK_LOADERS[next(iter(CHUNK_LOADERS))]
 _MIN_SLAB = 256
 _FAN_IN = 8
 
