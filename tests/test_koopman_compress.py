@@ -216,3 +216,40 @@ def test_band_split_into_row_spans_gives_the_same_grams(T, W, S, max_rows):
         rows = X[[0] + list(range(max(a, 1), b))]
         np.testing.assert_allclose(window_gram(plan, w, got[(0, "c")][0], got[(0, "r")], blocks),
                                    rows @ rows.T, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("reader", ["zarr", "mapped"])
+def test_randomized_long_trajectory_streams_spans_with_the_same_result(monkeypatch, tmp_path, reader):
+    """Long trajectories: each task of a randomized pass holds one span of rows at a
+    time (two sweeps over its block) and gives the same factors as the one-span pass;
+    mapped blocks are also split by columns among the workers."""
+    import zarr
+
+    from pipeline.chunkmap import mappable, mapped_dask, zarr_dask
+    from pipeline.koopman import _blocks
+
+    Y = trajectory(60, 3000, seed=5, noise=1e-3, dtype=np.float32)
+    where = zarr.storage.MemoryStore() if reader == "zarr" else zarr.storage.LocalStore(tmp_path)
+    arr = zarr.create_array(where, shape=Y.shape, chunks=(7, 1000), dtype="f4",
+                            fill_value=np.nan, compressors=None)
+    arr[:] = Y
+    read = zarr_dask if reader == "zarr" else mapped_dask
+    assert mappable(arr) == (reader == "mapped")
+    groups = [("a", 0, 1200), ("b", 1200, 3000)]
+    ref = compress(read(arr), groups, method="randomized", rank=6, seed=3)
+    streamed, tasks = [], []
+    real, real_block = _blocks.stream_pass, _blocks.transformed_slabs
+    monkeypatch.setattr(_blocks, "stream_pass", lambda *a, **k: streamed.append(k["spans"]) or real(*a, **k))
+    monkeypatch.setattr(_blocks, "transformed_slabs",
+                        lambda *a, **k: tasks.append(a[6:8]) or real_block(*a, **k))
+    monkeypatch.setattr(_blocks, "TASK_BYTES", 1000 * 4 * 12)          # 12 rows per span
+    monkeypatch.setattr(_blocks, "_SLAB_BYTES", 8 * 13 * 256)          # 256-column slabs
+    got = compress(read(arr), groups, method="randomized", rank=6, seed=3)
+    assert streamed and len(streamed[0]) == 5
+    pieces = {t for t in tasks}                      # (s0, s1) column range of each task
+    assert len(pieces) == (3 if reader == "zarr" else 6)
+    for name in ref:
+        np.testing.assert_allclose(got[name].C.T @ got[name].C, ref[name].C.T @ ref[name].C,
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(sorted_c(dmd(got[name].C, rank=5).eigenvalues),
+                                   sorted_c(dmd(ref[name].C, rank=5).eigenvalues), atol=1e-9)

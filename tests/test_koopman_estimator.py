@@ -172,7 +172,7 @@ def test_pass_split_into_row_spans_equals_direct_dmd(monkeypatch):
     chunks, not all T); every window of every layer still equals a direct DMD."""
     import pipeline.koopman.windows as windows
 
-    monkeypatch.setattr(windows, "_TASK_BYTES", 450 * 8 * 15)   # 15 rows of a column chunk
+    monkeypatch.setattr(windows._blocks, "TASK_BYTES", 450 * 8 * 15)   # 15 rows of a column chunk
     calls = []
     real = windows._blocks.run_pass
     monkeypatch.setattr(windows._blocks, "run_pass",

@@ -25,9 +25,9 @@ Sections (each can be skipped with ``--skip read,cold,zstd,tsqr,ooc,pydmd``):
 3. ``tsqr``  : reference, ``dask.array.linalg.tsqr`` of ``X = Y.T`` (R only) + a small DMD.
 4. ``ooc``   : out of core. Two trajectories of ``--ooc-gb`` GB each: wide
    (``--ooc-T`` snapshots, the windows above) and long (``--ooc-long-T`` snapshots,
-   windows ``--ooc-long-window``, stride half of it). Each qr fit runs in a child
-   process, through the mapped reader and through zarr's decode path; its peak RSS
-   (``VmHWM``) is compared with ``--budget-gib``.
+   windows ``--ooc-long-window``, stride half of it). Each fit (qr; on the long one also
+   randomized, ``--rank``) runs in a child process, through the mapped reader and
+   through zarr's decode path; its peak RSS (``VmHWM``) is compared with ``--budget-gib``.
 5. ``pydmd`` : ``pydmd.DMD(svd_rank=0).fit(X)`` (``X`` P x T numpy, loaded from the store)
    against ``KoopmanDMD(method="qr")`` on the same stored run (one window, all
    snapshots), each in its own child process: time and peak RSS.
@@ -380,27 +380,29 @@ def bench_ooc(args, tmp, res):
     windows), each fitted in a child through the store's mapped reader and through
     zarr's decode path (what object storage uses)."""
     budget = args.budget_gib * 2**30
-    cases = [("wide", args.ooc_T, args.window, args.stride),
-             ("long", args.ooc_long_T, args.ooc_long_window, args.ooc_long_window // 2)]
+    cases = [("wide", args.ooc_T, args.window, args.stride, ["qr"]),
+             ("long", args.ooc_long_T, args.ooc_long_window, args.ooc_long_window // 2,
+              ["qr", "randomized"])]
     res["ooc"] = {"budget_bytes": budget, "cases": []}
-    for name, T, W, S in cases:
+    for name, T, W, S, methods in cases:
         url = str(tmp / f"ooc-{name}")
         P = int(args.ooc_gb * GB / (4 * T))
         wt = write_run(url, "big", T, P, args.layers, seed=1)
         nbytes = T * P * 4
         print(f"[ooc] {name}: wrote {nbytes / GB:.2f} GB ({T} x {P}) in {wt:.1f} s", flush=True)
-        for reader in ("map", "zarr"):
-            r = run_child({"job": "fit", "store": url, "run": "big", "method": "qr",
-                           "window": W, "stride": S, "reader": reader})
-            case = {"shape": name, "T": T, "P": P, "window": W, "stride": S, "reader": reader,
-                    "dataset_bytes": nbytes, "write_s": wt, **r,
-                    "dataset_over_budget": nbytes / budget,
-                    "dataset_over_peak_rss": nbytes / r["peak_hwm"],
-                    "within_budget": r["peak_hwm"] <= budget, "GBps": nbytes / GB / r["fit_s"]}
-            res["ooc"]["cases"].append(case)
-            print(f"[ooc] {name} via {reader}: fit {r['fit_s']:.1f}s, peak RSS "
-                  f"{r['peak_hwm'] / 2**20:.0f} MiB (baseline {r['baseline_hwm'] / 2**20:.0f} MiB), "
-                  f"budget {args.budget_gib} GiB", flush=True)
+        for method in methods:
+            for reader in ("map", "zarr"):
+                r = run_child({"job": "fit", "store": url, "run": "big", "method": method,
+                               "window": W, "stride": S, "reader": reader, "rank": args.rank})
+                case = {"shape": name, "T": T, "P": P, "window": W, "stride": S, "method": method,
+                        "reader": reader, "dataset_bytes": nbytes, "write_s": wt, **r,
+                        "dataset_over_budget": nbytes / budget,
+                        "dataset_over_peak_rss": nbytes / r["peak_hwm"],
+                        "within_budget": r["peak_hwm"] <= budget, "GBps": nbytes / GB / r["fit_s"]}
+                res["ooc"]["cases"].append(case)
+                print(f"[ooc] {name} {method} via {reader}: fit {r['fit_s']:.1f}s, peak RSS "
+                      f"{r['peak_hwm'] / 2**20:.0f} MiB (baseline {r['baseline_hwm'] / 2**20:.0f} MiB), "
+                      f"budget {args.budget_gib} GiB", flush=True)
         shutil.rmtree(tmp / f"ooc-{name}", ignore_errors=True)
 
 
@@ -472,7 +474,7 @@ def report(res):
               "(data just written, so mostly read from the page cache):")
         for o in res["ooc"]["cases"]:
             print(f"   {o['shape']:4} {o['T']} x {o['P']:,} = {o['dataset_bytes'] / GB:.2f} GB, W{o['window']}/S"
-                  f"{o['stride']}, reader {o['reader']:4}: fit {o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s); "
+                  f"{o['stride']}, {o['method']}, reader {o['reader']:4}: fit {o['fit_s']:.1f}s ({o['GBps']:.2f} GB/s); "
                   f"peak RSS {o['peak_hwm'] / 2**20:.0f} MiB (baseline {o['baseline_hwm'] / 2**20:.0f} MiB); "
                   f"dataset/budget {o['dataset_over_budget']:.1f}x, within budget: {o['within_budget']}")
     if "pydmd" in res:

@@ -21,6 +21,7 @@ import dask
 import numpy as np
 
 _SLAB_BYTES = 2 * 2**20
+TASK_BYTES = 128 * 2**20   # time chunks one task of a pass may hold (per column block)
 # dask array name -> picklable ``loader(i, j)`` of chunk (i, j) (see pipeline.chunkmap):
 # a pass then loads each task's chunks inside the task, so no chunk is held in memory
 # between tasks. A chunk two tasks need is loaded twice: free for mapped files
@@ -40,7 +41,8 @@ _MIN_SLAB = 256
 _FAN_IN = 8
 
 
-def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None, span=None):
+def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None, span=None,
+                      width=None):
     """Yield ``(group_index, slab)`` for one column block (or its sub-range ``[s0, s1)``).
 
     Parameters
@@ -57,6 +59,8 @@ def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None,
         Only these columns of the block (default: all of ``[c0, c1)``).
     span : (int, int), optional
         Rows ``[r0, r1)`` (``r0 >= 1``) to transform besides snapshot 0 (default: all).
+    width : int, optional
+        Columns per slab (default: a few MiB of float64).
 
     Yields
     ------
@@ -70,7 +74,7 @@ def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None,
     pieces = [(q, max(r, r0) - r, min(e, r1) - r, 1 + max(r, r0) - r0)
               for q, r, e in zip(parts, part_rows, ends) if max(r, r0) < min(e, r1)]
     n = 1 + r1 - r0
-    width = max(_MIN_SLAB, _SLAB_BYTES // (8 * n))
+    width = width or max(_MIN_SLAB, _SLAB_BYTES // (8 * n))
     s0 = c0 if s0 is None else s0
     s1 = c1 if s1 is None else s1
     buf = np.empty((n, min(width, s1 - s0)))
@@ -160,6 +164,57 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     # One worker more than cores: a block task waiting on its chunk reads no longer
     # leaves a core idle, so reading overlaps the Gram products (measured: cold-cache fit
     # 1.6 s -> 1.1 s, warm 0.97 s -> 0.84 s for 100 x 2e6 on 2 cores).
+    kwargs = {}
+    if scheduler in (None, "threads", "threading") and dask.config.get("num_workers", None) is None:
+        kwargs["num_workers"] = (os.cpu_count() or 1) + 1
+    with _single_threaded_blas():
+        (out,) = dask.compute(level[0], scheduler=scheduler, **kwargs)
+    return out
+
+
+def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
+                scheduler=None):
+    """A pass whose tasks stream their column block span by span, as often as they like.
+
+    For arrays with an in-task chunk loader (``CHUNK_LOADERS``; returns None for others).
+    One task per column block calls ``block_fn(slabs)``: ``slabs(si)`` loads the time
+    chunks of snapshot 0 and span ``si`` and yields ``(group_index, slab)`` as
+    :func:`transformed_slabs` does, with the same column slabs for every span; the chunks
+    are dropped when the iteration ends. So a task can sweep its block twice holding
+    one span at a time (the randomized pass: ``Z = X M`` over all rows, then ``X^T Z``).
+    The partial results of the tasks are reduced with ``merge``.
+    """
+    loader = CHUNK_LOADERS.get(Y.name)
+    if loader is None:
+        return None
+    col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
+    row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
+    width = max(_MIN_SLAB, _SLAB_BYTES // (8 * (1 + max(r1 - r0 for r0, r1 in spans))))
+    span_chunks = []
+    for r0, r1 in spans:
+        idx = [i for i in range(len(row_edges) - 1)
+               if i == 0 or (row_edges[i] < r1 and row_edges[i + 1] > r0)]
+        span_chunks.append((idx, [row_edges[i] for i in idx]))
+
+    def block_task(j, c0, c1, s0, s1):
+        def slabs(si):
+            idx, part_rows = span_chunks[si]
+            parts = [loader(i, j) for i in idx]
+            yield from transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0, s1,
+                                         span=spans[si], width=width)
+        return block_fn(slabs)
+
+    # few column blocks: split them among the workers when re-loading chunks is free
+    n_blocks = len(col_edges) - 1
+    split = -(-2 * ((os.cpu_count() or 1) + 1) // n_blocks) if getattr(loader, "cheap", False) else 1
+    level = []
+    for j in range(n_blocks):
+        c0, c1 = col_edges[j], col_edges[j + 1]
+        edges = np.linspace(c0, c1, max(1, min(split, (c1 - c0) // width)) + 1).astype(int).tolist()
+        level += [dask.delayed(block_task)(j, c0, c1, a, b) for a, b in zip(edges[:-1], edges[1:])]
+    while len(level) > 1:
+        level = [dask.delayed(merge)(level[i:i + _FAN_IN])
+                 for i in range(0, len(level), _FAN_IN)]
     kwargs = {}
     if scheduler in (None, "threads", "threading") and dask.config.get("num_workers", None) is None:
         kwargs["num_workers"] = (os.cpu_count() or 1) + 1

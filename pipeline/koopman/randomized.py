@@ -48,9 +48,17 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
     starts, stops = [g[1] for g in chains], [g[2] for g in chains]
     seeds = np.random.SeedSequence(seed).spawn(len(chains))
     Ms = [np.random.default_rng(s).standard_normal((T, l)) for s in seeds]
+    # long trajectories: tasks stream their column block span by span, twice
+    max_rows = max(1, _blocks.TASK_BYTES // (max(Y.chunks[1]) * Y.dtype.itemsize))
+    spans = [(a, min(a + max_rows, T)) for a in range(1, T, max_rows)]
     for it in range(n_power_iter + 1):
-        out = _blocks.run_pass(Y, _make_kernel(Ms), _merge, starts, stops,
-                               scheduler=scheduler)
+        out = None
+        if len(spans) > 1:
+            out = _blocks.stream_pass(Y, _stream_block(Ms, spans, T, l), _merge, starts, stops,
+                                      spans=spans, scheduler=scheduler)
+        if out is None:
+            out = _blocks.run_pass(Y, _make_kernel(Ms), _merge, starts, stops,
+                                   scheduler=scheduler)
         bad = [chains[g][0] for g in range(len(chains))
                if not np.isfinite(out[("a", g)]).all() or not np.isfinite(out[("r", g)][0]).all()]
         if bad:
@@ -80,6 +88,36 @@ def _make_kernel(Ms):
         Z = x.T @ Ms[g]                                # (p, l)
         return {("a", g): x @ Z, ("r", g): [_blocks.qr_r(Z)]}
     return kernel
+
+
+def _stream_block(Ms, spans, T, l):
+    """The kernel of :func:`_make_kernel` for a whole column block, holding one span of
+    rows at a time: a first sweep sums ``Z = (XE) M`` over the spans, a second one
+    ``(XE)^T Z`` (the block's chunks are read twice; ``Z`` is ``p × l``)."""
+    def block_fn(slabs):
+        Z, gs = [], []
+        for si, (r0, _) in enumerate(spans):
+            for k, (g, x) in enumerate(slabs(si)):
+                c = x[1:].T @ Ms[g][r0:r0 + x.shape[0] - 1]
+                if si == 0:
+                    c += np.outer(x[0], Ms[g][0])
+                    Z.append(c)
+                    gs.append(g)
+                else:
+                    Z[k] += c
+        out = {}
+        for z, g in zip(Z, gs):
+            out = _merge([out, {("r", g): [_blocks.qr_r(z)]}])
+        A = {}
+        for si, (r0, _) in enumerate(spans):
+            for k, (g, x) in enumerate(slabs(si)):
+                a = A.setdefault(g, np.zeros((T, l)))
+                a[r0:r0 + x.shape[0] - 1] += x[1:] @ Z[k]
+                if si == 0:
+                    a[0] += x[0] @ Z[k]
+        out.update({("a", g): a for g, a in A.items()})
+        return out
+    return block_fn
 
 
 def _merge(partials):

@@ -34,8 +34,6 @@ from .factor import Factor, raise_non_finite
 
 __all__ = ["BandPlan", "band_plan", "window_factors"]
 
-_TASK_BYTES = 128 * 2**20   # time chunks one task of the pass may hold (per column block)
-
 
 @dataclass(frozen=True)
 class BandPlan:
@@ -180,7 +178,7 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None, gram_rcond=
     plan = band_plan(windows, T)
     # a task holds snapshot 0 and one span of rows of a column block: bounded in T
     p_chunk = max(Y.chunks[1])
-    max_rows = max(1, _TASK_BYTES // (p_chunk * Y.dtype.itemsize))
+    max_rows = max(1, _blocks.TASK_BYTES // (p_chunk * Y.dtype.itemsize))
     spans, op_span, owned = row_spans(plan, T, max_rows)
     sums = _blocks.run_pass(Y, band_kernel(plan, spans, op_span, owned), _blocks.sum_merge,
                             starts, stops, scheduler=scheduler, spans=spans)
