@@ -242,7 +242,7 @@ def test_randomized_long_trajectory_streams_spans_with_the_same_result(monkeypat
     monkeypatch.setattr(_blocks, "stream_pass", lambda *a, **k: streamed.append(k["spans"]) or real(*a, **k))
     monkeypatch.setattr(_blocks, "transformed_slabs",
                         lambda *a, **k: tasks.append(a[6:8]) or real_block(*a, **k))
-    monkeypatch.setattr(_blocks, "TASK_BYTES", 1000 * 4 * 12)          # 12 rows per span
+    monkeypatch.setattr(_blocks, "TASK_BYTES", 1000 * 4 * 24)          # 12 rows per span
     monkeypatch.setattr(_blocks, "_SLAB_BYTES", 8 * 13 * 256)          # 256-column slabs
     got = compress(read(arr), groups, method="randomized", rank=6, seed=3)
     assert streamed and len(streamed[0]) == 5

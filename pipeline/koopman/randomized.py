@@ -48,8 +48,9 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
     starts, stops = [g[1] for g in chains], [g[2] for g in chains]
     seeds = np.random.SeedSequence(seed).spawn(len(chains))
     Ms = [np.random.default_rng(s).standard_normal((T, l)) for s in seeds]
-    # long trajectories: tasks stream their column block span by span, twice
-    max_rows = max(1, _blocks.TASK_BYTES // (max(Y.chunks[1]) * Y.dtype.itemsize))
+    # long trajectories: tasks stream their column block span by span, twice (half the
+    # usual span: a task also holds Z, p × l)
+    max_rows = max(1, _blocks.TASK_BYTES // 2 // (max(Y.chunks[1]) * Y.dtype.itemsize))
     spans = [(a, min(a + max_rows, T)) for a in range(1, T, max_rows)]
     for it in range(n_power_iter + 1):
         out = None
