@@ -131,7 +131,7 @@ def test_snapshot_shape_checked(tmp_path):
     w.abort("test")
 
 
-def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path):
+def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     """Local uncompressed runs read through read-only maps of the chunk files; values,
     chunking (edge chunks included), missing chunks (fill NaN) and corrupt ones agree
     with what zarr itself does, and object stores / compressed arrays still use zarr."""
@@ -196,6 +196,7 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path):
             return zl(i, j)
 
     _blocks.CHUNK_LOADERS[Ym.name] = Counting()
+    monkeypatch.setattr(_blocks, "TASK_BYTES", 4 * LAYOUT.size * 3)   # row spans: in-task reads
     fits = [KoopmanDMD(window=6, stride=2).fit(y).results_
             for y in (Ym, da.from_zarr(mem.open_run("m").weights_array())[:11])]
     for a, b in zip(*fits):

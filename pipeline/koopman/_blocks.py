@@ -25,7 +25,8 @@ TASK_BYTES = 128 * 2**20   # time chunks one task of a pass may hold (per column
 # dask array name -> picklable ``loader(i, j)`` of chunk (i, j) (see pipeline.chunkmap):
 # a pass then loads each task's chunks inside the task, so no chunk is held in memory
 # between tasks. A chunk two tasks need is loaded twice: free for mapped files
-# (``loader.cheap``), a second read otherwise (then only when columns are not split).
+# (``loader.cheap``), a second read otherwise (then only used for row spans that bound
+# the memory of long trajectories, and when columns are not split).
 # Bounded (the most recent entries): an evicted array is still read, as dask chunks.
 CHUNK_LOADERS: dict[str, Callable] = {}
 _MAX_LOADERS = 1024
@@ -145,8 +146,10 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     n_workers = (os.cpu_count() or 1) + 1
     split = max(1, -(-2 * n_workers // (n_col_blocks * len(spans))))
     pieces = [max(1, min(split, (c1 - c0) // _MIN_SLAB)) for c0, c1 in zip(col_edges[:-1], col_edges[1:])]
-    if loader is not None and max(pieces) > 1 and not getattr(loader, "cheap", False):
-        loader = None          # each column piece would read the whole chunks again
+    if loader is not None and not getattr(loader, "cheap", False) and (max(pieces) > 1 or len(spans) == 1):
+        # reads through zarr: column pieces would each read whole chunks again, and with
+        # one span per block dask's own chunk tasks read in parallel (measured faster)
+        loader = None
     blocks = None if loader else Y.to_delayed()  # (n_t, n_p) Delayed chunks
     level = []
     for j in range(n_col_blocks):

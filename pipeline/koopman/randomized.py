@@ -50,8 +50,11 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
     Ms = [np.random.default_rng(s).standard_normal((T, l)) for s in seeds]
     # long trajectories: tasks stream their column block span by span, twice (half the
     # usual span: a task also holds Z, p × l)
+    block_bytes = T * max(Y.chunks[1]) * Y.dtype.itemsize
     max_rows = max(1, _blocks.TASK_BYTES // 2 // (max(Y.chunks[1]) * Y.dtype.itemsize))
     spans = [(a, min(a + max_rows, T)) for a in range(1, T, max_rows)]
+    if block_bytes <= _blocks.TASK_BYTES:
+        spans = spans[:1]      # fits: one sweep (streaming casts every chunk twice)
     for it in range(n_power_iter + 1):
         out = None
         if len(spans) > 1:
