@@ -135,12 +135,7 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
             acc = merge([acc, call(g, x, si)])         # incremental: O(1) partials alive
         return acc
 
-    def chunks_of(r0, r1):                       # time chunks of row 0 and rows [r0, r1)
-        idx = [i for i in range(len(row_edges) - 1)
-               if i == 0 or (row_edges[i] < r1 and row_edges[i + 1] > r0)]
-        return idx, [row_edges[i] for i in idx]
-
-    span_chunks = [chunks_of(r0, r1) for r0, r1 in spans]
+    span_chunks = _span_chunks(row_edges, spans)
     # Few, wide column chunks (small P, long T) would leave workers idle: split each
     # chunk's columns among several tasks, which share its chunk reads (same dask keys).
     n_workers = (os.cpu_count() or 1) + 1
@@ -159,6 +154,22 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
             parts = [(i, j) for i in idx] if loader else [blocks[i, j] for i in idx]
             level += [dask.delayed(block_task)(parts, part_rows, c0, c1, a, b, si)
                       for a, b in zip(edges[:-1], edges[1:])]
+    return _reduce(level, merge, scheduler)
+
+
+def _span_chunks(row_edges, spans):
+    """For each span ``[r0, r1)``: the time chunks holding row 0 and the span's rows,
+    and the first row of each."""
+    out = []
+    for r0, r1 in spans:
+        idx = [i for i in range(len(row_edges) - 1)
+               if i == 0 or (row_edges[i] < r1 and row_edges[i + 1] > r0)]
+        out.append((idx, [row_edges[i] for i in idx]))
+    return out
+
+
+def _reduce(level, merge, scheduler):
+    """Tree-reduce the block tasks' partial results with ``merge`` and compute them."""
     while len(level) > 1:
         level = [dask.delayed(merge)(level[i:i + _FAN_IN])
                  for i in range(0, len(level), _FAN_IN)]
@@ -193,11 +204,7 @@ def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
     col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
     row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
     width = max(_MIN_SLAB, _SLAB_BYTES // (8 * (1 + max(r1 - r0 for r0, r1 in spans))))
-    span_chunks = []
-    for r0, r1 in spans:
-        idx = [i for i in range(len(row_edges) - 1)
-               if i == 0 or (row_edges[i] < r1 and row_edges[i + 1] > r0)]
-        span_chunks.append((idx, [row_edges[i] for i in idx]))
+    span_chunks = _span_chunks(row_edges, spans)
 
     def block_task(j, c0, c1, s0, s1):
         def slabs(si):
@@ -215,15 +222,7 @@ def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
         c0, c1 = col_edges[j], col_edges[j + 1]
         edges = np.linspace(c0, c1, max(1, min(split, (c1 - c0) // width)) + 1).astype(int).tolist()
         level += [dask.delayed(block_task)(j, c0, c1, a, b) for a, b in zip(edges[:-1], edges[1:])]
-    while len(level) > 1:
-        level = [dask.delayed(merge)(level[i:i + _FAN_IN])
-                 for i in range(0, len(level), _FAN_IN)]
-    kwargs = {}
-    if scheduler in (None, "threads", "threading") and dask.config.get("num_workers", None) is None:
-        kwargs["num_workers"] = (os.cpu_count() or 1) + 1
-    with _single_threaded_blas():
-        (out,) = dask.compute(level[0], scheduler=scheduler, **kwargs)
-    return out
+    return _reduce(level, merge, scheduler)
 
 
 @contextlib.contextmanager
