@@ -1,4 +1,4 @@
-"""``kma`` command line: sweep, analyze, ingest, runs.
+"""``kma`` command line: sweep, analyze, ingest, runs, compare, sync.
 
 A user mistake prints one line, ``kma: error: ...``, and exits with code 2; an
 interrupted sweep exits with 130. Anything else is a bug and keeps its traceback.
@@ -77,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the runs in a store")
     _add_common(p, store_required=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("sync", help="rebuild or repair MLflow from the store (the source of truth)")
+    _add_common(p, store_required=True)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     return parser
+
+
+def _check_run_args(store_url, run_ids) -> None:
+    """Every ``--run`` follows the run-id rule, or is an older id the store lists."""
+    from .runids import check_run_id, is_valid
+
+    if not run_ids or all(is_valid(r) for r in run_ids):
+        return
+    from .store import TrajectoryStore
+
+    listed = TrajectoryStore(store_url, read_only=True).run_ids()
+    for rid in run_ids:
+        check_run_id(rid, what="--run", listed=listed)
 
 
 def cmd_sweep(args, console) -> int:
@@ -100,6 +117,7 @@ def cmd_sweep(args, console) -> int:
 def cmd_analyze(args, console) -> int:
     from .analysis import AnalysisParams, analyze_store
 
+    _check_run_args(args.store, args.runs)
     params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, window=args.window,
                             stride=args.stride, per_layer=args.per_layer, modes=args.modes, seed=args.seed)
     report = analyze_store(
@@ -125,6 +143,7 @@ def cmd_ingest(args, console) -> int:
 
 
 def cmd_runs(args, console) -> int:
+    from .runids import shown
     from .store import TrajectoryStore
 
     runs = TrajectoryStore(args.store, read_only=True).runs()
@@ -134,11 +153,22 @@ def cmd_runs(args, console) -> int:
     if not runs:
         print(f"no runs in {args.store}")
         return 0
-    w = max(len("RUN"), *(len(r.run_id) for r in runs))
-    print(f"{'RUN':<{w}}  {'STATUS':<9} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  UPDATED")
-    for r in runs:
-        print(f"{r.run_id:<{w}}  {r.status:<9} {r.n_snapshots:>9} {r.n_parameters:>11}  {r.updated or ''}")
+    ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
+    w = max(len("RUN"), *(len(i) for i in ids))
+    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  UPDATED")
+    for i, r in zip(ids, runs):
+        print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  {r.updated or ''}")
+    if not all(r.id_ok for r in runs):
+        print("* id from before the run-id rule: readable, but cannot be written or replaced")
     return 0
+
+
+def cmd_sync(args, console) -> int:
+    from .sync import sync_store
+
+    report = sync_store(args.store, args.tracking_uri, console=console)
+    damaged = [w for w in report.skipped.values() if w not in ("running", "interrupted")]
+    return 1 if damaged else 0
 
 
 def cmd_compare(args, console) -> int:
@@ -147,6 +177,7 @@ def cmd_compare(args, console) -> int:
     from . import compare
     from .store import TrajectoryStore
 
+    _check_run_args(args.store, args.runs)
     rows = compare.collect(TrajectoryStore(args.store, read_only=True), args.runs, args.analysis,
                            by=args.by, sweep=args.sweep)
     print(compare.table(rows))
@@ -156,7 +187,7 @@ def cmd_compare(args, console) -> int:
 
 
 COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs,
-            "compare": cmd_compare}
+            "compare": cmd_compare, "sync": cmd_sync}
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,12 @@ One Ray task per variant (resources from the config, retried when its worker die
 at most ``max_parallel`` in flight; variants whose run is already finished in the store
 are skipped. The driver alone registers results in MLflow, reading them back from the
 store (the source of truth), so a retried task can never produce a duplicate record.
+
+Before training, the driver claims a lease on every run it will train
+(:mod:`pipeline.lease`) and renews it until the run's result is recorded: a second
+sweep of the same variants started meanwhile skips the runs this one holds and lists
+them. A run whose task died for good (its worker lost more often than the retries
+allow) is marked ``failed`` in the store with the cause.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-import yaml
-
-from .config import SweepConfig, Variant, expand, flatten_dict
+from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError
+from .lease import LeaseKeeper
+from .runids import check_run_id
 from .store import FINISHED, TrajectoryStore
+from .sync import register_run
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -37,30 +44,11 @@ class SweepSummary:
     store: str
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    held: dict[str, str] = field(default_factory=dict)  # run -> the live sweep holding it
     failed: dict[str, str] = field(default_factory=dict)
     diverged: list[str] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
     analyzed: list[str] = field(default_factory=list)
-
-
-def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
-    """Register one stored run in MLflow (a no-op if already there). Returns True if new."""
-    run = store.open_run(run_id)
-    variant = Variant.model_validate(run.config)
-    params = flatten_dict(variant.model_dump(mode="json"))
-    params["run_id"] = run_id
-    params["n_parameters"] = run.layout.size
-    _, created = tracker.register_training(
-        experiment=variant.sweep,
-        run_id=run_id,
-        status=run.status,
-        params=params,
-        metrics=run.metrics,
-        trajectory_uri=run.uri,
-        config_yaml=yaml.safe_dump(run.config, sort_keys=False),
-        extra_tags={"kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")},
-    )
-    return created
 
 
 def init_ray(address: str | None, console: Console):
@@ -128,6 +116,8 @@ def run_sweep(
     if store_url.startswith("memory://"):
         raise KMAError(f"store {store_url}: a memory:// store lives in one process; Ray tasks need a path or object store")
     variants = expand(cfg)
+    for v in variants:  # generated ids follow the rule by construction; a bug if not
+        check_run_id(v.run_id, what="generated run id")
     from .runner import preflight
 
     preflight(variants)
@@ -136,22 +126,31 @@ def run_sweep(
     store.check_writable()
     summary = SweepSummary(cfg.name, store_url)
 
-    todo = []
-    for v in variants:
-        if store.status(v.run_id) in FINISHED:
-            summary.skipped.append(v.run_id)
-        else:
-            todo.append(v)
-    console.info(
-        f"sweep {cfg.name}: {len(variants)} variants, {len(summary.skipped)} already finished, "
-        f"{len(todo)} to train; store {store_url}; MLflow {tracker.uri}"
-    )
-    for rid in summary.skipped:  # finished earlier but perhaps never registered
-        if register_run(tracker, store, rid):
-            summary.registered.append(rid)
+    with LeaseKeeper(store, cfg.name) as leases:
+        todo = []
+        for v in variants:
+            if store.status(v.run_id) in FINISHED:
+                summary.skipped.append(v.run_id)
+            elif (holder := leases.claim(v.run_id)) is not None:
+                summary.held[v.run_id] = holder.describe()
+            else:
+                todo.append(v)
+        console.info(
+            f"sweep {cfg.name}: {len(variants)} variants, {len(summary.skipped)} already finished, "
+            + (f"{len(summary.held)} held by another live sweep, " if summary.held else "")
+            + f"{len(todo)} to train; store {store_url}; MLflow {tracker.uri}"
+        )
+        for n, (rid, who) in enumerate(summary.held.items()):
+            if n == 10:
+                console.info(f"  ... and {len(summary.held) - 10} more held runs")
+                break
+            console.info(f"  held: {rid}: being trained by {who}")
+        for rid in summary.skipped:  # finished earlier but perhaps never registered
+            if register_run(tracker, store, rid):
+                summary.registered.append(rid)
 
-    if todo:
-        _train_all(todo, store, tracker, summary, ray_address, max_parallel, console)
+        if todo:
+            _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases)
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
@@ -169,6 +168,8 @@ def run_sweep(
 
     console.info(
         f"sweep {cfg.name}: trained {len(summary.trained)}, skipped {len(summary.skipped)}, "
+        + (f"held by another sweep {len(summary.held)}, " if summary.held else "")
+        + f"
         f"diverged {len(summary.diverged)}, failed {len(summary.failed)}, "
         f"newly registered in MLflow {len(summary.registered)}"
     )
@@ -177,7 +178,7 @@ def run_sweep(
     return summary
 
 
-def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console):
+def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None):
     ray = init_ray(ray_address, console)
     from ray.exceptions import RayError
 
@@ -211,6 +212,8 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 except RayError as e:  # the worker died more often than retries allow
                     res = {"run_id": v.run_id, "status": "failed", "error": str(e).splitlines()[0]}
                 _record(res, store, tracker, summary)
+                if leases is not None:
+                    leases.release(v.run_id)
                 progress.update(done=len(summary.trained), failed=len(summary.failed), running=len(pending))
         progress.close()
     except KeyboardInterrupt:
@@ -228,11 +231,16 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
+    """Account for one task's result and register the stored run. A task that died for
+    good leaves its run ``running``: it is marked ``failed`` with the cause first."""
     rid, status = res["run_id"], res["status"]
     if status == "failed":
         summary.failed[rid] = res.get("error") or "unknown error"
         if store.status(rid) is None:
             return  # nothing was stored (died before creating the run)
+        if store.status(rid) == "running":
+            cause = (res.get("error") or "unknown error").strip().splitlines()[0]
+            store.mark_failed(rid, f"task died: {cause}")
     else:
         summary.trained.append(rid)
         if status == "diverged":

@@ -1,8 +1,12 @@
 """Import an ordered series of PyTorch checkpoints (state_dicts) as a stored run.
 
-Every file must hold the same floating-point tensors with the same shapes. All files
-are checked first (memory-mapped, so this reads almost nothing), and only then is the
-run written, so a bad series never leaves a half-written run behind.
+Every file must hold the same floating-point tensors with the same shapes, with finite
+values that the storage dtype can hold (``float16`` stops at 65504). All files are
+checked first — the run id, then every file's keys, shapes and values (memory-mapped;
+this reads each file once more than the write does) — and only then is the store
+opened, so a bad series never leaves a half-written run behind or touches what is
+already stored. While it writes, the ingest holds the run's lease
+(:mod:`pipeline.lease`), so ``kma runs`` shows it ``running``, not ``interrupted``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from typing import Sequence
 
 from .errors import KMAError
 from .layout import Layout
+from .runids import check_run_id
 from .store import FINISHED, TrajectoryStore
+
+_FLOAT16_MAX = 65504.0
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -52,8 +59,7 @@ def ingest(
     files = [Path(f) for f in files]
     if not files:
         raise KMAError("ingest: no checkpoint files given")
-    if not run_id or "/" in run_id:
-        raise KMAError(f"ingest: invalid run id {run_id!r}")
+    check_run_id(run_id, what="--run-id")
     first = _load(files[0])  # validate every file before the store is even opened
     try:
         layout = Layout.from_state_dict(first, layers)
@@ -61,14 +67,26 @@ def ingest(
         raise KMAError(f"{files[0]}: {e}") from None
     if layout.size == 0:
         raise KMAError(f"{files[0]}: no floating-point tensors to ingest")
-    for f in files[1:]:
-        _check_same(layout, _load(f), f)
+    _check_values(layout, first, files[0], 0, dtype)
+    for i, f in enumerate(files[1:], start=1):
+        state = _load(f)
+        _check_same(layout, state, f)
+        _check_values(layout, state, f, i, dtype)
+
+    from .lease import LeaseKeeper
 
     store = TrajectoryStore(store_url)
     store.check_writable()
     if store.status(run_id) in FINISHED and not overwrite:
         raise KMAError(f"run {run_id}: already in {store_url} (pass --overwrite to replace it)")
+    with LeaseKeeper(store, "ingested") as leases:
+        holder = leases.claim(run_id)
+        if holder is not None:
+            raise KMAError(f"run {run_id}: being written by {holder.describe()}; try again later")
+        return _write(store, files, first, layout, run_id, layers, dtype, overwrite)
 
+
+def _write(store, files, first, layout, run_id, layers, dtype, overwrite) -> dict:
     if overwrite:
         store.delete_run(run_id)
     writer = store.create_run(
@@ -91,6 +109,26 @@ def ingest(
         raise KMAError(f"ingest of {run_id} failed ({type(e).__name__}: {e})") from None
     writer.finish("complete")
     return {"run_id": run_id, "n_snapshots": len(files), "n_parameters": layout.size}
+
+
+def _check_values(layout: Layout, state, path: Path, index: int, dtype: str) -> None:
+    """Every value finite, and representable in the storage ``dtype``."""
+    import torch
+
+    for e in layout.entries:
+        t = state[e.name]
+        if not torch.isfinite(t).all():
+            n = int((~torch.isfinite(t)).sum())
+            raise KMAError(f"{path}: snapshot {index}: key {e.name!r} has {n} NaN or infinite value(s)")
+        if t.dtype == torch.float64 and not torch.isfinite(t.float()).all():
+            raise KMAError(f"{path}: snapshot {index}: key {e.name!r} overflows float32")
+        if dtype == "float16" and t.numel():
+            peak = float(t.detach().abs().max())
+            if peak > _FLOAT16_MAX:
+                raise KMAError(f"{path}: snapshot {index}: key {e.name!r} has |value| up to {peak:.6g}, "
+                               f"beyond float16's {_FLOAT16_MAX:g} (use --dtype float32 or bfloat16)")
+        if dtype == "bfloat16" and t.numel() and not torch.isfinite(t.to(torch.bfloat16)).all():
+            raise KMAError(f"{path}: snapshot {index}: key {e.name!r} overflows bfloat16 (use --dtype float32)")
 
 
 def _check_same(layout: Layout, state, path: Path) -> None:

@@ -7,6 +7,9 @@ Layout under the store root (a local path or any fsspec URL)::
     runs/<run_id>/weights     array (snapshot × parameter), float32 by default,
                               chunks (t_chunk, p_chunk): tall-skinny column blocks
     runs/<run_id>/analyses/<analysis_id>/   results written by ``kma analyze``
+    leases/<run_id>.json      the claim of the sweep training that run (owner, heartbeat;
+                              see :mod:`pipeline.lease`), outside the run's prefix so
+                              that wiping an unfinished attempt keeps it
 
 The verbs are few (:meth:`TrajectoryStore.create_run`, :meth:`RunWriter.append`,
 :meth:`RunWriter.finish`, :meth:`TrajectoryStore.open_run`, :meth:`TrajectoryStore.runs`).
@@ -14,6 +17,10 @@ A run is ``complete`` only after its weights and metrics are written: the status
 last thing a writer sets. Creating a run over one that is not ``complete`` deletes the
 old prefix first, so a retried or re-run task always starts clean (writes are safe to
 repeat), and each run has exactly one writer (its own array: no shared chunks).
+
+Run ids follow :mod:`pipeline.runids`: every write or delete checks its id first and
+touches only ``runs/<run_id>/`` (and that run's lease), never a path an id could
+escape to. Ids outside the rule already in a store stay listable and readable.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import RunNotFound, StoreError
+from .errors import KMAError, RunNotFound, StoreError
 from .layout import Layout
+from .runids import check_run_id, is_valid
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "complete", "diverged", "failed")
+# shown by `kma runs` (never stored): "running" without a live lease, i.e. left by a dead driver
+INTERRUPTED = "interrupted"
 FINISHED = ("complete", "diverged")  # runs a re-run does not redo
 _BUFFER_BYTES = 128 * 2**20  # snapshots buffered in memory before a chunk row is written
 _P_CHUNK = 2**18  # parameters per chunk column
@@ -81,6 +91,15 @@ def make_store(url: str, *, read_only: bool = False):
         raise StoreError(f"store {url}: {e}") from None
 
 
+def canonical_url(url: str) -> str:
+    """The store's location as recorded elsewhere (MLflow tags): local paths absolute,
+    URLs without a trailing slash."""
+    url = str(url)
+    if "://" not in url or url.startswith("file://"):
+        return str(Path(url.removeprefix("file://")).expanduser().resolve())
+    return url.rstrip("/")
+
+
 @dataclass
 class RunInfo:
     run_id: str
@@ -89,6 +108,8 @@ class RunInfo:
     n_parameters: int
     created: str | None
     updated: str | None
+    id_ok: bool = True  # False: an id from before the run-id rule (readable, not writable)
+    error: str | None = None
 
 
 class Run:
@@ -122,7 +143,7 @@ class Run:
 
     @property
     def uri(self) -> str:
-        return f"{self.store.url.rstrip('/')}/runs/{self.run_id}"
+        return f"{self.store.location}/runs/{self.run_id}"
 
     def weights_array(self):
         """The zarr array (capacity rows; only the first ``n_snapshots`` are data)."""
@@ -198,6 +219,7 @@ class TrajectoryStore:
         import zarr
 
         self.url = str(url)
+        self.location = canonical_url(self.url)
         self.read_only = read_only
         self._zstore = make_store(self.url, read_only=read_only)
         try:
@@ -223,32 +245,43 @@ class TrajectoryStore:
         """Status of a run, or None if there is no (readable) run of that id."""
         try:
             return self._group(run_id).attrs.get("status", "running")
-        except (RunNotFound, StoreError):
+        except KMAError:  # not found, unreadable, or an id no run can have
             return None
 
     def runs(self) -> list[RunInfo]:
+        """Every run prefix, with its status; a ``running`` run that no live sweep holds
+        (see :mod:`pipeline.lease`) is reported as ``interrupted``."""
+        from .lease import is_live
+
         out = []
         for rid in self.run_ids():
             try:
-                attrs = dict(self._group(rid).attrs)
+                attrs = dict(self._group(rid, checked=False).attrs)
             except StoreError:
-                out.append(RunInfo(rid, "corrupt", 0, 0, None, None))
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid)))
                 continue
+            status = attrs.get("status", "running")
+            if status == "running" and not is_live(self, rid):
+                status = INTERRUPTED
             n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
             out.append(
                 RunInfo(
                     rid,
-                    attrs.get("status", "running"),
+                    status,
                     int(attrs.get("n_snapshots", 0)),
                     n_params,
                     attrs.get("created"),
                     attrs.get("updated"),
+                    is_valid(rid),
+                    attrs.get("error"),
                 )
             )
         return out
 
     # -- reading -------------------------------------------------------------------
-    def _group(self, run_id: str):
+    def _group(self, run_id: str, *, checked: bool = True):
+        if checked:  # an id outside the rule names a run only if the store lists it
+            check_run_id(run_id, listed=self.run_ids)
         try:
             return self.root[f"runs/{run_id}"]
         except KeyError:
@@ -261,9 +294,23 @@ class TrajectoryStore:
 
     # -- writing -------------------------------------------------------------------
     def delete_run(self, run_id: str) -> None:
+        """Remove ``runs/<run_id>/`` and nothing else (the id must follow the rule)."""
         self._require_writable()
-        if "runs" in self.root and run_id in self.root["runs"]:
-            del self.root["runs"][run_id]
+        self._wipe(run_id)
+
+    def mark_failed(self, run_id: str, cause: str) -> bool:
+        """Record that the run's task died for good (status ``failed``, ``error``), if the
+        run exists and is not finished. Returns whether it was marked."""
+        check_run_id(run_id)
+        self._require_writable()
+        try:
+            group = self._group(run_id)
+        except KMAError:
+            return False
+        if group.attrs.get("status", "running") in FINISHED:
+            return False
+        group.attrs.update({"status": "failed", "error": cause[:500], "updated": _now()})
+        return True
 
     def create_run(
         self,
@@ -280,6 +327,7 @@ class TrajectoryStore:
         Raises :class:`StoreError` if a finished run of that id exists: delete it first.
         """
 
+        check_run_id(run_id)
         self._require_writable()
         prev = self.status(run_id)
         if prev in FINISHED:
@@ -331,7 +379,31 @@ class TrajectoryStore:
     def _wipe(self, run_id: str) -> None:
         from zarr.core.sync import sync
 
-        sync(self._zstore.delete_dir(f"runs/{run_id}"))
+        # defence in depth: only ever a single valid component under runs/
+        check_run_id(run_id)
+        sync(self._zstore.delete_dir(f"runs/{run_id}/"))
+
+    # -- small documents outside the zarr hierarchy (leases) ---------------------------
+    def get_bytes(self, key: str) -> bytes | None:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(self._zstore.get(key, prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def set_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        self._require_writable()
+        buf = default_buffer_prototype().buffer.from_bytes(data)
+        sync(self._zstore.set_if_not_exists(key, buf) if exclusive else self._zstore.set(key, buf))
+
+    def delete_key(self, key: str) -> None:
+        from zarr.core.sync import sync
+
+        self._require_writable()
+        sync(self._zstore.delete(key))
 
     def check_writable(self) -> None:
         """Write and remove a probe key: an unwritable store fails here, before work."""

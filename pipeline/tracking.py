@@ -1,10 +1,18 @@
 """MLflow registry adapter. Only the driver process writes to MLflow.
 
 Every stored run becomes exactly one MLflow run in its sweep's experiment, found again
-by the tag ``kma.run_id``: a re-run registers nothing new, and a run whose status
-changed (a failed variant that now completed) replaces its old record. Analyses are
-child runs (``mlflow.parentRunId``) of the training run they analysed, keyed by
-``kma.analysis_id``. Everything here can be rebuilt from the store.
+by its store and id (tags ``kma.store``, the store's absolute location, and
+``kma.run_id``), so the same variant trained into two stores gets two records. A
+re-run registers nothing new; a run whose status changed (a failed variant that now
+completed) replaces its old record; and a record left half-written by an interruption
+(still ``RUNNING``: registration terminates a record last, after its tags, params,
+metrics and artifact) is replaced by the next registration, which also removes
+duplicates and re-attaches analyses to the surviving record. Analyses are child runs
+(``mlflow.parentRunId``) of the training run they analysed, keyed by
+``kma.analysis_id``. Everything here can be rebuilt from the store (``kma sync``).
+
+A fresh SQLite database is created under a file lock, so that two commands starting at
+once on the same new file do not race through MLflow's schema migration.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,9 @@ log = logging.getLogger(__name__)
 TAG_RUN = "kma.run_id"
 TAG_ANALYSIS = "kma.analysis_id"
 TAG_KIND = "kma.kind"
+TAG_STORE = "kma.store"
+TAG_URI = "kma.trajectory_uri"
+DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written record
 _MAX_PARAM = 6000
 
 
@@ -40,8 +52,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            self.client.search_experiments(max_results=1)
+            with _sqlite_lock(self.uri):  # first use of a new SQLite file migrates its schema
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - any backend failure is the user's URI
             raise KMAError(f"MLflow at {self.uri}: cannot use it ({_first_line(e)})") from None
         self._experiments: dict[str, str] = {}
@@ -52,19 +65,34 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None and exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
-            self._experiments[name] = (
-                exp.experiment_id if exp is not None else self.client.create_experiment(name)
-            )
+            if exp is None:
+                try:
+                    exp_id = self.client.create_experiment(name)
+                except Exception:  # noqa: BLE001 - created meanwhile by a concurrent sweep?
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+                    exp_id = exp.experiment_id
+            else:
+                exp_id = exp.experiment_id
+            self._experiments[name] = exp_id
         return self._experiments[name]
 
-    def find(self, experiment: str, run_id: str, analysis_id: str | None = None) -> list:
-        flt = f"tags.`{TAG_RUN}` = '{run_id}'"
-        flt += (
-            f" and tags.`{TAG_ANALYSIS}` = '{analysis_id}'"
-            if analysis_id
-            else f" and tags.`{TAG_KIND}` = 'training'"
-        )
-        return self.client.search_runs([self.experiment_id(experiment)], filter_string=flt)
+    def find(self, experiment: str, run_id: str, analysis_id: str | None = None, *,
+             store: str | None = None, kind: str | None = None) -> list:
+        """Records of ``run_id`` (its training record, one analysis, or with
+        ``kind="analysis"`` all its analyses), oldest first; with ``store``, only those of
+        that store (records from before the ``kma.store`` tag match by trajectory URI)."""
+        flt = f"tags.`{TAG_RUN}` = '{_quote(run_id)}'"
+        if analysis_id:
+            flt += f" and tags.`{TAG_ANALYSIS}` = '{_quote(analysis_id)}'"
+        else:
+            flt += f" and tags.`{TAG_KIND}` = '{kind or 'training'}'"
+        found = self.client.search_runs([self.experiment_id(experiment)], filter_string=flt,
+                                        max_results=1000, order_by=["attributes.start_time ASC"])
+        if store is not None:
+            found = [r for r in found if _same_store(r.data.tags, store, run_id)]
+        return found
 
     # -- training runs ---------------------------------------------------------------
     def register_training(
@@ -78,19 +106,34 @@ class Tracker:
         trajectory_uri: str,
         config_yaml: str,
         extra_tags: dict[str, str] | None = None,
+        store: str | None = None,
     ) -> tuple[str, bool]:
-        """Log one finished training run; returns (mlflow run id, newly created?)."""
-        existing = self.find(experiment, run_id)
+        """Log one finished training run; returns (mlflow run id, newly created?).
+
+        ``store`` is the store's absolute location (default: ``trajectory_uri`` without
+        its ``/runs/<run_id>`` tail). An existing complete record with the same status is
+        kept; half-written records (never terminated), records of another status and
+        duplicates are deleted, and analyses are re-attached to the record that stays.
+        """
+        store = store or _store_of(trajectory_uri, run_id)
+        existing = self.find(experiment, run_id, store=store)
+        keep = next((r for r in existing if r.info.status in DONE
+                     and r.data.tags.get("kma.status") == status), None)
         for old in existing:
-            if old.data.tags.get("kma.status") == status:
-                return old.info.run_id, False
-        for old in existing:  # status changed: the store is the truth, replace
-            self.client.delete_run(old.info.run_id)
+            if old is not keep:
+                why = "half-written" if old.info.status not in DONE else "superseded"
+                log.info("run %s: deleting a %s MLflow record %s", run_id, why, old.info.run_id)
+                self.client.delete_run(old.info.run_id)
+        if keep is not None:
+            if len(existing) > 1:
+                self._reattach(experiment, run_id, store, keep.info.run_id)
+            return keep.info.run_id, False
         tags = {
             TAG_RUN: run_id,
             TAG_KIND: "training",
+            TAG_STORE: store,
             "kma.status": status,
-            "kma.trajectory_uri": trajectory_uri,
+            TAG_URI: trajectory_uri,
             "kma.sweep": experiment,
             **(extra_tags or {}),
         }
@@ -99,8 +142,17 @@ class Tracker:
         self.log_params(rid, params)
         self.log_series(rid, metrics)
         self.client.log_text(rid, config_yaml, "config.yaml")
+        # terminated last: a record still RUNNING is one an interruption left half-written
         self.client.set_terminated(rid, "FINISHED" if status == "complete" else "FAILED")
+        if existing:
+            self._reattach(experiment, run_id, store, rid)
         return rid, True
+
+    def _reattach(self, experiment: str, run_id: str, store: str, parent: str) -> None:
+        """Point every analysis record of the run at ``parent``."""
+        for child in self.find(experiment, run_id, store=store, kind="analysis"):
+            if child.data.tags.get("mlflow.parentRunId") != parent:
+                self.client.set_tag(child.info.run_id, "mlflow.parentRunId", parent)
 
     # -- analyses --------------------------------------------------------------------
     def register_analysis(
@@ -113,15 +165,26 @@ class Tracker:
         metrics: dict[str, list[tuple[int, float]]],
         artifacts: list[Path],
         tags: dict[str, str] | None = None,
+        store: str | None = None,
+        replace: bool = True,
     ) -> str:
-        """Log an analysis as a child of the run's training record (replacing a previous
-        record of the same analysis id)."""
-        for old in self.find(experiment, run_id, analysis_id):
-            self.client.delete_run(old.info.run_id)
-        parent = self.find(experiment, run_id)
-        all_tags = {TAG_RUN: run_id, TAG_ANALYSIS: analysis_id, TAG_KIND: "analysis", **(tags or {})}
+        """Log an analysis as a child of the run's training record. A previous record of
+        the same analysis id (same store) is replaced, or with ``replace=False`` kept if
+        it was completely written (half-written ones are always replaced)."""
+        tags = dict(tags or {})
+        store = store or tags.get(TAG_STORE) or _store_of(tags.get(TAG_URI, ""), run_id)
+        olds = self.find(experiment, run_id, analysis_id, store=store)
+        keep = None if replace else next((r for r in olds if r.info.status in DONE), None)
+        for old in olds:
+            if old is not keep:
+                self.client.delete_run(old.info.run_id)
+        if keep is not None:
+            return keep.info.run_id
+        parent = [r for r in self.find(experiment, run_id, store=store) if r.info.status in DONE]
+        all_tags = {TAG_RUN: run_id, TAG_ANALYSIS: analysis_id, TAG_KIND: "analysis",
+                    TAG_STORE: store, **tags}
         if parent:
-            all_tags["mlflow.parentRunId"] = parent[0].info.run_id
+            all_tags["mlflow.parentRunId"] = parent[-1].info.run_id
         run = self.client.create_run(
             self.experiment_id(experiment), run_name=f"{run_id}/analysis-{analysis_id}", tags=all_tags
         )
@@ -154,6 +217,44 @@ class Tracker:
         batch = [Metric(k, float(v), now, int(step)) for k, v, step in points if v is not None]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(rid, metrics=batch[i : i + 1000])
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _store_of(trajectory_uri: str, run_id: str) -> str:
+    """The store location a run's trajectory URI lies in (absolute for local paths)."""
+    from .store import canonical_url
+
+    tail = f"/runs/{run_id}"
+    base = trajectory_uri[: -len(tail)] if trajectory_uri.endswith(tail) else trajectory_uri
+    return canonical_url(base) if base else ""
+
+
+def _same_store(tags: dict, store: str, run_id: str) -> bool:
+    if TAG_STORE in tags:
+        return tags[TAG_STORE] == store
+    # a record from before the kma.store tag: its (possibly relative) trajectory URI
+    uri = tags.get(TAG_URI)
+    return uri is None or _store_of(uri, run_id) == store
+
+
+@contextmanager
+def _sqlite_lock(uri: str):
+    """Hold a lock (in the temp dir, keyed by the database path) while a SQLite tracking
+    database may be created; other backends need none."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"kma-mlflow-{key}.lock"), timeout=600):
+        yield
 
 
 def _param_value(v) -> str:

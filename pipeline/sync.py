@@ -1,0 +1,147 @@
+"""Registration of stored runs in MLflow, and ``kma sync``: MLflow rebuilt from the store.
+
+The Zarr store is the source of truth; MLflow is the registry people browse. The sweep
+driver registers each run with :func:`register_run` as its result comes in;
+:func:`sync_store` does the same for every finished run of a store (``complete``,
+``diverged``, and ``failed`` runs that were stored), then registers each completely
+written analysis as a child run. Both go through :class:`~pipeline.tracking.Tracker`,
+whose registration keeps a complete record, replaces a half-written one and removes
+duplicates, so a sync repairs what an interruption left and a second sync adds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import Variant, flatten_dict
+from .console import Console
+from .errors import KMAError
+from .runids import shown
+from .store import FINISHED, TrajectoryStore
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+REGISTERED = (*FINISHED, "failed")  # stored statuses that get an MLflow record
+
+
+def _experiment_and_params(run) -> tuple[str, dict]:
+    """A sweep run's experiment is its sweep and its params the resolved variant; any other
+    run (``kma ingest``) goes to its ``sweep`` attribute's experiment (else ``kma``)."""
+    try:
+        variant = Variant.model_validate(run.config)
+    except Exception:  # noqa: BLE001 - not a sweep variant (ingested, or an older config)
+        params = flatten_dict(run.config) if isinstance(run.config, dict) else {}
+        return str(run.attrs.get("sweep") or "kma"), params
+    return variant.sweep, flatten_dict(variant.model_dump(mode="json"))
+
+
+def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
+    """Register one stored run in MLflow (a no-op if a complete record exists, a repair if
+    a half-written one does). Returns True if a record was written."""
+    run = store.open_run(run_id)
+    experiment, params = _experiment_and_params(run)
+    params["run_id"] = run_id
+    params["n_parameters"] = run.layout.size
+    extra = {"kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")}
+    if run.attrs.get("error"):
+        extra["kma.error"] = str(run.attrs["error"])[:500]
+    _, created = tracker.register_training(
+        experiment=experiment,
+        run_id=run_id,
+        status=run.status,
+        params=params,
+        metrics=run.metrics,
+        trajectory_uri=run.uri,
+        config_yaml=yaml.safe_dump(run.config, sort_keys=False),
+        extra_tags=extra,
+        store=store.location,
+    )
+    return created
+
+
+def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: str, analysis_id: str) -> bool:
+    """Register a stored analysis as a child run unless a complete record exists.
+    Returns True if a record was written."""
+    from . import plots
+    from .analysis import AnalysisParams, load_results, summary_metrics
+
+    run = store.open_run(run_id)
+    experiment, _ = _experiment_and_params(run)
+    if any(r.info.status in ("FINISHED", "FAILED", "KILLED")
+           for r in tracker.find(experiment, run_id, analysis_id, store=store.location)):
+        return False
+    g = run.group[f"analyses/{analysis_id}"]
+    key = dict(g.attrs["params"])
+    params = AnalysisParams(**key)
+    results = load_results(run, analysis_id)
+    with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
+        figs = plots.analysis_figures(results, Path(tmp), title=run_id, residual_tol=params.residual_tol)
+        tracker.register_analysis(
+            experiment=experiment,
+            run_id=run_id,
+            analysis_id=analysis_id,
+            params={**key, "n_snapshots": g.attrs.get("n_snapshots"), "n_parameters": run.layout.size},
+            metrics=summary_metrics(results, params.residual_tol),
+            artifacts=figs,
+            tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
+            store=store.location,
+            replace=False,
+        )
+    return True
+
+
+@dataclass
+class SyncReport:
+    runs: list[str] = field(default_factory=list)          # registered or repaired now
+    analyses: list[str] = field(default_factory=list)      # "<run>/<analysis>" registered now
+    unchanged: int = 0                                      # records already complete
+    skipped: dict[str, str] = field(default_factory=dict)  # run -> why not registered
+
+
+def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Console | None = None) -> SyncReport:
+    """``kma sync``: register every finished run of the store and its analyses in MLflow."""
+    from .analysis import list_analyses
+
+    console = console or Console()
+    store = TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new one
+    tracker = Tracker(tracking_uri)
+    report = SyncReport()
+    infos = store.runs()
+    console.info(f"sync {store_url} → MLflow {tracker.uri}: {len(infos)} run(s) in the store")
+    for info in infos:
+        rid = info.run_id
+        if info.status not in REGISTERED:
+            report.skipped[rid] = info.status
+            continue
+        try:
+            if register_run(tracker, store, rid):
+                report.runs.append(rid)
+            else:
+                report.unchanged += 1
+            if info.status not in FINISHED:
+                continue
+            for aid in list_analyses(store.open_run(rid)):
+                if register_stored_analysis(tracker, store, rid, aid):
+                    report.analyses.append(f"{rid}/{aid}")
+                else:
+                    report.unchanged += 1
+        except KMAError as e:
+            report.skipped[rid] = str(e)
+        except (KeyError, TypeError, ValueError) as e:  # metadata a run should have is missing
+            report.skipped[rid] = f"damaged metadata ({type(e).__name__}: {e})"
+    for rid, why in report.skipped.items():
+        if why not in ("running", "interrupted"):
+            console.error(f"  not registered: {shown(rid)}: {why}")
+    console.info(
+        f"sync: {len(report.runs)} run(s) and {len(report.analyses)} analysis record(s) written, "
+        f"{report.unchanged} already complete, {len(report.skipped)} not registrable"
+        + (f" ({sum(1 for w in report.skipped.values() if w in ('running', 'interrupted'))} unfinished)"
+           if report.skipped else "")
+    )
+    return report
