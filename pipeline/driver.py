@@ -169,8 +169,7 @@ def run_sweep(
     console.info(
         f"sweep {cfg.name}: trained {len(summary.trained)}, skipped {len(summary.skipped)}, "
         + (f"held by another sweep {len(summary.held)}, " if summary.held else "")
-        + f"
-        f"diverged {len(summary.diverged)}, failed {len(summary.failed)}, "
+        + f"diverged {len(summary.diverged)}, failed {len(summary.failed)}, "
         f"newly registered in MLflow {len(summary.registered)}"
     )
     for rid, err in summary.failed.items():

@@ -97,3 +97,54 @@ def test_cli_ingest_then_runs_lists_it(tmp_path, kma_env):
                        capture_output=True, text=True, env=kma_env, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"kma: error: {tmp_path / 'missing.pt'}: no such checkpoint file"]
+
+
+@pytest.mark.parametrize("bad, dtype, message", [
+    (float("nan"), "float32", r"ckpt_002.pt: snapshot 2: key '2.weight' has 1 NaN or infinite value"),
+    (float("inf"), "float32", r"ckpt_002.pt: snapshot 2: key '2.weight' has 1 NaN or infinite value"),
+    (1.0e5, "float16", r"ckpt_002.pt: snapshot 2: key '2.weight' has \|value\| up to 100000, beyond float16's 65504"),
+    (1.0e300, "float32", r"ckpt_002.pt: snapshot 2: key '2.weight' overflows float32"),
+])
+def test_bad_values_are_refused_before_the_store_is_touched(tmp_path, bad, dtype, message):
+    """A NaN/inf, or a value the storage dtype cannot hold (float16 stops at 65504; a
+    float64 1e300 is inf in float32), names the file and snapshot; the run already in
+    the store of that id is untouched, and no run of the new id appears."""
+    files = _series(tmp_path, n=4)
+    store = str(tmp_path / "store")
+    ingest(files[:2], store, "keep", dtype=dtype)
+    before = TrajectoryStore(store).open_run("keep").weights().compute()
+    state = torch.load(files[2], weights_only=True)
+    if bad == 1.0e300:
+        state = {k: v.double() for k, v in state.items()}
+    state["2.weight"][1, 2] = bad
+    torch.save(state, files[2])
+    for rid, kw in (("new", {}), ("keep", {"overwrite": True})):
+        with pytest.raises(KMAError, match=message):
+            ingest(files, store, rid, dtype=dtype, **kw)
+    after = TrajectoryStore(store, read_only=True)
+    assert [(i.run_id, i.status) for i in after.runs()] == [("keep", "complete")]
+    np.testing.assert_array_equal(after.open_run("keep").weights().compute(), before)
+    assert not list((tmp_path / "store").glob("leases/*"))  # the ingest's claim is released
+
+
+def test_float16_keeps_values_up_to_its_max(tmp_path):
+    files = _series(tmp_path, n=2)
+    state = torch.load(files[1], weights_only=True)
+    state["2.weight"][0, 0] = 65504.0
+    torch.save(state, files[1])
+    ingest(files, str(tmp_path / "s"), "r", dtype="float16")
+    W = TrajectoryStore(str(tmp_path / "s")).open_run("r").weights().compute()
+    assert np.isfinite(W).all() and W.max() == 65504.0
+
+
+def test_cli_nan_checkpoint_is_one_line(tmp_path, kma_env):
+    files = _series(tmp_path, n=2)
+    state = torch.load(files[1], weights_only=True)
+    state["0.bias"][0] = float("nan")
+    torch.save(state, files[1])
+    r = subprocess.run(kma_cmd("ingest", *files, "--store", tmp_path / "s", "--run-id", "x"),
+                       capture_output=True, text=True, env=kma_env, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"kma: error: {files[1]}: snapshot 1: key '0.bias' has 1 NaN or infinite value(s)"]
+    assert not (tmp_path / "s").exists()
