@@ -75,7 +75,10 @@ def test_sync_rebuilds_what_the_sweep_registered(populated, kma_env):
     assert len([k for k in registered if k[1] == "training"]) == 3
     assert len([k for k in registered if k[1] == "analysis"]) == 3
 
+    # the database is lost; rebuild into a fresh one (at a new path: this process's MLflow
+    # keeps a connection to the deleted file)
     (tmp_path / "mlflow.db").unlink()
+    uri = f"sqlite:///{tmp_path / 'rebuilt.db'}"
     r = subprocess.run(kma_cmd("sync", "--store", store_url, "--tracking-uri", uri),
                        capture_output=True, text=True, env=kma_env, timeout=300)
     assert r.returncode == 0, r.stderr
