@@ -148,3 +148,17 @@ def test_cli_nan_checkpoint_is_one_line(tmp_path, kma_env):
     assert r.stderr.strip().splitlines() == [
         f"kma: error: {files[1]}: snapshot 1: key '0.bias' has 1 NaN or infinite value(s)"]
     assert not (tmp_path / "s").exists()
+
+
+def test_ingest_into_a_run_another_process_is_writing(tmp_path):
+    """A live claim on the run id (another ingest or a sweep writing it) refuses the ingest
+    in one line and leaves that claim and the store alone."""
+    from pipeline import lease
+
+    files = _series(tmp_path, n=2)
+    store = TrajectoryStore(str(tmp_path / "s"))
+    other = lease.LeaseKeeper(store, "other", timeout=60)
+    assert other.claim("busy") is None
+    with pytest.raises(KMAError, match=r"run busy: being written by sweep 'other'"):
+        ingest(files, store.url, "busy")
+    assert store.runs() == [] and lease.read(store, "busy").owner == other.owner
