@@ -116,8 +116,18 @@ def _repairs_a_half_written_record(store_url, uri):
     half = client.create_run(tracker.experiment_id("ingested"), run_name="imported", tags={
         "kma.run_id": "imported", "kma.kind": "training", TAG_STORE: store.location,
         "kma.status": "complete", "kma.trajectory_uri": store.open_run("imported").uri}).info.run_id
+    # and an analysis registration killed half-way (of another run)
+    other = next(i.run_id for i in store.runs() if i.run_id != "imported")
+    exp = store.open_run(other).attrs["sweep"]
+    [arec] = tracker.find(exp, other, kind="analysis", store=store.location)
+    aid = arec.data.tags["kma.analysis_id"]
+    client.delete_run(arec.info.run_id)
+    half_analysis = client.create_run(tracker.experiment_id(exp), tags={
+        "kma.run_id": other, "kma.kind": "analysis", "kma.analysis_id": aid, TAG_STORE: store.location}).info.run_id
     report = sync_store(store_url, uri, console=Console(quiet=True))
-    assert report.runs == ["imported"] and report.analyses == []
+    assert report.runs == ["imported"] and report.analyses == [f"{other}/{aid}"]
+    [afixed] = tracker.find(exp, other, kind="analysis", store=store.location)
+    assert afixed.info.run_id != half_analysis and afixed.info.status == "FINISHED" and afixed.data.metrics
     [fixed] = tracker.find("ingested", "imported", store=store.location)
     assert fixed.info.status == "FINISHED" and fixed.info.run_id != half
     assert fixed.data.params["n_parameters"] == "4" and fixed.data.params["source"] == "ingest"
