@@ -74,6 +74,8 @@ def check_run_id(
         raise InvalidRunId(f"{what} is empty: expected {RULE}")
     if len(run_id) > MAX_LENGTH:
         reason = f"{len(run_id)} characters, more than {MAX_LENGTH}"
+    elif run_id in (".", ".."):
+        reason = "names a directory, not a run"
     elif run_id.lower() in _RESERVED:
         reason = "reserved name"
     elif set(run_id) & set("/\\"):
