@@ -18,7 +18,7 @@ or deletes (defence in depth).
 Ids already in a store that break the rule (written by older versions) stay readable:
 :func:`check_run_id` accepts an id outside the rule when it is exactly one of the ids
 listed in the store (``listed``), so such a run can still be listed, read and
-analysed, but never created, overwritten or deleted through an id.
+analysed, but never created, replaced or deleted through its id.
 """
 
 from __future__ import annotations
