@@ -26,6 +26,7 @@ sweeps racing for one free run agree on a single holder on stores with atomic cr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -40,7 +41,11 @@ from .runids import check_run_id
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 90.0
-_HOST = socket.gethostname()
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname()
 
 
 def lease_timeout() -> float:
@@ -69,7 +74,7 @@ class Lease:
         now = time.time() if now is None else now
         if now - self.heartbeat > self.timeout:
             return False
-        if self.host == _HOST and self.pid != os.getpid():
+        if self.host == _host() and self.pid != os.getpid():
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
@@ -114,14 +119,14 @@ class LeaseKeeper:
     def __init__(self, store, sweep: str, *, timeout: float | None = None):
         self.store, self.sweep = store, sweep
         self.timeout = float(timeout) if timeout else lease_timeout()
-        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.owner = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.held: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _doc(self) -> bytes:
-        return json.dumps({"owner": self.owner, "host": _HOST, "pid": os.getpid(), "sweep": self.sweep,
+        return json.dumps({"owner": self.owner, "host": _host(), "pid": os.getpid(), "sweep": self.sweep,
                            "heartbeat": time.time(), "timeout": self.timeout}).encode()
 
     def claim(self, run_id: str) -> Lease | None:

@@ -48,7 +48,7 @@ def test_live_claim_is_respected_and_expired_one_taken_over(tmp_path):
     # on this host, a claim whose process is gone is dead at once, however fresh
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    _stale(store, "r3", age=0.0, pid=int(gone), host=lease._HOST)
+    _stale(store, "r3", age=0.0, pid=int(gone), host=lease._host())
     assert not lease.is_live(store, "r3")
     assert b.claim("r3") is None
 
