@@ -58,6 +58,21 @@ def test_live_claim_is_respected_and_expired_one_taken_over(tmp_path):
     assert lease.read(store, "r1") is None and a.held == set()
 
 
+def test_heartbeat_keeps_a_claim_live_past_its_timeout(tmp_path):
+    """The keeper's thread rewrites the heartbeat every timeout/6: a claim held longer
+    than its timeout stays live. (Polls with a generous deadline; no timing assertion.)"""
+    store = TrajectoryStore(str(tmp_path / "s"))
+    with LeaseKeeper(store, "sweep", timeout=3) as keeper:   # beats every 0.5 s
+        assert keeper.claim("r") is None
+        first = lease.read(store, "r").heartbeat
+        deadline = time.time() + 60
+        while lease.read(store, "r").heartbeat < first + 3.5 and time.time() < deadline:
+            time.sleep(0.05)
+        assert lease.read(store, "r").heartbeat >= first + 3.5   # older than the timeout...
+        assert lease.is_live(store, "r")                          # ...yet renewed
+    assert lease.read(store, "r") is None
+
+
 def test_keeper_releases_on_exit_and_runs_shows_interrupted(tmp_path, kma_env):
     store = TrajectoryStore(str(tmp_path / "s"))
     for rid in ("alive", "orphan"):
