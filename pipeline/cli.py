@@ -96,8 +96,9 @@ def cmd_sweep(args, console) -> int:
     from . import config
     from .driver import run_sweep
 
-    cfg = config.load(args.config, args.overrides)
-    _confirm_grid(config.grid_size(cfg), args, console)
+    cfg = config.load(args.config, args.overrides, names=False)
+    _confirm_grid(config.grid_size(cfg), args, console)  # counted before torch is even imported
+    config.check_names(cfg, str(args.config))
     summary = run_sweep(
         cfg,
         store_url=args.store,

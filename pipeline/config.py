@@ -380,8 +380,12 @@ def _check_finite(data: Any, source: str, path: list) -> None:
             _check_finite(v, source, [*path, i])
 
 
-def validate(data: Any, source: str = "config") -> SweepConfig:
-    """Validate a mapping into a :class:`SweepConfig`; ConfigError with the path if not."""
+def validate(data: Any, source: str = "config", *, names: bool = True) -> SweepConfig:
+    """Validate a mapping into a :class:`SweepConfig`; ConfigError with the path if not.
+
+    ``names=False`` leaves the registry names (which import torch, seconds) to a later
+    :func:`check_names`, so that a grid can be counted and refused at once.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
     _check_finite(data, source, [])
@@ -389,12 +393,13 @@ def validate(data: Any, source: str = "config") -> SweepConfig:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
-    _check_names(cfg, source)
     _check_axes(cfg, source)
+    if names:
+        check_names(cfg, source)
     return cfg
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+def load(path: str | Path, overrides: list[str] | None = None, *, names: bool = True) -> SweepConfig:
     """Read, merge ``KEY=VALUE`` overrides into, and validate a sweep YAML file."""
     path = Path(path)
     data = load_file(path)
@@ -403,7 +408,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
         data = {}
     if isinstance(data, dict):
         data = _merge(data, over)
-    return validate(data, str(path))
+    return validate(data, str(path), names=names)
 
 
 def _check_axes(cfg: SweepConfig, source: str) -> None:
@@ -416,7 +421,7 @@ def _check_axes(cfg: SweepConfig, source: str) -> None:
             seen.add(x)
 
 
-def _check_names(cfg: SweepConfig, source: str) -> None:
+def check_names(cfg: SweepConfig, source: str) -> None:
     """Registry names (activation, init, optimizer, loss) must exist."""
     from . import inits, losses, models, optim
 

@@ -355,3 +355,43 @@ def test_cluster_resources_checked_after_connecting():
         capacity.check_fits(variants[:0], sizes, machines, "the Ray cluster at X", "x.yaml")
     finally:
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------- kma sweep
+def test_sweep_exit_code_after_analysis_errors(tmp_path, capsys, tiny_config):
+    """``kma sweep`` exits 1 when a run's analysis failed (0 before this fix), and 0 when
+    the only thing wrong is a run that diverged too early to analyse: a result. Both
+    variants are finished in the store beforehand (one trained for real, in this
+    process; one stored as diverged after one snapshot), so no Ray starts."""
+    import torch
+
+    from pipeline.runner import build_parts, run_variant
+
+    path = tiny_config(analysis={"enabled": True, "window": 5})
+    trained, diverged = config.expand(config.load(path))
+    store_path, uri = tmp_path / "store", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    threads = torch.get_num_threads()
+    try:
+        assert run_variant(trained, str(store_path))["status"] == "complete"
+    finally:
+        torch.set_num_threads(threads)
+    store = TrajectoryStore(str(store_path))
+    _, _, layout = build_parts(diverged)
+    w = store.create_run(diverged.run_id, layout, config=diverged.model_dump(mode="json"),
+                         extra={"sweep": diverged.sweep})
+    w.append(np.zeros(layout.size, np.float32))
+    w.finish("diverged")
+
+    blocker = store_path / "runs" / trained.run_id / "analyses"
+    blocker.write_text("in the way")
+    rc, lines = run_main(capsys, "sweep", path, "--store", store_path, "--tracking-uri", uri)
+    assert rc == 1, lines
+    errors = [x for x in lines if x.startswith("kma: error:")]
+    assert len(errors) == 1 and f"run {trained.run_id}: cannot write its analysis" in errors[0], lines
+    assert any(f"run {diverged.run_id}: diverged after 1 snapshot(s)" in x for x in lines), lines
+
+    blocker.unlink()
+    rc, lines = run_main(capsys, "sweep", path, "--store", store_path, "--tracking-uri", uri)
+    assert rc == 0, lines
+    assert not [x for x in lines if x.startswith("kma: error:")], lines
+    assert list_analyses(store.open_run(trained.run_id)) == [AnalysisParams(window=5, per_layer=True).analysis_id]
