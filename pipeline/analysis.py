@@ -227,9 +227,14 @@ def summary_metrics(results: list[WindowResult], residual_tol: float) -> dict[st
 
 
 # --------------------------------------------------------------------------- many runs
-# what a failed write raises: the OS (read-only, disk full, a file where a folder should
-# be), zarr on a bad path or object (ValueError, KeyError, TypeError), an object store
-_WRITE_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed store write raises: the OS or an object store (read-only, disk full,
+    a file where a folder should be: OSError) or zarr (a node in the way, bad metadata).
+    Anything else is a bug and keeps its traceback."""
+    from zarr.errors import BaseZarrError
+
+    return (OSError, BaseZarrError)
 
 
 def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -328,7 +333,7 @@ def _store_results(run: Run, params: AnalysisParams, est, modes) -> None:
     ``writing`` and :func:`list_analyses` never takes it for a current one)."""
     try:
         write_results(run, params, est, modes)
-    except _WRITE_ERRORS as e:
+    except _write_errors() as e:
         try:
             analyses = run.group["analyses"]
             if params.analysis_id in analyses:

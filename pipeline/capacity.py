@@ -125,13 +125,8 @@ def check_fits(variants, sizes: dict[str, tuple[int, int]], machines: list[Machi
     max_mem = max(mems) if mems else None
     hint = "lower it, or pass --ray-address of a larger cluster" if where == "this machine" else "lower it"
     has = f"{where} has" if len(machines) == 1 else f"the largest node of {where} has"
-    checked = set()
     for v in variants:
         r = v.resources
-        key = (r.num_cpus, r.num_gpus, v.run_id if max_mem else None)
-        if key in checked:
-            continue
-        checked.add(key)
         if r.num_cpus > max_cpus:
             raise KMAError(f"{source}: resources.num_cpus: {r.num_cpus:g} CPUs per variant, but "
                            f"{has} {max_cpus:g} ({hint})")

@@ -102,7 +102,7 @@ def test_memory_a_variant_needs_is_checked():
     from pipeline.runner import preflight
 
     variants = config.expand(config.validate({**TINY, "model": {**TINY["model"], "depth": 2, "width": 20_000}}))
-    sizes = preflight(variants)  # 4e8 parameters: weights, gradients, Adam's two moments: > 6 GB
+    sizes = preflight(variants)  # 4e8 parameters: weights, gradients, Adam's moments, snapshot rows
     assert sizes[variants[0].run_id][0] > 4 * 10**8
     small = capacity.Machine("m", cpus=4, gpus=0, memory=4 * 2**30)
     with pytest.raises(KMAError, match=r"x.yaml: model.width/model.depth: .* needs at least .* GB of memory"):
