@@ -255,17 +255,15 @@ class TrajectoryStore:
             except StoreError:
                 out.append(RunInfo(rid, "corrupt", 0, 0, None, None))
                 continue
-            n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
-            out.append(
-                RunInfo(
-                    rid,
-                    attrs.get("status", "running"),
-                    int(attrs.get("n_snapshots", 0)),
-                    n_params,
-                    attrs.get("created"),
-                    attrs.get("updated"),
-                )
-            )
+            try:  # garbled attributes list the run as corrupt, never a traceback
+                n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
+                n_snapshots = int(attrs.get("n_snapshots", 0))
+            except (ValueError, TypeError, KeyError):
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None))
+                continue
+            # every writer sets a status at once: a run without one is damaged, not running
+            status = attrs.get("status", "corrupt")
+            out.append(RunInfo(rid, status, n_snapshots, n_params, attrs.get("created"), attrs.get("updated")))
         return out
 
     # -- reading -------------------------------------------------------------------

@@ -279,6 +279,10 @@ def test_damaged_runs_are_listed_not_dropped(tmp_path, capsys):
     for i, rid in enumerate(("r1", "r2", "r3", "ok")):
         _linear_run(store, rid, seed=i)
     _damage(tmp_path / "s")
+    rc, _ = run_main(capsys, "runs", "--store", tmp_path / "s")
+    assert rc == 0
+    assert {i.run_id: i.status for i in store.runs()} == {"r1": "corrupt", "r2": "corrupt", "r3": "corrupt",
+                                                         "ok": "complete"}
     out = tmp_path / "out.json"
     rc, lines = run_main(capsys, "analyze", "--store", tmp_path / "s", "--window", "10", "--no-mlflow",
                          "--json", out)
