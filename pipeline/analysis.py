@@ -237,31 +237,6 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (OSError, BaseZarrError)
 
 
-def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """Runs to analyse and ``{run_id: reason}`` for those skipped as damaged.
-
-    Default: every finished run. Named runs must exist (a typo is refused before any
-    work, exit code 2); a named run with damaged metadata is reported, not analysed.
-    """
-    from .health import metadata_problem, split_runs
-
-    if run_ids is None:
-        return split_runs(store, FINISHED)
-    known = set(store.run_ids())
-    unknown = [r for r in dict.fromkeys(run_ids) if r not in known]
-    if unknown:
-        raise KMAError(f"run {unknown[0]}: not in store {store.url}"
-                       + (f" (nor {len(unknown) - 1} more of the runs named)" if len(unknown) > 1 else ""))
-    todo, damaged = [], {}
-    for rid in dict.fromkeys(run_ids):
-        problem = metadata_problem(store, rid)
-        if problem:
-            damaged[rid] = f"run {rid}: {problem}"
-        else:
-            todo.append(rid)
-    return todo, damaged
-
-
 def analyze_runs(
     store: TrajectoryStore,
     run_ids: list[str] | None,
@@ -283,6 +258,8 @@ def analyze_runs(
     """
     console = console or Console()
     params.validate()
+    from .health import select_runs
+
     run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
     records: list[dict] = []

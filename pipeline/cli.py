@@ -179,9 +179,8 @@ def cmd_compare(args, console) -> int:
     from pathlib import Path
 
     from . import compare
-    from .store import TrajectoryStore
-
     from .outputs import check_dir
+    from .store import TrajectoryStore
 
     check_dir(args.out, "--out")
     skipped: dict[str, str] = {}

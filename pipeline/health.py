@@ -5,12 +5,13 @@ missing, unreadable, or lacks the attributes every writer sets (``status``, ``la
 ``n_snapshots``, ``config``) is *damaged*: it cannot be analysed or compared, and is
 named with the reason instead of being dropped silently (and never taken for a run
 that is still training just because its ``status`` attribute is gone).
+:func:`select_runs` picks the runs ``kma analyze`` works on.
 """
 
 from __future__ import annotations
 
-from .errors import RunNotFound, StoreError
-from .store import STATUSES, TrajectoryStore
+from .errors import KMAError, RunNotFound, StoreError
+from .store import FINISHED, STATUSES, TrajectoryStore
 
 _REQUIRED = ("status", "layout", "n_snapshots", "config")
 
@@ -54,3 +55,26 @@ def split_runs(store: TrajectoryStore, statuses=None) -> tuple[list[str], dict[s
         elif statuses is None or store.status(rid) in statuses:
             whole.append(rid)
     return whole, damaged
+
+
+def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """Runs to analyse and ``{run_id: reason}`` for those skipped as damaged.
+
+    Default: every finished run. Named runs must exist (a typo is refused before any
+    work, exit code 2); a named run with damaged metadata is reported, not analysed.
+    """
+    if run_ids is None:
+        return split_runs(store, FINISHED)
+    known = set(store.run_ids())
+    unknown = [r for r in dict.fromkeys(run_ids) if r not in known]
+    if unknown:
+        raise KMAError(f"run {unknown[0]}: not in store {store.url}"
+                       + (f" ({len(unknown) - 1} more of the runs named are not either)" if len(unknown) > 1 else ""))
+    todo, damaged = [], {}
+    for rid in dict.fromkeys(run_ids):
+        problem = metadata_problem(store, rid)
+        if problem:
+            damaged[rid] = f"run {rid}: {problem}"
+        else:
+            todo.append(rid)
+    return todo, damaged
