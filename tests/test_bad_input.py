@@ -229,6 +229,21 @@ def test_write_error_on_one_run_keeps_going(three_runs, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.json")] == []
 
 
+def test_figure_write_error_on_one_run_keeps_going(three_runs, tmp_path, capsys):
+    """``--plots DIR`` where one run's figure folder cannot be made (a file has its name):
+    one line naming the run; the other runs' figures written; exit code 1."""
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "r1").write_text("in the way")
+    rc, lines = run_main(capsys, "analyze", "--store", tmp_path / "s", "--window", "10", "--no-mlflow",
+                         "--plots", plots)
+    assert rc == 1, lines
+    errors = [x for x in lines if x.startswith("kma: error:")]
+    assert len(errors) == 1 and "run r1: cannot write its figures" in errors[0], lines
+    for rid in ("r2", "r3"):
+        assert (plots / rid / "spectrum.png").stat().st_size > 1000
+
+
 def test_half_written_analysis_is_redone(three_runs, tmp_path, capsys):
     """An analysis left ``writing`` (a killed process) is not current: ignored by
     list_analyses, and the next ``kma analyze`` writes it whole."""
