@@ -227,6 +227,16 @@ def summary_metrics(results: list[WindowResult], residual_tol: float) -> dict[st
 
 
 # --------------------------------------------------------------------------- many runs
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed store write raises: the OS or an object store (read-only, disk full,
+    a file where a folder should be: OSError) or zarr (a node in the way, bad metadata).
+    Anything else is a bug and keeps its traceback."""
+    from zarr.errors import BaseZarrError
+
+    return (OSError, BaseZarrError)
+
+
 def analyze_runs(
     store: TrajectoryStore,
     run_ids: list[str] | None,
@@ -238,15 +248,27 @@ def analyze_runs(
     scheduler=None,
     plots_dir: str | None = None,
 ) -> dict[str, str | None]:
-    """Analyse each run; returns ``{run_id: None or the error line}``."""
+    """Analyse each run; returns ``{run_id: None or the error line}``.
+
+    A run that cannot be read, analysed or written (its analysis, figures) gets one
+    error line naming it and the cause; the others are still analysed. Runs skipped
+    for damaged metadata are reported the same way. ``--json`` is written last, with an
+    ``"errors"`` entry per failed run; a failure to write it is an error with exit code 1
+    (the analyses are stored).
+    """
     console = console or Console()
     params.validate()
-    if run_ids is None:
-        run_ids = [i.run_id for i in store.runs() if i.status in FINISHED]
+    from .health import select_runs
+
+    run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
     records: list[dict] = []
     aid = params.analysis_id
-    console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}")
+    console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}"
+                 + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
+    for rid, msg in damaged.items():
+        report[rid] = msg
+        console.error(f"kma: error: {msg}")
     for n, rid in enumerate(run_ids, 1):
         t0 = time.perf_counter()
         try:
@@ -254,15 +276,15 @@ def analyze_runs(
             with DaskProgress(console, f"[{n}/{len(run_ids)}] {rid}"):
                 est = fit_run(run, params, scheduler)
                 modes = _modes(run, est, params) if params.modes else None
-            write_results(run, params, est, modes)
-            records += result_records(rid, aid, est.results_, params.residual_tol)
+            _store_results(run, params, est, modes)
             if plots_dir:
-                figs = _figures(run, est, params, Path(plots_dir) / rid)
+                figs = _figures_to(run, est, params, Path(plots_dir) / rid)
                 if tracker is not None:
                     _register(tracker, run, params, est, figs)
             elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
                 with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
-                    _register(tracker, run, params, est, _figures(run, est, params, Path(tmp)))
+                    _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
+            records += result_records(rid, aid, est.results_, params.residual_tol)
             report[rid] = None
             console.info(
                 f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
@@ -274,17 +296,58 @@ def analyze_runs(
             report[rid] = msg
             console.error(f"kma: error: {msg}")
     if json_path:
-        _write_json(json_path, records, report)
+        try:
+            _write_json(json_path, records, report)
+        except KMAError as e:
+            e.exit_code = 1  # the analyses themselves are stored
+            raise
     return report
+
+
+def _store_results(run: Run, params: AnalysisParams, est, modes) -> None:
+    """:func:`write_results`, with a write error as one line naming the run; a
+    half-written analysis is removed (best effort; if that fails too, its status stays
+    ``writing`` and :func:`list_analyses` never takes it for a current one)."""
+    try:
+        write_results(run, params, est, modes)
+    except _write_errors() as e:
+        try:
+            analyses = run.group["analyses"]
+            if params.analysis_id in analyses:
+                del analyses[params.analysis_id]
+        except Exception:  # noqa: BLE001 - the store is failing already; the status says it
+            log.debug("run %s: could not remove the half-written analysis", run.run_id)
+        raise KMAError(f"run {run.run_id}: cannot write its analysis into the store "
+                       f"({_cause(e)}); nothing of it is kept") from None
+
+
+def _figures_to(run: Run, est, params: AnalysisParams, out: Path) -> list[Path]:
+    try:
+        return _figures(run, est, params, out)
+    except OSError as e:
+        raise KMAError(f"run {run.run_id}: cannot write its figures to {out} ({_cause(e)})") from None
+
+
+def _cause(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=None, scheduler="threads",
                   plots_dir=None, console=None) -> dict[str, str | None]:
-    """``kma analyze``: resolve the scheduler, open the store (it must exist) and the tracker,
-    analyse."""
+    """``kma analyze``: check the output paths, resolve the scheduler, open the store (it
+    must exist) and the tracker, analyse."""
+    from .outputs import check_dir, check_file
     from .tracking import Tracker
 
     params.validate()
+    if json_path:
+        check_file(json_path, "--json")
+    if plots_dir:
+        check_dir(plots_dir, "--plots")
     sched = resolve_scheduler(scheduler)  # a bad flag fails before anything is opened or created
     try:
         TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new empty one
@@ -342,12 +405,7 @@ def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: 
 
 
 def _write_json(path: str, records: list[dict], report: dict) -> None:
+    from .outputs import write_text_atomic
+
     payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e]}
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(p)
-    except OSError as e:
-        raise KMAError(f"--json {path}: cannot write ({e.strerror})") from None
+    write_text_atomic(path, json.dumps(payload), "--json")

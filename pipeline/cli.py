@@ -1,7 +1,9 @@
 """``kma`` command line: sweep, analyze, ingest, runs, compare, sync.
 
-A user mistake prints one line, ``kma: error: ...``, and exits with code 2; an
-interrupted sweep exits with 130. Anything else is a bug and keeps its traceback.
+Exit codes: 0 done; 2 a user error, refused before any work (one line
+``kma: error: ...``); 1 some run or its analysis failed while the others completed
+(one line per failure); 130 interrupted. A run that diverged is a result, not a
+failure. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import sys
 from .errors import KMAError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line ``kma: error: ...`` (exit code 2)."""
+
+    def error(self, message):
+        sys.stderr.write(f"kma: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def _add_common(p, *, store_required: bool):
     p.add_argument("--store", required=store_required, default=None,
                    help="trajectory store: a path or fsspec URL (default: ./kma-store)")
@@ -23,7 +33,7 @@ def _add_common(p, *, store_required: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kma", description="Koopman mode analysis of neural-network training, at sweep scale."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--max-parallel", type=int, default=None, help="at most N variants at once")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help=f"train a grid above {10_000:,} variants without asking")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-analyze", dest="analyze", action="store_false", default=None,
                    help="skip the default analysis after training")
@@ -101,7 +113,9 @@ def cmd_sweep(args, console) -> int:
     from . import config
     from .driver import run_sweep
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = config.load(args.config, args.overrides, names=False)
+    _confirm_grid(config.grid_size(cfg), args, console)  # counted before torch is even imported
+    config.check_names(cfg, str(args.config))
     summary = run_sweep(
         cfg,
         store_url=args.store,
@@ -110,14 +124,34 @@ def cmd_sweep(args, console) -> int:
         max_parallel=args.max_parallel,
         analyze=args.analyze,
         console=console,
+        source=str(args.config),
     )
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.analysis_failed else 0
+
+
+def _confirm_grid(n: int, args, console) -> None:
+    """A grid above MAX_GRID variants runs only if confirmed: ``--yes``, or "y" typed on a
+    terminal. Without a terminal (CI, ``ray job submit``) it is refused, never waited on."""
+    from .config import MAX_GRID
+
+    if n <= MAX_GRID or args.yes:
+        return
+    what = f"{args.config}: the grid has {n:,} variants, more than {MAX_GRID:,}"
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise KMAError(f"{what}; pass --yes to train them all (no terminal to ask on)")
+    sys.stderr.write(f"{what}. Train them all? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise KMAError(f"{what}: not confirmed, nothing done")
 
 
 def cmd_analyze(args, console) -> int:
     from .analysis import AnalysisParams, analyze_store
 
     _check_run_args(args.store, args.runs)
+    if args.seed < 0:
+        raise KMAError(f"--seed {args.seed}: must be >= 0")
     params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, window=args.window,
                             stride=args.stride, per_layer=args.per_layer, modes=args.modes, seed=args.seed)
     report = analyze_store(
@@ -130,7 +164,7 @@ def cmd_analyze(args, console) -> int:
         plots_dir=args.plots,
         console=console,
     )
-    return 2 if any(err is not None for err in report.values()) else 0
+    return 1 if any(err is not None for err in report.values()) else 0
 
 
 def cmd_ingest(args, console) -> int:
@@ -175,15 +209,24 @@ def cmd_compare(args, console) -> int:
     from pathlib import Path
 
     from . import compare
+    from .outputs import check_dir
     from .store import TrajectoryStore
 
     _check_run_args(args.store, args.runs)
+    check_dir(args.out, "--out")
+    skipped: dict[str, str] = {}
     rows = compare.collect(TrajectoryStore(args.store, read_only=True), args.runs, args.analysis,
-                           by=args.by, sweep=args.sweep)
+                           by=args.by, sweep=args.sweep, skipped=skipped)
     print(compare.table(rows))
-    figs = compare.figures(rows, Path(args.out), args.by)
+    for msg in skipped.values():
+        console.error(f"kma: error: {msg}")
+    try:
+        figs = compare.figures(rows, Path(args.out), args.by)
+    except OSError as e:
+        console.error(f"kma: error: --out {args.out}: cannot write the figures ({e.strerror or e})")
+        return 1
     console.info("figures: " + ", ".join(str(f) for f in figs))
-    return 0
+    return 1 if skipped else 0
 
 
 COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs,

@@ -23,51 +23,80 @@ def _last(values):
     return float(vals[-1]) if vals else float("nan")
 
 
-def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", sweep=None) -> list[dict]:
+def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", sweep=None,
+            skipped: dict | None = None) -> list[dict]:
+    """One row per finished run (with its latest or the named analysis).
+
+    Runs named in ``run_ids`` must exist (else KMAError, before anything is read). A run
+    with damaged metadata or an unreadable analysis is not compared: ``skipped`` (if
+    given) receives ``{run_id: reason}``.
+    """
+    from .health import split_runs
+
+    skipped = {} if skipped is None else skipped
+    if run_ids:
+        known = set(store.run_ids())
+        unknown = [r for r in run_ids if r not in known]
+        if unknown:
+            raise KMAError(f"run {unknown[0]}: not in store {store.url}")
+    ids, damaged = split_runs(store, FINISHED)
+    skipped.update({rid: msg for rid, msg in damaged.items() if not run_ids or rid in run_ids})
+    for rid in run_ids or []:  # a named run that is not finished is said so, not dropped
+        if rid not in ids and rid not in damaged:
+            skipped[rid] = f"run {rid}: skipped: not finished (status {store.status(rid)})"
     rows = []
-    for info in store.runs():
-        if run_ids and info.run_id not in run_ids:
+    for rid in ids:
+        if run_ids and rid not in run_ids:
             continue
-        if info.status not in FINISHED:
+        try:
+            row = _row(store, rid, analysis_id, by, sweep)
+        except (KMAError, KeyError, ValueError, TypeError, OSError) as e:
+            skipped[rid] = f"run {rid}: skipped: its analysis cannot be read ({type(e).__name__}: {str(e)[:150]})"
             continue
-        run = store.open_run(info.run_id)
-        if sweep and run.attrs.get("sweep") != sweep:
-            continue
-        ids = list_analyses(run)
-        if analysis_id:
-            aid = analysis_id if analysis_id in ids else None
-        else:  # the most recent analysis of this run
-            aid = max(ids, key=lambda a: run.group[f"analyses/{a}"].attrs.get("created", ""), default=None)
-        if analysis_id and aid is None:
-            continue
-        results = [r for r in load_results(run, aid) if r.layer == "all"] if aid else []
-        row = {
-            "run_id": info.run_id,
-            "group": str(run.config.get(by, run.attrs.get(by, "-"))),
-            "status": info.status,
-            "train_loss": _last(run.metrics.get("train_loss")),
-            "val_loss": _last(run.metrics.get("val_loss")),
-            "val_accuracy": _last(run.metrics.get("val_accuracy")),
-            "analysis_id": aid,
-            "series": [],
-        }
-        for r in results:
-            lam = r.eigenvalues[r.residuals <= RELIABLE_RESIDUAL]
-            row["series"].append((r.window[1], float(np.abs(lam).max()) if lam.size else np.nan))
-        if results:
-            last = results[-1]
-            ok = last.residuals <= RELIABLE_RESIDUAL
-            lam = last.eigenvalues[ok]
-            row.update(
-                n_reliable=int(ok.sum()),
-                max_abs_reliable=float(np.abs(lam).max()) if lam.size else float("nan"),
-                min_dist_to_1=float(np.abs(lam - 1).min()) if lam.size else float("nan"),
-                last_eigenvalues=last.eigenvalues, last_residuals=last.residuals,
-            )
-        rows.append(row)
+        if row is not None:
+            rows.append(row)
     if not rows:
-        raise KMAError(f"no finished runs{' with analysis ' + analysis_id if analysis_id else ''} in {store.url}")
+        raise KMAError(f"no finished runs{' with analysis ' + analysis_id if analysis_id else ''} in {store.url}"
+                       + (f" ({len(skipped)} skipped: {next(iter(skipped.values()))})" if skipped else ""))
     return rows
+
+
+def _row(store: TrajectoryStore, rid: str, analysis_id, by: str, sweep) -> dict | None:
+    run = store.open_run(rid)
+    if sweep and run.attrs.get("sweep") != sweep:
+        return None
+    ids = list_analyses(run)
+    if analysis_id:
+        aid = analysis_id if analysis_id in ids else None
+    else:  # the most recent analysis of this run
+        aid = max(ids, key=lambda a: run.group[f"analyses/{a}"].attrs.get("created", ""), default=None)
+    if analysis_id and aid is None:
+        return None
+    results = [r for r in load_results(run, aid) if r.layer == "all"] if aid else []
+    row = {
+        "run_id": rid,
+        "group": str(run.config.get(by, run.attrs.get(by, "-"))),
+        "status": run.status,
+        "train_loss": _last(run.metrics.get("train_loss")),
+        "val_loss": _last(run.metrics.get("val_loss")),
+        "val_accuracy": _last(run.metrics.get("val_accuracy")),
+        "analysis_id": aid,
+        "series": [],
+    }
+    for r in results:
+        lam = r.eigenvalues[r.residuals <= RELIABLE_RESIDUAL]
+        row["series"].append((r.window[1], float(np.abs(lam).max()) if lam.size else np.nan))
+    if results:
+        last = results[-1]
+        ok = last.residuals <= RELIABLE_RESIDUAL
+        lam = last.eigenvalues[ok]
+        row.update(
+            n_reliable=int(ok.sum()),
+            max_abs_reliable=float(np.abs(lam).max()) if lam.size else float("nan"),
+            min_dist_to_1=float(np.abs(lam - 1).min()) if lam.size else float("nan"),
+            last_eigenvalues=last.eigenvalues, last_residuals=last.residuals,
+        )
+    return row
 
 
 def table(rows: list[dict]) -> str:

@@ -14,24 +14,64 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .yamlload import join_path, load_file, load_text
 
-Grid = Union[Any, list]  # a scalar, or a list of values to sweep over
+MAX_GRID = 10_000  # variants above which a sweep asks for confirmation (or --yes)
+MAX_SEEDS = 1_000_000  # ``seeds: N`` expands to a list: N is bounded before it is built
+MAX_NAME = 256  # MLflow's experiment-name column is VARCHAR(256) (enforced on PostgreSQL)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "32" is not an integer, 1 is not True; a non-finite float is refused
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _show(x) -> str:
+    if isinstance(x, str):
+        return f"the string {x[:40]!r}"
+    return f"{type(x).__name__} {str(x)[:40]}"
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a name"}
+
+
+def _is_kind(x, kind) -> bool:
+    if isinstance(x, bool):
+        return False
+    if kind is float:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, kind)
+
+
+def _grid_check(kind):
+    """A grid field holds one value or a non-empty list of values, each of ``kind``."""
+
+    def check(v):
+        if isinstance(v, list) and not v:
+            raise ValueError("empty list: give at least one value (a list sweeps over its values)")
+        for x in _as_list(v):
+            if not _is_kind(x, kind):
+                raise ValueError(f"expected {_KIND_NAMES[kind]} or a list of them, got {_show(x)}")
+        return v
+
+    return BeforeValidator(check)
+
+
+IntGrid = Annotated[Union[int, list[int]], _grid_check(int)]
+FloatGrid = Annotated[Union[float, list[float]], _grid_check(float)]
+NameGrid = Annotated[Union[str, list[str]], _grid_check(str)]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -40,8 +80,8 @@ class MultiscaleTask(_Strict):
 
     name: Literal["multiscale"] = "multiscale"
     n_points: int = Field(256, ge=8)
-    frequencies: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0])
-    amplitudes: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25])
+    frequencies: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0], min_length=1)
+    amplitudes: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25], min_length=1)
     noise: float = Field(0.0, ge=0.0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
@@ -75,9 +115,9 @@ TaskConfig = Union[MultiscaleTask, DigitsTask, BlobsTask]
 # --------------------------------------------------------------------------- parts
 class ModelGrid(_Strict):
     family: Literal["mlp", "cnn"] = "mlp"
-    depth: Union[int, list[int]] = 2
-    width: Union[int, list[int]] = 32
-    activation: Union[str, list[str]] = "tanh"
+    depth: IntGrid = 2
+    width: IntGrid = 32
+    activation: NameGrid = "tanh"
 
     @field_validator("depth", "width")
     @classmethod
@@ -88,8 +128,8 @@ class ModelGrid(_Strict):
 
 
 class OptimizerGrid(_Strict):
-    name: Union[str, list[str]] = "adam"
-    lr: Union[float, list[float]] = 1e-3
+    name: NameGrid = "adam"
+    lr: FloatGrid = 1e-3
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
 
@@ -104,7 +144,16 @@ class OptimizerGrid(_Strict):
 class SnapshotPolicy(_Strict):
     every: int = Field(1, ge=1)
     unit: Literal["epoch", "step"] = "epoch"
-    layers: Union[Literal["all"], list[str]] = "all"
+    layers: Union[Literal["all"], Annotated[list[str], Field(min_length=1)]] = "all"
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("empty list: give 'all' or at least one module name")
+        if not (v == "all" or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+            raise ValueError(f"expected 'all' or a list of module names, got {_show(v)}")
+        return v
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
@@ -128,13 +177,13 @@ class SweepConfig(_Strict):
     """A whole sweep (one YAML file)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    seeds: Union[int, list[int]] = Field(default_factory=lambda: [0])
+    seed: int = Field(0, ge=0)
+    seeds: IntGrid = Field(default_factory=lambda: [0])
     task: TaskConfig = Field(default_factory=MultiscaleTask, discriminator="name")
     model: ModelGrid = Field(default_factory=ModelGrid)
-    init: Union[str, list[str]] = "kaiming"
+    init: NameGrid = "kaiming"
     optimizer: OptimizerGrid = Field(default_factory=OptimizerGrid)
-    loss: Union[str, list[str]] = "mse"
+    loss: NameGrid = "mse"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     snapshot: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
@@ -142,15 +191,22 @@ class SweepConfig(_Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     store: str | None = None  # default store URL (the command line wins)
 
+    @field_validator("name")
+    @classmethod
+    def _name_length(cls, v):
+        if len(v) > MAX_NAME:  # it names the MLflow experiment
+            raise ValueError(f"{len(v)} characters; at most {MAX_NAME} (MLflow's limit for an experiment name)")
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v):
         if isinstance(v, int):
-            if v < 1:
-                raise ValueError("seeds as a count must be >= 1")
+            if not 1 <= v <= MAX_SEEDS:
+                raise ValueError(f"seeds as a count must be between 1 and {MAX_SEEDS:,}")
             return list(range(v))
-        if not v:
-            raise ValueError("seeds must not be empty")
+        if any(x < 0 for x in v):
+            raise ValueError("replica seeds must be >= 0")
         return v
 
 
@@ -198,40 +254,52 @@ class Variant(_Strict):
         return None  # depends on the data size; the store grows as needed
 
 
+def _axes(cfg: SweepConfig) -> list[tuple[str, list]]:
+    """The grid's axes, ``(config path, values)``, in expansion order."""
+    m, o = cfg.model, cfg.optimizer
+    return [
+        ("model.depth", [int(x) for x in _as_list(m.depth)]),
+        ("model.width", [int(x) for x in _as_list(m.width)]),
+        ("model.activation", [str(x) for x in _as_list(m.activation)]),
+        ("init", [str(x) for x in _as_list(cfg.init)]),
+        ("optimizer.name", [str(x) for x in _as_list(o.name)]),
+        ("optimizer.lr", [float(x) for x in _as_list(o.lr)]),
+        ("loss", [str(x) for x in _as_list(cfg.loss)]),
+        ("seeds", [int(x) for x in cfg.seeds]),
+    ]
+
+
+def grid_size(cfg: SweepConfig) -> int:
+    """Number of variants :func:`expand` would produce, counted without building them."""
+    return math.prod(len(values) for _, values in _axes(cfg))
+
+
 def expand(cfg: SweepConfig) -> list[Variant]:
     """All variants of the sweep grid, in a stable order, with unique run ids."""
     m, o = cfg.model, cfg.optimizer
-    axes = [
-        _as_list(m.depth),
-        _as_list(m.width),
-        _as_list(m.activation),
-        _as_list(cfg.init),
-        _as_list(o.name),
-        _as_list(o.lr),
-        _as_list(cfg.loss),
-        list(cfg.seeds),
-    ]
+    axes = [values for _, values in _axes(cfg)]
+    torch_seeds = {  # one per replica, shared by every variant of that replica
+        seed: int(np.random.SeedSequence(cfg.seed, spawn_key=(seed,)).generate_state(1)[0])
+        for seed in axes[-1]
+    }
     variants = []
     for depth, width, act, init, opt, lr, loss, seed in itertools.product(*axes):
-        torch_seed = int(
-            np.random.SeedSequence(cfg.seed, spawn_key=(int(seed),)).generate_state(1)[0]
-        )
         variants.append(
             Variant(
                 sweep=cfg.name,
-                seed=int(seed),
-                torch_seed=torch_seed,
+                seed=seed,
+                torch_seed=torch_seeds[seed],
                 task=cfg.task,
                 family=m.family,
-                depth=int(depth),
-                width=int(width),
-                activation=str(act),
-                init=str(init),
-                optimizer=str(opt),
-                lr=float(lr),
+                depth=depth,
+                width=width,
+                activation=act,
+                init=init,
+                optimizer=opt,
+                lr=lr,
                 momentum=o.momentum,
                 weight_decay=o.weight_decay,
-                loss=str(loss),
+                loss=loss,
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
                 snapshot=cfg.snapshot,
@@ -245,14 +313,20 @@ def expand(cfg: SweepConfig) -> list[Variant]:
 
 
 # --------------------------------------------------------------------------- loading
+_TYPE_ERRORS = {"int_type", "float_type", "string_type", "bool_type", "list_type", "dict_type",
+                "model_type", "int_from_float", "literal_error", "finite_number"}
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in _TAGS))
+    path = join_path([p for p in first["loc"] if not _is_tag(p)])
     kind = first["type"]
     if kind == "extra_forbidden":
         msg = "unknown key"
     else:
         msg = first["msg"].removeprefix("Value error, ")
+        if kind in _TYPE_ERRORS and "input" in first:
+            msg += f", got {_show(first['input'])}"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
     return f"{source}: {path or '<top>'}: {msg}{more}"
 
@@ -260,18 +334,30 @@ def _format_error(source: str, err: ValidationError) -> str:
 _TAGS = {"multiscale", "digits", "blobs"}
 
 
-def parse_overrides(overrides: list[str] | None) -> dict:
+def _is_tag(p) -> bool:
+    """A union member's tag in an error location (``list[int]``, ``multiscale``)."""
+    return isinstance(p, str) and (p in _TAGS or "[" in p or p in {"int", "float", "str", "bool"})
+
+
+def parse_overrides(overrides: list[str] | None, source: str = "override") -> dict:
     """``["model.depth=[2,4]", "epochs=3"]`` → nested dict (values parsed as YAML)."""
     out: dict = {}
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. epochs=5")
+            raise ConfigError(f"{source}: override {item!r}: expected KEY=VALUE, e.g. epochs=5")
         key, value = item.split("=", 1)
-        node = out
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"{source}: override {item!r}: expected KEY=VALUE with a dotted key, "
+                              "e.g. model.depth=4")
+        parsed = load_text(value, f"{source}: {key.strip()}", what=f"override value {value!r} is not valid YAML")
+        node = out
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):  # `a=1 a.b=2`: the later override wins
+                child = node[p] = {}
+            node = child
+        node[parts[-1]] = parsed
     return out
 
 
@@ -282,41 +368,60 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def validate(data: Any, source: str = "config") -> SweepConfig:
-    """Validate a mapping into a :class:`SweepConfig`; ConfigError with the path if not."""
+def _check_finite(data: Any, source: str, path: list) -> None:
+    """Every number in the raw config is finite (``.nan``/``.inf`` are YAML floats)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{source}: {join_path(path) or '<top>'}: must be a finite number, got {data}")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_finite(v, source, [*path, k])
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_finite(v, source, [*path, i])
+
+
+def validate(data: Any, source: str = "config", *, names: bool = True) -> SweepConfig:
+    """Validate a mapping into a :class:`SweepConfig`; ConfigError with the path if not.
+
+    ``names=False`` leaves the registry names (which import torch, seconds) to a later
+    :func:`check_names`, so that a grid can be counted and refused at once.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
+    _check_finite(data, source, [])
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
-    _check_names(cfg, source)
+    _check_axes(cfg, source)
+    if names:
+        check_names(cfg, source)
     return cfg
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+def load(path: str | Path, overrides: list[str] | None = None, *, names: bool = True) -> SweepConfig:
     """Read, merge ``KEY=VALUE`` overrides into, and validate a sweep YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    data = load_file(path)
+    over = parse_overrides(overrides, str(path))
     if data is None:
         data = {}
     if isinstance(data, dict):
-        data = _merge(data, parse_overrides(overrides))
-    return validate(data, str(path))
+        data = _merge(data, over)
+    return validate(data, str(path), names=names)
 
 
-def _check_names(cfg: SweepConfig, source: str) -> None:
+def _check_axes(cfg: SweepConfig, source: str) -> None:
+    """No value twice in a grid list (it would train the same variant twice)."""
+    for path, values in _axes(cfg):
+        seen = set()
+        for x in values:
+            if x in seen:
+                raise ConfigError(f"{source}: {path}: {x!r} is listed twice; a grid lists each value once")
+            seen.add(x)
+
+
+def check_names(cfg: SweepConfig, source: str) -> None:
     """Registry names (activation, init, optimizer, loss) must exist."""
     from . import inits, losses, models, optim
 

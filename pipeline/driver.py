@@ -49,6 +49,7 @@ class SweepSummary:
     diverged: list[str] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
     analyzed: list[str] = field(default_factory=list)
+    analysis_failed: dict[str, str] = field(default_factory=dict)
 
 
 def init_ray(address: str | None, console: Console):
@@ -107,8 +108,14 @@ def run_sweep(
     max_parallel: int | None = None,
     analyze: bool | None = None,
     console: Console | None = None,
+    source: str = "config",
 ) -> SweepSummary:
-    """Train every unfinished variant of ``cfg``, register all of them, then analyse."""
+    """Train every unfinished variant of ``cfg``, register all of them, then analyse.
+
+    Everything checkable is refused before Ray starts: model sizes, and (for a local
+    Ray) each variant's resources against this machine; a cluster's nodes are checked
+    after connecting, before anything is submitted. ``source`` names the config in errors.
+    """
     console = console or Console()
     store_url = store_url or cfg.store or DEFAULT_STORE
     if max_parallel is not None and max_parallel < 1:
@@ -118,9 +125,14 @@ def run_sweep(
     variants = expand(cfg)
     for v in variants:  # generated ids follow the rule by construction; a bug if not
         check_run_id(v.run_id, what="generated run id")
+    from . import capacity
     from .runner import preflight
 
-    preflight(variants)
+    sizes = preflight(variants)
+    capacity.check_model_sizes(variants, sizes, source)
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a local Ray gets this machine's cores: check before starting it
+        capacity.check_fits(variants, sizes, [capacity.local_machine()], "this machine", source)
     tracker = Tracker(tracking_uri)
     store = TrajectoryStore(store_url)
     store.check_writable()
@@ -150,7 +162,13 @@ def run_sweep(
                 summary.registered.append(rid)
 
         if todo:
-            _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases)
+            def check_cluster(ray):
+                if address:
+                    capacity.check_fits(todo, sizes, capacity.ray_machines(ray),
+                                        f"the Ray cluster at {address}", source)
+
+            _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
+                       check=check_cluster)
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
@@ -162,24 +180,45 @@ def run_sweep(
         # runs that already have this analysis keep it (kma analyze redoes one on request)
         todo_analysis = [v.run_id for v in variants if store.status(v.run_id) in FINISHED
                          and params.analysis_id not in list_analyses(store.open_run(v.run_id))]
+        todo_analysis = _skip_short_diverged(store, todo_analysis, params, console)
         if todo_analysis:
             report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)
             summary.analyzed = [r for r, err in report.items() if err is None]
+            summary.analysis_failed = {r: err for r, err in report.items() if err is not None}
 
     console.info(
         f"sweep {cfg.name}: trained {len(summary.trained)}, skipped {len(summary.skipped)}, "
         + (f"held by another sweep {len(summary.held)}, " if summary.held else "")
         + f"diverged {len(summary.diverged)}, failed {len(summary.failed)}, "
         f"newly registered in MLflow {len(summary.registered)}"
+        + (f", analysis failed {len(summary.analysis_failed)}" if summary.analysis_failed else "")
     )
     for rid, err in summary.failed.items():
         console.error(f"  failed: {rid}: {err.splitlines()[0] if err else 'unknown error'}")
     return summary
 
 
-def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None):
+def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
+    """A run that diverged before it had enough snapshots for a window is a result
+    (exit code 0), not an analysis failure: say so and leave it out."""
+    need = max(2, params.window or 2)
+    keep = []
+    for rid in run_ids:
+        run = store.open_run(rid)
+        if run.status == "diverged" and run.n_snapshots < need:
+            console.info(f"run {rid}: diverged after {run.n_snapshots} snapshot(s), too few to analyse "
+                         f"(need {need})")
+        else:
+            keep.append(rid)
+    return keep
+
+
+def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None):
     ray = init_ray(ray_address, console)
     from ray.exceptions import RayError
+
+    if check is not None:  # resources against the cluster's nodes, before submitting
+        check(ray)
 
     gpus = ray.cluster_resources().get("GPU", 0)
     train = _train_remote()

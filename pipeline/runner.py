@@ -49,25 +49,31 @@ def build_parts(variant: Variant, device: str = "cpu"):
     return task, model, layout
 
 
-def preflight(variants: list[Variant]) -> None:
+def preflight(variants: list[Variant]) -> dict[str, tuple[int, int]]:
     """Check, before anything trains, that every variant's model builds and its snapshot
-    layers exist (models are built on the ``meta`` device: no memory, no compute)."""
+    layers exist (models are built on the ``meta`` device: no memory, no compute).
+
+    Returns ``{run_id: (parameters of the model, parameters in its snapshots)}``.
+    """
     seen: dict = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for v in variants:
         key = (v.task.model_dump_json(), v.family, v.depth, v.width, v.activation,
                str(v.snapshot.layers))
-        if key in seen:
-            continue
-        task = build_task(v.task.name, seed=0, **v.task.model_dump(exclude={"name"}))
-        with torch.device("meta"):
-            model = build_model(v.family, task.in_dim, task.out_dim, v.depth, v.width, v.activation)
-        layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
-        if v.snapshot.layers != "all":
-            try:
-                layout.select(v.snapshot.layers)
-            except KMAError as e:
-                raise KMAError(f"snapshot.layers of {v.run_id}: {e}") from None
-        seen[key] = layout.size
+        if key not in seen:
+            task = build_task(v.task.name, seed=0, **v.task.model_dump(exclude={"name"}))
+            with torch.device("meta"):
+                model = build_model(v.family, task.in_dim, task.out_dim, v.depth, v.width, v.activation)
+            layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+            n_model = layout.size
+            if v.snapshot.layers != "all":
+                try:
+                    layout = layout.select(v.snapshot.layers)
+                except KMAError as e:
+                    raise KMAError(f"snapshot.layers of {v.run_id}: {e}") from None
+            seen[key] = (int(n_model), int(layout.size))
+        sizes[v.run_id] = seen[key]
+    return sizes
 
 
 def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:

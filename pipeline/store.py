@@ -76,7 +76,9 @@ def make_store(url: str, *, read_only: bool = False):
 
     url = str(url)
     if "://" not in url or url.startswith("file://"):
-        path = Path(url.removeprefix("file://")).expanduser()
+        # absolute: zarr's LocalStore.list_prefix strips its root with str.replace, which
+        # mangles keys under a relative root ("s/runs/a" -> "runa"): chunks look missing
+        path = Path(url.removeprefix("file://")).expanduser().absolute()
         if not read_only:
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -85,10 +87,29 @@ def make_store(url: str, *, read_only: bool = False):
         elif not path.exists():
             raise StoreError(f"store {url}: no such directory")
         return zarr.storage.LocalStore(path, read_only=read_only)
+    # an unreachable endpoint fails within seconds, not botocore's default minute per try
+    options = {"config_kwargs": {"connect_timeout": 10}} if url.startswith(("s3://", "s3a://")) else None
     try:
-        return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
+        store = zarr.storage.FsspecStore.from_url(url, read_only=read_only, storage_options=options)
     except (ImportError, ValueError) as e:
         raise StoreError(f"store {url}: {e}") from None
+    _probe(store, url)
+    return store
+
+
+def _probe(store, url: str) -> None:
+    """One request to a remote store, so that missing credentials or a dead endpoint are
+    one line here, not a traceback from the first of many concurrent reads."""
+    from zarr.core.sync import sync
+
+    try:
+        sync(store.exists("zarr.json"))
+    except Exception as e:  # noqa: BLE001 - botocore, aiohttp, gcsfs...: any failure is "unreachable"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        hint = ""
+        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            hint = "; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        raise StoreError(f"store {url}: cannot reach it ({type(e).__name__}: {first}){hint}") from None
 
 
 def canonical_url(url: str) -> str:
@@ -260,22 +281,18 @@ class TrajectoryStore:
             except StoreError:
                 out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid)))
                 continue
-            status = attrs.get("status", "running")
+            try:  # garbled attributes list the run as corrupt, never a traceback
+                n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
+                n_snapshots = int(attrs.get("n_snapshots", 0))
+            except (ValueError, TypeError, KeyError):
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid)))
+                continue
+            # every writer sets a status at once: a run without one is damaged, not running
+            status = attrs.get("status", "corrupt")
             if status == "running" and not is_live(self, rid):
                 status = INTERRUPTED
-            n_params = sum(int(r["size"]) for r in attrs.get("layout", []))
-            out.append(
-                RunInfo(
-                    rid,
-                    status,
-                    int(attrs.get("n_snapshots", 0)),
-                    n_params,
-                    attrs.get("created"),
-                    attrs.get("updated"),
-                    is_valid(rid),
-                    attrs.get("error"),
-                )
-            )
+            out.append(RunInfo(rid, status, n_snapshots, n_params, attrs.get("created"),
+                               attrs.get("updated"), is_valid(rid), attrs.get("error")))
         return out
 
     # -- reading -------------------------------------------------------------------

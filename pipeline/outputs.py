@@ -1,0 +1,70 @@
+"""Output paths the user names (``--json PATH``, ``--plots DIR``, ``--out DIR``).
+
+They are checked before any work (:func:`check_file`, :func:`check_dir`), so a typo
+costs nothing; a file is written atomically (:func:`write_text_atomic`): a temporary
+file beside it, renamed over it, and removed again if anything fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import KMAError
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p`` itself or the closest ancestor that exists (folders are created later)."""
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(p: Path, flag: str) -> None:
+    """Every missing folder on the way to ``p`` can be created."""
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise KMAError(f"{flag} {p}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise KMAError(f"{flag} {p}: cannot write in {base} (permission denied or read-only)")
+
+
+def check_file(path: str | os.PathLike, flag: str) -> None:
+    """A file ``path`` can be written: not a folder, and its folder exists or can be made."""
+    p = Path(path)
+    if p.is_dir():
+        raise KMAError(f"{flag} {p}: is a folder; give a file name")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise KMAError(f"{flag} {p}: the file exists and is not writable")
+    _check_creatable(p.parent, flag)
+
+
+def check_dir(path: str | os.PathLike, flag: str) -> None:
+    """Files can be written into folder ``path`` (which may not exist yet)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise KMAError(f"{flag} {p}: is a file; give a folder")
+    _check_creatable(p, flag)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, flag: str) -> None:
+    """Write ``text`` to ``path`` all at once or not at all (no temporary file left)."""
+    p = Path(path)
+    tmp = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as e:
+        raise KMAError(f"{flag} {p}: cannot write ({e.strerror or e})") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
