@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["qr", "randomized"], default="qr")
     p.add_argument("--rank", type=int, default=None, help="target rank (randomized) / truncation rank")
     p.add_argument("--tol", type=float, default=None, help="relative singular-value truncation tolerance")
+    p.add_argument("--threshold", choices=["gavish-donoho"], default=None,
+                   help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
     p.add_argument("--window", type=int, default=None, help="window width W in snapshots (default: whole run)")
     p.add_argument("--stride", type=int, default=None, help="window stride S (default: W)")
     p.add_argument("--per-layer", action="store_true", help="also analyse every layer separately")
@@ -100,7 +102,8 @@ def cmd_sweep(args, console) -> int:
 def cmd_analyze(args, console) -> int:
     from .analysis import AnalysisParams, analyze_store
 
-    params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, window=args.window,
+    params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, threshold=args.threshold,
+                            window=args.window,
                             stride=args.stride, per_layer=args.per_layer, modes=args.modes, seed=args.seed)
     report = analyze_store(
         args.store,
@@ -127,18 +130,42 @@ def cmd_ingest(args, console) -> int:
 def cmd_runs(args, console) -> int:
     from .store import TrajectoryStore
 
-    runs = TrajectoryStore(args.store, read_only=True).runs()
+    store = TrajectoryStore(args.store, read_only=True)
+    runs = store.runs()
     if args.as_json:
-        print(json.dumps([r.__dict__ for r in runs], indent=2))
+        print(json.dumps([{**r.__dict__, **_analyses_json(store, r.run_id)} for r in runs], indent=2))
         return 0
     if not runs:
         print(f"no runs in {args.store}")
         return 0
     w = max(len("RUN"), *(len(r.run_id) for r in runs))
-    print(f"{'RUN':<{w}}  {'STATUS':<9} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  UPDATED")
+    print(f"{'RUN':<{w}}  {'STATUS':<9} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} ANALYSES")
     for r in runs:
-        print(f"{r.run_id:<{w}}  {r.status:<9} {r.n_snapshots:>9} {r.n_parameters:>11}  {r.updated or ''}")
+        print(f"{r.run_id:<{w}}  {r.status:<9} {r.n_snapshots:>9} {r.n_parameters:>11}  "
+              f"{r.updated or '':<25} {_analyses_cell(store, r.run_id)}")
     return 0
+
+
+def _analyses_json(store, run_id) -> dict:
+    from .analysis import list_analyses, outdated_analyses
+
+    try:
+        run = store.open_run(run_id)
+        return {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return {}
+
+
+def _analyses_cell(store, run_id) -> str:
+    """``N`` analyses, ``(M outdated: ids)`` when an older engine made some of them."""
+    from .analysis import list_analyses, outdated_analyses
+
+    try:
+        run = store.open_run(run_id)
+        ids, old = list_analyses(run), outdated_analyses(run)
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return "?"
+    return f"{len(ids)}" + (f" ({len(old)} outdated: {', '.join(old)}; re-run kma analyze)" if old else "")
 
 
 def cmd_compare(args, console) -> int:

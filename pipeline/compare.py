@@ -36,7 +36,8 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
         ids = list_analyses(run)
         if analysis_id:
             aid = analysis_id if analysis_id in ids else None
-        else:  # the most recent analysis of this run
+        else:  # the most recent current analysis of this run (else the most recent outdated one)
+            ids = list_analyses(run, outdated=False) or ids
             aid = max(ids, key=lambda a: run.group[f"analyses/{a}"].attrs.get("created", ""), default=None)
         if analysis_id and aid is None:
             continue
@@ -52,11 +53,11 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
             "series": [],
         }
         for r in results:
-            lam = r.eigenvalues[r.residuals <= RELIABLE_RESIDUAL]
+            lam = r.eigenvalues[r.reliable(RELIABLE_RESIDUAL)]
             row["series"].append((r.window[1], float(np.abs(lam).max()) if lam.size else np.nan))
         if results:
             last = results[-1]
-            ok = last.residuals <= RELIABLE_RESIDUAL
+            ok = last.reliable(RELIABLE_RESIDUAL)
             lam = last.eigenvalues[ok]
             row.update(
                 n_reliable=int(ok.sum()),
