@@ -23,14 +23,16 @@ enhancements", SIAM J. Sci. Comput. 40(4), 2018; LAPACK ``xGEDMD``, Drmač, LAWN
    compressed factor, everything the compression kept), as in xGEDMD. With
    ``refine=True`` (the default) the refined Ritz vectors minimise that residual over
    unit vectors of ``span(U_k)`` (smallest right singular vector of ``B - λ_i U_k``,
-   computed in ``2k`` coordinates);
+   computed in ``2k`` coordinates). A window whose residuals are not informative
+   (see ``DMDResult.informative``) keeps the plain Ritz vectors: no pair of it can be
+   certified, and refinement would cost ``O(k^4)`` there;
 5. certification: a residual is never reported below ``residual_floor``, what the
    input can certify: ``(factor_error + u64 (√m + n) σ_max) ||d_i||`` with
    ``r_i = X d_i`` the residual as a combination of the snapshots (see
    ``shared/NUMERICS.md``); ``factor_error`` is the caller's bound on the absolute
    error of ``X``'s columns (a Gram-derived factor: its resolution);
 6. unit circle: ``κ_i = 1/|y_i^H w_i|`` from unit left/right eigenvectors of the
-   Rayleigh quotient; first order, a true eigenvalue lies within ``κ_i r_i`` of
+   Rayleigh quotient (left ones from ``W^{-1}``); first order, a true eigenvalue lies within ``κ_i r_i`` of
    ``λ_i``: ``"inside"`` if ``|λ_i| + κ_i r_i < 1``, ``"outside"`` if
    ``|λ_i| - κ_i r_i > 1``, else ``"uncertain"``;
 7. amplitudes: least-squares fit of the first snapshot onto the Ritz vectors.
@@ -53,7 +55,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 
 __all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega", "noise_cut",
            "dtype_roundoff"]
@@ -262,15 +263,12 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) ->
     Uk, sk = U[:, :k], s[:k]
     B = (X2 @ Vh[:k].T) / sk                      # (m, k) = A U_k
     S = Uk.T @ B                                  # (k, k) Rayleigh quotient
-    lam, Yl, W0 = scipy.linalg.eig(S, left=True, right=True)
+    lam, W0 = np.linalg.eig(S)
     order = _sort_order(lam)
-    lam = lam[order].astype(np.complex128)
-    W0, Yl = W0[:, order].astype(np.complex128), Yl[:, order].astype(np.complex128)
-    W0 /= np.linalg.norm(W0, axis=0)
-    Yl /= np.linalg.norm(Yl, axis=0)
-    with np.errstate(divide="ignore"):
-        kappa = 1.0 / np.abs(np.sum(Yl.conj() * W0, axis=0))
-    if refine:
+    lam, W0 = lam[order].astype(np.complex128), W0[:, order].astype(np.complex128)
+    kappa = _conditions(W0)
+    informative = 2 * k <= min(n - 1, shape[0])
+    if refine and informative:   # uninformative windows: nothing to certify, keep O(k^3)
         W, res = _refine(Uk, B, lam)
     else:
         W = W0
@@ -280,16 +278,28 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) ->
     dn = np.sqrt(np.sum(np.abs(np.vstack([-lam * c, np.zeros((1, k))])
                               + np.vstack([np.zeros((1, k)), c])) ** 2, axis=0))
     # the small problem's own rounding (SVD and products of the data), ~u64 (√rows + n)
-    arith = U64 * (np.sqrt(max(m, shape[0])) + n) * float(np.linalg.norm(X[:, :-1], 2))
+    norm_x1 = s[0] if not scale else float(np.linalg.norm(X[:, :-1]))   # (Frobenius ≥ 2-norm)
+    arith = U64 * (np.sqrt(max(m, shape[0])) + n) * norm_x1
     floors = (factor_error + arith) * dn
     res = np.maximum(res, floors)
     rad = kappa * res
     circle = tuple("inside" if abs(li) + ri < 1 else "outside" if abs(li) - ri > 1
                    else "uncertain" for li, ri in zip(lam, rad))
-    informative = 2 * k <= min(n - 1, shape[0])
     Z = Uk @ W
     amp = np.linalg.lstsq(Z, X[:, 0].astype(np.complex128), rcond=None)[0]
     return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped)
+
+
+def _conditions(W0):
+    """Eigenvalue condition numbers ``1/|y_i^H x_i|`` (unit left/right eigenvectors): with
+    unit columns ``x_i`` of ``W0``, the left eigenvectors are the rows of ``W0^{-1}`` and
+    ``κ_i`` is the norm of row ``i`` (``y_i^H x_i = 1`` before normalising ``y_i``)."""
+    W0 = W0 / np.linalg.norm(W0, axis=0)
+    try:
+        Winv = np.linalg.inv(W0)
+    except np.linalg.LinAlgError:                 # defective: no finite bound
+        return np.full(W0.shape[1], np.inf)
+    return np.maximum(np.linalg.norm(Winv, axis=1), 1.0)
 
 
 def _refine(Uk, B, lam):
