@@ -63,7 +63,7 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
                 n_reliable=int(ok.sum()),
                 max_abs_reliable=float(np.abs(lam).max()) if lam.size else float("nan"),
                 min_dist_to_1=float(np.abs(lam - 1).min()) if lam.size else float("nan"),
-                last_eigenvalues=last.eigenvalues, last_residuals=last.residuals,
+                last_eigenvalues=last.eigenvalues, last_residuals=last.residuals, last_reliable=ok,
             )
         rows.append(row)
     if not rows:
@@ -126,8 +126,7 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
         ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
         for r in rows:
             if r["group"] == g and "last_eigenvalues" in r:
-                lam, res = r["last_eigenvalues"], r["last_residuals"]
-                ok = res <= RELIABLE_RESIDUAL
+                lam, ok = r["last_eigenvalues"], r["last_reliable"]
                 ax.scatter(lam[ok].real, lam[ok].imag, s=10, color=color[g])
                 ax.scatter(lam[~ok].real, lam[~ok].imag, s=8, color="0.75", marker="x")
         ax.set_aspect("equal")

@@ -20,6 +20,7 @@ float64 level.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import dask.array as da
@@ -28,8 +29,6 @@ from threadpoolctl import threadpool_limits
 
 from .compress import compress
 from .windows import window_factors
-import logging
-
 from .core import _validate_rank_args, dmd, dtype_roundoff
 from .factor import Factor, KoopmanInputError, as_dask, validate_groups
 
@@ -68,9 +67,10 @@ class WindowResult:
     def reliable(self, residual_tol: float) -> np.ndarray:
         """Per pair: the first-order error bound ``κ · residual`` is at most
         ``residual_tol`` and the window's residuals are informative."""
-        if not self.informative or self.conditions is None:
-            return np.zeros(self.residuals.size, bool) if not self.informative else \
-                self.residuals <= residual_tol
+        if not self.informative:
+            return np.zeros(self.residuals.size, bool)
+        if self.conditions is None:               # results of engine 1: residuals only
+            return self.residuals <= residual_tol
         return self.conditions * self.residuals <= residual_tol
 
 
