@@ -25,6 +25,7 @@ import numpy as np
 from .console import Console, DaskProgress
 from .errors import KMAError
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
+from .koopman.core import dtype_roundoff, unit_circle_verdicts
 from .store import FINISHED, Run, TrajectoryStore, _now
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 # data residual of the unit Ritz vector), is at most this: an absolute distance in the
 # λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
 RELIABLE_RESIDUAL = 1e-2
-_STORAGE_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8,
-                     "float64": 2.0 ** -53}
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
     """
     check_analyzable(run)
     groups = run.layout.layer_ranges()
-    u = _STORAGE_ROUNDOFF.get(str(run.attrs.get("stored_dtype", "float32")))
+    u = dtype_roundoff(run.attrs.get("stored_dtype", "float32"))
     try:
         Y = run.weights()
         prefix = finite_prefix(Y) if run.status == "diverged" else None
@@ -221,18 +220,12 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
             extra = {}
             if kap is not None:      # engine >= 2 (older analyses: residuals only)
                 extra = dict(residual_floors=floors[i, :n], conditions=kap[i, :n],
-                             unit_circle=unit_circle(lam, kap[i, :n] * res[i, :n]),
+                             unit_circle=unit_circle_verdicts(lam, kap[i, :n] * res[i, :n]),
                              informative=bool(info[i]))
             out.append(WindowResult(
                 layer, (int(w[0]), int(w[1])), lam, amp[i, :n, 0] + 1j * amp[i, :n, 1],
                 res[i, :n], sv[i][np.isfinite(sv[i])], int(k), **extra))
     return out
-
-
-def unit_circle(lam, radius) -> tuple:
-    """``"inside"``/``"outside"``/``"uncertain"`` from ``|λ| ± radius`` (first order)."""
-    return tuple("inside" if abs(z) + q < 1 else "outside" if abs(z) - q > 1 else "uncertain"
-                 for z, q in zip(lam, radius))
 
 
 def list_analyses(run: Run, *, outdated: bool = True) -> list[str]:

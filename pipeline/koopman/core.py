@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega", "noise_cut",
-           "dtype_roundoff"]
+           "dtype_roundoff", "unit_circle_verdicts"]
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +282,17 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) ->
     arith = U64 * (np.sqrt(max(m, shape[0])) + n) * norm_x1
     floors = (factor_error + arith) * dn
     res = np.maximum(res, floors)
-    rad = kappa * res
-    circle = tuple("inside" if abs(li) + ri < 1 else "outside" if abs(li) - ri > 1
-                   else "uncertain" for li, ri in zip(lam, rad))
+    circle = unit_circle_verdicts(lam, kappa * res)
     Z = Uk @ W
     amp = np.linalg.lstsq(Z, X[:, 0].astype(np.complex128), rcond=None)[0]
     return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped)
+
+
+def unit_circle_verdicts(lam, radius) -> tuple:
+    """``"inside"`` if ``|λ| + radius < 1``, ``"outside"`` if ``|λ| − radius > 1``, else
+    ``"uncertain"`` (``radius = κ · residual``: first order)."""
+    return tuple("inside" if abs(z) + q < 1 else "outside" if abs(z) - q > 1 else "uncertain"
+                 for z, q in zip(lam, radius))
 
 
 def _conditions(W0):
