@@ -24,12 +24,17 @@ import numpy as np
 
 from .console import Console, DaskProgress
 from .errors import KMAError
-from .koopman import KoopmanDMD, WindowResult
+from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
+from .koopman.core import dtype_roundoff, unit_circle_verdicts
 from .store import FINISHED, Run, TrajectoryStore, _now
 
 log = logging.getLogger(__name__)
 
-RELIABLE_RESIDUAL = 1e-2  # residual below which a Ritz pair counts as reliable
+# A Ritz pair is reliable when its window's residuals are informative and the first-order
+# bound on its eigenvalue's error, κ · residual (condition number times the certified
+# data residual of the unit Ritz vector), is at most this: an absolute distance in the
+# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
+RELIABLE_RESIDUAL = 1e-2
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class AnalysisParams:
 
     def key(self) -> dict:
         d = asdict(self)
+        d["engine"] = ENGINE_VERSION
         d.pop("modes")
         if self.method != "randomized":
             for k in ("seed", "oversample", "n_power_iter"):
@@ -61,7 +67,7 @@ class AnalysisParams:
     def analysis_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
         w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
-        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-{digest}"
+        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
 
     def validate(self) -> None:
         """Check the parameters once, before any run is read (one line if wrong)."""
@@ -78,13 +84,18 @@ class AnalysisParams:
         except ValueError as e:
             raise KMAError(f"analysis parameters: {e}") from None
 
-    def estimator(self, scheduler=None) -> KoopmanDMD:
+    def estimator(self, scheduler=None, unit_roundoff=None) -> KoopmanDMD:
         return KoopmanDMD(
             method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
             window=self.window, stride=self.stride, per_layer=self.per_layer,
             oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
-            scheduler=scheduler,
+            scheduler=scheduler, unit_roundoff=unit_roundoff,
         )
+
+
+def is_outdated(params: dict) -> bool:
+    """A stored analysis' ``params`` come from an older engine (no ``engine`` key: 1)."""
+    return int(params.get("engine", 1)) < ENGINE_VERSION
 
 
 # --------------------------------------------------------------------------- one run
@@ -102,15 +113,39 @@ def check_analyzable(run: Run) -> None:
 
 
 def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
-    """Fit the estimator on a stored run (one pass over its weights)."""
+    """Fit the estimator on a stored run (one pass over its weights).
+
+    The default cut follows the run's storage dtype (``stored_dtype``: a bfloat16 run is
+    read as float32 but carries bfloat16's rounding). A ``diverged`` run is analysed on
+    its finite prefix: ``est.finite_prefix_`` is the number of snapshots used (None
+    when the whole run was).
+    """
     check_analyzable(run)
     groups = run.layout.layer_ranges()
+    u = dtype_roundoff(run.attrs.get("stored_dtype", "float32"))
     try:
-        return params.estimator(scheduler).fit(run.weights(), groups)
+        Y = run.weights()
+        prefix = finite_prefix(Y) if run.status == "diverged" else None
+        if prefix is not None:
+            if prefix < 2:
+                raise KMAError(f"diverged at snapshot {prefix}: fewer than 2 finite snapshots to analyse")
+            Y = Y[:prefix]
+        est = params.estimator(scheduler, unit_roundoff=u).fit(Y, groups)
+        est.finite_prefix_ = prefix
+        return est
     except KMAError as e:
         raise KMAError(f"run {run.run_id}: {e}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # corrupt / missing chunks
         raise KMAError(f"run {run.run_id}: cannot read its trajectory ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def finite_prefix(Y) -> int | None:
+    """Number of leading snapshots of ``Y`` (``T × P`` dask) with only finite values;
+    None when all are (one read pass, only for runs marked diverged)."""
+    import dask.array as da
+
+    bad = np.flatnonzero(~np.asarray(da.isfinite(Y).all(axis=1).compute()))
+    return int(bad[0]) if bad.size else None
 
 
 def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
@@ -143,6 +178,9 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "amplitudes": np.stack([amp.real, amp.imag], axis=-1),
             "residuals": _pad([r.residuals for r in rows], np.float64),
             "singular_values": _pad([r.singular_values for r in rows], np.float64),
+            "residual_floors": _pad([_or_nan(r.residual_floors, r) for r in rows], np.float64),
+            "conditions": _pad([_or_nan(r.conditions, r) for r in rows], np.float64),
+            "informative": np.array([bool(r.informative) for r in rows]),
         }
         for name, arr in arrays.items():
             lg.create_array(name, data=arr)
@@ -159,6 +197,10 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
     return aid
 
 
+def _or_nan(x, r):
+    return np.full(r.residuals.size, np.nan) if x is None else x
+
+
 def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
     """Read back a stored analysis as :class:`WindowResult` rows."""
     try:
@@ -169,40 +211,69 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
     for layer in g.attrs["layers"]:
         lg = g[layer]
         eig, amp, res, sv = (lg[k][...] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
+        keys = set(lg.array_keys())
+        floors, kap = (lg[k][...] if k in keys else None for k in ("residual_floors", "conditions"))
+        info = lg["informative"][...] if "informative" in keys else None
         for i, (w, k) in enumerate(zip(lg["windows"][...], lg["rank"][...])):
             n = int(np.isfinite(res[i]).sum())
+            lam = eig[i, :n, 0] + 1j * eig[i, :n, 1]
+            extra = {}
+            if kap is not None:      # engine >= 2 (older analyses: residuals only)
+                extra = dict(residual_floors=floors[i, :n], conditions=kap[i, :n],
+                             unit_circle=unit_circle_verdicts(lam, kap[i, :n] * res[i, :n]),
+                             informative=bool(info[i]))
             out.append(WindowResult(
-                layer, (int(w[0]), int(w[1])),
-                eig[i, :n, 0] + 1j * eig[i, :n, 1], amp[i, :n, 0] + 1j * amp[i, :n, 1],
-                res[i, :n], sv[i][np.isfinite(sv[i])], int(k)))
+                layer, (int(w[0]), int(w[1])), lam, amp[i, :n, 0] + 1j * amp[i, :n, 1],
+                res[i, :n], sv[i][np.isfinite(sv[i])], int(k), **extra))
     return out
 
 
-def list_analyses(run: Run) -> list[str]:
-    """Ids of the run's completely written analyses (an interrupted one is not listed)."""
+def list_analyses(run: Run, *, outdated: bool = True) -> list[str]:
+    """Ids of the run's completely written analyses (an interrupted one is not listed);
+    ``outdated=False`` leaves out those of an older engine (:func:`is_outdated`)."""
     try:
         group = run.group["analyses"]
     except KeyError:
         return []
-    return sorted(k for k in group.group_keys() if group[k].attrs.get("status") == "complete")
+    return sorted(k for k in group.group_keys() if group[k].attrs.get("status") == "complete"
+                  and (outdated or not is_outdated(dict(group[k].attrs.get("params", {})))))
 
 
-def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float) -> list[dict]:
-    """The ``--json`` rows (contract in the README)."""
+def outdated_analyses(run: Run) -> list[str]:
+    """Complete analyses of the run made by an older engine: kept, listed as outdated;
+    ``kma analyze`` with the same options stores a current one beside them."""
+    current = set(list_analyses(run, outdated=False))
+    return [a for a in list_analyses(run) if a not in current]
+
+
+def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float,
+                   finite_prefix: int | None = None) -> list[dict]:
+    """The ``--json`` rows (contract in the README). ``reliable``: see
+    :data:`RELIABLE_RESIDUAL`; ``finite_prefix``: a diverged run's snapshots analysed."""
     rows = []
     for r in results:
-        rows.append({
+        rel = r.reliable(residual_tol)
+        row = {
             "run_id": run_id,
             "layer": r.layer,
             "window": [int(r.window[0]), int(r.window[1])],
             "eigenvalues": [[float(z.real), float(z.imag)] for z in r.eigenvalues],
             "residuals": [float(x) for x in r.residuals],
             "amplitudes": [[float(z.real), float(z.imag)] for z in r.amplitudes],
-            "reliable": [bool(x <= residual_tol) for x in r.residuals],
+            "reliable": [bool(x) for x in rel],
+            "residual_floor": [float(x) for x in _or_nan(r.residual_floors, r)],
+            "condition": [float(x) for x in _or_nan(r.conditions, r)],
+            "unit_circle": list(r.unit_circle) or ["uncertain"] * r.residuals.size,
+            "residuals_informative": bool(r.informative),
             "singular_values": [float(x) for x in r.singular_values],
             "rank": int(r.rank),
             "analysis_id": aid,
-        })
+        }
+        if r.rank_requested is not None:
+            row["rank_requested"] = int(r.rank_requested)
+        if finite_prefix is not None:
+            row["finite_prefix"] = int(finite_prefix)
+        rows.append(row)
     return rows
 
 
@@ -210,7 +281,7 @@ def summary_metrics(results: list[WindowResult], residual_tol: float) -> dict[st
     """Per layer, per window (step = window end): counts and extremes of reliable eigenvalues."""
     out: dict[str, list[tuple[int, float]]] = {}
     for r in results:
-        ok = r.residuals <= residual_tol
+        ok = r.reliable(residual_tol)
         lam = r.eigenvalues[ok]
         step = int(r.window[1])
         vals = {
@@ -276,6 +347,9 @@ def analyze_runs(
             with DaskProgress(console, f"[{n}/{len(run_ids)}] {rid}"):
                 est = fit_run(run, params, scheduler)
                 modes = _modes(run, est, params) if params.modes else None
+            if getattr(est, "finite_prefix_", None) is not None:
+                console.info(f"[{n}/{len(run_ids)}] {rid}: diverged; analysed its finite prefix, "
+                             f"snapshots 0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
             _store_results(run, params, est, modes)
             if plots_dir:
                 figs = _figures_to(run, est, params, Path(plots_dir) / rid)
@@ -284,7 +358,8 @@ def analyze_runs(
             elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
                 with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
                     _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
-            records += result_records(rid, aid, est.results_, params.residual_tol)
+            records += result_records(rid, aid, est.results_, params.residual_tol,
+                                      getattr(est, "finite_prefix_", None))
             report[rid] = None
             console.info(
                 f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["qr", "randomized"], default="qr")
     p.add_argument("--rank", type=int, default=None, help="target rank (randomized) / truncation rank")
     p.add_argument("--tol", type=float, default=None, help="relative singular-value truncation tolerance")
+    p.add_argument("--threshold", choices=["gavish-donoho"], default=None,
+                   help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
     p.add_argument("--window", type=int, default=None, help="window width W in snapshots (default: whole run)")
     p.add_argument("--stride", type=int, default=None, help="window stride S (default: W)")
     p.add_argument("--per-layer", action="store_true", help="also analyse every layer separately")
@@ -152,7 +154,8 @@ def cmd_analyze(args, console) -> int:
     _check_run_args(args.store, args.runs)
     if args.seed < 0:
         raise KMAError(f"--seed {args.seed}: must be >= 0")
-    params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, window=args.window,
+    params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, threshold=args.threshold,
+                            window=args.window,
                             stride=args.stride, per_layer=args.per_layer, modes=args.modes, seed=args.seed)
     report = analyze_store(
         args.store,
@@ -180,21 +183,45 @@ def cmd_runs(args, console) -> int:
     from .runids import shown
     from .store import TrajectoryStore
 
-    runs = TrajectoryStore(args.store, read_only=True).runs()
+    store = TrajectoryStore(args.store, read_only=True)
+    runs = store.runs()
     if args.as_json:
-        print(json.dumps([r.__dict__ for r in runs], indent=2))
+        print(json.dumps([{**r.__dict__, **_analyses_json(store, r.run_id)} for r in runs], indent=2))
         return 0
     if not runs:
         print(f"no runs in {args.store}")
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
     w = max(len("RUN"), *(len(i) for i in ids))
-    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  UPDATED")
+    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} ANALYSES")
     for i, r in zip(ids, runs):
-        print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  {r.updated or ''}")
+        print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  "
+              f"{r.updated or '':<25} {_analyses_cell(store, r.run_id)}")
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     return 0
+
+
+def _analyses_json(store, run_id) -> dict:
+    from .analysis import list_analyses, outdated_analyses
+
+    try:
+        run = store.open_run(run_id)
+        return {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return {}
+
+
+def _analyses_cell(store, run_id) -> str:
+    """``N`` analyses, ``(M outdated: ids)`` when an older engine made some of them."""
+    from .analysis import list_analyses, outdated_analyses
+
+    try:
+        run = store.open_run(run_id)
+        ids, old = list_analyses(run), outdated_analyses(run)
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return "?"
+    return f"{len(ids)}" + (f" ({len(old)} outdated: {', '.join(old)}; re-run kma analyze)" if old else "")
 
 
 def cmd_sync(args, console) -> int:

@@ -68,7 +68,8 @@ def _row(store: TrajectoryStore, rid: str, analysis_id, by: str, sweep) -> dict 
     ids = list_analyses(run)
     if analysis_id:
         aid = analysis_id if analysis_id in ids else None
-    else:  # the most recent analysis of this run
+    else:  # the most recent current analysis of this run (else the most recent outdated one)
+        ids = list_analyses(run, outdated=False) or ids
         aid = max(ids, key=lambda a: run.group[f"analyses/{a}"].attrs.get("created", ""), default=None)
     if analysis_id and aid is None:
         return None
@@ -84,17 +85,17 @@ def _row(store: TrajectoryStore, rid: str, analysis_id, by: str, sweep) -> dict 
         "series": [],
     }
     for r in results:
-        lam = r.eigenvalues[r.residuals <= RELIABLE_RESIDUAL]
+        lam = r.eigenvalues[r.reliable(RELIABLE_RESIDUAL)]
         row["series"].append((r.window[1], float(np.abs(lam).max()) if lam.size else np.nan))
     if results:
         last = results[-1]
-        ok = last.residuals <= RELIABLE_RESIDUAL
+        ok = last.reliable(RELIABLE_RESIDUAL)
         lam = last.eigenvalues[ok]
         row.update(
             n_reliable=int(ok.sum()),
             max_abs_reliable=float(np.abs(lam).max()) if lam.size else float("nan"),
             min_dist_to_1=float(np.abs(lam - 1).min()) if lam.size else float("nan"),
-            last_eigenvalues=last.eigenvalues, last_residuals=last.residuals,
+            last_eigenvalues=last.eigenvalues, last_residuals=last.residuals, last_reliable=ok,
         )
     return row
 
@@ -154,8 +155,7 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
         ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
         for r in rows:
             if r["group"] == g and "last_eigenvalues" in r:
-                lam, res = r["last_eigenvalues"], r["last_residuals"]
-                ok = res <= RELIABLE_RESIDUAL
+                lam, ok = r["last_eigenvalues"], r["last_reliable"]
                 ax.scatter(lam[ok].real, lam[ok].imag, s=10, color=color[g])
                 ax.scatter(lam[~ok].real, lam[~ok].imag, s=8, color="0.75", marker="x")
         ax.set_aspect("equal")

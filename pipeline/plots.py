@@ -73,7 +73,7 @@ def eigenvalues_over_training(results, path: Path, *, residual_tol: float, layer
     rows = _by_layer(results).get(layer, [])
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for r in rows:
-        ok = r.residuals <= residual_tol
+        ok = r.reliable(residual_tol)
         lam = r.eigenvalues[ok]
         x = np.full(lam.size, r.window[1])
         a1.scatter(x, np.abs(lam), s=10, color="C0")
@@ -84,7 +84,7 @@ def eigenvalues_over_training(results, path: Path, *, residual_tol: float, layer
     a1.set_ylabel("|λ|")
     a2.set_ylabel("arg λ (rad)")
     a2.set_xlabel("window end (snapshot)")
-    a1.set_title(f"{layer}: reliable (residual ≤ {residual_tol:g}) eigenvalues over training {title}", fontsize=9)
+    a1.set_title(f"{layer}: reliable (κ·residual ≤ {residual_tol:g}) eigenvalues over training {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,6 +13,11 @@ layers are contiguous column ranges ``[(name, start, stop), ...]``.
 - :class:`KoopmanDMD` — scikit-learn-style estimator over windows and layers.
 
 Pure math: no Ray, no MLflow, no store.
+
+``ENGINE_VERSION`` names what the engine computes; it enters every analysis id, so
+results of an older engine are never mistaken for current ones. 2: windows in their own
+span, data residuals with certification floors, storage-dtype cut, refined Ritz vectors,
+``unit_circle`` (issue 8). 1 (implicit): before.
 """
 
 from .compress import compress
@@ -20,5 +25,7 @@ from .core import DMDResult, dmd
 from .estimator import KoopmanDMD, WindowResult
 from .factor import Factor, KoopmanInputError
 
-__all__ = ["KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
+ENGINE_VERSION = 2
+
+__all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
            "KoopmanInputError"]

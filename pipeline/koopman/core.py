@@ -18,10 +18,32 @@ enhancements", SIAM J. Sci. Comput. 40(4), 2018; LAPACK ``xGEDMD``, Drmač, LAWN
 3. ``B = X2 W_k Σ_k^{-1}`` (``= A U_k`` for linear data), Rayleigh quotient
    ``S = U_k^T B``, eigenpairs ``S w_i = λ_i w_i`` with ``||w_i|| = 1``;
 4. Ritz vectors ``z_i = U_k w_i`` and residuals ``r_i = ||B w_i - λ_i U_k w_i||``
-   (``= ||A z_i - λ_i z_i||``); with ``refine=True`` the refined Ritz vectors minimise
-   that residual over unit vectors of ``span(U_k)`` (smallest right singular vector of
-   ``B - λ_i U_k``, computed in ``2k`` coordinates);
-5. amplitudes: least-squares fit of the first snapshot onto the Ritz vectors.
+   (``= ||A z_i - λ_i z_i||``). ``B`` has every row of ``X``, not only the ``k`` kept
+   directions: the residual is measured against all the data the matrix holds (for a
+   compressed factor, everything the compression kept), as in xGEDMD. With
+   ``refine=True`` (the default) the refined Ritz vectors minimise that residual over
+   unit vectors of ``span(U_k)`` (smallest right singular vector of ``B - λ_i U_k``,
+   computed in ``2k`` coordinates). A window whose residuals are not informative
+   (see ``DMDResult.informative``) keeps the plain Ritz vectors: no pair of it can be
+   certified, and refinement would cost ``O(k^4)`` there;
+5. certification: a residual is never reported below ``residual_floor``, what the
+   input can certify: ``(factor_error + u64 (√m + n) σ_max) ||d_i||`` with
+   ``r_i = X d_i`` the residual as a combination of the snapshots (see
+   ``shared/NUMERICS.md``); ``factor_error`` is the caller's bound on the absolute
+   error of ``X``'s columns (a Gram-derived factor: its resolution);
+6. unit circle: ``κ_i = 1/|y_i^H w_i|`` from unit left/right eigenvectors of the
+   Rayleigh quotient (left ones from ``W^{-1}``); first order, a true eigenvalue lies within ``κ_i r_i`` of
+   ``λ_i``: ``"inside"`` if ``|λ_i| + κ_i r_i < 1``, ``"outside"`` if
+   ``|λ_i| - κ_i r_i > 1``, else ``"uncertain"``;
+7. amplitudes: least-squares fit of the first snapshot onto the Ritz vectors.
+
+Default truncation (no ``rank``/``tol``/``threshold``): keep ``σ_i`` above the noise
+that storing the snapshots in a dtype of unit roundoff ``u`` puts into ``X1``:
+``τ = 2 · u/√3 · max_j ||x_j|| · (1 + √(n/m_data))``, ``m_data`` the data's row count
+(white rounding noise of standard deviation ``≤ u|x|/√3`` per entry; the largest
+singular value of such a noise matrix is about ``(√m + √n)`` times that). The cut is on
+the raw snapshots (never reference-subtracted), so the rounding error of a reference
+is not common to every column.
 
 Eigenvalues are complex128, sorted by descending ``|λ|``, ties by descending imaginary
 part.
@@ -29,14 +51,28 @@ part.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega"]
+__all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega", "noise_cut",
+           "dtype_roundoff", "unit_circle_verdicts"]
+
+log = logging.getLogger(__name__)
 
 _THRESHOLDS = ("gavish-donoho",)
 _EPS = np.finfo(np.float64).eps
+U64 = _EPS / 2
+NOISE_SAFETY = 2.0     # the cut sits this far above the estimated noise edge
+
+
+def dtype_roundoff(dtype) -> float:
+    """Unit roundoff of a storage dtype: float64 2^-53, float32 2^-24, float16 2^-11,
+    ``"bfloat16"`` 2^-8."""
+    if str(dtype) == "bfloat16":
+        return 2.0 ** -8
+    return float(np.finfo(np.dtype(dtype)).eps) / 2
 
 
 @dataclass(frozen=True)
@@ -50,13 +86,26 @@ class DMDResult:
     amplitudes : ndarray, shape (r,), complex128
         Least-squares coefficients of the first snapshot on ``vectors``.
     residuals : ndarray, shape (r,), float64
-        ``||A z_i - λ_i z_i||`` for the unit-norm (refined) Ritz vector ``z_i``.
+        ``max(||A z_i - λ_i z_i||, residual_floor_i)`` for the unit-norm (refined) Ritz
+        vector ``z_i``; the data residual (all rows of ``X``), never below the floor.
     singular_values : ndarray, shape (min(m, n-1),), float64
         All singular values of the (scaled) ``X1``, before truncation.
     rank : int
         Number ``r`` of singular values kept.
     vectors : ndarray, shape (m, r), complex128
         Unit-norm Ritz vectors in the coordinates of the input rows.
+    residual_floors : ndarray, shape (r,), float64
+        Smallest residual the input can certify, per pair.
+    conditions : ndarray, shape (r,), float64
+        Eigenvalue condition numbers ``κ_i`` of the Rayleigh quotient.
+    unit_circle : tuple of str, length r
+        ``"inside"``, ``"outside"`` or ``"uncertain"`` (first order, ``|λ| ± κ r``).
+    informative : bool
+        False when the residuals cannot separate anything: the kept rank leaves fewer
+        snapshot pairs (or data rows) to test it than it has directions
+        (``2 r > min(n - 1, m_data)``).
+    rank_requested : int or None
+        The ``rank`` asked for, when it was capped to ``rank`` (fewer directions).
     """
 
     eigenvalues: np.ndarray
@@ -65,6 +114,11 @@ class DMDResult:
     singular_values: np.ndarray
     rank: int
     vectors: np.ndarray
+    residual_floors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    conditions: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unit_circle: tuple = ()
+    informative: bool = True
+    rank_requested: int | None = None
 
 
 def gavish_donoho_omega(beta: float) -> float:
@@ -76,7 +130,19 @@ def gavish_donoho_omega(beta: float) -> float:
     return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
-def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None) -> int:
+def noise_cut(col_norms, u, shape) -> float:
+    """Default cut ``τ = 2 · u/√3 · max_j ||x_j|| · (1 + √(n/m))`` for ``X1`` of shape
+    ``(m, n)`` whose stored entries carry rounding errors up to ``u |x|`` (white noise
+    of standard deviation ``≤ u |x|/√3``; the largest singular value of an ``m × n``
+    such matrix is about ``(√m + √n)`` times that)."""
+    col_norms = np.asarray(col_norms, dtype=np.float64)
+    if col_norms.size == 0 or u is None or u <= 0:
+        return 0.0
+    m, n = shape
+    return float(NOISE_SAFETY * u / np.sqrt(3.0) * col_norms.max() * (1 + np.sqrt(n / max(m, 1))))
+
+
+def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=None) -> int:
     """Number of singular values to keep.
 
     Parameters
@@ -92,9 +158,11 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None) -> int:
     shape : (int, int), optional
         Shape of the data matrix the spectrum belongs to (for ``β`` and the default
         tolerance); defaults to ``(len(s), len(s))``.
+    noise : float, optional
+        Absolute noise level (:func:`noise_cut`) for the default rule.
 
-    With none of ``rank``, ``tol``, ``threshold`` the numerical rank is kept:
-    ``σ_i > max(shape) · eps · σ_max``.
+    With none of ``rank``, ``tol``, ``threshold``: ``σ_i > noise`` and above the
+    numerical rank ``σ_i > max(shape) · eps · σ_max``.
     """
     s = np.asarray(s, dtype=np.float64)
     if s.size == 0 or not s[0] > 0:
@@ -110,6 +178,8 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None) -> int:
             raise ValueError(f"unknown threshold {threshold!r}; known: {list(_THRESHOLDS)}")
         beta = min(m, n) / max(m, n)
         return int(np.count_nonzero(s > gavish_donoho_omega(beta) * np.median(s)))
+    if noise:
+        return int(min(numerical, np.count_nonzero(s > noise)))
     return numerical
 
 
@@ -126,70 +196,115 @@ def _validate_rank_args(rank, tol, threshold):
         raise ValueError(f"unknown threshold {threshold!r}; known: {list(_THRESHOLDS)}")
 
 
-def dmd(X, *, rank=None, tol=None, threshold=None, scale=False, refine=False,
-        data_shape=None) -> DMDResult:
+def dmd(X, *, rank=None, tol=None, threshold=None, scale=False, refine=True,
+        data_shape=None, unit_roundoff=None, factor_error=0.0) -> DMDResult:
     """Refined Rayleigh–Ritz DMD of the snapshot matrix ``X`` (xGEDMD, LAWN 298).
 
     Parameters
     ----------
     X : array_like, shape (m, n), n >= 2
-        Snapshots as columns; cast to float64.
+        Snapshots as columns (or a factor ``C`` with ``X_data = Q C``); cast to float64.
     rank, tol, threshold
         Truncation of the SVD of ``X1 = X[:, :-1]``, see :func:`choose_rank`
-        (at most one of them).
+        (at most one of them). None of them: the storage-noise cut (module docstring).
     scale : bool
         Scale the columns of ``X1`` (and ``X2`` by the same factors) to unit norm
         before the SVD (xGEDMD ``JOBS='S'``).
     refine : bool
-        Return refined Ritz vectors (minimal residual in ``span(U_k)``) and their
-        residuals instead of the plain Ritz vectors.
+        Refined Ritz vectors (minimal data residual in ``span(U_k)``; default) instead
+        of the plain Ritz vectors.
     data_shape : (int, int), optional
         Shape of the original ``X1`` when ``X`` is a compressed factor (``(P, n-1)``);
-        used for the Gavish–Donoho aspect ratio and the default tolerance.
+        used for the Gavish–Donoho aspect ratio and the default cut.
+    unit_roundoff : float, optional
+        Of the dtype the snapshots were stored in (default: ``X``'s own dtype).
+    factor_error : float
+        Absolute error bound of ``X``'s columns (0 for data; a Gram-derived factor's
+        resolution): enters ``residual_floors``.
 
     Returns
     -------
     DMDResult
     """
     _validate_rank_args(rank, tol, threshold)
+    X = np.asarray(X)
+    if unit_roundoff is None:
+        unit_roundoff = dtype_roundoff(X.dtype) if np.issubdtype(X.dtype, np.floating) else U64
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] < 2:
         raise ValueError(f"X must be 2-d with at least 2 snapshot columns, got shape {X.shape}")
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or inf")
-    return _dmd(X, rank, tol, threshold, scale, refine, data_shape)
+    return _dmd(X, rank, tol, threshold, scale, refine, data_shape, unit_roundoff,
+                float(factor_error))
 
 
 def _sort_order(lam):
     return np.lexsort((-lam.imag, -np.abs(lam)))
 
 
-def _dmd(X, rank, tol, threshold, scale, refine, data_shape) -> DMDResult:
-    m = X.shape[0]
+def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) -> DMDResult:
+    m, n = X.shape
     X1, X2 = X[:, :-1], X[:, 1:]
+    shape = data_shape if data_shape is not None else X1.shape
+    d = np.ones(n - 1)
     if scale:
         d = np.linalg.norm(X1, axis=0)
         d[d == 0] = 1.0
         X1, X2 = X1 / d, X2 / d
     U, s, Vh = np.linalg.svd(X1, full_matrices=False)
-    k = choose_rank(s, rank=rank, tol=tol, threshold=threshold,
-                    shape=data_shape if data_shape is not None else X1.shape)
+    noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
+    k = choose_rank(s, rank=rank, tol=tol, threshold=threshold, shape=shape, noise=noise)
+    capped = rank if rank is not None and k < rank else None
     if k == 0:
-        empty_c = np.zeros(0, np.complex128)
-        return DMDResult(empty_c, empty_c, np.zeros(0), s, 0, np.zeros((m, 0), np.complex128))
+        empty_c, empty_r = np.zeros(0, np.complex128), np.zeros(0)
+        return DMDResult(empty_c, empty_c, empty_r, s, 0, np.zeros((m, 0), np.complex128),
+                         empty_r, empty_r, (), False, capped)
     Uk, sk = U[:, :k], s[:k]
     B = (X2 @ Vh[:k].T) / sk                      # (m, k) = A U_k
     S = Uk.T @ B                                  # (k, k) Rayleigh quotient
-    lam, W = np.linalg.eig(S)
+    lam, W0 = np.linalg.eig(S)
     order = _sort_order(lam)
-    lam, W = lam[order].astype(np.complex128), W[:, order].astype(np.complex128)
-    if refine:
+    lam, W0 = lam[order].astype(np.complex128), W0[:, order].astype(np.complex128)
+    kappa = _conditions(W0)
+    informative = 2 * k <= min(n - 1, shape[0])
+    if refine and informative:   # uninformative windows: nothing to certify, keep O(k^3)
         W, res = _refine(Uk, B, lam)
     else:
+        W = W0
         res = np.linalg.norm(B @ W - (Uk @ W) * lam, axis=0)
+    # residual as a combination of the snapshots: r = X2 c - λ X1 c = X d (raw columns)
+    c = (Vh[:k].T / sk) @ W / d[:, None]            # (n-1, r)
+    dn = np.sqrt(np.sum(np.abs(np.vstack([-lam * c, np.zeros((1, k))])
+                              + np.vstack([np.zeros((1, k)), c])) ** 2, axis=0))
+    # the small problem's own rounding (SVD and products of the data), ~u64 (√rows + n)
+    norm_x1 = s[0] if not scale else float(np.linalg.norm(X[:, :-1]))   # (Frobenius ≥ 2-norm)
+    arith = U64 * (np.sqrt(max(m, shape[0])) + n) * norm_x1
+    floors = (factor_error + arith) * dn
+    res = np.maximum(res, floors)
+    circle = unit_circle_verdicts(lam, kappa * res)
     Z = Uk @ W
     amp = np.linalg.lstsq(Z, X[:, 0].astype(np.complex128), rcond=None)[0]
-    return DMDResult(lam, amp, res, s, k, Z)
+    return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped)
+
+
+def unit_circle_verdicts(lam, radius) -> tuple:
+    """``"inside"`` if ``|λ| + radius < 1``, ``"outside"`` if ``|λ| − radius > 1``, else
+    ``"uncertain"`` (``radius = κ · residual``: first order)."""
+    return tuple("inside" if abs(z) + q < 1 else "outside" if abs(z) - q > 1 else "uncertain"
+                 for z, q in zip(lam, radius))
+
+
+def _conditions(W0):
+    """Eigenvalue condition numbers ``1/|y_i^H x_i|`` (unit left/right eigenvectors): with
+    unit columns ``x_i`` of ``W0``, the left eigenvectors are the rows of ``W0^{-1}`` and
+    ``κ_i`` is the norm of row ``i`` (``y_i^H x_i = 1`` before normalising ``y_i``)."""
+    W0 = W0 / np.linalg.norm(W0, axis=0)
+    try:
+        Winv = np.linalg.inv(W0)
+    except np.linalg.LinAlgError:                 # defective: no finite bound
+        return np.full(W0.shape[1], np.inf)
+    return np.maximum(np.linalg.norm(Winv, axis=1), 1.0)
 
 
 def _refine(Uk, B, lam):

@@ -10,10 +10,17 @@ LAWN 298) on ``C[:, a:a+W]`` for every window ``[a, a+W)``, stride ``S``, for
 eigenvalues, residuals and amplitudes equal those of a direct DMD of
 ``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence a second pass:
 :meth:`KoopmanDMD.modes`.
+
+A window's factor from the band of the Gram resolves singular values only down to its
+``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`). When some window's
+cut keeps a singular value below ``GRAM_MARGIN`` times that, the whole fit is redone from
+the stable pass (TSQR of the trajectory, sliced per window), whose resolution is at
+float64 level.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import dask.array as da
@@ -22,10 +29,14 @@ from threadpoolctl import threadpool_limits
 
 from .compress import compress
 from .windows import window_factors
-from .core import _validate_rank_args, dmd
+from .core import _validate_rank_args, dmd, dtype_roundoff
 from .factor import Factor, KoopmanInputError, as_dask, validate_groups
 
-__all__ = ["KoopmanDMD", "WindowResult"]
+__all__ = ["KoopmanDMD", "WindowResult", "GRAM_MARGIN"]
+
+log = logging.getLogger(__name__)
+
+GRAM_MARGIN = 100.0   # a kept singular value must exceed the Gram's resolution this much
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,11 @@ class WindowResult:
     """DMD of one layer on one window ``[start, stop)`` of snapshots.
 
     ``eigenvalues`` (r,) complex128, ``amplitudes`` (r,) complex128, ``residuals`` (r,)
-    float64, ``singular_values`` (min(k, W-1),) float64, ``rank`` r.
+    float64 (data residuals, never below ``residual_floors``), ``singular_values``
+    (min(k, W-1),) float64, ``rank`` r; ``residual_floors`` (r,), ``conditions`` (r,)
+    eigenvalue condition numbers, ``unit_circle`` (r,) str, ``informative`` (can the
+    residuals separate anything), ``rank_requested`` (set when ``rank`` was capped);
+    see :class:`pipeline.koopman.core.DMDResult`.
     """
 
     layer: str
@@ -43,6 +58,20 @@ class WindowResult:
     residuals: np.ndarray
     singular_values: np.ndarray
     rank: int
+    residual_floors: np.ndarray | None = None
+    conditions: np.ndarray | None = None
+    unit_circle: tuple = ()
+    informative: bool = True
+    rank_requested: int | None = None
+
+    def reliable(self, residual_tol: float) -> np.ndarray:
+        """Per pair: the first-order error bound ``κ · residual`` is at most
+        ``residual_tol`` and the window's residuals are informative."""
+        if not self.informative:
+            return np.zeros(self.residuals.size, bool)
+        if self.conditions is None:               # results of engine 1: residuals only
+            return self.residuals <= residual_tol
+        return self.conditions * self.residuals <= residual_tol
 
 
 class KoopmanDMD:
@@ -67,7 +96,10 @@ class KoopmanDMD:
     scheduler : str, optional
         Dask scheduler for the passes.
     scale, refine : bool
-        Column scaling and refined Ritz vectors in the small DMD.
+        Column scaling and refined Ritz vectors (default on) in the small DMD.
+    unit_roundoff : float, optional
+        Of the dtype the trajectory was stored in (default: ``Y``'s dtype; a bfloat16
+        run read as float32 should pass ``2**-8``): sets the default cut.
 
     Attributes
     ----------
@@ -80,7 +112,7 @@ class KoopmanDMD:
 
     def __init__(self, method="qr", rank=None, tol=None, threshold=None, window=None,
                  stride=None, per_layer=False, oversample=10, n_power_iter=2, seed=0,
-                 scheduler=None, scale=False, refine=False):
+                 scheduler=None, scale=False, refine=True, unit_roundoff=None):
         self.method = method
         self.rank = rank
         self.tol = tol
@@ -94,6 +126,7 @@ class KoopmanDMD:
         self.scheduler = scheduler
         self.scale = scale
         self.refine = refine
+        self.unit_roundoff = unit_roundoff
 
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):
@@ -129,41 +162,62 @@ class KoopmanDMD:
         T, P = Y.shape
         windows = self._windows(T)
         groups = validate_groups(groups, P)
-        wfs = None
+        u = self.unit_roundoff if self.unit_roundoff is not None else dtype_roundoff(Y.dtype)
+        names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
+        factors, results = {}, None
         if self.method == "qr":    # every window's Gram from one pass (band of the Gram)
             wfs = window_factors(Y, groups, windows, per_group=self.per_layer,
                                  scheduler=self.scheduler)
-        if wfs is None:            # randomized, or some window needs the stable factor
+            results = self._all_windows(wfs, names, windows, u, check=True)
+            if results is None:
+                log.info("a window keeps singular values the Gram cannot resolve; "
+                         "second pass with TSQR")
+        if results is None:        # randomized, or some window needs the stable factor
             factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
                                rank=self.rank, oversample=self.oversample,
                                n_power_iter=self.n_power_iter, seed=self.seed,
                                stable="tsqr" if self.method == "qr" else "auto",
                                scheduler=self.scheduler)
             wfs = {name: {(a, b): _Slice(f, a, b) for a, b in windows} for name, f in factors.items()}
-        else:
-            factors = {}
-        names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
-        results = []
-        # many tiny (k × W) problems: threaded BLAS only adds overhead to them
-        with threadpool_limits(limits=1, user_api="blas"):
-            for name in names:
-                for a, b in windows:
-                    r = self._window_dmd(wfs[name][(a, b)], a, b)
-                    results.append(WindowResult(name, (a, b), r.eigenvalues, r.amplitudes,
-                                                r.residuals, r.singular_values, r.rank))
+            results = self._all_windows(wfs, names, windows, u, check=False)
+        capped = [r for r in results if r.rank_requested is not None]
+        if capped:
+            log.warning("rank %d requested; %d of %d spectra have fewer directions (at most %d)",
+                        self.rank, len(capped), len(results), max(r.rank for r in capped))
         self.factors_ = factors
         self.window_factors_ = wfs
         self.results_ = results
         self.windows_ = windows
         self.groups_ = groups
+        self.unit_roundoff_ = u
         self.n_snapshots_, self.n_parameters_ = T, P
         return self
 
-    def _window_dmd(self, factor, a, b):
+    def _all_windows(self, wfs, names, windows, u, check):
+        """WindowResults of every layer and window, or None (``check``) when a Gram
+        factor cannot resolve a singular value its window's cut keeps."""
+        results = []
+        # many tiny (k × W) problems: threaded BLAS only adds overhead to them
+        with threadpool_limits(limits=1, user_api="blas"):
+            for name in names:
+                for a, b in windows:
+                    f = wfs[name][(a, b)]
+                    r = self._window_dmd(f, a, b, u)
+                    if check and r.rank and r.singular_values[r.rank - 1] < GRAM_MARGIN * _scaled_error(f, self.scale):
+                        return None
+                    results.append(WindowResult(
+                        name, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
+                        r.singular_values, r.rank, r.residual_floors, r.conditions,
+                        r.unit_circle, r.informative, r.rank_requested))
+        return results
+
+    def _window_dmd(self, factor, a, b, u=None):
         """DMD of window ``[a, b)`` from its factor (``C`` has exactly the window's columns)."""
+        u = u if u is not None else getattr(self, "unit_roundoff_", None)
         return dmd(factor.C, rank=self.rank, tol=self.tol, threshold=self.threshold,
                    scale=self.scale, refine=self.refine,
-                   data_shape=(factor.stop - factor.start, b - a - 1))
+                   data_shape=(factor.stop - factor.start, b - a - 1),
+                   unit_roundoff=u, factor_error=factor.error)
 
     def modes(self, Y, layer="all", window=None):
         """P-long Ritz vectors (modes) of one layer and window: a second pass over ``Y``.
@@ -209,8 +263,16 @@ class _Slice:
 
     def __init__(self, f: Factor, a: int, b: int):
         self.name, self.start, self.stop, self.segments = f.name, f.start, f.stop, f.segments
-        self.method, self.rows = f.method, f.rows
+        self.method, self.rows, self.error = f.method, f.rows, f.error
         self.C = f.C[:, a:b]
+
+
+def _scaled_error(f, scale):
+    """The factor's resolution in the units of the singular values the DMD cuts."""
+    if not scale:
+        return f.error
+    norms = np.linalg.norm(f.C[:, :-1], axis=0)
+    return f.error / max(norms.min(), np.finfo(np.float64).tiny)
 
 
 def _rows_of(Yg, rows):

@@ -46,7 +46,11 @@ class Factor:
         ``"gram"``, ``"tsqr"``, ``"randomized"`` or ``"gram-window"``.
     rows : ndarray of int, optional
         The snapshots the bases refer to (their rows; ``len(rows) × k``), when not all
-        ``T``: a window's factor depends only on snapshot 0 and the window's own.
+        ``T``: a window's factor depends only on the window's own snapshots.
+    error : float
+        Absolute resolution of ``C``: bound on the error of its columns (and on the
+        singular values it can resolve). A Gram-derived factor's is far larger than a
+        QR's (:func:`pipeline.koopman.windows.gram_resolution`).
     """
 
     name: str
@@ -56,6 +60,7 @@ class Factor:
     segments: tuple
     method: str
     rows: np.ndarray | None = None
+    error: float = 0.0
 
     @property
     def rank(self) -> int:
@@ -83,7 +88,10 @@ def factor_from_r(R, name, start, stop, method):
     k = int(np.count_nonzero(s > T * np.finfo(np.float64).eps * s[0])) if s.size and s[0] > 0 else 0
     Ct = s[:k, None] * Vh[:k]
     basis = apply_e_rows(Vh[:k].T / s[:k])
-    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method)
+    # Householder QR / TSQR: backward error ~ u64 (√P + T) ||X||
+    err = float(np.finfo(np.float64).eps / 2 * (np.sqrt(stop - start) + T) * (s[0] if s.size else 0.0))
+    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method,
+                  error=err)
 
 
 def as_dask(Y):

@@ -18,6 +18,12 @@ current ``M`` and every row block ``X_b``: ``Z_b = X_b M`` (``p × l``), the sum
 ``C^T``. Number of passes over the data: ``n_power_iter + 1``. The rank is chosen
 later from the singular values of ``C`` (the sketch), never from a full SVD of ``X``.
 
+Residuals (:mod:`pipeline.koopman.core`) are measured against what the sketch kept: the
+``rank + oversample`` directions of ``Q``. The part of the data outside the sketch never
+enters them, so they are lower bounds of the full-data residual (the sketch is all this
+path has: no second pass forms it). ``rank`` is the number of Ritz pairs each window
+keeps; the sketch holds ``rank + oversample`` columns.
+
 With ``per_group``, every layer gets its own sketch and the whole-network factor is
 combined from them: ``[C_1; C_2; ...] = Q_s R_s`` (QR of the stacked layer factors),
 ``X_all ≈ blockdiag(Q_g) Q_s R_s``.
