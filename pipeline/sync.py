@@ -69,7 +69,7 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     """Register a stored analysis as a child run unless a complete record exists.
     Returns True if a record was written."""
     from . import plots
-    from .analysis import AnalysisParams, load_results, summary_metrics
+    from .analysis import RELIABLE_RESIDUAL, load_results, summary_metrics
 
     run = store.open_run(run_id)
     experiment, _ = _experiment_and_params(run)
@@ -78,16 +78,17 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
         return False
     g = run.group[f"analyses/{analysis_id}"]
     key = dict(g.attrs["params"])
-    params = AnalysisParams(**key)
+    # the stored key may come from another engine version: only the tolerance is needed
+    residual_tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
     results = load_results(run, analysis_id)
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
-        figs = plots.analysis_figures(results, Path(tmp), title=run_id, residual_tol=params.residual_tol)
+        figs = plots.analysis_figures(results, Path(tmp), title=run_id, residual_tol=residual_tol)
         tracker.register_analysis(
             experiment=experiment,
             run_id=run_id,
             analysis_id=analysis_id,
             params={**key, "n_snapshots": g.attrs.get("n_snapshots"), "n_parameters": run.layout.size},
-            metrics=summary_metrics(results, params.residual_tol),
+            metrics=summary_metrics(results, residual_tol),
             artifacts=figs,
             tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
             store=store.location,
