@@ -322,23 +322,16 @@ def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
 
 
 def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path) -> list[Path]:
-    from . import plots
+    from .sync import analysis_figures
 
-    out.mkdir(parents=True, exist_ok=True)
-    return plots.analysis_figures(est.results_, out, title=run.run_id, residual_tol=params.residual_tol)
+    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out)
 
 
 def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
-    experiment = run.attrs.get("sweep") or "kma"
-    tracker.register_analysis(
-        experiment=experiment,
-        run_id=run.run_id,
-        analysis_id=params.analysis_id,
-        params={**params.key(), "n_snapshots": est.n_snapshots_, "n_parameters": est.n_parameters_},
-        metrics=summary_metrics(est.results_, params.residual_tol),
-        artifacts=figs,
-        tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
-    )
+    from .sync import register_analysis
+
+    register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
+                      n_snapshots=est.n_snapshots_, store=run.store.location)
 
 
 def _write_json(path: str, records: list[dict], report: dict) -> None:
