@@ -31,6 +31,7 @@ TIME_LABEL = "window end (fraction of training)"
 MAX_PANELS = 12
 MAX_LINES = 60  # singular-value curves drawn per panel (evenly spaced windows beyond)
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+DIST_FLOOR = 1e-16  # |λ − 1| drawn no lower (log axis; exactly 1 happens)
 
 
 def _plt():
@@ -189,7 +190,7 @@ def _layer_summary(spectra: RunSpectra, layer: str):
         if lam.size:
             mod = np.abs(lam)
             stats[j] = [mod.max(), np.median(mod), np.quantile(mod, 0.1), np.quantile(mod, 0.9),
-                        np.abs(lam - 1).min()]
+                        max(np.abs(lam - 1).min(), DIST_FLOOR)]
     return x, stats, count
 
 
@@ -202,8 +203,10 @@ def moduli_figure(spectra: RunSpectra, *, max_layers: int = 8):
     layers = spectra.layers()[:max_layers]
     fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(8, 8), sharex=True, layout="constrained",
                                      gridspec_kw={"height_ratios": [3, 2, 1.3]})
+    any_certified = False
     for k, layer in enumerate(layers):
         x, st, count = _layer_summary(spectra, layer)
+        any_certified |= bool(np.isfinite(st[:, 4]).any())
         few = len(x) <= 40
         mk = dict(marker="o", ms=4) if few else {}
         color = "k" if layer == "all" else f"C{(k - 1) % 10}"
@@ -232,6 +235,11 @@ def moduli_figure(spectra: RunSpectra, *, max_layers: int = 8):
     a1.set_ylabel("|λ|")
     a1.legend(fontsize=7, loc="best", ncol=2)  # after every labelled artist
     a2.set_yscale("log")
+    if not any_certified:  # nothing to draw: a log axis needs limits of its own
+        a2.set_ylim(1e-8, 1)
+        a1.set_ylim(0, 1.5)
+        a1.text(0.5, 0.5, "no certified eigenvalue in any window", transform=a1.transAxes,
+                ha="center", va="center", color="0.3")
     a2.set_ylabel("min |λ − 1| (certified)")
     a3.set_ylabel("# certified")
     a3.set_xlabel("epoch (end of window)")
@@ -315,16 +323,21 @@ def group_moduli_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: 
     plt = _plt()
     styles = ["-", "--", ":", "-."]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, layout="constrained")
+    any_certified = False
     for gi, (g, sps) in enumerate(groups.items()):
         for ri, sp in enumerate(sps):
             x, st, _ = _layer_summary(sp, layer)
+            any_certified |= bool(np.isfinite(st[:, 4]).any())
             kw = dict(color=f"C{gi % 10}", ls=styles[ri % len(styles)], lw=1.3,
                       marker="o" if len(x) <= 40 else None, ms=3)
             a1.plot(x, st[:, 0], label=f"{by}={g}: {sp.label}", **kw)
             a2.plot(x, st[:, 4], **kw)
     a1.axhline(1.0, color="k", lw=0.7, ls=":")
     a1.set_ylabel(f"largest certified |λ| ({layer})")
+    a1.ticklabel_format(axis="y", useOffset=False)
     a2.set_yscale("log")
+    if not any_certified:
+        a2.set_ylim(1e-8, 1)
     a2.set_ylabel("min |λ − 1| (certified)")
     a2.set_xlabel("epoch (end of window)")
     a2.xaxis.get_major_locator().set_params(integer=True)
