@@ -167,7 +167,7 @@ def spectrum_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS):
     axes = _panels(fig, max(len(shown), 1))
     for ax, layer in zip(axes, shown):
         n_ok, n_all, n_out = _scatter_spectrum(ax, spectra, layer, cmap)
-        _circle_axes(ax, f"{layer}: {n_ok} of {n_all} certified" + (f", {n_out} beyond" if n_out else ""))
+        _circle_axes(ax, f"{layer}\n{n_ok} of {n_all} certified" + (f", {n_out} beyond" if n_out else ""))
     _time_colorbar(fig, axes, cmap)
     _spectrum_legend(fig, cmap, spectra.criterion, ncol=2 if cols > 1 else 1)
     more = f" (first {len(shown)} of {len(layers)} layers)" if len(layers) > len(shown) else ""
@@ -308,7 +308,8 @@ def group_spectrum_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer
             a, b, c = _scatter_spectrum(ax, sp, layer, cmap)
             n_ok, n_all, n_out = n_ok + a, n_all + b, n_out + c
         runs = len(groups[g])
-        _circle_axes(ax, f"{by}={g} ({runs} run{'s' if runs != 1 else ''}): {n_ok} of {n_all} certified")
+        _circle_axes(ax, f"{by}={g} ({runs} run{'s' if runs != 1 else ''})\n{n_ok} of {n_all} certified"
+                     + (f", {n_out} beyond" if n_out else ""))
     _time_colorbar(fig, axes, cmap)
     crit = next((sp.criterion for sps in groups.values() for sp in sps if sp.criterion), "")
     _spectrum_legend(fig, cmap, crit)
@@ -322,7 +323,9 @@ def group_moduli_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: 
     within the group, every run named in the legend."""
     plt = _plt()
     styles = ["-", "--", ":", "-."]
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, layout="constrained")
+    n_runs = sum(len(sps) for sps in groups.values())
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.5 + 0.16 * (-(-n_runs // 2))), sharex=True,
+                                 layout="constrained")
     any_certified = False
     for gi, (g, sps) in enumerate(groups.items()):
         for ri, sp in enumerate(sps):
@@ -341,7 +344,9 @@ def group_moduli_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: 
     a2.set_ylabel("min |λ − 1| (certified)")
     a2.set_xlabel("epoch (end of window)")
     a2.xaxis.get_major_locator().set_params(integer=True)
-    fig.legend(loc="outside right upper", fontsize=7, frameon=False)
+    total = max((sp.total for sps in groups.values() for sp in sps), default=1.0)
+    a1.set_xlim(-0.02 * total, 1.02 * total)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     _title(fig, [f"Eigenvalue moduli over training by {by}", _analyses(groups)], 9)
     return fig
 

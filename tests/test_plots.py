@@ -63,7 +63,7 @@ def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
     sp = _spectra()
     fig = plots.spectrum_figure(sp)
     axes = _panels(fig)
-    assert [ax.get_title().split(":")[0] for ax in axes] == ["all", "l0", "l1", "l2", "l3"]  # no empty slot
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["all", "l0", "l1", "l2", "l3"]  # no empty slot
     for ax in axes:
         assert ax.get_xlabel() == "Re λ" and ax.get_ylabel() == "Im λ"
         assert ax.get_xlim() == (-plots.LIM, plots.LIM) and ax.get_ylim() == (-plots.LIM, plots.LIM)
