@@ -4,7 +4,8 @@ An analysis is a list of :class:`~pipeline.koopman.WindowResult` rows (one per l
 window ``[a, b)`` of snapshots). To compare runs over training, every window is placed at
 the epoch of its last snapshot ``b - 1`` (the ``step`` of the training metrics, which are
 logged per epoch), and each Ritz pair is marked certified or not by :func:`reliable_mask`,
-the one place that decides it.
+the one place that decides it. (With snapshots every few optimizer steps, several windows
+can end in one epoch: they share that step.)
 """
 
 from __future__ import annotations

@@ -109,6 +109,10 @@ class Tracker:
                 exp_id = exp.experiment_id
                 if TAG_EXPERIMENT_KIND not in exp.tags:  # made by an older version
                     self.client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+                if self.artifact_root and not exp.artifact_location.removeprefix("file://").startswith(
+                        self.artifact_root):
+                    log.warning("MLflow experiment %s keeps its artifacts where it was created: %s",
+                                name, exp.artifact_location)
             self._experiments[name] = exp_id
         return self._experiments[name]
 

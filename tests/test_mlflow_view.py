@@ -17,7 +17,7 @@ from pipeline.console import Console
 from pipeline.runner import run_variant
 from pipeline.store import TrajectoryStore
 from pipeline.sync import register_run, short_name
-from pipeline.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker
+from pipeline.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root
 
 from conftest import REPO, TINY
 
@@ -148,3 +148,15 @@ def test_spectral_metrics_per_window_on_the_epoch_axis(sweep):
         assert set(ends) <= {h.step for h in train}
         for key in ("all/n_reliable", "all/median_residual"):
             assert len(client.get_metric_history(a.info.run_id, key)) == len(ends), key
+
+
+def test_artifact_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("KMA_ARTIFACT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert artifact_root(f"sqlite:///{tmp_path}/x/mlflow.db") == f"{tmp_path}/x/mlartifacts"
+    assert artifact_root("sqlite:///rel/mlflow.db") == f"{tmp_path}/rel/mlartifacts"  # relative to the cwd, made absolute
+    assert artifact_root("http://mlflow:5000") is None  # the server's artifact store decides
+    monkeypatch.setenv("KMA_ARTIFACT_ROOT", "s3://bucket/artifacts/")
+    assert artifact_root(f"sqlite:///{tmp_path}/mlflow.db") == "s3://bucket/artifacts"
+    monkeypatch.setenv("KMA_ARTIFACT_ROOT", "arts")
+    assert artifact_root("http://mlflow:5000") == f"{tmp_path}/arts"
