@@ -103,31 +103,30 @@ def _clip(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scatter_spectrum(ax, spectra: RunSpectra, layer: str, cmap) -> tuple[int, int, int]:
-    """Draw one run's windows of ``layer``; returns (certified, total, outside) counts."""
+    """Draw one run's windows of ``layer`` (uncertified underneath, later windows on top);
+    returns (certified, total, outside) counts."""
     idx = spectra.rows(layer)
-    n_ok = n_all = n_out = 0
-    for certified in (False, True):  # uncertified underneath
-        for i in idx:
-            r, ok = spectra.results[i], spectra.reliable[i]
-            lam = r.eigenvalues[ok if certified else ~ok]
-            if not lam.size:
-                continue
-            pos, out = _clip(lam)
-            n_out += int(out.sum())
-            for mask, marker in ((~out, "o"), (out, "s")):
-                if not mask.any():
-                    continue
-                if certified:
-                    ax.scatter(pos[mask].real, pos[mask].imag, s=16 if marker == "o" else 30, marker=marker,
-                               zorder=3, color=cmap(spectra.fraction(i)),
-                               edgecolors="none" if marker == "o" else "k", linewidths=0.6)
-                else:
-                    ax.scatter(pos[mask].real, pos[mask].imag, s=14 if marker == "o" else 30, marker=marker,
-                               zorder=2, facecolors="none", edgecolors="0.65" if marker == "o" else "0.3",
-                               linewidths=0.6)
-            n_ok += int(lam.size) if certified else 0
-            n_all += int(lam.size)
-    return n_ok, n_all, n_out
+    lam_c, col_c, lam_u = [], [], []
+    for i in idx:
+        r, ok = spectra.results[i], spectra.reliable[i]
+        lam_c.append(r.eigenvalues[ok])
+        col_c.append(np.repeat(spectra.fraction(i), int(ok.sum())))
+        lam_u.append(r.eigenvalues[~ok])
+    lam_c = np.concatenate(lam_c) if lam_c else np.zeros(0, complex)
+    col_c = np.concatenate(col_c) if col_c else np.zeros(0)
+    lam_u = np.concatenate(lam_u) if lam_u else np.zeros(0, complex)
+    pos_u, out_u = _clip(lam_u)
+    pos_c, out_c = _clip(lam_c)
+    dot = float(np.clip(16 * np.sqrt(400 / max(lam_c.size + lam_u.size, 1)), 4, 16))  # crowds: smaller dots
+    for mask, marker, size in ((~out_u, "o", dot), (out_u, "s", 30)):
+        if mask.any():
+            ax.scatter(pos_u[mask].real, pos_u[mask].imag, s=size, marker=marker, zorder=2, facecolors="none",
+                       edgecolors="0.65" if marker == "o" else "0.3", linewidths=0.6)
+    for mask, marker, size in ((~out_c, "o", dot + 2), (out_c, "s", 30)):
+        if mask.any():
+            ax.scatter(pos_c[mask].real, pos_c[mask].imag, s=size, marker=marker, zorder=3,
+                       c=cmap(col_c[mask]), edgecolors="none" if marker == "o" else "k", linewidths=0.6)
+    return int(lam_c.size), int(lam_c.size + lam_u.size), int(out_c.sum() + out_u.sum())
 
 
 def _spectrum_legend(fig, cmap, criterion: str, ncol: int = 2) -> None:
@@ -367,6 +366,7 @@ def analysis_figures(spectra: RunSpectra, out_dir: Path) -> list[Path]:
     """``spectrum.png``, ``eigenvalues_over_training.png`` and ``singular_values.png`` of
     one run's analysis, written into ``out_dir``."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     return [
         save(spectrum_figure(spectra), out_dir / "spectrum.png"),
         save(moduli_figure(spectra), out_dir / "eigenvalues_over_training.png"),

@@ -91,8 +91,9 @@ def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
         if len(fc) == 0:  # hollow (uncertified): −0.5 only
             assert np.allclose(offs, [[-0.5, 0.0]])
             continue
-        for xy in offs:
-            filled.setdefault(tuple(np.round(xy, 6)), []).append(tuple(fc[0]))
+        assert len(fc) == len(offs)  # one colour per point
+        for xy, c in zip(offs, fc):
+            filled.setdefault(tuple(np.round(xy, 6)), []).append(tuple(c))
     want = {tuple(to_rgba(cmap(end / 100))) for end in (19, 29, 39)}
     assert set(filled[(1.0, 0.0)]) == want and set(filled[(0.0, 0.9)]) == want
     # 3.0 lies beyond the frame: drawn on its border, along its ray
