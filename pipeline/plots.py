@@ -59,10 +59,17 @@ def _time_colorbar(fig, axes, cmap):
     return cb
 
 
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels: the fewest rows of at most ``max_cols``, filled evenly
+    (4 panels: 2 × 2, not 3 + 1)."""
+    n = max(n, 1)
+    rows = -(-n // max_cols)
+    return rows, -(-n // rows)
+
+
 def _panels(fig, n: int, max_cols: int = 3, **kw) -> list:
     """``n`` axes in rows of at most ``max_cols``, the last row centred: no empty slots."""
-    cols = min(n, max_cols)
-    rows = -(-n // cols)
+    rows, cols = _grid(n, max_cols)
     gs = fig.add_gridspec(rows, 2 * cols)
     axes = []
     for i in range(n):
@@ -159,8 +166,7 @@ def spectrum_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS):
     cmap = plt.get_cmap(CMAP)
     layers = spectra.layers()
     shown = layers[:max_layers]
-    cols = min(len(shown), 3) or 1
-    rows = -(-len(shown) // cols) or 1
+    rows, cols = _grid(len(shown))
     width = max(3.3 * cols + 1.3, 6.4)
     fig = plt.figure(figsize=(width, 3.3 * rows + 1.4), layout="constrained")
     axes = _panels(fig, max(len(shown), 1))
@@ -260,8 +266,7 @@ def singular_values_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS)
 
     cmap = plt.get_cmap(CMAP)
     layers = spectra.layers()[:max_layers]
-    cols = min(len(layers), 3) or 1
-    rows = -(-len(layers) // cols) or 1
+    rows, cols = _grid(len(layers))
     fig = plt.figure(figsize=(3.6 * cols + 1.3, 3.0 * rows + 1.2), layout="constrained")
     axes = _panels(fig, max(len(layers), 1))
     drawn_note = ""
@@ -297,8 +302,7 @@ def group_spectrum_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer
     plt = _plt()
     cmap = plt.get_cmap(CMAP)
     names = list(groups)
-    cols = min(len(names), 4) or 1
-    rows = -(-len(names) // cols) or 1
+    rows, cols = _grid(len(names), 4)
     fig = plt.figure(figsize=(3.2 * cols + 1.3, 3.2 * rows + 1.5), layout="constrained")
     axes = _panels(fig, max(len(names), 1), max_cols=4)
     for ax, g in zip(axes, names):

@@ -71,6 +71,9 @@ def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
     # the short last row is centred: its two panels sit between the first row's outer ones
     x0 = [ax.get_position().x0 for ax in axes]
     assert x0[0] < x0[3] < x0[1] < x0[4] < x0[2]
+    four = plots.spectrum_figure(_spectra(layers=("all", "l0", "l1", "l2")))
+    assert len({round(ax.get_position().x0, 3) for ax in _panels(four)}) == 2  # 2 × 2, not 3 + 1
+    plots._plt().close(four)
     cb = _colorbar(fig)
     assert cb.get_ylabel() == plots.TIME_LABEL
     assert cb.get_ylim() == (0.0, 1.0)  # the fixed scale, not the data range
