@@ -18,13 +18,25 @@ import numpy as np
 def reliable_mask(result, residual_tol: float) -> np.ndarray:
     """Boolean (r,): which Ritz pairs of one window are certified.
 
-    A result that carries its own ``reliable`` flags (certified spectra) is taken at its
-    word; otherwise a pair is reliable when its residual is at most ``residual_tol``.
+    A result that certifies its own pairs is taken at its word: a ``reliable`` method
+    (called with ``residual_tol``) or a ``reliable`` array; otherwise a pair is reliable
+    when its residual is at most ``residual_tol``. This is the one place to repoint.
     """
     flags = getattr(result, "reliable", None)
+    if callable(flags):
+        return np.asarray(flags(residual_tol), dtype=bool)
     if flags is not None:
         return np.asarray(flags, dtype=bool)
     return np.asarray(result.residuals) <= residual_tol
+
+
+def _criterion(results, residual_tol: float) -> str:
+    """What "certified" means for these results, in words for a legend."""
+    if any(callable(getattr(r, "reliable", None)) for r in results):
+        return f"κ·residual ≤ {residual_tol:g}, informative window"
+    if any(getattr(r, "reliable", None) is not None for r in results):
+        return ""
+    return f"residual ≤ {residual_tol:g}"
 
 
 def window_end_epochs(results, snapshot_epochs=None) -> np.ndarray:
@@ -80,8 +92,7 @@ class RunSpectra:
             masks, criterion = [np.asarray(m, dtype=bool) for m in reliable], ""
         else:
             masks = [reliable_mask(r, residual_tol) for r in results]
-            own = any(getattr(r, "reliable", None) is not None for r in results)
-            criterion = "" if own else f"residual ≤ {residual_tol:g}"
+            criterion = _criterion(results, residual_tol)
         return cls(label, results, masks, end, max(total, 1.0), analysis_id, criterion,
                    window_start_epochs(results, snapshot_epochs))
 

@@ -45,6 +45,10 @@ def test_reliable_mask_and_epochs():
     assert reliable_mask(r, TOL).tolist() == [True, False]
     certified = SimpleNamespace(residuals=r.residuals, reliable=[False, True])  # its own flags
     assert reliable_mask(certified, TOL).tolist() == [False, True]
+    # or its own rule (certified spectra: κ·residual, informative window)
+    scaled = SimpleNamespace(residuals=r.residuals, window=(0, 20), reliable=lambda tol: r.residuals * 20 <= tol)
+    assert reliable_mask(scaled, TOL).tolist() == [False, False]
+    assert RunSpectra.build([scaled], label="x", residual_tol=TOL).criterion.startswith("κ·residual")
     rows = [_row("all", (0, 20), [1.0], [0.0]), _row("all", (10, 30), [1.0], [0.0])]
     assert window_end_epochs(rows, [0, *range(5, 5 * 30, 5)]).tolist() == [95, 145]  # snapshots 19, 29
     assert window_end_epochs(rows).tolist() == [19, 29]
