@@ -277,28 +277,6 @@ def result_records(run_id: str, aid: str, results: list[WindowResult], residual_
     return rows
 
 
-def summary_metrics(results: list[WindowResult], residual_tol: float) -> dict[str, list[tuple[int, float]]]:
-    """Per layer, per window (step = window end): counts and extremes of reliable eigenvalues."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        ok = r.reliable(residual_tol)
-        lam = r.eigenvalues[ok]
-        step = int(r.window[1])
-        vals = {
-            "rank": float(r.rank),
-            "n_reliable": float(ok.sum()),
-            "max_abs_reliable": float(np.abs(lam).max()) if lam.size else None,
-            "min_dist_to_1": float(np.abs(lam - 1).min()) if lam.size else None,
-            "median_residual": float(np.median(r.residuals)) if r.residuals.size else None,
-        }
-        for k, v in vals.items():
-            if v is not None and np.isfinite(v):
-                out.setdefault(f"{r.layer}/{k}", []).append((step, v))
-    return out
-
-
-# --------------------------------------------------------------------------- many runs
-
 def _write_errors() -> tuple[type[BaseException], ...]:
     """What a failed store write raises: the OS or an object store (read-only, disk full,
     a file where a folder should be: OSError) or zarr (a node in the way, bad metadata).
@@ -460,23 +438,16 @@ def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
 
 
 def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path) -> list[Path]:
-    from . import plots
+    from .sync import analysis_figures
 
-    out.mkdir(parents=True, exist_ok=True)
-    return plots.analysis_figures(est.results_, out, title=run.run_id, residual_tol=params.residual_tol)
+    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out)
 
 
 def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
-    experiment = run.attrs.get("sweep") or "kma"
-    tracker.register_analysis(
-        experiment=experiment,
-        run_id=run.run_id,
-        analysis_id=params.analysis_id,
-        params={**params.key(), "n_snapshots": est.n_snapshots_, "n_parameters": est.n_parameters_},
-        metrics=summary_metrics(est.results_, params.residual_tol),
-        artifacts=figs,
-        tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
-    )
+    from .sync import register_analysis
+
+    register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
+                      n_snapshots=est.n_snapshots_, store=run.store.location)
 
 
 def _write_json(path: str, records: list[dict], report: dict) -> None:

@@ -1,13 +1,37 @@
-"""Figures of an analysis: spectra on the unit circle, eigenvalues over training,
-singular-value decay. Matplotlib with the non-interactive Agg backend; each function
-writes PNG files and returns their paths.
+"""Figures of spectra over training, for one run and for a group of runs.
+
+Every figure reads a :class:`~pipeline.spectra.RunSpectra` (the windows of one analysis,
+each placed at the epoch of its last snapshot, with a certified/uncertified mask per Ritz
+value decided by the caller). Conventions shared by all figures, so that figures of
+different runs can be laid side by side:
+
+- colour = the window's end as a fraction of training (``viridis``: 0 = start, dark;
+  1 = end, yellow), with a labelled colour bar; the scale is fixed, never the data range;
+- certified Ritz values are filled markers, uncertified ones hollow grey circles;
+- unit-circle panels have fixed axes ``[-LIM, LIM]²`` (Re λ, Im λ); a value beyond the frame
+  is drawn on its border, along its own direction, as a square;
+- one panel per layer (``all`` first), rows centred, no empty slots.
+
+Matplotlib with the non-interactive Agg backend. ``*_figure`` functions return the
+:class:`~matplotlib.figure.Figure`; :func:`analysis_figures` writes the PNGs of one run.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from .spectra import RunSpectra
+
+LIM = 1.5  # unit-circle panels show [-LIM, LIM]² in Re λ, Im λ
+CMAP = "viridis"
+TIME_LABEL = "window end (fraction of training)"
+MAX_PANELS = 12
+MAX_LINES = 60  # singular-value curves drawn per panel (evenly spaced windows beyond)
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+DIST_FLOOR = 1e-16  # |λ − 1| drawn no lower (log axis; exactly 1 happens)
 
 
 def _plt():
@@ -19,102 +43,336 @@ def _plt():
     return plt
 
 
-def _by_layer(results) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for r in results:
-        out.setdefault(r.layer, []).append(r)
-    return out
-
-
-def spectrum_figure(results, path: Path, *, title: str = "", max_layers: int = 9) -> Path:
-    """Ritz values of every window on the unit circle, coloured by log10 residual;
-    one panel per layer (``all`` first)."""
-    plt = _plt()
+def _norm():
     from matplotlib.colors import Normalize
 
-    layers = list(_by_layer(results).items())[:max_layers]
-    n = len(layers)
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
-    res_all = np.concatenate([r.residuals for r in results if r.residuals.size] or [np.ones(1)])
-    logres = np.log10(np.clip(res_all, 1e-16, None))
-    norm = Normalize(vmin=max(float(logres.min()), -12), vmax=max(float(logres.max()), -1))
+    return Normalize(vmin=0.0, vmax=1.0)
+
+
+def _time_colorbar(fig, axes, cmap):
+    from matplotlib.cm import ScalarMappable
+
+    cb = fig.colorbar(ScalarMappable(norm=_norm(), cmap=cmap), ax=axes, shrink=0.85, pad=0.02)
+    cb.set_label(TIME_LABEL)
+    cb.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0])
+    cb.set_ticklabels(["0 start", "0.25", "0.5", "0.75", "1 end"])
+    return cb
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels: the fewest rows of at most ``max_cols``, filled evenly
+    (4 panels: 2 × 2, not 3 + 1)."""
+    n = max(n, 1)
+    rows = -(-n // max_cols)
+    return rows, -(-n // rows)
+
+
+def _panels(fig, n: int, max_cols: int = 3, **kw) -> list:
+    """``n`` axes in rows of at most ``max_cols``, the last row centred: no empty slots."""
+    rows, cols = _grid(n, max_cols)
+    gs = fig.add_gridspec(rows, 2 * cols)
+    axes = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        in_row = cols if r < rows - 1 else n - cols * (rows - 1)
+        offset = cols - in_row  # half-columns to centre a short last row
+        axes.append(fig.add_subplot(gs[r, offset + 2 * c: offset + 2 * c + 2], **kw))
+    return axes
+
+
+def _title(fig, lines: list[str], width_in: float) -> None:
+    """A suptitle wrapped to the figure's width (about 11 characters per inch at size 10)."""
+    width = max(40, int(width_in * 11))
+    text = "\n".join(textwrap.fill(line, width) for line in lines if line)
+    fig.suptitle(text, fontsize=10)
+
+
+def _circle_axes(ax, title: str) -> None:
     t = np.linspace(0, 2 * np.pi, 400)
-    sc = None
-    for ax, (layer, rows_) in zip(axes.flat, layers):
-        ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
-        lam = np.concatenate([r.eigenvalues for r in rows_])
-        res = np.concatenate([r.residuals for r in rows_])
+    ax.plot(np.cos(t), np.sin(t), color="0.45", lw=0.8, zorder=1)
+    ax.axhline(0, color="0.88", lw=0.5, zorder=0)
+    ax.axvline(0, color="0.88", lw=0.5, zorder=0)
+    ax.set_xlim(-LIM, LIM)
+    ax.set_ylim(-LIM, LIM)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re λ")
+    ax.set_ylabel("Im λ")
+    ax.set_title(title, fontsize=9)
+
+
+def _clip(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, outside): values beyond the frame moved onto its border, along their ray."""
+    edge = np.maximum(np.abs(lam.real), np.abs(lam.imag))
+    outside = edge > LIM * 0.98
+    pos = lam.copy()
+    pos[outside] = lam[outside] * (LIM * 0.98 / edge[outside])
+    return pos, outside
+
+
+def _scatter_spectrum(ax, spectra: RunSpectra, layer: str, cmap) -> tuple[int, int, int]:
+    """Draw one run's windows of ``layer`` (uncertified underneath, later windows on top);
+    returns (certified, total, outside) counts."""
+    idx = spectra.rows(layer)
+    lam_c, col_c, lam_u = [], [], []
+    for i in idx:
+        r, ok = spectra.results[i], spectra.reliable[i]
+        lam_c.append(r.eigenvalues[ok])
+        col_c.append(np.repeat(spectra.fraction(i), int(ok.sum())))
+        lam_u.append(r.eigenvalues[~ok])
+    lam_c = np.concatenate(lam_c) if lam_c else np.zeros(0, complex)
+    col_c = np.concatenate(col_c) if col_c else np.zeros(0)
+    lam_u = np.concatenate(lam_u) if lam_u else np.zeros(0, complex)
+    pos_u, out_u = _clip(lam_u)
+    pos_c, out_c = _clip(lam_c)
+    dot = float(np.clip(16 * np.sqrt(400 / max(lam_c.size + lam_u.size, 1)), 4, 16))  # crowds: smaller dots
+    for mask, marker, size in ((~out_u, "o", dot), (out_u, "s", 30)):
+        if mask.any():
+            ax.scatter(pos_u[mask].real, pos_u[mask].imag, s=size, marker=marker, zorder=2, facecolors="none",
+                       edgecolors="0.65" if marker == "o" else "0.3", linewidths=0.6)
+    for mask, marker, size in ((~out_c, "o", dot + 2), (out_c, "s", 30)):
+        if mask.any():
+            ax.scatter(pos_c[mask].real, pos_c[mask].imag, s=size, marker=marker, zorder=3,
+                       c=cmap(col_c[mask]), edgecolors="none" if marker == "o" else "k", linewidths=0.6)
+    return int(lam_c.size), int(lam_c.size + lam_u.size), int(out_c.sum() + out_u.sum())
+
+
+def _spectrum_legend(fig, cmap, criterion: str, ncol: int = 2) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], ls="", marker="o", color=cmap(0.6), markeredgecolor="none",
+               label=f"certified{f' ({criterion})' if criterion else ''}"),
+        Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="0.6", label="not certified"),
+        Line2D([], [], ls="", marker="s", markerfacecolor="none", markeredgecolor="0.3",
+               label=f"beyond |Re λ| or |Im λ| = {LIM:g}, drawn on the border"),
+        Line2D([], [], color="0.45", lw=0.8, label="unit circle"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+def _span(spectra: RunSpectra) -> str:
+    n = len({tuple(r.window) for r in spectra.results})
+    if not len(spectra.end):
+        return "no windows"
+    first, last = int(spectra.end.min()), int(spectra.end.max())
+    ends = f"ending at epoch {first}" if first == last else f"ending at epochs {first}–{last}"
+    return f"{n} window{'s' if n != 1 else ''} {ends}"
+
+
+def spectrum_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS):
+    """Ritz values of every window on the unit circle, coloured by the window's position
+    in training; one panel per layer (``all`` first)."""
+    plt = _plt()
+    cmap = plt.get_cmap(CMAP)
+    layers = spectra.layers()
+    shown = layers[:max_layers]
+    rows, cols = _grid(len(shown))
+    width = max(3.3 * cols + 1.3, 6.4)
+    fig = plt.figure(figsize=(width, 3.3 * rows + 1.4), layout="constrained")
+    axes = _panels(fig, max(len(shown), 1))
+    for ax, layer in zip(axes, shown):
+        n_ok, n_all, n_out = _scatter_spectrum(ax, spectra, layer, cmap)
+        _circle_axes(ax, f"{layer}\n{n_ok} of {n_all} certified" + (f", {n_out} beyond" if n_out else ""))
+    _time_colorbar(fig, axes, cmap)
+    _spectrum_legend(fig, cmap, spectra.criterion, ncol=2 if cols > 1 else 1)
+    more = f" (first {len(shown)} of {len(layers)} layers)" if len(layers) > len(shown) else ""
+    _title(fig, [f"Koopman spectrum of {spectra.label}{more}",
+                 f"analysis {spectra.analysis_id} · {_span(spectra)}" if spectra.analysis_id else _span(spectra)],
+           width)
+    return fig
+
+
+def _layer_summary(spectra: RunSpectra, layer: str):
+    """Per window of ``layer`` (training order): epochs, max / median / 10% / 90% of the
+    certified |λ|, min |λ − 1| over certified λ, and the number certified (NaN if none)."""
+    idx = spectra.rows(layer)
+    x = np.array([spectra.end[i] for i in idx], dtype=float)
+    stats = np.full((len(idx), 5), np.nan)
+    count = np.zeros(len(idx))
+    for j, i in enumerate(idx):
+        lam = spectra.results[i].eigenvalues[spectra.reliable[i]]
+        count[j] = lam.size
         if lam.size:
-            sc = ax.scatter(lam.real, lam.imag, c=np.log10(np.clip(res, 1e-16, None)), cmap="viridis_r",
-                            norm=norm, s=14, alpha=0.8, edgecolors="none")
-        ax.set_aspect("equal")
-        ax.set_title(layer, fontsize=9)
-        ax.axhline(0, color="0.85", lw=0.5)
-        ax.axvline(0, color="0.85", lw=0.5)
-        lim = max(1.1, float(np.abs(lam).max()) * 1.05) if lam.size else 1.1
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    if sc is not None:
-        fig.colorbar(sc, ax=axes, label="log10 residual", shrink=0.8)
-    fig.suptitle(f"Koopman spectrum (all windows) {title}", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            mod = np.abs(lam)
+            stats[j] = [mod.max(), np.median(mod), np.quantile(mod, 0.1), np.quantile(mod, 0.9),
+                        max(np.abs(lam - 1).min(), DIST_FLOOR)]
+    return x, stats, count
 
 
-def eigenvalues_over_training(results, path: Path, *, residual_tol: float, layer: str = "all",
-                              title: str = "") -> Path:
-    """|λ| and arg λ of the reliable Ritz values against the window's end snapshot."""
+def moduli_figure(spectra: RunSpectra, *, max_layers: int = 8):
+    """Against training (epoch of each window's end): the largest certified |λ| per layer,
+    with the median and 10–90 % band of the whole network's certified |λ| (top); the
+    distance of the closest certified λ to 1 (middle, log scale); how many are certified
+    (bottom)."""
     plt = _plt()
-    rows = _by_layer(results).get(layer, [])
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for r in rows:
-        ok = r.reliable(residual_tol)
-        lam = r.eigenvalues[ok]
-        x = np.full(lam.size, r.window[1])
-        a1.scatter(x, np.abs(lam), s=10, color="C0")
-        a2.scatter(x, np.angle(lam), s=10, color="C1")
-        bad = r.eigenvalues[~ok]
-        a1.scatter(np.full(bad.size, r.window[1]), np.abs(bad), s=6, color="0.75", marker="x")
-    a1.axhline(1.0, color="k", lw=0.7, ls="--")
+    layers = spectra.layers()[:max_layers]
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(8, 8), sharex=True, layout="constrained",
+                                     gridspec_kw={"height_ratios": [3, 2, 1.3]})
+    any_certified = False
+    for k, layer in enumerate(layers):
+        x, st, count = _layer_summary(spectra, layer)
+        any_certified |= bool(np.isfinite(st[:, 4]).any())
+        few = len(x) <= 40
+        mk = dict(marker="o", ms=4) if few else {}
+        color = "k" if layer == "all" else f"C{(k - 1) % 10}"
+        lw = 1.8 if layer == "all" else 1.0
+        if layer == "all":
+            lo, hi = st[:, 2], st[:, 3]
+            if len(x) == 1:
+                a1.errorbar(x, st[:, 1], yerr=[st[:, 1] - lo, hi - st[:, 1]], color="0.5", capsize=6,
+                            marker="D", ms=5, ls="", label="all: median, 10–90 % of certified |λ|")
+            else:
+                a1.fill_between(x, lo, hi, color="0.8", alpha=0.7, lw=0, label="all: 10–90 % of certified |λ|")
+                a1.plot(x, st[:, 1], color="0.4", lw=1, ls="--", label="all: median certified |λ|")
+        a1.plot(x, st[:, 0], color=color, lw=lw, label=f"{layer}: largest certified |λ|", **mk)
+        a2.plot(x, st[:, 4], color=color, lw=lw, label=layer, **mk)
+        a3.plot(x, count, color=color, lw=lw, drawstyle="default" if few else "steps-post", label=layer, **mk)
+    a1.axhline(1.0, color="k", lw=0.7, ls=":", label="|λ| = 1")
+    a1.set_xlim(-0.02 * spectra.total, 1.02 * spectra.total)  # the whole training, whatever the windows
+    a1.ticklabel_format(axis="y", useOffset=False)
+    start = spectra.start if spectra.start is not None else spectra.end
+    spans = sorted({(int(start[i]), int(spectra.end[i])) for i in spectra.rows(layers[0])} if layers else set())
+    if 0 < len(spans) <= 3:  # few windows: shade the epochs each one covers
+        for k, (a, b) in enumerate(spans):
+            for ax in (a1, a2, a3):
+                ax.axvspan(a, b, color="C0", alpha=0.07, lw=0, label=None if k or ax is not a1 else (
+                    f"window: epochs {a}–{b}" if len(spans) == 1 else "epochs the windows cover"))
     a1.set_ylabel("|λ|")
-    a2.set_ylabel("arg λ (rad)")
-    a2.set_xlabel("window end (snapshot)")
-    a1.set_title(f"{layer}: reliable (κ·residual ≤ {residual_tol:g}) eigenvalues over training {title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    a1.legend(fontsize=7, loc="best", ncol=2)  # after every labelled artist
+    a2.set_yscale("log")
+    if not any_certified:  # nothing to draw: a log axis needs limits of its own
+        a2.set_ylim(1e-8, 1)
+        a1.set_ylim(0, 1.5)
+        a1.text(0.5, 0.5, "no certified eigenvalue in any window", transform=a1.transAxes,
+                ha="center", va="center", color="0.3")
+    a2.set_ylabel("min |λ − 1| (certified)")
+    a3.set_ylabel("# certified")
+    a3.set_xlabel("epoch (end of window)")
+    a3.yaxis.get_major_locator().set_params(integer=True)
+    a3.xaxis.get_major_locator().set_params(integer=True)
+    if len(layers) > 1:
+        a2.legend(fontsize=7, loc="best", ncol=min(len(layers), 4), title="layer", title_fontsize=7)
+    _title(fig, [f"Eigenvalue moduli over training: {spectra.label}",
+                 (f"analysis {spectra.analysis_id} · " if spectra.analysis_id else "") + _span(spectra)
+                 + (f" · certified: {spectra.criterion}" if spectra.criterion else "")], 8)
+    return fig
 
 
-def singular_values_figure(results, path: Path, *, layer: str = "all", title: str = "") -> Path:
-    """Normalised singular values σ_i/σ_1 of every window, coloured by position."""
+def singular_values_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS):
+    """Normalised singular values σ_i/σ_1 of every window (one curve per window, coloured
+    by its position in training), one panel per layer; the float32 resolution marked."""
     plt = _plt()
-    rows = _by_layer(results).get(layer, [])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    cmap = plt.get_cmap("plasma")
-    for i, r in enumerate(rows):
-        s = r.singular_values
-        if s.size and s[0] > 0:
-            ax.semilogy(np.arange(1, s.size + 1), s / s[0], color=cmap(i / max(len(rows) - 1, 1)), lw=1)
-    ax.set_xlabel("index")
-    ax.set_ylabel("σ_i / σ_1")
-    ax.set_title(f"{layer}: singular-value decay per window (early → late: dark → light) {title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from matplotlib.ticker import MaxNLocator
+
+    cmap = plt.get_cmap(CMAP)
+    layers = spectra.layers()[:max_layers]
+    rows, cols = _grid(len(layers))
+    fig = plt.figure(figsize=(3.6 * cols + 1.3, 3.0 * rows + 1.2), layout="constrained")
+    axes = _panels(fig, max(len(layers), 1))
+    drawn_note = ""
+    for ax, layer in zip(axes, layers):
+        idx = spectra.rows(layer)
+        if len(idx) > MAX_LINES:
+            idx = [idx[j] for j in np.unique(np.linspace(0, len(idx) - 1, MAX_LINES).round().astype(int))]
+            drawn_note = f" ({MAX_LINES} evenly spaced windows drawn per layer)"
+        top = 1
+        for i in idx:
+            s = spectra.results[i].singular_values
+            if s.size and s[0] > 0:
+                ax.semilogy(np.arange(1, s.size + 1), s / s[0], color=cmap(spectra.fraction(i)), lw=1,
+                            marker="o" if s.size <= 12 else None, ms=3)
+                top = max(top, s.size)
+        ax.axhline(FLOAT32_EPS, color="0.5", lw=0.8, ls=":")
+        ax.text(1, FLOAT32_EPS, " float32 ε", fontsize=7, color="0.4", ha="left", va="bottom")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("index i")
+        ax.set_ylabel(r"$\sigma_i\,/\,\sigma_1$")
+        ax.set_title(layer, fontsize=9)
+    _time_colorbar(fig, axes, cmap)
+    _title(fig, [f"Singular-value decay per window: {spectra.label}{drawn_note}",
+                 (f"analysis {spectra.analysis_id} · " if spectra.analysis_id else "") + _span(spectra)],
+           3.6 * cols + 1.3)
+    return fig
 
 
-def analysis_figures(results, out_dir: Path, *, title: str = "", residual_tol: float) -> list[Path]:
+# --------------------------------------------------------------------------- groups
+def group_spectrum_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: str = "all"):
+    """One unit-circle panel per group: the Ritz values of ``layer`` of every run of the
+    group, every window, coloured by position in training, certified filled."""
+    plt = _plt()
+    cmap = plt.get_cmap(CMAP)
+    names = list(groups)
+    rows, cols = _grid(len(names), 4)
+    fig = plt.figure(figsize=(3.2 * cols + 1.3, 3.2 * rows + 1.5), layout="constrained")
+    axes = _panels(fig, max(len(names), 1), max_cols=4)
+    for ax, g in zip(axes, names):
+        n_ok = n_all = n_out = 0
+        for sp in groups[g]:
+            a, b, c = _scatter_spectrum(ax, sp, layer, cmap)
+            n_ok, n_all, n_out = n_ok + a, n_all + b, n_out + c
+        runs = len(groups[g])
+        _circle_axes(ax, f"{by}={g} ({runs} run{'s' if runs != 1 else ''})\n{n_ok} of {n_all} certified"
+                     + (f", {n_out} beyond" if n_out else ""))
+    _time_colorbar(fig, axes, cmap)
+    crit = next((sp.criterion for sps in groups.values() for sp in sps if sp.criterion), "")
+    _spectrum_legend(fig, cmap, crit)
+    _title(fig, [f"Koopman spectra ({layer}) by {by}", _analyses(groups)], 3.2 * cols + 1.3)
+    return fig
+
+
+def group_moduli_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: str = "all"):
+    """Largest certified |λ| (top) and distance of the closest certified λ to 1 (bottom)
+    of ``layer`` against training, one line per run: colour = group, line style = run
+    within the group, every run named in the legend."""
+    plt = _plt()
+    styles = ["-", "--", ":", "-."]
+    n_runs = sum(len(sps) for sps in groups.values())
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.5 + 0.16 * (-(-n_runs // 2))), sharex=True,
+                                 layout="constrained")
+    any_certified = False
+    for gi, (g, sps) in enumerate(groups.items()):
+        for ri, sp in enumerate(sps):
+            x, st, _ = _layer_summary(sp, layer)
+            any_certified |= bool(np.isfinite(st[:, 4]).any())
+            kw = dict(color=f"C{gi % 10}", ls=styles[ri % len(styles)], lw=1.3,
+                      marker="o" if len(x) <= 40 else None, ms=3)
+            a1.plot(x, st[:, 0], label=f"{by}={g}: {sp.label}", **kw)
+            a2.plot(x, st[:, 4], **kw)
+    a1.axhline(1.0, color="k", lw=0.7, ls=":")
+    a1.set_ylabel(f"largest certified |λ| ({layer})")
+    a1.ticklabel_format(axis="y", useOffset=False)
+    a2.set_yscale("log")
+    if not any_certified:
+        a2.set_ylim(1e-8, 1)
+    a2.set_ylabel("min |λ − 1| (certified)")
+    a2.set_xlabel("epoch (end of window)")
+    a2.xaxis.get_major_locator().set_params(integer=True)
+    total = max((sp.total for sps in groups.values() for sp in sps), default=1.0)
+    a1.set_xlim(-0.02 * total, 1.02 * total)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+    _title(fig, [f"Eigenvalue moduli over training by {by}", _analyses(groups)], 9)
+    return fig
+
+
+def _analyses(groups: dict[str, list[RunSpectra]]) -> str:
+    ids = sorted({sp.analysis_id for sps in groups.values() for sp in sps if sp.analysis_id})
+    return f"analysis {', '.join(ids)}" if ids else ""
+
+
+# --------------------------------------------------------------------------- files
+def save(fig, path: Path, dpi: int = 110) -> Path:
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return Path(path)
+
+
+def analysis_figures(spectra: RunSpectra, out_dir: Path) -> list[Path]:
+    """``spectrum.png``, ``eigenvalues_over_training.png`` and ``singular_values.png`` of
+    one run's analysis, written into ``out_dir``."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        spectrum_figure(results, out_dir / "spectrum.png", title=title),
-        eigenvalues_over_training(results, out_dir / "eigenvalues_over_training.png",
-                                  residual_tol=residual_tol, title=title),
-        singular_values_figure(results, out_dir / "singular_values.png", title=title),
+        save(spectrum_figure(spectra), out_dir / "spectrum.png"),
+        save(moduli_figure(spectra), out_dir / "eigenvalues_over_training.png"),
+        save(singular_values_figure(spectra), out_dir / "singular_values.png"),
     ]

@@ -41,6 +41,48 @@ def _experiment_and_params(run) -> tuple[str, dict]:
     return variant.sweep, flatten_dict(variant.model_dump(mode="json"))
 
 
+def short_name(run) -> str:
+    """What the MLflow UI shows for a run: the grid coordinates a sweep compares first
+    (depth, width, init, seed) and six hex digits of the run id's digest, which keep
+    variants differing elsewhere (lr, loss, ...) apart: ``d3-w32-kaiming-s0-21b4b0``.
+    A run that is not a sweep variant shows its run id."""
+    c = run.config if isinstance(run.config, dict) else {}
+    if not all(k in c for k in ("depth", "width", "init", "seed")):
+        return run.run_id
+    digest = run.run_id.rsplit("-", 1)[-1]
+    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{digest[:6]}"
+
+
+def training_times(run) -> tuple[int | None, int | None]:
+    """(start, end) of the run's training in Unix milliseconds, from the store: the
+    runner's ``t_start``/``t_end``, else the ``created``/``finished`` (or ``updated``)
+    timestamps; None where neither exists."""
+    import datetime as dt
+
+    def ms(*keys):
+        for key in keys:
+            v = run.attrs.get(key)
+            if isinstance(v, (int, float)):
+                return int(v * 1000)
+            if isinstance(v, str):
+                try:
+                    return int(dt.datetime.fromisoformat(v).timestamp() * 1000)
+                except ValueError:
+                    continue
+        return None
+
+    start, end = ms("t_start", "created"), ms("t_end", "finished", "updated")
+    if start is not None and end is not None and end < start:
+        end = start
+    return start, end
+
+
+def _variant_tags(run, experiment: str) -> dict[str, str]:
+    tags = {"kma.variant": short_name(run), "kma.sweep": experiment, "kma.status": run.status,
+            "kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")}
+    return tags
+
+
 def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
     """Register one stored run in MLflow (a no-op if a complete record exists, a repair if
     a half-written one does). Returns True if a record was written."""
@@ -48,9 +90,10 @@ def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
     experiment, params = _experiment_and_params(run)
     params["run_id"] = run_id
     params["n_parameters"] = run.layout.size
-    extra = {"kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")}
+    extra = _variant_tags(run, experiment)
     if run.attrs.get("error"):
         extra["kma.error"] = str(run.attrs["error"])[:500]
+    start, end = training_times(run)
     _, created = tracker.register_training(
         experiment=experiment,
         run_id=run_id,
@@ -61,15 +104,55 @@ def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
         config_yaml=yaml.safe_dump(run.config, sort_keys=False),
         extra_tags=extra,
         store=store.location,
+        run_name=short_name(run),
+        start_ms=start,
+        end_ms=end,
     )
     return created
+
+
+def analysis_figures(run, results, analysis_id: str, residual_tol: float, out: Path) -> list[Path]:
+    """The figures of one stored analysis, written into ``out``."""
+    from . import plots
+    from .spectra import RunSpectra
+
+    out.mkdir(parents=True, exist_ok=True)
+    spectra = RunSpectra.of_run(run, results, residual_tol=residual_tol, analysis_id=analysis_id,
+                                label=short_name(run))
+    return plots.analysis_figures(spectra, out)
+
+
+def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, results, figs: list[Path], *,
+                      n_snapshots: int, store: str | None = None, replace: bool = True) -> str:
+    """Register one analysis of ``run`` as a child of its training record: the analysis
+    parameters (``analysis.<name>``) beside the variant's own params and tags (so analyses
+    group and filter by depth, init, ...), spectral summaries per window with ``step`` =
+    the epoch of the window's end, and the figures."""
+    from .spectra import RunSpectra, window_metrics
+
+    experiment, variant_params = _experiment_and_params(run)
+    spectra = RunSpectra.of_run(run, results, residual_tol=float(key.get("residual_tol", 1e-2)),
+                                analysis_id=analysis_id)
+    params = {**variant_params, "run_id": run.run_id, "n_parameters": run.layout.size,
+              **{f"analysis.{k}": v for k, v in key.items()}, "n_snapshots": n_snapshots}
+    return tracker.register_analysis(
+        experiment=experiment,
+        run_id=run.run_id,
+        analysis_id=analysis_id,
+        params=params,
+        metrics=window_metrics(spectra),
+        artifacts=figs,
+        tags={**_variant_tags(run, experiment), "kma.trajectory_uri": run.uri},
+        store=store,
+        replace=replace,
+        run_name=f"{short_name(run)}/{analysis_id}",
+    )
 
 
 def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: str, analysis_id: str) -> bool:
     """Register a stored analysis as a child run unless a complete record exists.
     Returns True if a record was written."""
-    from . import plots
-    from .analysis import RELIABLE_RESIDUAL, load_results, summary_metrics
+    from .analysis import RELIABLE_RESIDUAL, load_results
 
     run = store.open_run(run_id)
     experiment, _ = _experiment_and_params(run)
@@ -82,18 +165,9 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     residual_tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
     results = load_results(run, analysis_id)
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
-        figs = plots.analysis_figures(results, Path(tmp), title=run_id, residual_tol=residual_tol)
-        tracker.register_analysis(
-            experiment=experiment,
-            run_id=run_id,
-            analysis_id=analysis_id,
-            params={**key, "n_snapshots": g.attrs.get("n_snapshots"), "n_parameters": run.layout.size},
-            metrics=summary_metrics(results, residual_tol),
-            artifacts=figs,
-            tags={"kma.trajectory_uri": run.uri, "kma.sweep": experiment},
-            store=store.location,
-            replace=False,
-        )
+        figs = analysis_figures(run, results, analysis_id, residual_tol, Path(tmp))
+        register_analysis(tracker, run, analysis_id, key, results, figs,
+                          n_snapshots=g.attrs.get("n_snapshots"), store=store.location, replace=False)
     return True
 
 

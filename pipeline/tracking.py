@@ -13,6 +13,13 @@ duplicates and re-attaches analyses to the surviving record. Analyses are child 
 
 A fresh SQLite database is created under a file lock, so that two commands starting at
 once on the same new file do not race through MLflow's schema migration.
+
+Where things go in the UI: each experiment is created with the tag
+``mlflow.experimentKind = custom_model_development`` (MLflow 3 opens it on its runs, not on
+a GenAI traces page) and with its artifact location next to the tracking database
+(``sqlite:////x/mlflow.db`` → ``/x/mlartifacts/<experiment>``), or under
+``$KMA_ARTIFACT_ROOT``; for a tracking server the server's artifact store decides. Never
+MLflow's default ``./mlruns`` of the current directory.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ TAG_ANALYSIS = "kma.analysis_id"
 TAG_KIND = "kma.kind"
 TAG_STORE = "kma.store"
 TAG_URI = "kma.trajectory_uri"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
 DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written record
 _MAX_PARAM = 6000
 
@@ -42,11 +51,32 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where new experiments keep their artifacts: ``$KMA_ARTIFACT_ROOT`` if set, else the
+    folder ``mlartifacts`` beside a SQLite database file, else None (a tracking server's
+    own artifact store)."""
+    if os.environ.get("KMA_ARTIFACT_ROOT"):
+        root = os.environ["KMA_ARTIFACT_ROOT"]
+        return str(Path(root).resolve()) if "://" not in root else root.rstrip("/")
+    if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return str(db.resolve().parent / "mlartifacts")
+    return None
+
+
+def _slug(name: str) -> str:
+    """An experiment name as one safe path segment."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
 class Tracker:
     """Registers runs and analyses in one MLflow tracking server or database."""
 
     def __init__(self, tracking_uri: str | None = None):
         self.uri = tracking_uri or default_tracking_uri()
+        self.artifact_root = artifact_root(self.uri)
         _check_reachable(self.uri)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         from mlflow.tracking import MlflowClient
@@ -66,8 +96,10 @@ class Tracker:
             if exp is not None and exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             if exp is None:
+                location = f"{self.artifact_root}/{_slug(name)}" if self.artifact_root else None
                 try:
-                    exp_id = self.client.create_experiment(name)
+                    exp_id = self.client.create_experiment(
+                        name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
                 except Exception:  # noqa: BLE001 - created meanwhile by a concurrent sweep?
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
@@ -75,6 +107,12 @@ class Tracker:
                     exp_id = exp.experiment_id
             else:
                 exp_id = exp.experiment_id
+                if TAG_EXPERIMENT_KIND not in exp.tags:  # made by an older version
+                    self.client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+                if self.artifact_root and not exp.artifact_location.removeprefix("file://").startswith(
+                        self.artifact_root):
+                    log.warning("MLflow experiment %s keeps its artifacts where it was created: %s",
+                                name, exp.artifact_location)
             self._experiments[name] = exp_id
         return self._experiments[name]
 
@@ -107,11 +145,16 @@ class Tracker:
         config_yaml: str,
         extra_tags: dict[str, str] | None = None,
         store: str | None = None,
+        run_name: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> tuple[str, bool]:
         """Log one finished training run; returns (mlflow run id, newly created?).
 
         ``store`` is the store's absolute location (default: ``trajectory_uri`` without
-        its ``/runs/<run_id>`` tail). An existing complete record with the same status is
+        its ``/runs/<run_id>`` tail). ``run_name`` is what the UI shows (default: the run
+        id); ``start_ms``/``end_ms`` (Unix milliseconds) the training's start and end, so
+        the UI's duration is the training time, not the registration time. An existing complete record with the same status is
         kept; half-written records (never terminated), records of another status and
         duplicates are deleted, and analyses are re-attached to the record that stays.
         """
@@ -137,13 +180,14 @@ class Tracker:
             "kma.sweep": experiment,
             **(extra_tags or {}),
         }
-        run = self.client.create_run(self.experiment_id(experiment), run_name=run_id, tags=tags)
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name or run_id,
+                                     tags=tags, start_time=start_ms)
         rid = run.info.run_id
         self.log_params(rid, params)
         self.log_series(rid, metrics)
         self.client.log_text(rid, config_yaml, "config.yaml")
         # terminated last: a record still RUNNING is one an interruption left half-written
-        self.client.set_terminated(rid, "FINISHED" if status == "complete" else "FAILED")
+        self.client.set_terminated(rid, "FINISHED" if status == "complete" else "FAILED", end_time=end_ms)
         if existing:
             self._reattach(experiment, run_id, store, rid)
         return rid, True
@@ -167,10 +211,13 @@ class Tracker:
         tags: dict[str, str] | None = None,
         store: str | None = None,
         replace: bool = True,
+        run_name: str | None = None,
     ) -> str:
         """Log an analysis as a child of the run's training record. A previous record of
         the same analysis id (same store) is replaced, or with ``replace=False`` kept if
-        it was completely written (half-written ones are always replaced)."""
+        it was completely written (half-written ones are always replaced). ``metrics``
+        are ``{name: [(step, value), ...]}``; ``run_name`` defaults to
+        ``<run id>/<analysis id>``."""
         tags = dict(tags or {})
         store = store or tags.get(TAG_STORE) or _store_of(tags.get(TAG_URI, ""), run_id)
         olds = self.find(experiment, run_id, analysis_id, store=store)
@@ -186,7 +233,7 @@ class Tracker:
         if parent:
             all_tags["mlflow.parentRunId"] = parent[-1].info.run_id
         run = self.client.create_run(
-            self.experiment_id(experiment), run_name=f"{run_id}/analysis-{analysis_id}", tags=all_tags
+            self.experiment_id(experiment), run_name=run_name or f"{run_id}/{analysis_id}", tags=all_tags
         )
         rid = run.info.run_id
         self.log_params(rid, params)

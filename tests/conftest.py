@@ -52,3 +52,20 @@ def kma_env():
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_to_cwd_mlruns():
+    """MLflow artifacts go beside the tracking database (``mlartifacts``), never into
+    ``./mlruns`` of the directory the tests run from: the suite fails if it adds any."""
+    places = {Path.cwd() / "mlruns", REPO / "mlruns"}
+
+    def listing():
+        return {p: set(os.listdir(p)) if p.is_dir() else None for p in places}
+
+    before = listing()
+    yield
+    after = listing()
+    added = {str(p): sorted((after[p] or set()) - (before[p] or set())) for p in places
+             if after[p] is not None and (before[p] is None or after[p] - before[p])}
+    assert not added, f"the tests wrote MLflow artifacts outside their temporary directories: {added}"

@@ -232,13 +232,13 @@ def test_registered_in_mlflow_as_child_of_training(known):
     run = found[0]
     assert run.data.tags["kma.run_id"] == "syn"
     assert run.data.tags["mlflow.parentRunId"] == known["parent"]
-    assert run.data.params["window"] == "20" and run.data.params["n_snapshots"] == str(T)
+    assert run.data.params["analysis.window"] == "20" and run.data.params["n_snapshots"] == str(T)
     artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id)}
     for name in ("spectrum.png", "eigenvalues_over_training.png", "singular_values.png"):
         assert artifacts.get(name, 0) > 0, artifacts
     for layer in LAYERS:
         hist = sorted(client.get_metric_history(run.info.run_id, f"{layer}/n_reliable"), key=lambda m: m.step)
-        assert [h.step for h in hist] == [w[1] for w in WINDOWS]
+        assert [h.step for h in hist] == [w[1] - 1 for w in WINDOWS]  # epoch of the window's last snapshot
         assert [h.value for h in hist] == [len(KNOWN)] * len(WINDOWS)
     hist = client.get_metric_history(run.info.run_id, "all/max_abs_reliable")
     assert [h.value for h in hist] == pytest.approx([1.0] * len(WINDOWS), abs=EIG_TOL)

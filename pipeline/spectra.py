@@ -1,0 +1,128 @@
+"""Spectra placed on the training axis: what the figures draw and MLflow charts.
+
+An analysis is a list of :class:`~pipeline.koopman.WindowResult` rows (one per layer and
+window ``[a, b)`` of snapshots). To compare runs over training, every window is placed at
+the epoch of its last snapshot ``b - 1`` (the ``step`` of the training metrics, which are
+logged per epoch), and each Ritz pair is marked certified or not by :func:`reliable_mask`,
+the one place that decides it. (With snapshots every few optimizer steps, several windows
+can end in one epoch: they share that step.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def reliable_mask(result, residual_tol: float) -> np.ndarray:
+    """Boolean (r,): which Ritz pairs of one window are certified — the engine's own
+    rule, :meth:`pipeline.koopman.WindowResult.reliable` (κ · residual ≤ ``residual_tol``
+    in a window whose residuals are informative; see the README's "Certified spectra")."""
+    return np.asarray(result.reliable(residual_tol), dtype=bool)
+
+
+def _criterion(results, residual_tol: float) -> str:
+    """What "certified" means for these results, in words for a legend."""
+    return f"κ·residual ≤ {residual_tol:g}, informative window"
+
+
+def window_end_epochs(results, snapshot_epochs=None) -> np.ndarray:
+    """Int (n_rows,): the epoch of each window's last snapshot.
+
+    ``snapshot_epochs`` (n_snapshots,) is the store's ``snapshot_epochs`` attribute (epoch
+    0 is the initial weights); without it (an older run) the snapshot index stands in.
+    """
+    return _epochs([int(r.window[1]) - 1 for r in results], snapshot_epochs)
+
+
+def window_start_epochs(results, snapshot_epochs=None) -> np.ndarray:
+    """Int (n_rows,): the epoch of each window's first snapshot."""
+    return _epochs([int(r.window[0]) for r in results], snapshot_epochs)
+
+
+def _epochs(snapshots, snapshot_epochs) -> np.ndarray:
+    idx = np.array(snapshots, dtype=np.int64)
+    if snapshot_epochs is not None and len(snapshot_epochs) > int(idx.max(initial=-1)):
+        return np.asarray(snapshot_epochs, dtype=np.int64)[idx]
+    return idx
+
+
+@dataclass
+class RunSpectra:
+    """One analysis of one run, ready to draw or log.
+
+    ``results`` are the WindowResult rows; ``reliable`` one boolean (r,) mask per row;
+    ``end`` (n_rows,) the epoch of each window's end (``start``: of its first snapshot);
+    ``total`` the training length in epochs (normalises ``end`` to the fraction of
+    training, the figures' colour scale).
+    """
+
+    label: str
+    results: list
+    reliable: list
+    end: np.ndarray
+    total: float
+    analysis_id: str = ""
+    criterion: str = ""  # what "certified" means here, for legends
+    start: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, results, *, label: str, residual_tol: float, snapshot_epochs=None,
+              analysis_id: str = "", reliable=None) -> "RunSpectra":
+        results = list(results)
+        end = window_end_epochs(results, snapshot_epochs)
+        if snapshot_epochs is not None and len(snapshot_epochs):
+            total = float(max(snapshot_epochs))
+        else:
+            total = float(max((r.window[1] - 1 for r in results), default=1))
+        if reliable is not None:
+            masks, criterion = [np.asarray(m, dtype=bool) for m in reliable], ""
+        else:
+            masks = [reliable_mask(r, residual_tol) for r in results]
+            criterion = _criterion(results, residual_tol)
+        return cls(label, results, masks, end, max(total, 1.0), analysis_id, criterion,
+                   window_start_epochs(results, snapshot_epochs))
+
+    @classmethod
+    def of_run(cls, run, results, *, residual_tol: float, analysis_id: str = "", label: str | None = None):
+        """From a stored :class:`~pipeline.store.Run` (its ``snapshot_epochs``)."""
+        return cls.build(results, label=label or run.run_id, residual_tol=residual_tol,
+                         snapshot_epochs=run.attrs.get("snapshot_epochs"), analysis_id=analysis_id)
+
+    def layers(self) -> list[str]:
+        """Layer names, ``all`` first, in the order the analysis wrote them."""
+        seen = list(dict.fromkeys(r.layer for r in self.results))
+        return sorted(seen, key=lambda name: name != "all")
+
+    def rows(self, layer: str) -> list[int]:
+        """Indices of the layer's windows, in training order."""
+        idx = [i for i, r in enumerate(self.results) if r.layer == layer]
+        return sorted(idx, key=lambda i: (self.results[i].window[1], self.results[i].window[0]))
+
+    def fraction(self, i: int) -> float:
+        """Window ``i``'s end as a fraction of training, in [0, 1]."""
+        return float(np.clip(self.end[i] / self.total, 0.0, 1.0))
+
+
+def window_metrics(spectra: RunSpectra) -> dict[str, list[tuple[int, float]]]:
+    """MLflow metrics ``{"<layer>/<name>": [(epoch, value), ...]}``, one point per window
+    (step = the epoch of the window's last snapshot): ``n_reliable``, ``rank``,
+    ``max_abs_reliable``, ``median_abs_reliable``, ``min_dist_to_1`` (closest reliable λ
+    to 1) and ``median_residual``. Values that do not exist (no reliable λ) are left out."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for i, r in enumerate(spectra.results):
+        ok = spectra.reliable[i]
+        lam = r.eigenvalues[ok]
+        vals = {
+            "rank": float(r.rank),
+            "n_reliable": float(ok.sum()),
+            "max_abs_reliable": float(np.abs(lam).max()) if lam.size else None,
+            "median_abs_reliable": float(np.median(np.abs(lam))) if lam.size else None,
+            "min_dist_to_1": float(np.abs(lam - 1).min()) if lam.size else None,
+            "median_residual": float(np.median(r.residuals)) if r.residuals.size else None,
+        }
+        for k, v in vals.items():
+            if v is not None and np.isfinite(v):
+                out.setdefault(f"{r.layer}/{k}", []).append((int(spectra.end[i]), v))
+    return out

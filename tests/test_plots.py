@@ -1,0 +1,193 @@
+"""Figures read by a researcher: the matplotlib Figure objects are inspected (panels, axis
+labels, fixed limits and colour scale, certified vs uncertified markers, legends), on
+spectra made in the test with known windows, residuals and outliers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+
+from pipeline import plots
+from pipeline.koopman import WindowResult
+from pipeline.spectra import RunSpectra, reliable_mask, window_end_epochs, window_metrics
+
+TOL = 1e-2
+EPOCHS = list(range(0, 101))  # snapshot i taken at epoch i; 101 snapshots
+
+
+def _row(layer, window, lam, res):
+    lam = np.asarray(lam, dtype=np.complex128)
+    sv = np.geomspace(1.0, 1e-6, max(lam.size, 2))
+    return WindowResult(layer, window, lam, np.ones_like(lam), np.asarray(res, float), sv, lam.size)
+
+
+def _spectra(layers=("all", "l0", "l1", "l2", "l3"), windows=((0, 20), (10, 30), (20, 40)), label="run-a"):
+    """Every window: λ = 1 (certified), 0.9i (certified), −0.5 (not), and 3.0 (certified,
+    beyond the frame)."""
+    rows = [_row(layer, w, [1.0, 0.9j, -0.5, 3.0], [1e-8, 1e-3, 0.5, 1e-6]) for layer in layers for w in windows]
+    return RunSpectra.build(rows, label=label, residual_tol=TOL, snapshot_epochs=EPOCHS, analysis_id="qr-w20s10-x")
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _colorbar(fig):
+    [cb] = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    return cb
+
+
+def test_reliable_mask_and_epochs():
+    r = _row("all", (0, 20), [1.0, 0.5], [1e-3, 0.1])
+    assert reliable_mask(r, TOL).tolist() == [True, False]
+    # the result's own rule decides (certified spectra: κ·residual, informative window)
+    scaled = SimpleNamespace(residuals=r.residuals, window=(0, 20), reliable=lambda tol: r.residuals * 20 <= tol)
+    assert reliable_mask(scaled, TOL).tolist() == [False, False]
+    assert RunSpectra.build([scaled], label="x", residual_tol=TOL).criterion.startswith("κ·residual")
+    rows = [_row("all", (0, 20), [1.0], [0.0]), _row("all", (10, 30), [1.0], [0.0])]
+    assert window_end_epochs(rows, [0, *range(5, 5 * 30, 5)]).tolist() == [95, 145]  # snapshots 19, 29
+    assert window_end_epochs(rows).tolist() == [19, 29]
+
+
+def test_window_metrics_one_point_per_window_at_the_end_epoch():
+    sp = _spectra(layers=("all",))
+    m = window_metrics(sp)
+    assert [s for s, _ in m["all/n_reliable"]] == [19, 29, 39]
+    assert [v for _, v in m["all/n_reliable"]] == [3.0] * 3
+    assert [v for _, v in m["all/max_abs_reliable"]] == pytest.approx([3.0] * 3)
+    assert [v for _, v in m["all/min_dist_to_1"]] == pytest.approx([0.0] * 3)
+
+
+def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
+    sp = _spectra()
+    fig = plots.spectrum_figure(sp)
+    axes = _panels(fig)
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["all", "l0", "l1", "l2", "l3"]  # no empty slot
+    for ax in axes:
+        assert ax.get_xlabel() == "Re λ" and ax.get_ylabel() == "Im λ"
+        assert ax.get_xlim() == (-plots.LIM, plots.LIM) and ax.get_ylim() == (-plots.LIM, plots.LIM)
+        assert "9 of 12 certified, 3 beyond" in ax.get_title()
+    # the short last row is centred: its two panels sit between the first row's outer ones
+    x0 = [ax.get_position().x0 for ax in axes]
+    assert x0[0] < x0[3] < x0[1] < x0[4] < x0[2]
+    four = plots.spectrum_figure(_spectra(layers=("all", "l0", "l1", "l2")))
+    assert len({round(ax.get_position().x0, 3) for ax in _panels(four)}) == 2  # 2 × 2, not 3 + 1
+    plots._plt().close(four)
+    cb = _colorbar(fig)
+    assert cb.get_ylabel() == plots.TIME_LABEL
+    assert cb.get_ylim() == (0.0, 1.0)  # the fixed scale, not the data range
+    assert "Koopman spectrum of run-a" in fig._suptitle.get_text()
+    assert "qr-w20s10-x" in fig._suptitle.get_text()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == f"certified (κ·residual ≤ {TOL:g}, informative window)" and legend[1] == "not certified"
+
+    # certified: filled, coloured by window end / training length; uncertified: hollow
+    ax = axes[0]
+    import matplotlib
+
+    cmap = matplotlib.colormaps[plots.CMAP]
+    filled = {}
+    for coll in ax.collections:
+        fc = coll.get_facecolor()
+        offs = coll.get_offsets()
+        if len(fc) == 0:  # hollow (uncertified): −0.5 only
+            assert np.allclose(offs, [[-0.5, 0.0]])
+            continue
+        assert len(fc) == len(offs)  # one colour per point
+        for xy, c in zip(offs, fc):
+            filled.setdefault(tuple(np.round(xy, 6)), []).append(tuple(c))
+    want = {tuple(to_rgba(cmap(end / 100))) for end in (19, 29, 39)}
+    assert set(filled[(1.0, 0.0)]) == want and set(filled[(0.0, 0.9)]) == want
+    # 3.0 lies beyond the frame: drawn on its border, along its ray
+    border = [xy for xy in filled if abs(xy[0]) > 1.4]
+    assert border == [(pytest.approx(plots.LIM * 0.98), 0.0)]
+    plots._plt().close(fig)
+
+
+def test_same_window_same_colour_across_runs():
+    """The colour scale is the fraction of training, not the data: two runs with different
+    lengths and residual ranges colour their last windows alike."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[plots.CMAP]
+    a = RunSpectra.build([_row("all", (0, 101), [1.0], [1e-9])], label="a", residual_tol=TOL, snapshot_epochs=EPOCHS)
+    b = RunSpectra.build([_row("all", (0, 11), [1.0], [1e-3])], label="b", residual_tol=TOL,
+                         snapshot_epochs=list(range(11)))
+    for sp in (a, b):
+        fig = plots.spectrum_figure(sp)
+        [coll] = [c for c in _panels(fig)[0].collections if len(c.get_facecolor())]
+        assert tuple(coll.get_facecolor()[0]) == tuple(to_rgba(cmap(1.0)))
+        plots._plt().close(fig)
+
+
+@pytest.mark.parametrize("windows", [((0, 41),), tuple((i, i + 3) for i in range(0, 98))], ids=["one", "many"])
+def test_moduli_over_training(windows):
+    sp = _spectra(layers=("all", "l0"), windows=windows)
+    fig = plots.moduli_figure(sp)
+    a1, a2, a3 = fig.axes
+    assert a1.get_ylabel() == "|λ|" and a2.get_yscale() == "log" and a3.get_xlabel() == "epoch (end of window)"
+    assert a1.get_xlim()[0] <= 0 and a1.get_xlim()[1] >= 100  # the whole training
+    labels = [t.get_text() for t in a1.get_legend().get_texts()]
+    assert "all: largest certified |λ|" in labels and "l0: largest certified |λ|" in labels
+    [line] = [ln for ln in a1.get_lines() if ln.get_label() == "all: largest certified |λ|"]
+    assert line.get_ydata() == pytest.approx([3.0] * len(windows))
+    if len(windows) == 1:  # a single window: points, the median with its 10–90 % bar, the window shaded
+        assert line.get_marker() == "o"
+        assert any("window: epochs 0–40" == t for t in labels)
+        assert any("median, 10–90 %" in t for t in labels)
+    else:  # many windows: lines, no markers, a band
+        assert line.get_marker() in ("None", None, "")
+        assert "all: 10–90 % of certified |λ|" in labels
+    plots._plt().close(fig)
+
+
+def test_moduli_without_any_certified_value():
+    sp = RunSpectra.build([_row("all", (0, 41), [0.5, 2.0], [1.0, 1.0])], label="x", residual_tol=TOL)
+    fig = plots.moduli_figure(sp)
+    assert any("no certified" in t.get_text() for t in fig.axes[0].texts)
+    fig.canvas.draw()  # the log axis does not fail on an empty series
+    plots._plt().close(fig)
+
+
+def test_singular_values_keyed_by_window():
+    sp = _spectra(layers=("all", "l0"))
+    fig = plots.singular_values_figure(sp)
+    axes = _panels(fig)
+    assert [ax.get_title() for ax in axes] == ["all", "l0"]
+    fig.canvas.draw()
+    for ax in axes:
+        assert ax.get_xlabel() == "index i" and ax.get_yscale() == "log"
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 3  # one per window
+    assert _colorbar(fig).get_ylabel() == plots.TIME_LABEL
+    plots._plt().close(fig)
+
+
+def test_group_figures_name_groups_runs_and_analysis():
+    groups = {"2": [_spectra(layers=("all",), label="d2-a"), _spectra(layers=("all",), label="d2-b")],
+              "3": [_spectra(layers=("all",), label="d3-a")]}
+    fig = plots.group_spectrum_figure(groups, by="depth")
+    titles = [ax.get_title() for ax in _panels(fig)]
+    assert titles[0].startswith("depth=2 (2 runs)") and titles[1].startswith("depth=3 (1 run)")
+    assert "qr-w20s10-x" in fig._suptitle.get_text()
+    plots._plt().close(fig)
+
+    fig = plots.group_moduli_figure(groups, by="depth")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["depth=2: d2-a", "depth=2: d2-b", "depth=3: d3-a"]
+    a1 = fig.axes[0]
+    colours = [ln.get_color() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
+    styles = [ln.get_linestyle() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
+    assert colours[0] == colours[1] != colours[2] and styles[0] != styles[1]
+    assert "qr-w20s10-x" in fig._suptitle.get_text()
+    plots._plt().close(fig)
+
+
+def test_analysis_figures_written(tmp_path):
+    paths = plots.analysis_figures(_spectra(), tmp_path)
+    assert [p.name for p in paths] == ["spectrum.png", "eigenvalues_over_training.png", "singular_values.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
