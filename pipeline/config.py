@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,42 @@ MAX_NAME = 256  # MLflow's experiment-name column is VARCHAR(256) (enforced on P
 class _Strict(BaseModel):
     # strict: "32" is not an integer, 1 is not True; a non-finite float is refused
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # The fields a run id hashed when the identity rule was set (issue 9): they always
+    # enter the identity, at their defaults too, so that the ids of existing runs stay.
+    # A field added later enters only when it differs from its default (see identity()).
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset()
+
+
+EXECUTION_ONLY = {"identity": False}  # ``Field(json_schema_extra=EXECUTION_ONLY)``: never in a run id
+
+
+def identity(model: BaseModel) -> dict:
+    """The part of ``model`` that defines a trajectory, as JSON-ready data.
+
+    The rule (so that a new config key does not change every existing run id):
+
+    - a field marked execution-only (``json_schema_extra=EXECUTION_ONLY``: resources,
+      packing, anything that does not change the trajectory) never enters;
+    - a required field, or one listed in the model's ``ID_KEYS_V1`` (the keys hashed
+      before the rule existed), always enters;
+    - any other field enters only when its value differs from its default.
+
+    Nested models follow the same rule, recursively.
+    """
+    cls = type(model)
+    dumped = model.model_dump(mode="json")
+    out = {}
+    for name, field in cls.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("identity") is False:
+            continue
+        value = getattr(model, name)
+        if not (field.is_required() or name in cls.ID_KEYS_V1):
+            if value == field.get_default(call_default_factory=True):
+                continue
+        out[name] = identity(value) if isinstance(value, BaseModel) else dumped[name]
+    return out
 
 
 def _as_list(v) -> list:
@@ -78,6 +114,9 @@ NameGrid = Annotated[Union[str, list[str]], _grid_check(str)]
 class MultiscaleTask(_Strict):
     """Synthetic multi-scale 1-D regression: Σ a_i sin(2π f_i x + φ_i) (+ noise)."""
 
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_points", "frequencies", "amplitudes", "noise", "val_fraction"})
+
     name: Literal["multiscale"] = "multiscale"
     n_points: int = Field(256, ge=8)
     frequencies: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0], min_length=1)
@@ -95,12 +134,17 @@ class MultiscaleTask(_Strict):
 class DigitsTask(_Strict):
     """scikit-learn's bundled 8×8 digits (10 classes)."""
 
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset({"name", "val_fraction"})
+
     name: Literal["digits"] = "digits"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
 class BlobsTask(_Strict):
     """Synthetic classification (scikit-learn ``make_classification``)."""
+
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_samples", "n_features", "n_classes", "val_fraction"})
 
     name: Literal["blobs"] = "blobs"
     n_samples: int = Field(512, ge=16)
@@ -142,6 +186,8 @@ class OptimizerGrid(_Strict):
 
 
 class SnapshotPolicy(_Strict):
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset({"every", "unit", "layers", "dtype"})
+
     every: int = Field(1, ge=1)
     unit: Literal["epoch", "step"] = "epoch"
     layers: Union[Literal["all"], Annotated[list[str], Field(min_length=1)]] = "all"
@@ -212,9 +258,14 @@ class SweepConfig(_Strict):
 
 # --------------------------------------------------------------------------- variant
 class Variant(_Strict):
-    """One fully resolved training configuration (no grids left)."""
+    """One fully resolved training configuration (no grids left).
 
-    sweep: str
+    Its run id hashes :func:`identity`: every field below is required, so each enters;
+    a field added later takes a default and enters only away from it; execution-only
+    fields (``sweep``: a name; ``resources``) never enter.
+    """
+
+    sweep: str = Field(json_schema_extra=EXECUTION_ONLY)
     seed: int  # the replica index from ``seeds``
     torch_seed: int  # derived from the sweep's root seed and the replica
     task: TaskConfig = Field(discriminator="name")
@@ -231,11 +282,11 @@ class Variant(_Strict):
     epochs: int
     batch_size: int
     snapshot: SnapshotPolicy
-    resources: Resources
+    resources: Resources = Field(json_schema_extra=EXECUTION_ONLY)
 
     def identity(self) -> dict:
-        """The content that defines the run (resources and sweep name excluded)."""
-        return self.model_dump(mode="json", exclude={"resources", "sweep"})
+        """The content that defines the run (see :func:`identity`)."""
+        return identity(self)
 
     @property
     def run_id(self) -> str:
