@@ -364,7 +364,7 @@ def resolve_scheduler(name: str | None):
 def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     """Modes of the last window of every analysed layer (a second pass)."""
     last = est.windows_[-1]
-    layers = ["all"] + ([name for name, _, _ in est.groups_] if params.per_layer else [])
+    layers = list(dict.fromkeys(r.layer for r in est.results_))   # "all", then each analysed layer
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 
