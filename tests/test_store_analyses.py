@@ -4,7 +4,7 @@ creates one; ``memory://`` is refused where other processes must reach the store
 
 from __future__ import annotations
 
-import os
+import uuid
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ LAYERS = {
 
 @pytest.fixture(params=["local", "memory"])
 def run(request, tmp_path):
-    url = str(tmp_path / "s") if request.param == "local" else f"memory://kma-an-{os.getpid()}-{id(tmp_path)}"
+    url = str(tmp_path / "s") if request.param == "local" else f"memory://kma-an-{uuid.uuid4().hex}"
     store = TrajectoryStore(url)
     w = store.create_run("r", Layout.from_named_shapes([("a.weight", (4,))]), config={})
     for t in range(3):
@@ -80,3 +80,33 @@ def test_memory_store_is_not_shareable(tmp_path):
         check_shareable("memory://x")
     check_shareable(str(tmp_path / "s"))
     check_shareable("s3://bucket/store")
+
+
+def test_kma_analyze_opens_the_store_once(tmp_path, monkeypatch):
+    """``analyze_store`` opens the (real) store one time, writable, without creating it.
+    The run has one layer: with the default ``per_layer`` its spectra (and modes) are the
+    network's, stored once as ``all`` (this failed with a KeyError before issue 9)."""
+    import pipeline.analysis as analysis
+
+    opened = []
+
+    class Counted(TrajectoryStore):
+        def __init__(self, url, **kw):
+            opened.append(kw)
+            super().__init__(url, **kw)
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    w = store.create_run("r", Layout.from_named_shapes([("a.weight", (8,))]), config={})
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        w.append(rng.standard_normal(8).astype(np.float32))
+    w.finish("complete")
+    monkeypatch.setattr(analysis, "TrajectoryStore", Counted)
+    params = analysis.AnalysisParams(modes=True)
+    report = analysis.analyze_store(str(tmp_path / "s"), ["r"], params, console=analysis.Console(quiet=True))
+    assert report == {"r": None}
+    assert opened == [{"create": False}]
+    run = store.open_run("r")
+    assert list(run.list_analyses()) == [params.analysis_id]
+    info = run.analysis_info(params.analysis_id)
+    assert info["layers"] == ["all"] and info["modes_layers"] == ["all"]
