@@ -12,86 +12,23 @@ is reported in one line and the other runs are still analysed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
 from .console import Console, DaskProgress
 from .errors import KMAError
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
-from .store import FINISHED, Run, TrajectoryStore, _now
+from .runids import check_run_id, is_valid
+from .store import Run, TrajectoryStore
 
 log = logging.getLogger(__name__)
-
-# A Ritz pair is reliable when its window's residuals are informative and the first-order
-# bound on its eigenvalue's error, κ · residual (condition number times the certified
-# data residual of the unit Ritz vector), is at most this: an absolute distance in the
-# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
-RELIABLE_RESIDUAL = 1e-2
-
-
-@dataclass(frozen=True)
-class AnalysisParams:
-    """What an analysis computes; its hash names the analysis in the store."""
-
-    method: str = "qr"
-    rank: int | None = None
-    tol: float | None = None
-    threshold: str | None = None
-    window: int | None = None
-    stride: int | None = None
-    per_layer: bool = False
-    modes: bool = False
-    seed: int = 0
-    oversample: int = 10
-    n_power_iter: int = 2
-    residual_tol: float = RELIABLE_RESIDUAL
-
-    def key(self) -> dict:
-        d = asdict(self)
-        d["engine"] = ENGINE_VERSION
-        d.pop("modes")
-        if self.method != "randomized":
-            for k in ("seed", "oversample", "n_power_iter"):
-                d.pop(k)
-        return d
-
-    @property
-    def analysis_id(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
-        w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
-        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
-
-    def validate(self) -> None:
-        """Check the parameters once, before any run is read (one line if wrong)."""
-        from .koopman.core import _validate_rank_args
-
-        if self.method not in ("qr", "randomized"):
-            raise KMAError(f"--method {self.method!r}: expected qr or randomized")
-        if self.window is not None and self.window < 2:
-            raise KMAError(f"--window {self.window}: must be >= 2 snapshots")
-        if self.stride is not None and self.stride < 1:
-            raise KMAError(f"--stride {self.stride}: must be >= 1")
-        try:
-            _validate_rank_args(self.rank, self.tol, self.threshold)
-        except ValueError as e:
-            raise KMAError(f"analysis parameters: {e}") from None
-
-    def estimator(self, scheduler=None, unit_roundoff=None) -> KoopmanDMD:
-        return KoopmanDMD(
-            method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
-            window=self.window, stride=self.stride, per_layer=self.per_layer,
-            oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
-            scheduler=scheduler, unit_roundoff=unit_roundoff,
-        )
-
 
 def is_outdated(params: dict) -> bool:
     """A stored analysis' ``params`` come from an older engine (no ``engine`` key: 1)."""
@@ -157,21 +94,17 @@ def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
 
 
 def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None) -> str:
-    """Store the spectra under ``runs/<id>/analyses/<analysis_id>``; status goes last."""
-    aid = params.analysis_id
-    analyses = run.group.require_group("analyses")
-    if aid in analyses:
-        del analyses[aid]
-    g = analyses.create_group(aid)
-    g.attrs.update({"status": "writing", "params": params.key(), "created": _now()})
+    """Store the spectra under ``runs/<id>/analyses/<analysis_id>`` (:meth:`Run.write_analysis`:
+    status last; a failed write leaves nothing current). Arrays per layer, one row per
+    window, padded with NaN to the largest rank."""
     by_layer: dict[str, list[WindowResult]] = {}
     for r in est.results_:
         by_layer.setdefault(r.layer, []).append(r)
+    layers = {}
     for layer, rows in by_layer.items():
-        lg = g.create_group(layer)
         eig = _pad([r.eigenvalues for r in rows], np.complex128)
         amp = _pad([r.amplitudes for r in rows], np.complex128)
-        arrays = {
+        layers[layer] = {
             "windows": np.array([r.window for r in rows], dtype=np.int64),
             "rank": np.array([r.rank for r in rows], dtype=np.int64),
             "eigenvalues": np.stack([eig.real, eig.imag], axis=-1),
@@ -182,18 +115,8 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "conditions": _pad([_or_nan(r.conditions, r) for r in rows], np.float64),
             "informative": np.array([bool(r.informative) for r in rows]),
         }
-        for name, arr in arrays.items():
-            lg.create_array(name, data=arr)
-    for layer, arr in (modes or {}).items():
-        import dask.array as da
-
-        mg = g.require_group("modes")
-        da.to_zarr(arr.real.astype(np.float32), mg.create_array(
-            f"{layer}.real", shape=arr.shape, chunks=(arr.shape[0], min(arr.shape[1], 2**18)), dtype="float32"))
-        da.to_zarr(arr.imag.astype(np.float32), mg.create_array(
-            f"{layer}.imag", shape=arr.shape, chunks=(arr.shape[0], min(arr.shape[1], 2**18)), dtype="float32"))
-    g.attrs.update({"status": "complete", "layers": list(by_layer), "n_snapshots": est.n_snapshots_,
-                    "modes_layers": list(modes or {})})
+    aid = params.analysis_id
+    run.write_analysis(aid, params.key(), layers, modes=modes, attrs={"n_snapshots": est.n_snapshots_})
     return aid
 
 
@@ -203,18 +126,13 @@ def _or_nan(x, r):
 
 def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
     """Read back a stored analysis as :class:`WindowResult` rows."""
-    try:
-        g = run.group[f"analyses/{analysis_id}"]
-    except KeyError:
-        raise KMAError(f"run {run.run_id}: no analysis {analysis_id}") from None
+    attrs, layers = run.read_analysis(analysis_id)   # StoreError (a KMAError) if absent
     out = []
-    for layer in g.attrs["layers"]:
-        lg = g[layer]
-        eig, amp, res, sv = (lg[k][...] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
-        keys = set(lg.array_keys())
-        floors, kap = (lg[k][...] if k in keys else None for k in ("residual_floors", "conditions"))
-        info = lg["informative"][...] if "informative" in keys else None
-        for i, (w, k) in enumerate(zip(lg["windows"][...], lg["rank"][...])):
+    for layer in attrs["layers"]:
+        a = layers[layer]
+        eig, amp, res, sv = (a[k] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
+        floors, kap, info = (a.get(k) for k in ("residual_floors", "conditions", "informative"))
+        for i, (w, k) in enumerate(zip(a["windows"], a["rank"])):
             n = int(np.isfinite(res[i]).sum())
             lam = eig[i, :n, 0] + 1j * eig[i, :n, 1]
             extra = {}
@@ -231,19 +149,13 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
 def list_analyses(run: Run, *, outdated: bool = True) -> list[str]:
     """Ids of the run's completely written analyses (an interrupted one is not listed);
     ``outdated=False`` leaves out those of an older engine (:func:`is_outdated`)."""
-    try:
-        group = run.group["analyses"]
-    except KeyError:
-        return []
-    return sorted(k for k in group.group_keys() if group[k].attrs.get("status") == "complete"
-                  and (outdated or not is_outdated(dict(group[k].attrs.get("params", {})))))
+    return [aid for aid, key in run.list_analyses().items() if outdated or not is_outdated(key)]
 
 
 def outdated_analyses(run: Run) -> list[str]:
     """Complete analyses of the run made by an older engine: kept, listed as outdated;
     ``kma analyze`` with the same options stores a current one beside them."""
-    current = set(list_analyses(run, outdated=False))
-    return [a for a in list_analyses(run) if a not in current]
+    return [aid for aid, key in run.list_analyses().items() if is_outdated(key)]
 
 
 def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float,
@@ -306,7 +218,6 @@ def analyze_runs(
     (the analyses are stored).
     """
     console = console or Console()
-    params.validate()
     from .health import select_runs
 
     run_ids, damaged = select_runs(store, run_ids)
@@ -358,18 +269,13 @@ def analyze_runs(
 
 
 def _store_results(run: Run, params: AnalysisParams, est, modes) -> None:
-    """:func:`write_results`, with a write error as one line naming the run; a
-    half-written analysis is removed (best effort; if that fails too, its status stays
-    ``writing`` and :func:`list_analyses` never takes it for a current one)."""
+    """:func:`write_results`, with a write error as one line naming the run; the
+    half-written analysis is removed by :meth:`Run.write_analysis` (best effort; if that
+    fails too, its status stays ``writing`` and :func:`list_analyses` never takes it
+    for a current one)."""
     try:
-        write_results(run, params, est, modes)
+        write_results(run, params, est, modes)   # removes what it half-wrote, then raises
     except _write_errors() as e:
-        try:
-            analyses = run.group["analyses"]
-            if params.analysis_id in analyses:
-                del analyses[params.analysis_id]
-        except Exception:  # noqa: BLE001 - the store is failing already; the status says it
-            log.debug("run %s: could not remove the half-written analysis", run.run_id)
         raise KMAError(f"run {run.run_id}: cannot write its analysis into the store "
                        f"({_cause(e)}); nothing of it is kept") from None
 
@@ -391,20 +297,23 @@ def _cause(e: BaseException) -> str:
 
 def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=None, scheduler="threads",
                   plots_dir=None, console=None) -> dict[str, str | None]:
-    """``kma analyze``: check the output paths, resolve the scheduler, open the store (it
-    must exist) and the tracker, analyse."""
+    """``kma analyze``: check the output paths, resolve the scheduler, open the store once
+    (it must exist: a mistyped path is an error, not a new empty store), check the
+    ``--run`` ids against it, open the tracker, analyse. ``params`` arrive validated."""
     from .outputs import check_dir, check_file
     from .tracking import Tracker
 
-    params.validate()
     if json_path:
         check_file(json_path, "--json")
     if plots_dir:
         check_dir(plots_dir, "--plots")
     sched = resolve_scheduler(scheduler)  # a bad flag fails before anything is opened or created
     try:
-        TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new empty one
-        store = TrajectoryStore(store_url)
+        store = TrajectoryStore(store_url, create=False)
+        if not all(is_valid(r) for r in run_ids or []):  # older ids are fine if the store lists them
+            listed = store.run_ids()
+            for rid in run_ids:
+                check_run_id(rid, what="--run", listed=listed)
         tracker = Tracker(tracking_uri or None) if tracking_uri is not None else None
         return analyze_runs(store, run_ids, params, tracker=tracker, console=console,
                             json_path=json_path, scheduler=sched, plots_dir=plots_dir)
@@ -433,7 +342,7 @@ def resolve_scheduler(name: str | None):
 def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     """Modes of the last window of every analysed layer (a second pass)."""
     last = est.windows_[-1]
-    layers = ["all"] + ([name for name, _, _ in est.groups_] if params.per_layer else [])
+    layers = list(dict.fromkeys(r.layer for r in est.results_))   # "all", then each analysed layer
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
     p.add_argument("--window", type=int, default=None, help="window width W in snapshots (default: whole run)")
     p.add_argument("--stride", type=int, default=None, help="window stride S (default: W)")
-    p.add_argument("--per-layer", action="store_true", help="also analyse every layer separately")
+    p.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
+                   help="also analyse every layer separately (default; --no-per-layer: whole network only)")
     p.add_argument("--modes", action="store_true", help="also compute Koopman modes (second pass) into the store")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized method")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
@@ -148,15 +149,19 @@ def _confirm_grid(n: int, args, console) -> None:
         raise KMAError(f"{what}: not confirmed, nothing done")
 
 
-def cmd_analyze(args, console) -> int:
-    from .analysis import AnalysisParams, analyze_store
+def analysis_params(args):
+    """The analysis model from ``kma analyze``'s flags (validated here, once)."""
+    from .config import AnalysisParams
 
-    _check_run_args(args.store, args.runs)
-    if args.seed < 0:
-        raise KMAError(f"--seed {args.seed}: must be >= 0")
-    params = AnalysisParams(method=args.method, rank=args.rank, tol=args.tol, threshold=args.threshold,
-                            window=args.window,
-                            stride=args.stride, per_layer=args.per_layer, modes=args.modes, seed=args.seed)
+    return AnalysisParams.from_flags(method=args.method, rank=args.rank, tol=args.tol, threshold=args.threshold,
+                                     window=args.window, stride=args.stride, per_layer=args.per_layer,
+                                     modes=args.modes, seed=args.seed)
+
+
+def cmd_analyze(args, console) -> int:
+    from .analysis import analyze_store
+
+    params = analysis_params(args)
     report = analyze_store(
         args.store,
         args.runs,

@@ -70,7 +70,7 @@ def _row(store: TrajectoryStore, rid: str, analysis_id, by: str, sweep) -> dict 
         aid = analysis_id if analysis_id in ids else None
     else:  # the most recent current analysis of this run (else the most recent outdated one)
         ids = list_analyses(run, outdated=False) or ids
-        aid = max(ids, key=lambda a: run.group[f"analyses/{a}"].attrs.get("created", ""), default=None)
+        aid = max(ids, key=lambda a: run.analysis_info(a).get("created", ""), default=None)
     if analysis_id and aid is None:
         return None
     results = [r for r in load_results(run, aid) if r.layer == "all"] if aid else []

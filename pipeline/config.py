@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,42 @@ MAX_NAME = 256  # MLflow's experiment-name column is VARCHAR(256) (enforced on P
 class _Strict(BaseModel):
     # strict: "32" is not an integer, 1 is not True; a non-finite float is refused
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # The fields a run id hashed when the identity rule was set (issue 9): they always
+    # enter the identity, at their defaults too, so that the ids of existing runs stay.
+    # A field added later enters only when it differs from its default (see identity()).
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset()
+
+
+EXECUTION_ONLY = {"identity": False}  # ``Field(json_schema_extra=EXECUTION_ONLY)``: never in a run id
+
+
+def identity(model: BaseModel) -> dict:
+    """The part of ``model`` that defines a trajectory, as JSON-ready data.
+
+    The rule (so that a new config key does not change every existing run id):
+
+    - a field marked execution-only (``json_schema_extra=EXECUTION_ONLY``: resources,
+      packing, anything that does not change the trajectory) never enters;
+    - a required field, or one listed in the model's ``ID_KEYS_V1`` (the keys hashed
+      before the rule existed), always enters;
+    - any other field enters only when its value differs from its default.
+
+    Nested models follow the same rule, recursively.
+    """
+    cls = type(model)
+    dumped = model.model_dump(mode="json")
+    out = {}
+    for name, field in cls.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("identity") is False:
+            continue
+        value = getattr(model, name)
+        if not (field.is_required() or name in cls.ID_KEYS_V1):
+            if value == field.get_default(call_default_factory=True):
+                continue
+        out[name] = identity(value) if isinstance(value, BaseModel) else dumped[name]
+    return out
 
 
 def _as_list(v) -> list:
@@ -78,6 +114,9 @@ NameGrid = Annotated[Union[str, list[str]], _grid_check(str)]
 class MultiscaleTask(_Strict):
     """Synthetic multi-scale 1-D regression: Σ a_i sin(2π f_i x + φ_i) (+ noise)."""
 
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_points", "frequencies", "amplitudes", "noise", "val_fraction"})
+
     name: Literal["multiscale"] = "multiscale"
     n_points: int = Field(256, ge=8)
     frequencies: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0], min_length=1)
@@ -95,12 +134,17 @@ class MultiscaleTask(_Strict):
 class DigitsTask(_Strict):
     """scikit-learn's bundled 8×8 digits (10 classes)."""
 
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset({"name", "val_fraction"})
+
     name: Literal["digits"] = "digits"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
 class BlobsTask(_Strict):
     """Synthetic classification (scikit-learn ``make_classification``)."""
+
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset(
+        {"name", "n_samples", "n_features", "n_classes", "val_fraction"})
 
     name: Literal["blobs"] = "blobs"
     n_samples: int = Field(512, ge=16)
@@ -142,6 +186,8 @@ class OptimizerGrid(_Strict):
 
 
 class SnapshotPolicy(_Strict):
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset({"every", "unit", "layers", "dtype"})
+
     every: int = Field(1, ge=1)
     unit: Literal["epoch", "step"] = "epoch"
     layers: Union[Literal["all"], Annotated[list[str], Field(min_length=1)]] = "all"
@@ -162,15 +208,130 @@ class Resources(_Strict):
     num_gpus: float = Field(0.0, ge=0)
 
 
-class AnalysisConfig(_Strict):
-    """Default analysis run by ``kma sweep`` after training (``kma analyze`` flags win)."""
+# A Ritz pair is reliable when its window's residuals are informative and the first-order
+# bound on its eigenvalue's error, κ · residual (condition number times the certified
+# data residual of the unit Ritz vector), is at most this: an absolute distance in the
+# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
+RELIABLE_RESIDUAL = 1e-2
 
-    enabled: bool = True
+_RANK_ARGS = ("rank", "tol", "threshold")
+
+
+class AnalysisParams(_Strict):
+    """What an analysis computes: one model for the sweep YAML's ``analysis:`` section
+    and the flags of ``kma analyze`` (same defaults), validated when it is built.
+
+    Its :meth:`key` hashes into :attr:`analysis_id`, which names the analysis in the
+    store; ``enabled`` (the sweep's switch) and ``modes`` (an extra output) are not
+    part of it.
+    """
+
+    enabled: bool = True            # sweep only: analyse after training
     method: Literal["qr", "randomized"] = "qr"
-    rank: int | None = Field(None, ge=1)
-    window: int | None = Field(None, ge=2)
-    stride: int | None = Field(None, ge=1)
+    rank: int | None = None
+    tol: float | None = None
+    threshold: Literal["gavish-donoho"] | None = None
+    window: int | None = None
+    stride: int | None = None
     per_layer: bool = True
+    modes: bool = False
+    seed: int = 0
+    oversample: int = 10
+    n_power_iter: int = 2
+    residual_tol: float = RELIABLE_RESIDUAL
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v):
+        if v is not None and v < 2:
+            raise ValueError("must be >= 2 snapshots")
+        return v
+
+    @field_validator("stride")
+    @classmethod
+    def _stride(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("rank must be a positive integer")
+        return v
+
+    @field_validator("seed", "oversample", "n_power_iter")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("tol")
+    @classmethod
+    def _tol(cls, v):
+        if v is not None and not 0 <= v < 1:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("residual_tol")
+    @classmethod
+    def _residual_tol(cls, v):
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_truncation(self):
+        given = [k for k in _RANK_ARGS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of rank, tol, threshold (got {', '.join(given)})")
+        return self
+
+    @classmethod
+    def from_flags(cls, **flags) -> "AnalysisParams":
+        """Build from command-line values; a bad one is a :class:`ConfigError` naming
+        its flag (``--window 1: must be >= 2 snapshots``)."""
+        try:
+            return cls(**flags)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = [p for p in first["loc"] if isinstance(p, str) and p in cls.model_fields]
+            msg = first["msg"].removeprefix("Value error, ")
+            if loc:
+                raise ConfigError(f"--{loc[0].replace('_', '-')} {flags.get(loc[0])}: {msg}") from None
+            raise ConfigError(f"analysis parameters: {msg}") from None
+
+    def key(self) -> dict:
+        """The parameters that define the result, with the engine version (hashed)."""
+        from .koopman import ENGINE_VERSION
+
+        d = self.model_dump(exclude={"enabled", "modes"})
+        d["engine"] = ENGINE_VERSION
+        if self.method != "randomized":
+            for k in ("seed", "oversample", "n_power_iter"):
+                d.pop(k)
+        return d
+
+    @property
+    def analysis_id(self) -> str:
+        from .koopman import ENGINE_VERSION
+
+        digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
+        w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
+        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
+
+    def estimator(self, scheduler=None, unit_roundoff=None):
+        """A :class:`~pipeline.koopman.KoopmanDMD` with these parameters (unfitted)."""
+        from .koopman import KoopmanDMD
+
+        return KoopmanDMD(
+            method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
+            window=self.window, stride=self.stride, per_layer=self.per_layer,
+            oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
+            scheduler=scheduler, unit_roundoff=unit_roundoff,
+        )
 
 
 class SweepConfig(_Strict):
@@ -188,7 +349,7 @@ class SweepConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     snapshot: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
     resources: Resources = Field(default_factory=Resources)
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    analysis: AnalysisParams = Field(default_factory=AnalysisParams)
     store: str | None = None  # default store URL (the command line wins)
 
     @field_validator("name")
@@ -212,9 +373,14 @@ class SweepConfig(_Strict):
 
 # --------------------------------------------------------------------------- variant
 class Variant(_Strict):
-    """One fully resolved training configuration (no grids left)."""
+    """One fully resolved training configuration (no grids left).
 
-    sweep: str
+    Its run id hashes :func:`identity`: every field below is required, so each enters;
+    a field added later takes a default and enters only away from it; execution-only
+    fields (``sweep``: a name; ``resources``) never enter.
+    """
+
+    sweep: str = Field(json_schema_extra=EXECUTION_ONLY)
     seed: int  # the replica index from ``seeds``
     torch_seed: int  # derived from the sweep's root seed and the replica
     task: TaskConfig = Field(discriminator="name")
@@ -231,11 +397,11 @@ class Variant(_Strict):
     epochs: int
     batch_size: int
     snapshot: SnapshotPolicy
-    resources: Resources
+    resources: Resources = Field(json_schema_extra=EXECUTION_ONLY)
 
     def identity(self) -> dict:
-        """The content that defines the run (resources and sweep name excluded)."""
-        return self.model_dump(mode="json", exclude={"resources", "sweep"})
+        """The content that defines the run (see :func:`identity`)."""
+        return identity(self)
 
     @property
     def run_id(self) -> str:

@@ -24,7 +24,7 @@ from .console import Console
 from .errors import KMAError
 from .lease import LeaseKeeper
 from .runids import check_run_id
-from .store import FINISHED, TrajectoryStore
+from .store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
 from .tracking import Tracker
 
@@ -120,8 +120,7 @@ def run_sweep(
     store_url = store_url or cfg.store or DEFAULT_STORE
     if max_parallel is not None and max_parallel < 1:
         raise KMAError("--max-parallel must be >= 1")
-    if store_url.startswith("memory://"):
-        raise KMAError(f"store {store_url}: a memory:// store lives in one process; Ray tasks need a path or object store")
+    check_shareable(store_url)
     variants = expand(cfg)
     for v in variants:  # generated ids follow the rule by construction; a bug if not
         check_run_id(v.run_id, what="generated run id")
@@ -172,14 +171,12 @@ def run_sweep(
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
-        from .analysis import AnalysisParams, analyze_runs, list_analyses
+        from .analysis import analyze_runs
 
-        a = cfg.analysis
-        params = AnalysisParams(method=a.method, rank=a.rank, window=a.window, stride=a.stride,
-                                per_layer=a.per_layer)
+        params = cfg.analysis   # validated with the config: the same model as kma analyze's flags
         # runs that already have this analysis keep it (kma analyze redoes one on request)
         todo_analysis = [v.run_id for v in variants if store.status(v.run_id) in FINISHED
-                         and params.analysis_id not in list_analyses(store.open_run(v.run_id))]
+                         and params.analysis_id not in store.open_run(v.run_id).list_analyses()]
         todo_analysis = _skip_short_diverged(store, todo_analysis, params, console)
         if todo_analysis:
             report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)

@@ -70,8 +70,9 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
-def make_store(url: str, *, read_only: bool = False):
-    """Turn a path or URL into a zarr store, once, at the edge."""
+def make_store(url: str, *, read_only: bool = False, create: bool = True):
+    """Turn a path or URL into a zarr store, once, at the edge (``create=False``: a
+    local folder that does not exist is an error, not created)."""
     import zarr.storage
 
     url = str(url)
@@ -79,7 +80,7 @@ def make_store(url: str, *, read_only: bool = False):
         # absolute: zarr's LocalStore.list_prefix strips its root with str.replace, which
         # mangles keys under a relative root ("s/runs/a" -> "runa"): chunks look missing
         path = Path(url.removeprefix("file://")).expanduser().absolute()
-        if not read_only:
+        if not read_only and create:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -110,6 +111,13 @@ def _probe(store, url: str) -> None:
         if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
             hint = "; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
         raise StoreError(f"store {url}: cannot reach it ({type(e).__name__}: {first}){hint}") from None
+
+
+def check_shareable(url: str) -> None:
+    """A store other processes (Ray tasks) can reach: not ``memory://``."""
+    if str(url).startswith("memory://"):
+        raise StoreError(f"store {url}: a memory:// store lives in one process; "
+                         "Ray tasks need a path or object store")
 
 
 def canonical_url(url: str) -> str:
@@ -204,6 +212,93 @@ class Run:
         return converted(x, _Cast(dtype), dtype) if x.dtype != dtype else x
 
 
+    # -- analyses ----------------------------------------------------------------
+    # runs/<id>/analyses/<analysis_id>/: attrs status ("writing" until the last write,
+    # then "complete"), params, created, and what the writer adds (layers, n_snapshots,
+    # modes_layers); one group per layer of small arrays; modes/<layer>.{real,imag}.
+
+    def list_analyses(self) -> dict[str, dict]:
+        """``{analysis_id: its stored params}`` of the completely written analyses (one
+        left ``writing`` by an interrupted or failed writer is never listed)."""
+        try:
+            group = self.group["analyses"]
+        except KeyError:
+            return {}
+        out = {}
+        for aid in sorted(group.group_keys()):
+            attrs = group[aid].attrs
+            if attrs.get("status") == "complete":
+                out[aid] = dict(attrs.get("params", {}))
+        return out
+
+    def analysis_info(self, analysis_id: str) -> dict:
+        """The attributes of a complete analysis (params, layers, n_snapshots, ...)."""
+        return dict(self._analysis_group(analysis_id).attrs)
+
+    def read_analysis(self, analysis_id: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+        """``(attrs, {layer: {array name: values}})`` of a complete analysis."""
+        g = self._analysis_group(analysis_id)
+        attrs = dict(g.attrs)
+        layers = {}
+        for layer in attrs.get("layers", []):
+            lg = g[layer]
+            layers[layer] = {name: lg[name][...] for name in lg.array_keys()}
+        return attrs, layers
+
+    def write_analysis(self, analysis_id: str, params: dict, layers: dict[str, dict[str, np.ndarray]],
+                       *, modes: dict | None = None, attrs: dict | None = None) -> None:
+        """Write an analysis whole, replacing one of the same id: status ``writing``
+        first, ``complete`` last. ``modes``: ``{layer: complex dask array (k × P)}``
+        stored as float32 real and imaginary parts. If any write fails, the
+        half-written analysis is removed (best effort; if that fails too its status
+        stays ``writing``, which :meth:`list_analyses` never lists) and the error is
+        raised again."""
+        try:
+            analyses = self.group.require_group("analyses")
+            if analysis_id in analyses:
+                del analyses[analysis_id]
+            g = analyses.create_group(analysis_id)
+            g.attrs.update({"status": "writing", "params": params, "created": _now()})
+            for layer, arrays in layers.items():
+                lg = g.create_group(layer)
+                for name, arr in arrays.items():
+                    lg.create_array(name, data=arr)
+            for layer, arr in (modes or {}).items():
+                import dask.array as da
+
+                mg = g.require_group("modes")
+                chunks = (arr.shape[0], min(arr.shape[1], _P_CHUNK))
+                for part, values in (("real", arr.real), ("imag", arr.imag)):
+                    da.to_zarr(values.astype(np.float32), mg.create_array(
+                        f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
+            g.attrs.update({**(attrs or {}), "status": "complete", "layers": list(layers),
+                            "modes_layers": list(modes or {})})
+        except Exception:
+            self.delete_analysis(analysis_id, quiet=True)
+            raise
+
+    def delete_analysis(self, analysis_id: str, *, quiet: bool = False) -> None:
+        """Remove an analysis (``quiet``: a failure is only logged)."""
+        try:
+            analyses = self.group["analyses"]
+            if analysis_id in analyses:
+                del analyses[analysis_id]
+        except Exception:  # noqa: BLE001 - quiet: the store is failing already; the status says it
+            if not quiet:
+                raise
+            log.debug("run %s: could not remove analysis %s", self.run_id, analysis_id)
+
+    def _analysis_group(self, analysis_id: str):
+        try:
+            g = self.group[f"analyses/{analysis_id}"]
+        except KeyError:
+            raise StoreError(f"run {self.run_id}: no analysis {analysis_id}") from None
+        if g.attrs.get("status") != "complete":
+            raise StoreError(f"run {self.run_id}: analysis {analysis_id} is incomplete "
+                             f"(status {g.attrs.get('status')}); run kma analyze again")
+        return g
+
+
 class _Cast:
     """Picklable ``astype`` of one block."""
 
@@ -234,17 +329,20 @@ class TrajectoryStore:
         Local path, ``file://``, ``memory://``, ``s3://`` or any fsspec URL.
     read_only : bool
         Open without creating anything.
+    create : bool
+        Create the store when there is none (False: a missing store is an error, so
+        a mistyped path never becomes a new empty store).
     """
 
-    def __init__(self, url: str, *, read_only: bool = False):
+    def __init__(self, url: str, *, read_only: bool = False, create: bool = True):
         import zarr
 
         self.url = str(url)
         self.location = canonical_url(self.url)
         self.read_only = read_only
-        self._zstore = make_store(self.url, read_only=read_only)
+        self._zstore = make_store(self.url, read_only=read_only, create=create)
         try:
-            self.root = zarr.open_group(self._zstore, mode="r" if read_only else "a")
+            self.root = zarr.open_group(self._zstore, mode="r" if read_only else "a" if create else "r+")
         except FileNotFoundError:
             raise StoreError(f"store {self.url}: no KMA store here") from None
         except PermissionError:

@@ -159,15 +159,15 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     if any(r.info.status in ("FINISHED", "FAILED", "KILLED")
            for r in tracker.find(experiment, run_id, analysis_id, store=store.location)):
         return False
-    g = run.group[f"analyses/{analysis_id}"]
-    key = dict(g.attrs["params"])
+    info = run.analysis_info(analysis_id)
+    key = dict(info["params"])
     # the stored key may come from another engine version: only the tolerance is needed
     residual_tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
     results = load_results(run, analysis_id)
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
         figs = analysis_figures(run, results, analysis_id, residual_tol, Path(tmp))
         register_analysis(tracker, run, analysis_id, key, results, figs,
-                          n_snapshots=g.attrs.get("n_snapshots"), store=store.location, replace=False)
+                          n_snapshots=info.get("n_snapshots"), store=store.location, replace=False)
     return True
 
 
@@ -181,8 +181,6 @@ class SyncReport:
 
 def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Console | None = None) -> SyncReport:
     """``kma sync``: register every finished run of the store and its analyses in MLflow."""
-    from .analysis import list_analyses
-
     console = console or Console()
     store = TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new one
     tracker = Tracker(tracking_uri)
@@ -201,7 +199,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
                 report.unchanged += 1
             if info.status not in FINISHED:
                 continue
-            for aid in list_analyses(store.open_run(rid)):
+            for aid in store.open_run(rid).list_analyses():
                 if register_stored_analysis(tracker, store, rid, aid):
                     report.analyses.append(f"{rid}/{aid}")
                 else:

@@ -254,7 +254,9 @@ def test_half_written_analysis_is_redone(three_runs, tmp_path, capsys):
                          "--no-mlflow")
     assert rc == 0, lines
     run = three_runs.open_run("r1")
-    assert list_analyses(run) == [AID] and len(load_results(run, AID)) == 3
+    rows = load_results(run, AID)   # 3 windows, for the network and each of its 2 layers
+    assert list_analyses(run) == [AID] and sorted((r.layer, r.window) for r in rows) == sorted(
+        (layer, w) for layer in ("all", "a", "b") for w in [(0, 10), (10, 20), (20, 30)])
 
 
 def test_output_paths_checked_before_work(three_runs, tmp_path, capsys):

@@ -163,7 +163,8 @@ class KoopmanDMD:
         windows = self._windows(T)
         groups = validate_groups(groups, P)
         u = self.unit_roundoff if self.unit_roundoff is not None else dtype_roundoff(Y.dtype)
-        names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer else [])
+        # one layer: its spectra are the network's ("all"); the passes make no separate factor
+        names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer and len(groups) > 1 else [])
         factors, results = {}, None
         if self.method == "qr":    # every window's Gram from one pass (band of the Gram)
             wfs = window_factors(Y, groups, windows, per_group=self.per_layer,

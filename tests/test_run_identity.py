@@ -1,0 +1,88 @@
+"""Run ids survive new config keys (issue 9): the rule is pinned on the demo sweep.
+
+A key at its default is left out of a variant's identity (so each key the next issues
+add keeps every existing run id), execution-only keys never enter it, and the keys
+hashed before the rule keep entering as they did.
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+
+from pipeline import config
+from pipeline.config import EXECUTION_ONLY, Resources, SnapshotPolicy, Variant, identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Computed with the code of main before issue 9's identity rule (commit 0e54e5c):
+# a change here would make every re-run retrain the demo.
+DEMO_IDS = [
+    "mlp-d2-w32-tanh-kaiming-adam-s0-7e7b2ef2c7",
+    "mlp-d2-w32-tanh-small_variance-adam-s0-e33b718d7a",
+    "mlp-d3-w32-tanh-kaiming-adam-s0-21b4b00a49",
+    "mlp-d3-w32-tanh-small_variance-adam-s0-e3ea430c52",
+]
+GPU_SHARE_IDS = [
+    "mlp-d2-w512-relu-kaiming-sgd-s0-fc3a95ef41",
+    "mlp-d2-w512-relu-kaiming-sgd-s1-cd15fa4c32",
+    "mlp-d4-w512-relu-kaiming-sgd-s0-c862ab1b54",
+    "mlp-d4-w512-relu-kaiming-sgd-s1-555270037b",
+]
+
+
+def _demo() -> list[Variant]:
+    return config.expand(config.load(ROOT / "configs" / "demo.yaml"))
+
+
+def test_demo_run_ids_are_pinned():
+    assert [v.run_id for v in _demo()] == DEMO_IDS
+    assert [v.run_id for v in config.expand(config.load(ROOT / "configs" / "gpu_share.yaml"))] == GPU_SHARE_IDS
+
+
+def test_the_pinned_identity_still_holds_defaults_of_the_old_keys():
+    """Keys hashed before the rule enter at their defaults too (momentum 0.0, noise 0.0)."""
+    ident = _demo()[0].identity()
+    assert ident["momentum"] == 0.0 and ident["weight_decay"] == 0.0
+    assert ident["task"]["noise"] == 0.0 and ident["snapshot"]["dtype"] == "float32"
+    assert "resources" not in ident and "sweep" not in ident
+
+
+class _NextVariant(Variant):
+    """A later schema: one trajectory key with a default, one execution-only key."""
+
+    prune: float = 0.0
+    pack: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
+
+
+class _NextSnapshot(SnapshotPolicy):
+    keep_optimizer_state: bool = False
+
+
+def _upgrade(v: Variant, cls=_NextVariant, **extra) -> Variant:
+    return cls(**{k: getattr(v, k) for k in Variant.model_fields}, **extra)
+
+
+def test_a_new_key_at_its_default_keeps_every_run_id():
+    for v in _demo():
+        assert _upgrade(v).run_id == v.run_id
+        assert _upgrade(v, pack="off").run_id == v.run_id            # execution-only: never
+
+
+def test_a_new_key_away_from_its_default_changes_the_run_id():
+    v = _demo()[0]
+    moved = _upgrade(v, prune=0.5)
+    assert moved.run_id != v.run_id and moved.identity()["prune"] == 0.5
+
+
+def test_a_new_nested_key_follows_the_same_rule():
+    v = _demo()[0]
+    snap = v.snapshot.model_dump()
+    same = v.model_copy(update={"snapshot": _NextSnapshot(**snap)})
+    other = v.model_copy(update={"snapshot": _NextSnapshot(**snap, keep_optimizer_state=True)})
+    assert identity(same) == identity(v) and same.run_id == v.run_id
+    assert identity(other)["snapshot"]["keep_optimizer_state"] is True and other.run_id != v.run_id
+
+
+def test_resources_never_enter_the_run_id():
+    v = _demo()[0]
+    assert v.model_copy(update={"resources": Resources(num_cpus=4.0, num_gpus=0.5)}).run_id == v.run_id
