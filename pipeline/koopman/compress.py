@@ -25,7 +25,7 @@ Methods
     :mod:`pipeline.koopman.randomized` (Halko, Martinsson & Tropp 2011; Erichson,
     Mathelin, Kutz & Brunton 2019).
 
-The passes are implemented on the chunk structure directly (:mod:`._blocks`); the
+The passes are implemented on the chunk structure directly (:mod:`.passes`); the
 generic ``dask.array.linalg`` TSQR/SVD is far slower than a read pass.
 """
 
@@ -35,9 +35,9 @@ import logging
 
 import numpy as np
 
-from . import _blocks
-from .factor import (Factor, KoopmanInputError, apply_e_rows, as_dask, factor_from_r,
-                     raise_non_finite, undo_e_columns, validate_groups)
+from . import passes
+from .factor import (Factor, KoopmanInputError, as_trajectory, factor_from_r, gram_to_factor,
+                     raise_non_finite, validate_groups)
 
 __all__ = ["compress", "Factor"]
 
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 _METHODS = ("qr", "randomized")
 _STABLE = ("auto", "gram", "tsqr")
-_EPS = np.finfo(np.float64).eps
 
 
 def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversample=10,
@@ -55,7 +54,7 @@ def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversamp
 
     Parameters
     ----------
-    Y : dask.array.Array or ndarray, shape (T, P)
+    Y : Trajectory, dask.array.Array or ndarray, shape (T, P)
         Snapshot-major trajectory (float16/32/64), any chunking.
     groups : list of (str, int, int), optional
         Contiguous column ranges covering ``[0, P)``; default one group ``"all"``.
@@ -88,8 +87,8 @@ def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversamp
         raise KoopmanInputError(f"unknown method {method!r}; known: {list(_METHODS)}")
     if stable not in _STABLE:
         raise KoopmanInputError(f"unknown stable={stable!r}; known: {list(_STABLE)}")
-    Y = as_dask(Y)
-    groups = validate_groups(groups, Y.shape[1])
+    Y = as_trajectory(Y)
+    groups = validate_groups(groups if groups is not None else Y.groups, Y.shape[1])
     if method == "randomized":
         from .randomized import randomized_factors
         return randomized_factors(Y, groups, per_group=per_group, rank=rank,
@@ -107,7 +106,7 @@ def _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler):
     P = Y.shape[1]
     wanted = list(range(len(groups))) if per_group and len(groups) > 1 else []
     if stable != "tsqr":
-        grams = _blocks.run_pass(Y, _gram_kernel, _blocks.sum_merge, starts, stops,
+        grams = passes.run_pass(Y, _gram_kernel, passes.sum_merge, starts, stops,
                                  scheduler=scheduler)
         _check_gram_finite(grams, groups)
         u_in = np.finfo(Y.dtype).eps / 2
@@ -122,13 +121,13 @@ def _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler):
             return out
         log.info("Gram spectrum of %s has content below gram_rcond=%g; "
                  "second pass with TSQR", unreliable, gram_rcond)
-    rs = _blocks.run_pass(Y, _tsqr_kernel, _blocks.tsqr_merge, starts, stops,
+    rs = passes.run_pass(Y, _tsqr_kernel, passes.tsqr_merge, starts, stops,
                           scheduler=scheduler)
     Rs = [rs[g][0] for g in range(len(groups))]
     bad = [groups[g][0] for g, R in enumerate(Rs) if not np.isfinite(R).all()]
     if bad:
         raise_non_finite(bad)
-    R_all = _blocks.qr_r(np.concatenate(Rs, axis=0))
+    R_all = passes.qr_r(np.concatenate(Rs, axis=0))
     out = {"all": factor_from_r(R_all, "all", 0, P, "tsqr")}
     for g in wanted:
         out[groups[g][0]] = factor_from_r(Rs[g], *groups[g], "tsqr")
@@ -140,7 +139,7 @@ def _gram_kernel(g, x):
 
 
 def _tsqr_kernel(g, x):
-    return {g: [_blocks.qr_r(x.T)]}
+    return {g: [passes.qr_r(x.T)]}
 
 
 def _check_gram_finite(grams, groups):
@@ -155,28 +154,6 @@ def _check_gram_finite(grams, groups):
         detail = "snapshot(s) " + ", ".join(str(s) for s in snaps[:10])
         detail += " ..." if snaps.size > 10 else ""
     raise_non_finite([groups[g][0] for g in bad], detail)
-
-
-def gram_to_factor(G, name, start, stop, method="gram"):
-    """Factor of ``XE`` from its float64 Gram ``G`` (``T × T``), with column scaling.
-
-    Returns the factor and the scaled spectrum ``σ / σ_max`` (descending).
-    """
-    T = G.shape[0]
-    d = np.sqrt(np.maximum(np.diagonal(G), 0.0))
-    d[d == 0] = 1.0
-    Gs = G / d[:, None] / d[None, :]
-    mu, V = np.linalg.eigh((Gs + Gs.T) / 2)
-    mu, V = mu[::-1], V[:, ::-1]
-    if not mu[0] > 0:
-        k = 0
-    else:
-        k = int(np.count_nonzero(mu > T * _EPS * mu[0]))
-    sig = np.sqrt(mu[:k])
-    Ct = (sig[:, None] * V[:, :k].T) * d[None, :]
-    basis = apply_e_rows((V[:, :k] / d[:, None]) / sig)
-    rel = np.sqrt(np.maximum(mu, 0.0) / mu[0]) if k else np.zeros(0)
-    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method), rel
 
 
 def _data_floor(G, u_in):
