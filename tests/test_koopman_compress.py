@@ -59,14 +59,24 @@ def test_dask_chunking_and_numpy_agree():
 
 
 def test_gram_falls_back_to_tsqr_when_spectrum_is_unresolved():
-    Y = trajectory(30, 2000, seed=2)                 # float64, exact rank 5 < T
-    assert compress(Y)["all"].method == "tsqr"
-    f = compress(Y, stable="gram")["all"]
-    assert f.method == "gram"
+    """compress() uses the estimator's rule (factor.resolves): TSQR when the default
+    storage-dtype cut keeps a singular value within GRAM_MARGIN of the Gram's resolution."""
+    Y = trajectory(30, 2000, seed=2, noise=1e-6)     # float64: the cut keeps σ ~ 5e-5
+    g = compress(Y, stable="gram")["all"]
+    s = np.linalg.svd(g.C[:, :-1], compute_uv=False)
+    assert g.method == "gram" and 0 < g.error and s[-1] < 100 * g.error
+    f = compress(Y)["all"]
+    assert f.method == "tsqr"
+    dense = np.linalg.svd(Y[:-1].T, compute_uv=False)            # float64 reference
+    np.testing.assert_allclose(np.linalg.svd(f.C[:, :-1], compute_uv=False), dense,
+                               rtol=1e-9, atol=1e-13)
+    # exact rank 5: the Gram keeps 5 well-resolved directions and stays
+    exact = trajectory(30, 2000, seed=2)
+    assert compress(exact)["all"].method == "gram"
+    res = dmd(compress(exact)["all"].C)
+    np.testing.assert_allclose(sorted_c(res.eigenvalues), sorted_c(TRUE), atol=1e-10)
     Y32 = trajectory(30, 2000, seed=2, noise=1e-3, dtype=np.float32)
     assert compress(Y32)["all"].method == "gram"     # content well above the Gram's floor
-    res = dmd(compress(Y)["all"].C)
-    np.testing.assert_allclose(sorted_c(res.eigenvalues), sorted_c(TRUE), atol=1e-10)
 
 
 def weakly_excited(T=40, P=20000, seed=0, amp=1e-4):
