@@ -207,3 +207,32 @@ def test_modes_of_a_window_read_only_its_snapshots():
     poisoned[outside] = np.nan
     got = est.modes(da.from_array(poisoned, chunks=(5, 700)), window=(a, b)).compute()
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["qr", "randomized"])
+def test_trajectory_source_loads_chunks_in_tasks_and_gives_the_layers(method):
+    """A Trajectory's loader is what the passes read (no registry by array name), its
+    groups are the fit's layers, and the results equal a fit of the plain array."""
+    from pipeline.koopman import Trajectory
+
+    Y = trajectory(40, 2000, seed=14).astype(np.float32)
+    Yd = da.from_array(Y, chunks=(10, 450))
+    loads = []
+
+    def load_chunk(i, j):                      # chunk (i, j), as the store's loaders return it
+        loads.append((i, j))
+        return Y[i * 10:(i + 1) * 10, j * 450:(j + 1) * 450]
+
+    src = Trajectory(Yd, load_chunk=load_chunk, cheap=True, groups=tuple(GROUPS))
+    kw = dict(window=20, stride=10, per_layer=True, rank=5, method=method, seed=2)
+    got = KoopmanDMD(**kw).fit(src)
+    ref = KoopmanDMD(**kw).fit(Y, GROUPS)
+    assert set(loads) == {(i, j) for i in range(4) for j in range(5)}
+    assert got.groups_ == GROUPS and got.strategy_ == ref.strategy_
+    assert got.strategy_ == ("band-gram" if method == "qr" else "randomized")
+    assert [(r.layer, r.window) for r in got.results_] == [(r.layer, r.window) for r in ref.results_]
+    for a, b in zip(got.results_, ref.results_):
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-10)
+        np.testing.assert_allclose(a.residuals, b.residuals, atol=1e-10)
+    # explicit groups override the source's
+    assert {r.layer for r in KoopmanDMD(**kw).fit(src, [("all", 0, 2000)]).results_} == {"all"}

@@ -154,6 +154,10 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     traj = run.trajectory()
     Y = traj.array
     assert Y.name.startswith("mapped-") and traj.cheap and traj.groups == (("w", 0, big.size),)
+    head = run.trajectory(rows=5)                  # a diverged run's finite prefix
+    assert head.shape == (5, big.size) and head.load_chunk is not None
+    np.testing.assert_array_equal(head.array.compute(), X[:5])
+    np.testing.assert_array_equal(head.load_chunk(0, 0), X[:min(5, head.chunks[0][0]), :262_144])
     ref = da.from_zarr(arr)[:11]
     assert Y.chunks == ref.chunks and len(Y.chunks[1]) == 2
     np.testing.assert_array_equal(Y.compute(), X)

@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["Trajectory"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Trajectory:
     """A snapshot-major trajectory and how to read it.
 
