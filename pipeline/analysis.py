@@ -58,16 +58,15 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
     when the whole run was).
     """
     check_analyzable(run)
-    groups = run.layout.layer_ranges()
     u = dtype_roundoff(run.attrs.get("stored_dtype", "float32"))
     try:
-        Y = run.weights()
-        prefix = finite_prefix(Y) if run.status == "diverged" else None
+        Y = run.trajectory()                     # the store's source: array, loader, layers
+        prefix = finite_prefix(Y.array) if run.status == "diverged" else None
         if prefix is not None:
             if prefix < 2:
                 raise KMAError(f"diverged at snapshot {prefix}: fewer than 2 finite snapshots to analyse")
-            Y = Y[:prefix]
-        est = params.estimator(scheduler, unit_roundoff=u).fit(Y, groups)
+            Y = run.trajectory(rows=prefix)
+        est = params.estimator(scheduler, unit_roundoff=u).fit(Y)
         est.finite_prefix_ = prefix
         return est
     except KMAError as e:

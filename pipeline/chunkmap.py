@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .koopman import _blocks
+from .koopman import Trajectory
 
-__all__ = ["converted", "mappable", "mapped_dask", "zarr_dask"]
+__all__ = ["mappable", "mapped_trajectory", "zarr_trajectory"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,14 @@ def mappable(arr) -> bool:
     return len(tuple(arr.chunks)) == 2
 
 
-def mapped_dask(arr, rows: int | None = None):
-    """A Dask array of the first ``rows`` rows of ``arr`` whose chunks are read-only maps.
+def mapped_trajectory(arr, rows: int | None = None) -> Trajectory:
+    """The first ``rows`` rows of ``arr`` as a Trajectory whose chunks are read-only maps.
 
-    Requires :func:`mappable`. A missing chunk reads as the fill value (as through
-    zarr); a chunk file of the wrong size raises ``OSError`` naming it.
+    Requires :func:`mappable`. Its dask array maps each chunk in its own task, and its
+    ``load_chunk`` lets a pass map a task's chunks inside the task (no chunk held
+    between tasks; re-mapping costs nothing, hence ``cheap``). A missing chunk reads as
+    the fill value (as through zarr); a chunk file of the wrong size raises ``OSError``
+    naming it.
     """
     import dask.array as da
     from dask.base import tokenize
@@ -91,50 +94,24 @@ def mapped_dask(arr, rows: int | None = None):
                  fill=float(fill) if fill is not None else 0.0)
     tc, pc = spec.chunk_shape
     chunks = (_edges(rows, tc), _edges(spec.shape[1], pc))
-    name = "mapped-" + tokenize(spec)
-    # passes over this array map the chunks inside their own tasks (no chunk held
-    # between tasks, re-mapping costs nothing): see pipeline.koopman._blocks
-    _blocks.register_loader(name, _Mapped(spec))
-    return da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
-                         name=name, meta=np.empty((0, 0), np.dtype(spec.dtype)))
+    array = da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
+                          name="mapped-" + tokenize(spec),
+                          meta=np.empty((0, 0), np.dtype(spec.dtype)))
+    return Trajectory(array, load_chunk=_Mapped(spec), cheap=True)
 
 
-def zarr_dask(arr, rows: int | None = None):
-    """``da.from_zarr(arr)[:rows]`` whose passes read each task's chunks inside the task
-    (through zarr: object storage, compression), so no chunk is held between tasks."""
+def zarr_trajectory(arr, rows: int | None = None) -> Trajectory:
+    """``da.from_zarr(arr)[:rows]`` as a Trajectory whose passes may read each task's
+    chunks inside the task (through zarr: object storage, compression), so no chunk is
+    held between tasks; each load is a read and a decode (not ``cheap``)."""
     import dask.array as da
 
     rows = arr.shape[0] if rows is None else int(rows)
-    x = da.from_zarr(arr)[:rows]
-    _blocks.register_loader(x.name, _ZarrChunks(arr, rows))
-    return x
-
-
-def converted(x, fn, dtype):
-    """``x.map_blocks(fn)`` that keeps ``x``'s in-task chunk loader (converting each
-    loaded chunk), so passes over it still hold no chunk between tasks."""
-    y = x.map_blocks(fn, dtype=np.dtype(dtype))
-    loader = _blocks.CHUNK_LOADERS.get(x.name)
-    if loader is not None:
-        _blocks.register_loader(y.name, _Converted(loader, fn))
-    return y
-
-
-class _Converted:
-    """Chunk loader applying ``fn`` to the chunks of another loader."""
-
-    def __init__(self, loader, fn):
-        self.loader, self.fn = loader, fn
-        self.cheap = getattr(loader, "cheap", False)
-
-    def __call__(self, i: int, j: int) -> np.ndarray:
-        return self.fn(self.loader(i, j))
+    return Trajectory(da.from_zarr(arr)[:rows], load_chunk=_ZarrChunks(arr, rows), cheap=False)
 
 
 class _Mapped:
     """Chunk loader of a mapped array (re-loading a chunk costs nothing)."""
-
-    cheap = True
 
     def __init__(self, spec: _Spec):
         self.spec = spec
@@ -145,8 +122,6 @@ class _Mapped:
 
 class _ZarrChunks:
     """Chunk loader through zarr (each load is a read and a decode)."""
-
-    cheap = False
 
     def __init__(self, arr, rows: int):
         self.arr, self.rows = arr, rows

@@ -200,16 +200,30 @@ class Run:
 
     def weights(self, dtype=np.float32):
         """Snapshots as a lazy Dask array of shape (n_snapshots, n_parameters)."""
-        from .chunkmap import converted, mappable, mapped_dask, zarr_dask
+        return self.trajectory(dtype).array
 
+    def trajectory(self, dtype=np.float32, rows: int | None = None):
+        """The run's trajectory as the analysis engine reads it.
+
+        A :class:`pipeline.koopman.Trajectory`: the first ``rows`` snapshots (default
+        all ``n_snapshots``) as a lazy dask array ``(rows, n_parameters)`` of ``dtype``,
+        how a task of a pass loads one chunk (chunk files mapped when the store is local
+        and uncompressed, else read through zarr), whether re-loading is cheap, and the
+        layers (``layout.layer_ranges()``) as its groups.
+        """
+        from .chunkmap import mappable, mapped_trajectory, zarr_trajectory
+
+        rows = self.n_snapshots if rows is None else int(rows)
         arr = self.weights_array()
         if mappable(arr):   # local and uncompressed: chunk files mapped, no decode copies
-            x = mapped_dask(arr, self.n_snapshots)
+            traj = mapped_trajectory(arr, rows)
         else:
-            x = zarr_dask(arr, self.n_snapshots)
+            traj = zarr_trajectory(arr, rows)
         if self.attrs.get("stored_dtype") == "bfloat16":
-            x = converted(x, _bf16_to_f32, np.float32)
-        return converted(x, _Cast(dtype), dtype) if x.dtype != dtype else x
+            traj = traj.converted(_bf16_to_f32, np.float32)
+        if traj.dtype != dtype:
+            traj = traj.converted(_Cast(dtype), dtype)
+        return traj.with_groups(self.layout.layer_ranges() if "layout" in self.attrs else None)
 
 
     # -- analyses ----------------------------------------------------------------

@@ -59,14 +59,24 @@ def test_dask_chunking_and_numpy_agree():
 
 
 def test_gram_falls_back_to_tsqr_when_spectrum_is_unresolved():
-    Y = trajectory(30, 2000, seed=2)                 # float64, exact rank 5 < T
-    assert compress(Y)["all"].method == "tsqr"
-    f = compress(Y, stable="gram")["all"]
-    assert f.method == "gram"
+    """compress() uses the estimator's rule (factor.resolves): TSQR when the default
+    storage-dtype cut keeps a singular value within GRAM_MARGIN of the Gram's resolution."""
+    Y = trajectory(30, 2000, seed=2, noise=1e-6)     # float64: the cut keeps σ ~ 5e-5
+    g = compress(Y, stable="gram")["all"]
+    s = np.linalg.svd(g.C[:, :-1], compute_uv=False)
+    assert g.method == "gram" and 0 < g.error and s[-1] < 100 * g.error
+    f = compress(Y)["all"]
+    assert f.method == "tsqr"
+    dense = np.linalg.svd(Y[:-1].T, compute_uv=False)            # float64 reference
+    np.testing.assert_allclose(np.linalg.svd(f.C[:, :-1], compute_uv=False), dense,
+                               rtol=1e-9, atol=1e-13)
+    # exact rank 5: the Gram keeps 5 well-resolved directions and stays
+    exact = trajectory(30, 2000, seed=2)
+    assert compress(exact)["all"].method == "gram"
+    res = dmd(compress(exact)["all"].C)
+    np.testing.assert_allclose(sorted_c(res.eigenvalues), sorted_c(TRUE), atol=1e-10)
     Y32 = trajectory(30, 2000, seed=2, noise=1e-3, dtype=np.float32)
     assert compress(Y32)["all"].method == "gram"     # content well above the Gram's floor
-    res = dmd(compress(Y)["all"].C)
-    np.testing.assert_allclose(sorted_c(res.eigenvalues), sorted_c(TRUE), atol=1e-10)
 
 
 def weakly_excited(T=40, P=20000, seed=0, amp=1e-4):
@@ -190,7 +200,7 @@ def test_band_split_into_row_spans_gives_the_same_grams(T, W, S, max_rows):
     """Long trajectories: each task of the pass holds snapshot 0 and one span of rows;
     spans hold whole ops, own disjoint rows for the x_0 products, and the pass over
     dask chunks gives the same window Grams as the whole-trajectory kernel."""
-    from pipeline.koopman import _blocks
+    from pipeline.koopman import passes
     from pipeline.koopman.windows import band_kernel, band_plan, row_spans, window_gram
 
     windows = [(a, a + W) for a in range(0, T - W + 1, S)]
@@ -207,8 +217,8 @@ def test_band_split_into_row_spans_gives_the_same_grams(T, W, S, max_rows):
         assert max(r1 - r0 for r0, r1 in spans) <= max_rows + W
 
     Y = np.random.default_rng(T * S).standard_normal((T, 300)).astype(np.float32)
-    got = _blocks.run_pass(da.from_array(Y, chunks=(7, 128)), band_kernel(plan, spans, op_span, owned),
-                           _blocks.sum_merge, [0], [300], scheduler="synchronous", spans=spans)
+    got = passes.run_pass(da.from_array(Y, chunks=(7, 128)), band_kernel(plan, spans, op_span, owned),
+                           passes.sum_merge, [0], [300], scheduler="synchronous", spans=spans)
     X = Y.astype(np.float64)
     X[1:] -= X[0]
     blocks = [got[(0, k)] for k in range(len(plan.ops))]
@@ -225,25 +235,25 @@ def test_randomized_long_trajectory_streams_spans_with_the_same_result(monkeypat
     mapped blocks are also split by columns among the workers."""
     import zarr
 
-    from pipeline.chunkmap import mappable, mapped_dask, zarr_dask
-    from pipeline.koopman import _blocks
+    from pipeline.chunkmap import mappable, mapped_trajectory, zarr_trajectory
+    from pipeline.koopman import passes
 
     Y = trajectory(60, 3000, seed=5, noise=1e-3, dtype=np.float32)
     where = zarr.storage.MemoryStore() if reader == "zarr" else zarr.storage.LocalStore(tmp_path)
     arr = zarr.create_array(where, shape=Y.shape, chunks=(7, 1000), dtype="f4",
                             fill_value=np.nan, compressors=None)
     arr[:] = Y
-    read = zarr_dask if reader == "zarr" else mapped_dask
+    read = zarr_trajectory if reader == "zarr" else mapped_trajectory
     assert mappable(arr) == (reader == "mapped")
     groups = [("a", 0, 1200), ("b", 1200, 3000)]
     ref = compress(read(arr), groups, method="randomized", rank=6, seed=3)
     streamed, tasks = [], []
-    real, real_block = _blocks.stream_pass, _blocks.transformed_slabs
-    monkeypatch.setattr(_blocks, "stream_pass", lambda *a, **k: streamed.append(k["spans"]) or real(*a, **k))
-    monkeypatch.setattr(_blocks, "transformed_slabs",
+    real, real_block = passes.stream_pass, passes.transformed_slabs
+    monkeypatch.setattr(passes, "stream_pass", lambda *a, **k: streamed.append(k["spans"]) or real(*a, **k))
+    monkeypatch.setattr(passes, "transformed_slabs",
                         lambda *a, **k: tasks.append(a[6:8]) or real_block(*a, **k))
-    monkeypatch.setattr(_blocks, "TASK_BYTES", 1000 * 4 * 24)          # 12 rows per span
-    monkeypatch.setattr(_blocks, "_SLAB_BYTES", 8 * 13 * 256)          # 256-column slabs
+    monkeypatch.setattr(passes, "TASK_BYTES", 1000 * 4 * 24)          # 12 rows per span
+    monkeypatch.setattr(passes, "_SLAB_BYTES", 8 * 13 * 256)          # 256-column slabs
     got = compress(read(arr), groups, method="randomized", rank=6, seed=3)
     assert streamed and len(streamed[0]) == 5
     pieces = {t for t in tasks}                      # (s0, s1) column range of each task

@@ -133,7 +133,7 @@ def test_per_window_grams_equal_direct_dmd(window, stride):
     Y = trajectory(60, 2000, seed=11)
     est = KoopmanDMD(window=window, stride=stride, per_layer=True, rank=5)
     est.fit(da.from_array(Y, chunks=(7, 450)), GROUPS)
-    assert est.factors_ == {}  # the per-window path was taken
+    assert est.strategy_ == "band-gram" and est.factors_ == {}  # the per-window path was taken
     assert {f.method for w in est.window_factors_.values() for f in w.values()} == {"gram-window"}
     spans = {"all": (0, 2000), **{n: (a, b) for n, a, b in GROUPS}}
     assert len(est.results_) == 4 * len(est.windows_)
@@ -162,6 +162,7 @@ def test_windows_fall_back_to_the_stable_pass_when_a_gram_is_unresolved():
     Y = trajectory(30, 2000, seed=2, noise=0.0)      # float64, exact rank 5
     # default cut (float64 resolution) keeps what the Gram resolves only as rounding
     est = KoopmanDMD(window=10, stride=5).fit(da.from_array(Y, chunks=(7, 450)))
+    assert est.strategy_ == "tsqr" and set(est.factors_) == {"all"}
     assert {f.method for f in est.window_factors_["all"].values()} == {"tsqr"}
     for r in est.results_:
         a, b = r.window
@@ -178,10 +179,10 @@ def test_pass_split_into_row_spans_equals_direct_dmd(monkeypatch):
     chunks, not all T); every window of every layer still equals a direct DMD."""
     import pipeline.koopman.windows as windows
 
-    monkeypatch.setattr(windows._blocks, "TASK_BYTES", 450 * 8 * 15)   # 15 rows of a column chunk
+    monkeypatch.setattr(windows.passes, "TASK_BYTES", 450 * 8 * 15)   # 15 rows of a column chunk
     calls = []
-    real = windows._blocks.run_pass
-    monkeypatch.setattr(windows._blocks, "run_pass",
+    real = windows.passes.run_pass
+    monkeypatch.setattr(windows.passes, "run_pass",
                         lambda *a, **k: calls.append(k["spans"]) or real(*a, **k))
     Y = trajectory(60, 2000, seed=13)
     est = KoopmanDMD(window=12, stride=6, per_layer=True, rank=5)
@@ -206,3 +207,32 @@ def test_modes_of_a_window_read_only_its_snapshots():
     poisoned[outside] = np.nan
     got = est.modes(da.from_array(poisoned, chunks=(5, 700)), window=(a, b)).compute()
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["qr", "randomized"])
+def test_trajectory_source_loads_chunks_in_tasks_and_gives_the_layers(method):
+    """A Trajectory's loader is what the passes read (no registry by array name), its
+    groups are the fit's layers, and the results equal a fit of the plain array."""
+    from pipeline.koopman import Trajectory
+
+    Y = trajectory(40, 2000, seed=14).astype(np.float32)
+    Yd = da.from_array(Y, chunks=(10, 450))
+    loads = []
+
+    def load_chunk(i, j):                      # chunk (i, j), as the store's loaders return it
+        loads.append((i, j))
+        return Y[i * 10:(i + 1) * 10, j * 450:(j + 1) * 450]
+
+    src = Trajectory(Yd, load_chunk=load_chunk, cheap=True, groups=tuple(GROUPS))
+    kw = dict(window=20, stride=10, per_layer=True, rank=5, method=method, seed=2)
+    got = KoopmanDMD(**kw).fit(src)
+    ref = KoopmanDMD(**kw).fit(Y, GROUPS)
+    assert set(loads) == {(i, j) for i in range(4) for j in range(5)}
+    assert got.groups_ == GROUPS and got.strategy_ == ref.strategy_
+    assert got.strategy_ == ("band-gram" if method == "qr" else "randomized")
+    assert [(r.layer, r.window) for r in got.results_] == [(r.layer, r.window) for r in ref.results_]
+    for a, b in zip(got.results_, ref.results_):
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-10)
+        np.testing.assert_allclose(a.residuals, b.residuals, atol=1e-10)
+    # explicit groups override the source's
+    assert {r.layer for r in KoopmanDMD(**kw).fit(src, [("all", 0, 2000)]).results_} == {"all"}

@@ -64,15 +64,14 @@ def test_reduced_precision(tmp_path, dtype, tol):
     X = np.random.default_rng(1).uniform(0.5, 1.0, (3, LAYOUT.size)).astype(np.float32)
     store = TrajectoryStore(str(tmp_path))
     _write(store, "r", X, dtype=dtype)
-    Yd = store.open_run("r").weights()
-    Y = Yd.compute()
+    traj = store.open_run("r").trajectory()
+    Y = traj.array.compute()
     assert Y.dtype == np.float32
     np.testing.assert_allclose(Y, X, rtol=tol)
     # passes still load (and convert) each task's chunks inside the task
-    from pipeline.koopman import _blocks
-
-    loader = _blocks.CHUNK_LOADERS[Yd.name]
-    np.testing.assert_array_equal(loader(0, 0), Y[:, :Yd.chunks[1][0]])
+    loaded = traj.load_chunk(0, 0)
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, Y[:, :traj.chunks[1][0]])
 
 
 def test_unfinished_run_is_redone_cleanly(tmp_path):
@@ -135,10 +134,12 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     """Local uncompressed runs read through read-only maps of the chunk files; values,
     chunking (edge chunks included), missing chunks (fill NaN) and corrupt ones agree
     with what zarr itself does, and object stores / compressed arrays still use zarr."""
+    from dataclasses import replace
+
     import dask.array as da
     import zarr
 
-    from pipeline.chunkmap import mappable, mapped_dask
+    from pipeline.chunkmap import mappable, mapped_trajectory
 
     big = Layout.from_named_shapes([("w", (300_000,))])   # two chunk columns, the last partial
     X = np.random.default_rng(1).standard_normal((11, big.size)).astype(np.float32)
@@ -150,8 +151,13 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     run = TrajectoryStore(str(tmp_path / "s"), read_only=True).open_run("r")
     arr = run.weights_array()
     assert mappable(arr)
-    Y = run.weights()
-    assert Y.name.startswith("mapped-")
+    traj = run.trajectory()
+    Y = traj.array
+    assert Y.name.startswith("mapped-") and traj.cheap and traj.groups == (("w", 0, big.size),)
+    head = run.trajectory(rows=5)                  # a diverged run's finite prefix
+    assert head.shape == (5, big.size) and head.load_chunk is not None
+    np.testing.assert_array_equal(head.array.compute(), X[:5])
+    np.testing.assert_array_equal(head.load_chunk(0, 0), X[:min(5, head.chunks[0][0]), :262_144])
     ref = da.from_zarr(arr)[:11]
     assert Y.chunks == ref.chunks and len(Y.chunks[1]) == 2
     np.testing.assert_array_equal(Y.compute(), X)
@@ -159,22 +165,22 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
 
     # a pass over the mapped array maps chunks inside its own tasks; same spectra as
     # the same pass over zarr's decode path
-    from pipeline.koopman import KoopmanDMD, _blocks
+    from pipeline.koopman import KoopmanDMD, passes
 
-    assert Y.name in _blocks.CHUNK_LOADERS
-    fits = [KoopmanDMD(window=6, stride=2).fit(y).results_ for y in (Y, ref)]
+    assert traj.load_chunk is not None
+    fits = [KoopmanDMD(window=6, stride=2).fit(y).results_ for y in (traj, ref)]
     for a, b in zip(*fits):
         np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-12)
         np.testing.assert_allclose(a.residuals, b.residuals, atol=1e-12)
 
     chunk_dir = tmp_path / "s" / "runs" / "r" / "weights" / "c"
     (chunk_dir / "0" / "1").unlink()                        # lost chunk: NaN, as through zarr
-    got = mapped_dask(arr, 11).compute()
+    got = mapped_trajectory(arr, 11).array.compute()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref.compute()))
     assert np.isnan(got[:, 262_144:]).all() and not np.isnan(got[:, :262_144]).any()
     (chunk_dir / "0" / "0").write_bytes(b"junk")
     with pytest.raises(OSError, match="c/0/0 has 4 bytes"):
-        mapped_dask(arr, 11).compute()
+        mapped_trajectory(arr, 11).array.compute()
 
     zst = zarr.open_group(str(tmp_path / "z"), mode="w").create_array(
         "a", shape=(4, 10), chunks=(2, 5), dtype="f4", compressors=[zarr.codecs.ZstdCodec()])
@@ -182,23 +188,20 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     mem = TrajectoryStore(f"memory://kma-map-{os.getpid()}")
     _write(mem, "m", X[:, :LAYOUT.size])
     assert not mappable(mem.open_run("m").weights_array())
-    Ym = mem.open_run("m").weights()
+    tm = mem.open_run("m").trajectory()
+    Ym = tm.array
     assert not Ym.name.startswith("mapped-")
-    zl = _blocks.CHUNK_LOADERS[Ym.name]
-    assert not zl.cheap                                       # tasks read through zarr
+    zl = tm.load_chunk
+    assert zl is not None and not tm.cheap                  # tasks read through zarr
     reads = []
 
-    class Counting:
-        cheap = False
+    def counting(i, j):
+        reads.append((i, j))
+        return zl(i, j)
 
-        def __call__(self, i, j):
-            reads.append((i, j))
-            return zl(i, j)
-
-    _blocks.CHUNK_LOADERS[Ym.name] = Counting()
-    monkeypatch.setattr(_blocks, "TASK_BYTES", 4 * LAYOUT.size * 3)   # row spans: in-task reads
+    monkeypatch.setattr(passes, "TASK_BYTES", 4 * LAYOUT.size * 3)   # row spans: in-task reads
     fits = [KoopmanDMD(window=6, stride=2).fit(y).results_
-            for y in (Ym, da.from_zarr(mem.open_run("m").weights_array())[:11])]
+            for y in (replace(tm, load_chunk=counting), da.from_zarr(mem.open_run("m").weights_array())[:11])]
     for a, b in zip(*fits):
         np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-12)
     assert reads and set(reads) == {(i, 0) for i in range(len(Ym.chunks[0]))}

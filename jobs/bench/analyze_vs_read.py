@@ -12,7 +12,7 @@ Sections (each can be skipped with ``--skip read,cold,zstd,tsqr,ooc,pydmd``):
    ``TrajectoryStore.create_run`` / ``RunWriter`` (the store's real chunking, no
    compression). Alternately, ``--reps`` times: a plain read pass
    ``da.from_zarr(arr)[:T].sum().compute()``; ``KoopmanDMD(method="qr", window=50,
-   stride=25, per_layer=True).fit(run.weights(), layers)`` (the store's reader: chunk
+   stride=25, per_layer=True).fit(run.trajectory(), layers)`` (the store's reader: chunk
    files mapped), its pass without the arithmetic (map, cast, subtract: the floor of
    any exact float64 scheme), the same fit through ``da.from_zarr`` (zarr's decode
    path); the same
@@ -175,19 +175,19 @@ def fit(Y, groups, method, window, stride, rank=None, per_layer=True):
 
 def cast_pass(Y, groups):
     """The qr pass without its arithmetic: map, cast to float64, subtract x_0."""
-    from pipeline.koopman import _blocks
+    from pipeline.koopman import passes
 
     t0 = time.perf_counter()
-    _blocks.run_pass(Y, lambda g, x: {}, _blocks.sum_merge, [g[1] for g in groups],
+    passes.run_pass(Y, lambda g, x: {}, passes.sum_merge, [g[1] for g in groups],
                      [g[2] for g in groups])
     return time.perf_counter() - t0
 
 
 def zarr_y(run):
     """The run's trajectory read through zarr's decode path (as from object storage)."""
-    from pipeline.chunkmap import zarr_dask
+    from pipeline.chunkmap import zarr_trajectory
 
-    return zarr_dask(run.weights_array(), run.n_snapshots)
+    return zarr_trajectory(run.weights_array(), run.n_snapshots)
 
 
 def stats(xs):
@@ -209,7 +209,7 @@ def child_main(spec: dict) -> None:
     base = hwm_bytes()  # interpreter + imports, before any data
     out = {"baseline_hwm": base}
     if spec["job"] == "fit":
-        Y = run.weights() if spec.get("reader", "map") == "map" else zarr_y(run)
+        Y = run.trajectory() if spec.get("reader", "map") == "map" else zarr_y(run)
         dt, n_win, n_eigs = fit(Y, run.layout.layer_ranges(), spec["method"],
                                 spec.get("window"), spec.get("stride"), spec.get("rank"),
                                 spec.get("per_layer", True))
@@ -260,16 +260,16 @@ def bench_read(args, tmp, res):
     t_sweep = {f"{w}/{s}": [] for w, s in sweep}
     for rep in range(args.reps):
         t_read.append(read_pass(arr, args.T))
-        t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
-        t_cast.append(cast_pass(run.weights(), groups))
+        t_qr.append(fit(run.trajectory(), groups, "qr", args.window, args.stride)[0])
+        t_cast.append(cast_pass(run.trajectory(), groups))
         t_qrz.append(fit(zarr_y(run), groups, "qr", args.window, args.stride)[0])
-        t_rnd.append(fit(run.weights(), groups, "randomized", args.window, args.stride, args.rank)[0])
+        t_rnd.append(fit(run.trajectory(), groups, "randomized", args.window, args.stride, args.rank)[0])
         for w, st in sweep:
-            t_sweep[f"{w}/{st}"].append(fit(run.weights(), groups, "qr", w, st)[0])
+            t_sweep[f"{w}/{st}"].append(fit(run.trajectory(), groups, "qr", w, st)[0])
         print(f"[read] rep {rep}: read {t_read[-1]:.2f}s qr {t_qr[-1]:.2f}s (cast only {t_cast[-1]:.2f}s) "
               f"(through zarr decode {t_qrz[-1]:.2f}s) randomized {t_rnd[-1]:.2f}s; qr W/S "
               + " ".join(f"{k}: {v[-1]:.2f}s" for k, v in t_sweep.items()), flush=True)
-    _, n_res, n_eigs = fit(run.weights(), groups, "qr", args.window, args.stride)
+    _, n_res, n_eigs = fit(run.trajectory(), groups, "qr", args.window, args.stride)
     res["read"] = {
         "T": args.T, "P": args.P, "bytes": nbytes, "write_s": wt, "chunks": list(arr.chunks),
         "n_window_layer_results": n_res, "n_eigenvalues": n_eigs,
@@ -307,7 +307,7 @@ def bench_cold(args, run, arr, res):
         drop_page_cache()
         t_read.append(read_pass(arr, args.T))
         drop_page_cache()
-        t_qr.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
+        t_qr.append(fit(run.trajectory(), groups, "qr", args.window, args.stride)[0])
         print(f"[cold] rep {rep}: read {t_read[-1]:.2f}s qr {t_qr[-1]:.2f}s", flush=True)
     res["cold"] = {
         "read_s": stats(t_read), "qr_fit_s": stats(t_qr),
@@ -317,7 +317,7 @@ def bench_cold(args, run, arr, res):
 
 
 def bench_zstd(args, run, arr, tmp, res):
-    from pipeline.chunkmap import zarr_dask
+    from pipeline.chunkmap import zarr_trajectory
 
     dst, wt = zstd_copy(arr, run.group, args.zstd_level)
     # write time of the store's uncompressed layout, same blocks, for comparison
@@ -340,8 +340,8 @@ def bench_zstd(args, run, arr, tmp, res):
     for rep in range(args.reps):
         t_read_r.append(read_pass(arr, args.T))
         t_read_z.append(read_pass(dst, args.T))
-        t_qr_r.append(fit(run.weights(), groups, "qr", args.window, args.stride)[0])
-        t_qr_z.append(fit(zarr_dask(dst, args.T), groups, "qr", args.window, args.stride)[0])
+        t_qr_r.append(fit(run.trajectory(), groups, "qr", args.window, args.stride)[0])
+        t_qr_z.append(fit(zarr_trajectory(dst, args.T), groups, "qr", args.window, args.stride)[0])
         print(f"[zstd] rep {rep}: read raw {t_read_r[-1]:.2f}s zstd {t_read_z[-1]:.2f}s | "
               f"qr raw {t_qr_r[-1]:.2f}s zstd {t_qr_z[-1]:.2f}s", flush=True)
     res["zstd"] = {

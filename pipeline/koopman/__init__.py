@@ -11,6 +11,11 @@ layers are contiguous column ranges ``[(name, start, stop), ...]``.
 - :func:`dmd` — refined Rayleigh–Ritz DMD with residuals on a small matrix (Drmač,
   Mezić & Mohr 2018; LAPACK xGEDMD, LAWN 298).
 - :class:`KoopmanDMD` — scikit-learn-style estimator over windows and layers.
+- :class:`Trajectory` — what the engine reads: the dask array, an in-task chunk loader
+  (and whether re-loading is cheap), the layers; a storage adapter builds it.
+- :mod:`pipeline.koopman.strategies` — compression strategies (band Gram, TSQR,
+  randomized) behind one interface, sharing the pass machinery of
+  :mod:`pipeline.koopman.passes`.
 
 Pure math: no Ray, no MLflow, no store.
 
@@ -24,8 +29,9 @@ from .compress import compress
 from .core import DMDResult, dmd
 from .estimator import KoopmanDMD, WindowResult
 from .factor import Factor, KoopmanInputError
+from .source import Trajectory
 
 ENGINE_VERSION = 2
 
 __all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
-           "KoopmanInputError"]
+           "KoopmanInputError", "Trajectory"]

@@ -15,29 +15,36 @@ Methods
     and accumulate the float64 Gram ``G = (XE)^T (XE)`` per layer (``G_all = Σ G_layer``).
     Then, with column scaling ``D`` (Drmač, Mezić & Mohr 2018, §on scaling), the
     eigendecomposition ``D^{-1} G D^{-1} = V Σ² V^T`` gives ``C = Σ V^T D E^{-1}``.
-    A Gram squares the condition number: singular values below ``~sqrt(T eps) σ_max`` of
-    the scaled matrix are lost. If the spectrum has content between the data's own noise
-    floor (input rounding, measured per layer) and ``gram_rcond``, a second pass
+    A Gram squares the condition number: the factor resolves singular values only down
+    to its ``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`, the whole
+    trajectory as one window). The fallback rule is the estimator's
+    (:func:`pipeline.koopman.factor.resolves`): if the default storage-dtype cut of the
+    whole trajectory's DMD (:func:`pipeline.koopman.core.noise_cut` on ``C[:, :-1]``)
+    keeps a singular value below ``GRAM_MARGIN`` times that resolution, a second pass
     computes the stable factor instead: Householder QR of every float64 block and TSQR
     (Demmel, Grigori, Hoemmen & Langou, SIAM J. Sci. Comput. 34(1), 2012) of the stacked
     ``R`` factors. ``stable="tsqr"`` uses that pass directly, ``stable="gram"`` never.
+    (Before issue 9 a separate ``gram_rcond`` gray-zone test decided; it is gone.)
 ``"randomized"`` (``k ≪ T``), ``n_power_iter + 1`` passes: see
     :mod:`pipeline.koopman.randomized` (Halko, Martinsson & Tropp 2011; Erichson,
     Mathelin, Kutz & Brunton 2019).
 
-The passes are implemented on the chunk structure directly (:mod:`._blocks`); the
+The passes are implemented on the chunk structure directly (:mod:`.passes`); the
 generic ``dask.array.linalg`` TSQR/SVD is far slower than a read pass.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
-from . import _blocks
-from .factor import (Factor, KoopmanInputError, apply_e_rows, as_dask, factor_from_r,
-                     raise_non_finite, undo_e_columns, validate_groups)
+from . import passes
+from .core import choose_rank, dtype_roundoff, noise_cut
+from .factor import (Factor, KoopmanInputError, as_trajectory, factor_from_r, gram_to_factor,
+                     raise_non_finite, resolves, validate_groups)
+from .windows import gram_resolution
 
 __all__ = ["compress", "Factor"]
 
@@ -45,17 +52,16 @@ log = logging.getLogger(__name__)
 
 _METHODS = ("qr", "randomized")
 _STABLE = ("auto", "gram", "tsqr")
-_EPS = np.finfo(np.float64).eps
 
 
 def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversample=10,
-             n_power_iter=2, seed=0, stable="auto", gram_rcond=1e-6,
+             n_power_iter=2, seed=0, stable="auto", unit_roundoff=None,
              scheduler=None) -> dict[str, Factor]:
     """Compress the trajectory ``Y`` into small factors, reading it once (``"qr"``).
 
     Parameters
     ----------
-    Y : dask.array.Array or ndarray, shape (T, P)
+    Y : Trajectory, dask.array.Array or ndarray, shape (T, P)
         Snapshot-major trajectory (float16/32/64), any chunking.
     groups : list of (str, int, int), optional
         Contiguous column ranges covering ``[0, P)``; default one group ``"all"``.
@@ -69,8 +75,9 @@ def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversamp
         the Gaussian test matrices.
     stable : {"auto", "gram", "tsqr"}
         ``"qr"`` only: Gram with fallback, Gram only, or TSQR only.
-    gram_rcond : float
-        Relative singular values below this are not trusted from the Gram.
+    unit_roundoff : float, optional
+        Of the dtype the trajectory was stored in (default: ``Y``'s dtype): sets the
+        default cut whose kept singular values the Gram must resolve (``"auto"``).
     scheduler : str, optional
         Dask scheduler for the passes (None: default threaded).
 
@@ -88,47 +95,50 @@ def compress(Y, groups=None, *, method="qr", per_group=True, rank=None, oversamp
         raise KoopmanInputError(f"unknown method {method!r}; known: {list(_METHODS)}")
     if stable not in _STABLE:
         raise KoopmanInputError(f"unknown stable={stable!r}; known: {list(_STABLE)}")
-    Y = as_dask(Y)
-    groups = validate_groups(groups, Y.shape[1])
+    Y = as_trajectory(Y)
+    groups = validate_groups(groups if groups is not None else Y.groups, Y.shape[1])
     if method == "randomized":
         from .randomized import randomized_factors
         return randomized_factors(Y, groups, per_group=per_group, rank=rank,
                                   oversample=oversample, n_power_iter=n_power_iter,
                                   seed=seed, scheduler=scheduler)
-    return _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler)
+    u = unit_roundoff if unit_roundoff is not None else dtype_roundoff(Y.dtype)
+    return _qr_factors(Y, groups, per_group, stable, u, scheduler)
 
 
 def _spans(groups):
     return [g[1] for g in groups], [g[2] for g in groups]
 
 
-def _qr_factors(Y, groups, per_group, stable, gram_rcond, scheduler):
+def _qr_factors(Y, groups, per_group, stable, unit_roundoff, scheduler):
+    """Exact factors: Gram (checked with :func:`_gram_resolved` when ``stable="auto"``)
+    or TSQR (``stable="tsqr"``, or a Gram the default cut cannot trust)."""
     starts, stops = _spans(groups)
     P = Y.shape[1]
     wanted = list(range(len(groups))) if per_group and len(groups) > 1 else []
     if stable != "tsqr":
-        grams = _blocks.run_pass(Y, _gram_kernel, _blocks.sum_merge, starts, stops,
-                                 scheduler=scheduler)
+        grams = passes.run_pass(Y, _gram_kernel, passes.sum_merge, starts, stops,
+                                scheduler=scheduler)
         _check_gram_finite(grams, groups)
-        u_in = np.finfo(Y.dtype).eps / 2
         jobs = [("all", 0, P, sum(grams[g] for g in range(len(groups))))]
         jobs += [(*groups[g], grams[g]) for g in wanted]
         out, unreliable = {}, []
         for name, start, stop, G in jobs:
-            out[name], ok = _factor_from_gram(G, name, start, stop, u_in, gram_rcond)
-            if not ok:
+            f, _ = gram_to_factor(G, name, start, stop)
+            out[name] = f = replace(f, error=gram_resolution(G, 0, stop - start))
+            if stable == "auto" and not _gram_resolved(f, unit_roundoff):
                 unreliable.append(name)
-        if stable == "gram" or not unreliable:
+        if not unreliable:
             return out
-        log.info("Gram spectrum of %s has content below gram_rcond=%g; "
-                 "second pass with TSQR", unreliable, gram_rcond)
-    rs = _blocks.run_pass(Y, _tsqr_kernel, _blocks.tsqr_merge, starts, stops,
+        log.info("the default cut of %s keeps singular values the Gram cannot resolve; "
+                 "second pass with TSQR", unreliable)
+    rs = passes.run_pass(Y, _tsqr_kernel, passes.tsqr_merge, starts, stops,
                           scheduler=scheduler)
     Rs = [rs[g][0] for g in range(len(groups))]
     bad = [groups[g][0] for g, R in enumerate(Rs) if not np.isfinite(R).all()]
     if bad:
         raise_non_finite(bad)
-    R_all = _blocks.qr_r(np.concatenate(Rs, axis=0))
+    R_all = passes.qr_r(np.concatenate(Rs, axis=0))
     out = {"all": factor_from_r(R_all, "all", 0, P, "tsqr")}
     for g in wanted:
         out[groups[g][0]] = factor_from_r(Rs[g], *groups[g], "tsqr")
@@ -140,7 +150,7 @@ def _gram_kernel(g, x):
 
 
 def _tsqr_kernel(g, x):
-    return {g: [_blocks.qr_r(x.T)]}
+    return {g: [passes.qr_r(x.T)]}
 
 
 def _check_gram_finite(grams, groups):
@@ -157,42 +167,11 @@ def _check_gram_finite(grams, groups):
     raise_non_finite([groups[g][0] for g in bad], detail)
 
 
-def gram_to_factor(G, name, start, stop, method="gram"):
-    """Factor of ``XE`` from its float64 Gram ``G`` (``T × T``), with column scaling.
-
-    Returns the factor and the scaled spectrum ``σ / σ_max`` (descending).
-    """
-    T = G.shape[0]
-    d = np.sqrt(np.maximum(np.diagonal(G), 0.0))
-    d[d == 0] = 1.0
-    Gs = G / d[:, None] / d[None, :]
-    mu, V = np.linalg.eigh((Gs + Gs.T) / 2)
-    mu, V = mu[::-1], V[:, ::-1]
-    if not mu[0] > 0:
-        k = 0
-    else:
-        k = int(np.count_nonzero(mu > T * _EPS * mu[0]))
-    sig = np.sqrt(mu[:k])
-    Ct = (sig[:, None] * V[:, :k].T) * d[None, :]
-    basis = apply_e_rows((V[:, :k] / d[:, None]) / sig)
-    rel = np.sqrt(np.maximum(mu, 0.0) / mu[0]) if k else np.zeros(0)
-    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method), rel
-
-
-def _data_floor(G, u_in):
-    """Relative noise level of the scaled ``XE`` due to rounding of the stored data."""
-    norms_b = np.sqrt(np.maximum(np.diagonal(G), 0.0))
-    x0 = norms_b[0]
-    xj = np.sqrt(np.maximum(np.diagonal(G)[1:] + 2 * G[0, 1:] + G[0, 0], 0.0))
-    nz = norms_b[1:] > 0
-    if not nz.any():
-        return np.inf
-    ratios = u_in * (xj[nz] + x0) / norms_b[1:][nz]
-    return float(np.median(np.concatenate([[u_in], ratios])))
-
-
-def _factor_from_gram(G, name, start, stop, u_in, gram_rcond):
-    factor, rel = gram_to_factor(G, name, start, stop)
-    floor = _data_floor(G, u_in)
-    gray = (rel > 10 * floor) & (rel < gram_rcond)
-    return factor, not gray.any()
+def _gram_resolved(f, u) -> bool:
+    """The estimator's rule on the whole trajectory: the smallest singular value the
+    default storage-dtype cut keeps of ``X1 = C[:, :-1]`` is resolved by ``f``."""
+    X1 = f.C[:, :-1]
+    s = np.linalg.svd(X1, compute_uv=False)
+    shape = (f.stop - f.start, X1.shape[1])
+    k = choose_rank(s, shape=shape, noise=noise_cut(np.linalg.norm(X1, axis=0), u, shape))
+    return k == 0 or resolves(f, s[k - 1])

@@ -142,6 +142,16 @@ def noise_cut(col_norms, u, shape) -> float:
     return float(NOISE_SAFETY * u / np.sqrt(3.0) * col_norms.max() * (1 + np.sqrt(n / max(m, 1))))
 
 
+def numerical_rank(s, n: int) -> int:
+    """How many of ``s`` (descending, nonnegative) exceed ``n · eps · s[0]``: the
+    numerical rank rule of every factor and cut in the engine (0 when ``s[0]`` is not
+    positive). Given eigenvalues ``μ = σ²`` of a Gram it keeps ``σ > sqrt(n eps) σ_max``."""
+    s = np.asarray(s)
+    if s.size == 0 or not s[0] > 0:
+        return 0
+    return int(np.count_nonzero(s > n * _EPS * s[0]))
+
+
 def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=None) -> int:
     """Number of singular values to keep.
 
@@ -168,7 +178,7 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=Non
     if s.size == 0 or not s[0] > 0:
         return 0
     m, n = shape if shape is not None else (s.size, s.size)
-    numerical = int(np.count_nonzero(s > max(m, n) * _EPS * s[0]))
+    numerical = numerical_rank(s, max(m, n))
     if rank is not None:
         return int(min(rank, numerical))
     if tol is not None:

@@ -1,12 +1,14 @@
 """``KoopmanDMD``: compress once, then DMD of every window of every layer.
 
-``fit(Y, groups)`` takes a snapshot-major trajectory ``Y`` (``T × P``, dask or numpy)
-and layers ``[(name, start, stop), ...]``; it reads ``Y`` once (method ``"qr"``; a
-second pass only if the Gram is not trustworthy, see
-:mod:`pipeline.koopman.compress`) into factors ``C`` (``k × T``), then runs the refined
+``fit(Y, groups)`` takes a snapshot-major trajectory ``Y`` (``T × P``: a
+:class:`pipeline.koopman.source.Trajectory`, dask or numpy) and layers
+``[(name, start, stop), ...]``; it reads ``Y`` once (method ``"qr"``; a second pass
+only if the Gram is not trustworthy, see below) into small factors, then runs the refined
 Rayleigh–Ritz DMD of :mod:`pipeline.koopman.core` (Drmač, Mezić & Mohr 2018; xGEDMD,
 LAWN 298) on ``C[:, a:a+W]`` for every window ``[a, a+W)``, stride ``S``, for
-``"all"`` and, with ``per_layer``, for every layer. Because ``Q`` is orthonormal the
+``"all"`` and, with ``per_layer``, for every layer. How ``Y`` is compressed is a
+strategy (:mod:`pipeline.koopman.strategies`); ``strategy_`` names the one whose factors
+gave the results. Because ``Q`` is orthonormal the
 eigenvalues, residuals and amplitudes equal those of a direct DMD of
 ``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence a second pass:
 :meth:`KoopmanDMD.modes`.
@@ -27,16 +29,13 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .compress import compress
-from .windows import window_factors
 from .core import _validate_rank_args, dmd, dtype_roundoff
-from .factor import Factor, KoopmanInputError, as_dask, validate_groups
+from .factor import GRAM_MARGIN, KoopmanInputError, as_dask, as_trajectory, resolves, validate_groups
+from .strategies import TSQR, BandGram, Randomized
 
 __all__ = ["KoopmanDMD", "WindowResult", "GRAM_MARGIN"]
 
 log = logging.getLogger(__name__)
-
-GRAM_MARGIN = 100.0   # a kept singular value must exceed the Gram's resolution this much
 
 
 @dataclass(frozen=True)
@@ -105,9 +104,25 @@ class KoopmanDMD:
     ----------
     results_ : list of WindowResult
         ``"all"`` first, then layers in order; windows in order within each.
+    strategy_ : str
+        The compression strategy whose factors gave ``results_``
+        (:mod:`pipeline.koopman.strategies`): ``"band-gram"`` (method ``"qr"``, every
+        window's cut resolved by the Gram), ``"tsqr"`` (method ``"qr"``, some window kept
+        a singular value the Gram could not resolve: a second pass) or ``"randomized"``.
+    window_factors_ : dict of str to dict of (int, int) to Factor
+        Per layer (``"all"`` and, with ``per_layer``, every group) and window: the
+        factor its DMD ran on (``C`` of shape ``(k, b - a)``); used by :meth:`modes`.
     factors_ : dict of str to Factor
-    n_snapshots_, n_parameters_ : int
+        Whole-trajectory factors (``C``: ``k × T``) of the strategy that ran; empty for
+        ``"band-gram"``, which factors each window on its own.
     windows_ : list of (int, int)
+        The fitted windows ``[a, b)``, in order.
+    groups_ : list of (str, int, int)
+        The validated layers.
+    unit_roundoff_ : float
+        Unit roundoff of the storage dtype that set the default cut.
+    n_snapshots_, n_parameters_ : int
+        ``T`` and ``P`` of the fitted trajectory.
     """
 
     def __init__(self, method="qr", rank=None, tol=None, threshold=None, window=None,
@@ -141,14 +156,25 @@ class KoopmanDMD:
             raise KoopmanInputError(f"stride must be a positive integer, got {self.stride!r}")
         return [(a, a + int(W)) for a in range(0, T - int(W) + 1, int(S))]
 
+    def _strategies(self):
+        """The compression strategies to try, in order (the last one always stands)."""
+        if self.method == "qr":
+            return [BandGram(), TSQR()]
+        if self.method == "randomized":
+            return [Randomized(self.rank, self.oversample, self.n_power_iter, self.seed)]
+        raise KoopmanInputError(f"unknown method {self.method!r}; known: ['qr', 'randomized']")
+
     def fit(self, Y, groups=None):
         """Compress ``Y`` once and analyse every window of every requested layer.
 
         Parameters
         ----------
-        Y : dask.array.Array or ndarray, shape (T, P)
+        Y : Trajectory, dask.array.Array or ndarray, shape (T, P)
+            A :class:`pipeline.koopman.source.Trajectory` (as the store builds it) lets
+            the passes load chunks inside their tasks.
         groups : list of (str, int, int), optional
-            Layers as contiguous column ranges covering ``[0, P)``.
+            Layers as contiguous column ranges covering ``[0, P)`` (default: the
+            trajectory's own ``groups``, else one group ``"all"``).
 
         Returns
         -------
@@ -158,35 +184,30 @@ class KoopmanDMD:
             _validate_rank_args(self.rank, self.tol, self.threshold)
         except ValueError as e:
             raise KoopmanInputError(str(e)) from None
-        Y = as_dask(Y)
+        Y = as_trajectory(Y)
         T, P = Y.shape
         windows = self._windows(T)
-        groups = validate_groups(groups, P)
+        groups = validate_groups(groups if groups is not None else Y.groups, P)
+        strategies = self._strategies()
         u = self.unit_roundoff if self.unit_roundoff is not None else dtype_roundoff(Y.dtype)
         # one layer: its spectra are the network's ("all"); the passes make no separate factor
         names = ["all"] + ([g[0] for g in groups if g[0] != "all"] if self.per_layer and len(groups) > 1 else [])
-        factors, results = {}, None
-        if self.method == "qr":    # every window's Gram from one pass (band of the Gram)
-            wfs = window_factors(Y, groups, windows, per_group=self.per_layer,
-                                 scheduler=self.scheduler)
-            results = self._all_windows(wfs, names, windows, u, check=True)
-            if results is None:
-                log.info("a window keeps singular values the Gram cannot resolve; "
-                         "second pass with TSQR")
-        if results is None:        # randomized, or some window needs the stable factor
-            factors = compress(Y, groups, method=self.method, per_group=self.per_layer,
-                               rank=self.rank, oversample=self.oversample,
-                               n_power_iter=self.n_power_iter, seed=self.seed,
-                               stable="tsqr" if self.method == "qr" else "auto",
-                               scheduler=self.scheduler)
-            wfs = {name: {(a, b): _Slice(f, a, b) for a, b in windows} for name, f in factors.items()}
-            results = self._all_windows(wfs, names, windows, u, check=False)
+        for i, strategy in enumerate(strategies):
+            comp = strategy.compress(Y, groups, windows, per_group=self.per_layer,
+                                     scheduler=self.scheduler)
+            check = strategy.resolution_limited and i + 1 < len(strategies)
+            results = self._all_windows(comp.windows, names, windows, u, check=check)
+            if results is not None:
+                break
+            log.info("a window keeps singular values the %s factor cannot resolve; "
+                     "second pass with %s", strategy.name, strategies[i + 1].name)
         capped = [r for r in results if r.rank_requested is not None]
         if capped:
             log.warning("rank %d requested; %d of %d spectra have fewer directions (at most %d)",
                         self.rank, len(capped), len(results), max(r.rank for r in capped))
-        self.factors_ = factors
-        self.window_factors_ = wfs
+        self.strategy_ = strategy.name
+        self.factors_ = comp.factors
+        self.window_factors_ = comp.windows
         self.results_ = results
         self.windows_ = windows
         self.groups_ = groups
@@ -195,8 +216,8 @@ class KoopmanDMD:
         return self
 
     def _all_windows(self, wfs, names, windows, u, check):
-        """WindowResults of every layer and window, or None (``check``) when a Gram
-        factor cannot resolve a singular value its window's cut keeps."""
+        """WindowResults of every layer and window, or None (``check``) when a factor
+        cannot resolve a singular value its window's cut keeps."""
         results = []
         # many tiny (k × W) problems: threaded BLAS only adds overhead to them
         with threadpool_limits(limits=1, user_api="blas"):
@@ -204,7 +225,7 @@ class KoopmanDMD:
                 for a, b in windows:
                     f = wfs[name][(a, b)]
                     r = self._window_dmd(f, a, b, u)
-                    if check and r.rank and r.singular_values[r.rank - 1] < GRAM_MARGIN * _scaled_error(f, self.scale):
+                    if check and r.rank and not resolves(f, r.singular_values[r.rank - 1], scale=self.scale):
                         return None
                     results.append(WindowResult(
                         name, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
@@ -225,7 +246,7 @@ class KoopmanDMD:
 
         Parameters
         ----------
-        Y : dask.array.Array or ndarray, shape (T, P)
+        Y : Trajectory, dask.array.Array or ndarray, shape (T, P)
             The trajectory given to :meth:`fit`.
         layer : str
         window : (int, int), optional
@@ -257,23 +278,6 @@ class KoopmanDMD:
         z = self._window_dmd(f, *window).vectors         # (k, r) in C coordinates
         pieces = [_project(_rows_of(Y[:, a:b], f.rows), basis @ z) for a, b, basis in f.segments]
         return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1)
-
-
-class _Slice:
-    """Window ``[a, b)`` of a whole-trajectory factor: same basis, ``C[:, a:b]``."""
-
-    def __init__(self, f: Factor, a: int, b: int):
-        self.name, self.start, self.stop, self.segments = f.name, f.start, f.stop, f.segments
-        self.method, self.rows, self.error = f.method, f.rows, f.error
-        self.C = f.C[:, a:b]
-
-
-def _scaled_error(f, scale):
-    """The factor's resolution in the units of the singular values the DMD cuts."""
-    if not scale:
-        return f.error
-    norms = np.linalg.norm(f.C[:, :-1], axis=0)
-    return f.error / max(norms.min(), np.finfo(np.float64).tiny)
 
 
 def _rows_of(Yg, rows):

@@ -14,14 +14,19 @@ side (``C = C_E E^{-1}``, ``basis = E basis_E``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask.array as da
 import numpy as np
 
 from ..errors import KMAError
+from .core import numerical_rank
+from .source import Trajectory
 
-__all__ = ["Factor", "KoopmanInputError", "as_dask", "validate_groups"]
+__all__ = ["Factor", "KoopmanInputError", "as_dask", "as_trajectory", "validate_groups",
+           "gram_to_factor", "factor_from_r", "resolves", "GRAM_MARGIN"]
+
+GRAM_MARGIN = 100.0   # a kept singular value must exceed the factor's resolution this much
 
 
 class KoopmanInputError(KMAError, ValueError):
@@ -67,6 +72,19 @@ class Factor:
         return self.C.shape[0]
 
 
+def resolves(factor, sigma, *, scale=False) -> bool:
+    """Whether ``factor`` resolves the singular value ``sigma`` a cut keeps: ``sigma``
+    is at least ``GRAM_MARGIN`` times ``factor.error`` (in the units of the column-scaled
+    matrix when ``scale``). The one rule that sends a Gram-derived factor to the stable
+    pass (the estimator per window, :func:`pipeline.koopman.compress.compress` for the
+    whole trajectory)."""
+    error = factor.error
+    if scale:
+        norms = np.linalg.norm(factor.C[:, :-1], axis=0)
+        error = error / max(norms.min(), np.finfo(np.float64).tiny)
+    return bool(sigma >= GRAM_MARGIN * error)
+
+
 def undo_e_columns(C):
     """``C E^{-1}``: add column 0 to the other columns (``k × T``)."""
     C = np.array(C, dtype=np.float64)
@@ -85,7 +103,7 @@ def factor_from_r(R, name, start, stop, method):
     """Factor from ``X E = Q_R R`` (``R``: ``r × T``): ``C = Σ V^T E^{-1}``."""
     T = R.shape[1]
     _, s, Vh = np.linalg.svd(R, full_matrices=False)
-    k = int(np.count_nonzero(s > T * np.finfo(np.float64).eps * s[0])) if s.size and s[0] > 0 else 0
+    k = numerical_rank(s, T)
     Ct = s[:k, None] * Vh[:k]
     basis = apply_e_rows(Vh[:k].T / s[:k])
     # Householder QR / TSQR: backward error ~ u64 (√P + T) ||X||
@@ -94,13 +112,47 @@ def factor_from_r(R, name, start, stop, method):
                   error=err)
 
 
+def gram_to_factor(G, name, start, stop, method="gram"):
+    """Factor of ``XE`` from its float64 Gram ``G`` (``T × T``), with column scaling.
+
+    Returns the factor and the scaled spectrum ``σ / σ_max`` (descending).
+    """
+    T = G.shape[0]
+    d = np.sqrt(np.maximum(np.diagonal(G), 0.0))
+    d[d == 0] = 1.0
+    Gs = G / d[:, None] / d[None, :]
+    mu, V = np.linalg.eigh((Gs + Gs.T) / 2)
+    mu, V = mu[::-1], V[:, ::-1]
+    k = numerical_rank(mu, T)                     # on σ² = μ: σ > sqrt(T eps) σ_max
+    sig = np.sqrt(mu[:k])
+    Ct = (sig[:, None] * V[:, :k].T) * d[None, :]
+    basis = apply_e_rows((V[:, :k] / d[:, None]) / sig)
+    rel = np.sqrt(np.maximum(mu, 0.0) / mu[0]) if k else np.zeros(0)
+    return Factor(name, start, stop, undo_e_columns(Ct), ((start, stop, basis),), method), rel
+
+
+def as_trajectory(Y) -> Trajectory:
+    """``Y`` (``T × P`` numpy, dask or :class:`Trajectory`) as a validated Trajectory."""
+    if isinstance(Y, Trajectory):
+        array = as_dask(Y.array)
+        return Y if array is Y.array else replace(Y, array=array)
+    return Trajectory(as_dask(Y))
+
+
 def as_dask(Y):
-    """Wrap ``Y`` (``T × P`` numpy or dask) as a dask array; validate shape and dtype."""
+    """Wrap ``Y`` (``T × P`` numpy, dask or Trajectory) as a dask array; validate shape
+    and dtype."""
+    if isinstance(Y, Trajectory):
+        Y = Y.array
     if not isinstance(Y, da.Array):
         Y = np.asarray(Y)
         if Y.ndim == 2:
             p_chunk = max(1, min(Y.shape[1], 2**24 // max(1, Y.shape[0] * Y.itemsize)))
             Y = da.from_array(Y, chunks=(Y.shape[0], p_chunk))
+    return _validate_array(Y)
+
+
+def _validate_array(Y):
     if Y.ndim != 2:
         raise KoopmanInputError(f"trajectory must be 2-d (snapshots × parameters), got shape {Y.shape}")
     if not np.issubdtype(Y.dtype, np.floating):

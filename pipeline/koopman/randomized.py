@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _blocks
+from . import passes
+from .core import numerical_rank
 from .factor import Factor, KoopmanInputError, apply_e_rows, raise_non_finite, undo_e_columns
 
-_EPS = np.finfo(np.float64).eps
 DEFAULT_RANK = 50
 
 
@@ -57,17 +57,17 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
     # long trajectories: tasks stream their column block span by span, twice (half the
     # usual span: a task also holds Z, p × l)
     block_bytes = T * max(Y.chunks[1]) * Y.dtype.itemsize
-    max_rows = max(1, _blocks.TASK_BYTES // 2 // (max(Y.chunks[1]) * Y.dtype.itemsize))
+    max_rows = max(1, passes.TASK_BYTES // 2 // (max(Y.chunks[1]) * Y.dtype.itemsize))
     spans = [(a, min(a + max_rows, T)) for a in range(1, T, max_rows)]
-    if block_bytes <= _blocks.TASK_BYTES:
+    if block_bytes <= passes.TASK_BYTES:
         spans = spans[:1]      # fits: one sweep (streaming casts every chunk twice)
     for it in range(n_power_iter + 1):
         out = None
         if len(spans) > 1:
-            out = _blocks.stream_pass(Y, _stream_block(Ms, spans, T, l), _merge, starts, stops,
+            out = passes.stream_pass(Y, _stream_block(Ms, spans, T, l), _merge, starts, stops,
                                       spans=spans, scheduler=scheduler)
         if out is None:
-            out = _blocks.run_pass(Y, _make_kernel(Ms), _merge, starts, stops,
+            out = passes.run_pass(Y, _make_kernel(Ms), _merge, starts, stops,
                                    scheduler=scheduler)
         bad = [chains[g][0] for g in range(len(chains))
                if not np.isfinite(out[("a", g)]).all() or not np.isfinite(out[("r", g)][0]).all()]
@@ -78,7 +78,7 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
         for g, (name, start, stop) in enumerate(chains):
             A1, R = out[("a", g)], out[("r", g)][0]
             _, s, Vh = np.linalg.svd(R, full_matrices=False)
-            k = int(np.count_nonzero(s > l * _EPS * s[0])) if s.size and s[0] > 0 else 0
+            k = numerical_rank(s, l)
             Pinv = Vh[:k].T / s[:k]                    # Q = XE @ (M @ Pinv)
             XtQ = A1 @ Pinv                            # (T, k) = (XE)^T Q
             if last:
@@ -96,7 +96,7 @@ def randomized_factors(Y, groups, *, per_group, rank, oversample, n_power_iter, 
 def _make_kernel(Ms):
     def kernel(g, x):                                  # x: (T, p) rows of (XE)^T
         Z = x.T @ Ms[g]                                # (p, l)
-        return {("a", g): x @ Z, ("r", g): [_blocks.qr_r(Z)]}
+        return {("a", g): x @ Z, ("r", g): [passes.qr_r(Z)]}
     return kernel
 
 
@@ -117,7 +117,7 @@ def _stream_block(Ms, spans, T, l):
                     Z[k] += c
         out = {}
         for z, g in zip(Z, gs):
-            out = _merge([out, {("r", g): [_blocks.qr_r(z)]}])
+            out = _merge([out, {("r", g): [passes.qr_r(z)]}])
         A = {}
         for si, (r0, _) in enumerate(spans):
             for k, (g, x) in enumerate(slabs(si)):
@@ -131,8 +131,8 @@ def _stream_block(Ms, spans, T, l):
 
 
 def _merge(partials):
-    sums = _blocks.sum_merge([{k: v for k, v in p.items() if k[0] == "a"} for p in partials])
-    rs = _blocks.tsqr_merge([{k: v for k, v in p.items() if k[0] == "r"} for p in partials])
+    sums = passes.sum_merge([{k: v for k, v in p.items() if k[0] == "a"} for p in partials])
+    rs = passes.tsqr_merge([{k: v for k, v in p.items() if k[0] == "r"} for p in partials])
     return {**sums, **rs}
 
 
@@ -142,7 +142,7 @@ def _combine(layer_factors, P) -> Factor:
     Qs, Rs = np.linalg.qr(stacked)
     U, s, Vh = np.linalg.svd(Rs, full_matrices=False)
     T = stacked.shape[1]
-    k = int(np.count_nonzero(s > T * _EPS * s[0])) if s.size and s[0] > 0 else 0
+    k = numerical_rank(s, T)
     C = s[:k, None] * Vh[:k]
     W = Qs @ U[:, :k]                                  # (Σ k_g, k)
     segments, row = [], 0

@@ -24,7 +24,7 @@ window's own first snapshot (:func:`own_gram`)::
     e_s·e_t = G_st − G_sa − G_at + G_aa,
 
 and factored exactly as the whole-trajectory Gram
-(:func:`pipeline.koopman.compress.gram_to_factor`): ``X_w = [x_a, …, x_{b-1}] = Q_w C_w``
+(:func:`pipeline.koopman.factor.gram_to_factor`): ``X_w = [x_a, …, x_{b-1}] = Q_w C_w``
 with ``C_w`` of shape ``(k, W)`` and a basis on the window's rows only. The re-reference
 cancels: the band entries carry rounding errors of about ``u64 √P ||d_s|| ||d_t||``
 while ``e_s·e_t`` may be far smaller, so each factor records its absolute resolution
@@ -39,9 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _blocks
-from .compress import gram_to_factor
-from .factor import Factor, raise_non_finite
+from . import passes
+from .factor import Factor, gram_to_factor, raise_non_finite
 
 __all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resolution"]
 
@@ -136,7 +135,7 @@ def row_spans(plan: BandPlan, T: int, max_rows: int):
 
 
 def band_kernel(plan: BandPlan, spans=None, op_span=None, owned=None):
-    """Slab kernel ``(g, x, s) -> {(g, key): partial}`` for :func:`_blocks.run_pass`.
+    """Slab kernel ``(g, x, s) -> {(g, key): partial}`` for :func:`passes.run_pass`.
 
     ``x`` holds ``x_0`` and the rows ``d_t`` of span ``s`` (all rows by default:
     ``x[t] = d_t``); see :func:`row_spans`.
@@ -225,9 +224,9 @@ def window_factors(Y, groups, windows, *, per_group, scheduler=None):
     plan = band_plan(windows, T)
     # a task holds snapshot 0 and one span of rows of a column block: bounded in T
     p_chunk = max(Y.chunks[1])
-    max_rows = max(1, _blocks.TASK_BYTES // (p_chunk * Y.dtype.itemsize))
+    max_rows = max(1, passes.TASK_BYTES // (p_chunk * Y.dtype.itemsize))
     spans, op_span, owned = row_spans(plan, T, max_rows)
-    sums = _blocks.run_pass(Y, band_kernel(plan, spans, op_span, owned), _blocks.sum_merge,
+    sums = passes.run_pass(Y, band_kernel(plan, spans, op_span, owned), passes.sum_merge,
                             starts, stops, scheduler=scheduler, spans=spans)
     bad = [groups[g][0] for g in range(len(groups))
            if not all(np.isfinite(v).all() for k, v in sums.items() if k[0] == g)]

@@ -1,6 +1,12 @@
-"""One read pass over column blocks of a snapshot-major trajectory.
+"""One read pass over column blocks of a snapshot-major trajectory (the pass machinery
+every compression strategy shares).
 
-``Y`` is a dask array of shape ``(T, P)`` chunked ``(t_chunk, p_chunk)``; a column block
+``Y`` is a :class:`pipeline.koopman.source.Trajectory`: a dask array of shape ``(T, P)``
+chunked ``(t_chunk, p_chunk)`` and, optionally, a loader of its chunks inside a task.
+With a loader, a pass loads each task's chunks inside the task, so no chunk is held in
+memory between tasks. A chunk two tasks need is loaded twice: free for mapped files
+(``cheap``), a second read otherwise (then the loader is only used for row spans that
+bound the memory of long trajectories, and when columns are not split). A column block
 of ``Y`` is a row block of ``X = Y.T`` (``P × T``). Each task of a pass receives all
 time chunks of one column block, splits it at group boundaries (so a block never mixes
 layers, whatever the chunking), casts to float64 in slabs of a few MiB, applies the
@@ -20,24 +26,10 @@ from typing import Callable
 import dask
 import numpy as np
 
+from .source import Trajectory
+
 _SLAB_BYTES = 2 * 2**20
 TASK_BYTES = 128 * 2**20   # time chunks one task of a pass may hold (per column block)
-# dask array name -> picklable ``loader(i, j)`` of chunk (i, j) (see pipeline.chunkmap):
-# a pass then loads each task's chunks inside the task, so no chunk is held in memory
-# between tasks. A chunk two tasks need is loaded twice: free for mapped files
-# (``loader.cheap``), a second read otherwise (then only used for row spans that bound
-# the memory of long trajectories, and when columns are not split).
-# Bounded (the most recent entries): an evicted array is still read, as dask chunks.
-CHUNK_LOADERS: dict[str, Callable] = {}
-_MAX_LOADERS = 1024
-
-
-def register_loader(name: str, loader: Callable) -> None:
-    """Record ``loader`` for the dask array called ``name`` (see ``CHUNK_LOADERS``)."""
-    CHUNK_LOADERS.pop(name, None)
-    CHUNK_LOADERS[name] = loader
-    while len(CHUNK_LOADERS) > _MAX_LOADERS:
-        del CHUNK_LOADERS[next(iter(CHUNK_LOADERS))]
 _MIN_SLAB = 256
 _FAN_IN = 8
 
@@ -93,13 +85,25 @@ def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None,
         g += 1
 
 
-def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=None,
+def n_workers() -> int:
+    """Threads of a pass: one more than cores, so a task waiting on its chunk reads does
+    not leave a core idle and reading overlaps the products (measured: cold-cache fit
+    1.6 s -> 1.1 s, warm 0.97 s -> 0.84 s for 100 x 2e6 on 2 cores)."""
+    return (os.cpu_count() or 1) + 1
+
+
+def chunk_edges(chunks) -> list[int]:
+    """``[0, c_0, c_0 + c_1, ...]``: the boundaries of one axis' chunks."""
+    return np.concatenate([[0], np.cumsum(chunks)]).astype(int).tolist()
+
+
+def run_pass(Y: Trajectory, kernel: Callable, merge: Callable, starts, stops, *, scheduler=None,
              spans=None):
     """Apply ``kernel`` to every transformed slab and reduce with ``merge``.
 
     Parameters
     ----------
-    Y : dask.array.Array, shape (T, P)
+    Y : Trajectory (or dask.array.Array: read as dask chunks), shape (T, P)
     kernel : callable ``(group_index, slab) -> dict``, or ``(group_index, slab, span_index)``
         Partial result for one slab, keyed by whatever the caller wants.
     merge : callable ``(list of dict) -> dict``
@@ -119,10 +123,10 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     dict
         The merged partial results of all blocks.
     """
-    loader = CHUNK_LOADERS.get(Y.name)
+    Y = Y if isinstance(Y, Trajectory) else Trajectory(Y)   # a bare dask array: dask chunks
+    loader = Y.load_chunk
     n_col_blocks = len(Y.chunks[1])
-    col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
-    row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
+    col_edges, row_edges = chunk_edges(Y.chunks[1]), chunk_edges(Y.chunks[0])
     T = row_edges[-1]
     call = kernel if spans is not None else (lambda g, x, s: kernel(g, x))
     spans = list(spans) if spans is not None else [(1, T)]
@@ -138,14 +142,13 @@ def run_pass(Y, kernel: Callable, merge: Callable, starts, stops, *, scheduler=N
     span_chunks = _span_chunks(row_edges, spans)
     # Few, wide column chunks (small P, long T) would leave workers idle: split each
     # chunk's columns among several tasks, which share its chunk reads (same dask keys).
-    n_workers = (os.cpu_count() or 1) + 1
-    split = max(1, -(-2 * n_workers // (n_col_blocks * len(spans))))
+    split = max(1, -(-2 * n_workers() // (n_col_blocks * len(spans))))
     pieces = [max(1, min(split, (c1 - c0) // _MIN_SLAB)) for c0, c1 in zip(col_edges[:-1], col_edges[1:])]
-    if loader is not None and not getattr(loader, "cheap", False) and (max(pieces) > 1 or len(spans) == 1):
+    if loader is not None and not Y.cheap and (max(pieces) > 1 or len(spans) == 1):
         # reads through zarr: column pieces would each read whole chunks again, and with
         # one span per block dask's own chunk tasks read in parallel (measured faster)
         loader = None
-    blocks = None if loader else Y.to_delayed()  # (n_t, n_p) Delayed chunks
+    blocks = None if loader else Y.array.to_delayed()  # (n_t, n_p) Delayed chunks
     level = []
     for j in range(n_col_blocks):
         c0, c1 = col_edges[j], col_edges[j + 1]
@@ -173,24 +176,22 @@ def _reduce(level, merge, scheduler):
     while len(level) > 1:
         level = [dask.delayed(merge)(level[i:i + _FAN_IN])
                  for i in range(0, len(level), _FAN_IN)]
-    # Parallelism comes from the dask workers: one BLAS thread each avoids
+    # Parallelism comes from the dask workers (n_workers): one BLAS thread each avoids
     # oversubscription (OpenBLAS threads spin). Process-based schedulers are unaffected.
-    # One worker more than cores: a block task waiting on its chunk reads no longer
-    # leaves a core idle, so reading overlaps the Gram products (measured: cold-cache fit
-    # 1.6 s -> 1.1 s, warm 0.97 s -> 0.84 s for 100 x 2e6 on 2 cores).
     kwargs = {}
     if scheduler in (None, "threads", "threading") and dask.config.get("num_workers", None) is None:
-        kwargs["num_workers"] = (os.cpu_count() or 1) + 1
+        kwargs["num_workers"] = n_workers()
     with _single_threaded_blas():
         (out,) = dask.compute(level[0], scheduler=scheduler, **kwargs)
     return out
 
 
-def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
+def stream_pass(Y: Trajectory, block_fn: Callable, merge: Callable, starts, stops, *, spans,
                 scheduler=None):
     """A pass whose tasks stream their column block span by span, as often as they like.
 
-    For arrays with an in-task chunk loader (``CHUNK_LOADERS``; returns None for others).
+    For trajectories with an in-task chunk loader (``Y.load_chunk``; returns None for
+    others).
     One task per column block calls ``block_fn(slabs)``: ``slabs(si)`` loads the time
     chunks of snapshot 0 and span ``si`` and yields ``(group_index, slab)`` as
     :func:`transformed_slabs` does, with the same column slabs for every span; the chunks
@@ -198,11 +199,10 @@ def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
     one span at a time (the randomized pass: ``Z = X M`` over all rows, then ``X^T Z``).
     The partial results of the tasks are reduced with ``merge``.
     """
-    loader = CHUNK_LOADERS.get(Y.name)
+    loader = Y.load_chunk if isinstance(Y, Trajectory) else None
     if loader is None:
         return None
-    col_edges = np.concatenate([[0], np.cumsum(Y.chunks[1])]).tolist()
-    row_edges = np.concatenate([[0], np.cumsum(Y.chunks[0])]).tolist()
+    col_edges, row_edges = chunk_edges(Y.chunks[1]), chunk_edges(Y.chunks[0])
     width = max(_MIN_SLAB, _SLAB_BYTES // (8 * (1 + max(r1 - r0 for r0, r1 in spans))))
     span_chunks = _span_chunks(row_edges, spans)
 
@@ -216,7 +216,7 @@ def stream_pass(Y, block_fn: Callable, merge: Callable, starts, stops, *, spans,
 
     # few column blocks: split them among the workers when re-loading chunks is free
     n_blocks = len(col_edges) - 1
-    split = -(-2 * ((os.cpu_count() or 1) + 1) // n_blocks) if getattr(loader, "cheap", False) else 1
+    split = -(-2 * n_workers() // n_blocks) if Y.cheap else 1
     level = []
     for j in range(n_blocks):
         c0, c1 = col_edges[j], col_edges[j + 1]
