@@ -52,3 +52,33 @@ def kma_env():
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+# --------------------------------------------------------------------------- figures
+def png_rgb(path) -> "np.ndarray":
+    """The pixels of a PNG file as an ``H × W × 3`` float array in [0, 1] (fails on a
+    file that is not a complete PNG)."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(path))
+    assert img.ndim == 3 and img.shape[2] in (3, 4), (path, img.shape)
+    return img[..., :3]
+
+
+def color_mask(img, color, min_cos: float = 0.99, min_ink: float = 0.15):
+    """``H × W`` bool: pixels of a matplotlib colour drawn on white at any opacity or
+    antialiasing (``pixel = white - a·(white - colour)``: the ink ``white - pixel`` points
+    the colour's way, cosine >= ``min_cos``, and has length >= ``min_ink``)."""
+    import matplotlib.colors
+    import numpy as np
+
+    ink = 1.0 - img
+    want = 1.0 - np.asarray(matplotlib.colors.to_rgb(color))
+    norm = np.linalg.norm(ink, axis=-1)
+    cos = ink @ want / np.maximum(norm * np.linalg.norm(want), 1e-12)
+    return (norm >= min_ink) & (cos >= min_cos)
+
+
+def saturated_mask(img, min_chroma: float = 0.25):
+    """``H × W`` bool: coloured pixels (not white, grey or black text and axes)."""
+    return img.max(axis=-1) - img.min(axis=-1) >= min_chroma
