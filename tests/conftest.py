@@ -54,6 +54,17 @@ def kma_env():
     return env
 
 
+def refusing_port():
+    """A socket bound to a port the OS picks but not listening: connections to that port
+    are refused for as long as it is held (no other process can take the port meanwhile).
+    Use as ``with refusing_port() as s: port = s.getsockname()[1]; ...``."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
 # --------------------------------------------------------------------------- figures
 def png_rgb(path) -> "np.ndarray":
     """The pixels of a PNG file as an ``H × W × 3`` float array in [0, 1] (fails on a

@@ -28,7 +28,7 @@ from pipeline.layout import Layout
 from pipeline.outputs import write_text_atomic
 from pipeline.store import TrajectoryStore
 
-from conftest import TINY, kma_cmd, png_rgb, saturated_mask
+from conftest import TINY, kma_cmd, png_rgb, refusing_port, saturated_mask
 
 AID = AnalysisParams(window=10).analysis_id  # what `kma analyze --window 10` computes
 
@@ -340,17 +340,14 @@ def test_unknown_run_and_negative_seed_refused(three_runs, tmp_path, capsys):
 ])
 def test_s3_unreachable_or_no_credentials(tmp_path, kma_env, env, word):
     """s3:// against a closed local port, with and without credentials: one line, exit 2."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    e = {k: v for k, v in kma_env.items() if not k.startswith("AWS_")}
-    e.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
-              "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-              "AWS_EC2_METADATA_DISABLED": "true", **env})
-    r = subprocess.run(kma_cmd("runs", "--store", "s3://kma/store"), capture_output=True, text=True,
-                       env=e, cwd=tmp_path, timeout=300)
+    with refusing_port() as held:  # bound, not listening: refused while we hold it
+        port = held.getsockname()[1]
+        e = {k: v for k, v in kma_env.items() if not k.startswith("AWS_")}
+        e.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+                  "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+                  "AWS_EC2_METADATA_DISABLED": "true", **env})
+        r = subprocess.run(kma_cmd("runs", "--store", "s3://kma/store"), capture_output=True, text=True,
+                           env=e, cwd=tmp_path, timeout=300)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("kma: error: store s3://kma/store: cannot reach it") and word in lines[0]
