@@ -28,6 +28,60 @@ TINY = {
 }
 
 
+# what KMA and MLflow write by default into the working directory: the store, the
+# SQLite tracking database, and MLflow's artifact roots (./mlruns next to a SQLite URI)
+CWD_OUTPUTS = ("kma-store", "mlflow.db", "mlruns", "mlartifacts")
+
+
+def _outputs_in(dirs) -> dict[str, int]:
+    """Every file and folder under ``CWD_OUTPUTS`` in ``dirs`` with its mtime (ns)."""
+    found = {}
+    for d in dirs:
+        for name in CWD_OUTPUTS:
+            top = d / name
+            if top.exists():
+                for p in (top, *top.rglob("*")) if top.is_dir() else (top,):
+                    try:
+                        found[str(p)] = p.stat().st_mtime_ns
+                    except OSError:
+                        pass
+    return found
+
+
+@pytest.fixture(scope="session")
+def _cwd_outputs_baseline():
+    """What already lies in the repository and the starting directory when the session
+    starts (snapshot taken before any module- or session-scoped fixture runs)."""
+    dirs = (REPO, Path.cwd().resolve())
+    return {"dirs": dirs, "seen": _outputs_in(dirs)}
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_to_cwd(_cwd_outputs_baseline, request, tmp_path_factory, monkeypatch):
+    """Each test runs in a scratch working directory of its own, and fails if anything
+    wrote a store, an MLflow database or MLflow artifacts into the repository or the
+    directory pytest started in since the previous test (a module-scoped fixture's
+    writes are charged to the first test that uses it): tests write under tmp dirs.
+    What was newly created there is removed, so the next test is judged on its own."""
+    import shutil
+
+    base = _cwd_outputs_baseline
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    after = _outputs_in(base["dirs"])
+    changed = sorted(p for p, t in after.items() if base["seen"].get(p) != t)
+    if changed:
+        for d in base["dirs"]:
+            for name in CWD_OUTPUTS:
+                top = d / name
+                if str(top) not in base["seen"] and top.exists():
+                    shutil.rmtree(top) if top.is_dir() else top.unlink()
+        base["seen"] = _outputs_in(base["dirs"])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        pytest.fail(f"{request.node.nodeid} wrote into the working directory: {changed[:5]}{more}; "
+                    "tests must write under tmp dirs", pytrace=False)
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """Write a tiny sweep YAML (optionally updated) and return its path."""

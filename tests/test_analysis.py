@@ -115,10 +115,12 @@ def known(tmp_path_factory):
     layout, Y, directions, amplitude = known_system()
     store = TrajectoryStore(str(store_path))
     write_run(store, "syn", Y, layout, extra={"sweep": "synthetic"})
-    parent, created = Tracker(uri).register_training(
-        experiment="synthetic", run_id="syn", status="complete", params={"depth": 3},
-        metrics={"train_loss": [1.0, 0.5]}, trajectory_uri=store.open_run("syn").uri,
-        config_yaml="name: syn\n")
+    with pytest.MonkeyPatch.context() as mp:  # MLflow puts artifacts in ./mlruns (module scope:
+        mp.chdir(tmp)                         # set up before conftest's per-test scratch cwd)
+        parent, created = Tracker(uri).register_training(
+            experiment="synthetic", run_id="syn", status="complete", params={"depth": 3},
+            metrics={"train_loss": [1.0, 0.5]}, trajectory_uri=store.open_run("syn").uri,
+            config_yaml="name: syn\n")
     assert created
     out = tmp / "out.json"
     args = ("--run", "syn", *WINDOW_ARGS, "--per-layer", "--modes", "--json", out, "--tracking-uri", uri)
