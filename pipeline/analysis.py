@@ -71,7 +71,9 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
         return est
     except KMAError as e:
         raise KMAError(f"run {run.run_id}: {e}") from None
-    except (OSError, ValueError, KeyError, RuntimeError) as e:  # corrupt / missing chunks
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        if not _read_error(e):  # a bug elsewhere keeps its traceback
+            raise
         raise KMAError(f"run {run.run_id}: cannot read its trajectory ({type(e).__name__}: {str(e)[:200]})") from None
 
 
@@ -82,6 +84,25 @@ def finite_prefix(Y) -> int | None:
 
     bad = np.flatnonzero(~np.asarray(da.isfinite(Y).all(axis=1).compute()))
     return int(bad[0]) if bad.size else None
+
+
+# where a failed read of stored chunks comes from: the I/O and decoding libraries
+_READ_MODULES = ("zarr", "numcodecs", "fsspec", "s3fs", "gcsfs", "botocore", "aiobotocore", "pipeline.chunkmap")
+
+
+def _read_error(e: BaseException) -> bool:
+    """True for a genuine read failure (missing or corrupt chunk, unreachable storage):
+    any ``OSError``, or another error raised inside the storage/decoding libraries.
+    A ``ValueError``/``RuntimeError`` raised in our own engine is a bug, not bad data."""
+    if isinstance(e, OSError):
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        mod = tb.tb_frame.f_globals.get("__name__", "")
+        if any(mod == m or mod.startswith(m + ".") for m in _READ_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:

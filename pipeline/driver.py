@@ -239,6 +239,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 )
                 pending[ref] = v
             progress.update(running=len(pending))
+            _test_interrupt(summary)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
             for ref in ready:
                 v = pending.pop(ref)
@@ -282,6 +283,15 @@ def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
             summary.diverged.append(rid)
     if register_run(tracker, store, rid):
         summary.registered.append(rid)
+
+
+def _test_interrupt(summary: SweepSummary) -> None:
+    """Test hook: with ``KMA_TEST_INTERRUPT_AFTER=N`` set, the sweep sends itself a real
+    SIGINT once N results are recorded and the next task has been submitted, so a test
+    interrupts it at a known point (no race with polling the store). Unset: nothing."""
+    after = os.environ.get("KMA_TEST_INTERRUPT_AFTER")
+    if after and len(summary.trained) + len(summary.failed) >= int(after):
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _raise_interrupt(signum, frame):

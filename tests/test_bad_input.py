@@ -28,7 +28,7 @@ from pipeline.layout import Layout
 from pipeline.outputs import write_text_atomic
 from pipeline.store import TrajectoryStore
 
-from conftest import TINY, kma_cmd
+from conftest import TINY, kma_cmd, png_rgb, refusing_port, saturated_mask
 
 AID = AnalysisParams(window=10).analysis_id  # what `kma analyze --window 10` computes
 
@@ -241,7 +241,8 @@ def test_figure_write_error_on_one_run_keeps_going(three_runs, tmp_path, capsys)
     errors = [x for x in lines if x.startswith("kma: error:")]
     assert len(errors) == 1 and "run r1: cannot write its figures" in errors[0], lines
     for rid in ("r2", "r3"):
-        assert (plots / rid / "spectrum.png").stat().st_size > 1000
+        img = png_rgb(plots / rid / "spectrum.png")  # a whole PNG with the Ritz values drawn:
+        assert saturated_mask(img).sum() > 500, rid  # coloured dots and colour bar (blank: none)
 
 
 def test_half_written_analysis_is_redone(three_runs, tmp_path, capsys):
@@ -341,17 +342,14 @@ def test_unknown_run_and_negative_seed_refused(three_runs, tmp_path, capsys):
 ])
 def test_s3_unreachable_or_no_credentials(tmp_path, kma_env, env, word):
     """s3:// against a closed local port, with and without credentials: one line, exit 2."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    e = {k: v for k, v in kma_env.items() if not k.startswith("AWS_")}
-    e.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
-              "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-              "AWS_EC2_METADATA_DISABLED": "true", **env})
-    r = subprocess.run(kma_cmd("runs", "--store", "s3://kma/store"), capture_output=True, text=True,
-                       env=e, cwd=tmp_path, timeout=300)
+    with refusing_port() as held:  # bound, not listening: refused while we hold it
+        port = held.getsockname()[1]
+        e = {k: v for k, v in kma_env.items() if not k.startswith("AWS_")}
+        e.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+                  "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+                  "AWS_EC2_METADATA_DISABLED": "true", **env})
+        r = subprocess.run(kma_cmd("runs", "--store", "s3://kma/store"), capture_output=True, text=True,
+                           env=e, cwd=tmp_path, timeout=300)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("kma: error: store s3://kma/store: cannot reach it") and word in lines[0]

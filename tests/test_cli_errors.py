@@ -5,7 +5,6 @@ exit code 2, no traceback, and nothing half-done left behind. Every case runs
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
@@ -74,12 +73,12 @@ def test_unwritable_store(tiny_config, sweep, tmp_path):
     user_error(sweep(tiny_config(), store=tmp_path / "afile" / "store"), "afile/store")
 
 
-def test_unreachable_mlflow_fails_fast(tiny_config, sweep):
-    t0 = time.monotonic()
+def test_unreachable_mlflow_fails_fast(tiny_config, sweep, tmp_path):
+    """Refused by KMA's own single probe of the server's /health (MLflow's client would
+    retry for minutes), before the store is created or Ray started."""
     r = sweep(tiny_config(), tracking_uri="http://127.0.0.1:9")
-    elapsed = time.monotonic() - t0
-    user_error(r, "http://127.0.0.1:9", "unreachable")
-    assert elapsed < 20, elapsed
+    user_error(r, "MLflow server http://127.0.0.1:9 is unreachable")
+    assert not (tmp_path / "store").exists()
 
 
 def test_unreachable_ray_after_store_and_mlflow(tiny_config, sweep, tmp_path):

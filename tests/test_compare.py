@@ -10,7 +10,7 @@ from pipeline.console import Console
 from pipeline.layout import Layout
 from pipeline.store import TrajectoryStore
 
-from conftest import kma_cmd
+from conftest import color_mask, kma_cmd, png_rgb
 
 
 def _linear_run(store, run_id, lam, depth, T=30, P=400, seed=0):
@@ -41,8 +41,17 @@ def test_compare_groups_and_figures(tmp_path, kma_env):
     r = subprocess.run(kma_cmd("compare", "--store", tmp_path / "s", "--out", tmp_path / "figs"),
                        capture_output=True, text=True, env=kma_env, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "figs" / "last_window_spectra.png").stat().st_size > 1000
-    assert (tmp_path / "figs" / "max_abs_eigenvalue_over_training.png").stat().st_size > 1000
+    # the figures' content: size (inches × 110 dpi) and where each group's colour lies
+    over = png_rgb(tmp_path / "figs" / "max_abs_eigenvalue_over_training.png")
+    assert over.shape[:2] == (440, 770)  # 7 × 4 in
+    rows = {g: np.flatnonzero(color_mask(over, c).sum(axis=1) > 100) for g, c in (("2", "C0"), ("4", "C1"))}
+    assert rows["2"].size and rows["4"].size, rows  # each group's line crosses most of the plot
+    assert rows["4"].mean() < rows["2"].mean()  # depth 4 (|λ| 0.95) is drawn above depth 2 (0.7)
+    spectra = png_rgb(tmp_path / "figs" / "last_window_spectra.png")
+    assert spectra.shape[:2] == (418, 792)  # one 3.6 × 3.8 in panel per group
+    left, right = spectra[:, :396], spectra[:, 396:]
+    for panel, mine, other in ((left, "C0", "C1"), (right, "C1", "C0")):  # depth=2 left, depth=4 right
+        assert color_mask(panel, mine).sum() > 20 and color_mask(panel, other).sum() == 0
 
 
 def test_compare_empty_store_is_one_line(tmp_path, kma_env):

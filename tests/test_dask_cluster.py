@@ -3,7 +3,6 @@ a worker started here as separate processes) and `--scheduler processes`, with t
 results as threads."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,43 +13,48 @@ import pytest
 from pipeline.layout import Layout
 from pipeline.store import TrajectoryStore
 
-from conftest import kma_cmd
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import kma_cmd, refusing_port
 
 
 @pytest.fixture
 def dask_cluster(tmp_path):
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
+    """A scheduler on a port the OS picks (``--port 0``), its address read back from the
+    scheduler file it writes (no port chosen here that another process could take), and
+    one worker that finds it through the same file."""
+    sched_file = tmp_path / "scheduler.json"
     bindir = f"{sys.prefix}/bin"
-    procs = [subprocess.Popen([f"{bindir}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", ":0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    procs.append(subprocess.Popen([f"{bindir}/dask", "worker", addr, "--nthreads", "1", "--nworkers", "1",
+    procs = [subprocess.Popen([f"{bindir}/dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs.append(subprocess.Popen([f"{bindir}/dask", "worker", "--scheduler-file", str(sched_file),
+                                   "--nthreads", "1", "--nworkers", "1",
                                    "--memory-limit", "2GiB", "--dashboard-address", ":0",
                                    "--local-directory", str(tmp_path / "dw")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     from distributed import Client
 
-    deadline = time.time() + 60
-    while True:
-        try:
-            with Client(addr, timeout=5) as c:
-                if c.scheduler_info()["workers"]:
-                    break
-        except OSError:
-            pass
-        assert time.time() < deadline, "dask cluster did not start"
-        time.sleep(0.5)
-    yield addr
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 60  # a start-up wait, not a measurement
+        addr = None
+        while True:
+            for p in procs:
+                assert p.poll() is None, f"dask process exited with {p.returncode}"
+            try:
+                addr = addr or json.loads(sched_file.read_text())["address"]
+                with Client(addr, timeout=5) as c:
+                    if c.scheduler_info()["workers"]:
+                        break
+            except (OSError, ValueError, KeyError):  # file not (fully) written yet; not up yet
+                pass
+            assert time.monotonic() < deadline, "dask cluster did not start"
+            time.sleep(0.5)
+        assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0"), addr
+        yield addr
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 def test_analyze_on_dask_cluster_matches_threads(tmp_path, kma_env, dask_cluster):
@@ -87,9 +91,10 @@ def test_analyze_on_dask_cluster_matches_threads(tmp_path, kma_env, dask_cluster
 
 def test_unreachable_dask_scheduler_is_one_line(tmp_path, kma_env):
     TrajectoryStore(str(tmp_path / "s"))
-    r = subprocess.run(kma_cmd("analyze", "--store", tmp_path / "s", "--no-mlflow", "--scheduler",
-                               f"tcp://127.0.0.1:{_free_port()}"), capture_output=True, text=True,
-                       env=kma_env, timeout=120)
+    with refusing_port() as held:
+        r = subprocess.run(kma_cmd("analyze", "--store", tmp_path / "s", "--no-mlflow", "--scheduler",
+                                   f"tcp://127.0.0.1:{held.getsockname()[1]}"), capture_output=True, text=True,
+                           env=kma_env, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("kma: error: Dask scheduler")
     assert "Traceback" not in r.stderr

@@ -131,7 +131,13 @@ def test_divergence_stops_without_nonfinite_snapshots(kw):
     assert result.status == "diverged" and result.message
     assert result.epochs_run == len(result.history["train_loss"]) < 20
     assert len(result.history["val_loss"]) == result.epochs_run
-    assert result.n_snapshots == len(sink.flats) >= 1
+    assert result.n_snapshots == len(sink.flats) == len(sink.keys)
+    assert sink.keys[0] == (0, 0)  # the initial weights, then one snapshot per completed period
+    if kw.get("unit", "epoch") == "epoch":
+        assert [e for e, _ in sink.keys] == list(range(result.epochs_run + 1))
+    else:
+        assert [s for _, s in sink.keys] == list(range(len(sink.keys)))
+    assert len(sink.keys) >= 2  # these settings diverge only after the first update
     assert all(torch.isfinite(f).all() for f in sink.flats)
 
 
