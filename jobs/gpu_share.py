@@ -21,7 +21,7 @@ from pipeline import config
 from pipeline.console import Console
 from pipeline.driver import run_sweep
 from pipeline.errors import KMAError
-from pipeline.store import TrajectoryStore
+from pipeline.storage.store import TrajectoryStore
 
 
 def max_overlap(intervals):

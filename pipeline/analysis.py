@@ -25,8 +25,8 @@ from .console import Console, DaskProgress
 from .errors import KMAError
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
-from .runids import check_run_id, is_valid
-from .store import Run, TrajectoryStore
+from .storage.runids import check_run_id, is_valid
+from .storage.store import Run, TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def finite_prefix(Y) -> int | None:
 
 
 # where a failed read of stored chunks comes from: the I/O and decoding libraries
-_READ_MODULES = ("zarr", "numcodecs", "fsspec", "s3fs", "gcsfs", "botocore", "aiobotocore", "pipeline.chunkmap")
+_READ_MODULES = ("zarr", "numcodecs", "fsspec", "s3fs", "gcsfs", "botocore", "aiobotocore", "pipeline.storage.chunkmap")
 
 
 def _read_error(e: BaseException) -> bool:
@@ -238,7 +238,7 @@ def analyze_runs(
     (the analyses are stored).
     """
     console = console or Console()
-    from .health import select_runs
+    from .storage.health import select_runs
 
     run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
@@ -321,7 +321,7 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
     (it must exist: a mistyped path is an error, not a new empty store), check the
     ``--run`` ids against it, open the tracker, analyse. ``params`` arrive validated."""
     from .outputs import check_dir, check_file
-    from .tracking import Tracker
+    from .tracking.tracker import Tracker
 
     if json_path:
         check_file(json_path, "--json")

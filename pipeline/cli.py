@@ -101,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_run_args(store_url, run_ids) -> None:
     """Every ``--run`` follows the run-id rule, or is an older id the store lists."""
-    from .runids import check_run_id, is_valid
+    from .storage.runids import check_run_id, is_valid
 
     if not run_ids or all(is_valid(r) for r in run_ids):
         return
-    from .store import TrajectoryStore
+    from .storage.store import TrajectoryStore
 
     listed = TrajectoryStore(store_url, read_only=True).run_ids()
     for rid in run_ids:
@@ -185,8 +185,8 @@ def cmd_ingest(args, console) -> int:
 
 
 def cmd_runs(args, console) -> int:
-    from .runids import shown
-    from .store import TrajectoryStore
+    from .storage.runids import shown
+    from .storage.store import TrajectoryStore
 
     store = TrajectoryStore(args.store, read_only=True)
     runs = store.runs()
@@ -242,7 +242,7 @@ def cmd_compare(args, console) -> int:
 
     from . import compare
     from .outputs import check_dir
-    from .store import TrajectoryStore
+    from .storage.store import TrajectoryStore
 
     _check_run_args(args.store, args.runs)
     check_dir(args.out, "--out")

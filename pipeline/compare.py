@@ -15,7 +15,7 @@ import numpy as np
 
 from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
 from .errors import KMAError
-from .store import FINISHED, TrajectoryStore
+from .storage.store import FINISHED, TrajectoryStore
 
 
 def _last(values):
@@ -31,7 +31,7 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     with damaged metadata or an unreadable analysis is not compared: ``skipped`` (if
     given) receives ``{run_id: reason}``.
     """
-    from .health import split_runs
+    from .storage.health import split_runs
 
     skipped = {} if skipped is None else skipped
     if run_ids:

@@ -589,7 +589,10 @@ def _check_axes(cfg: SweepConfig, source: str) -> None:
 
 def check_names(cfg: SweepConfig, source: str) -> None:
     """Registry names (activation, init, optimizer, loss) must exist."""
-    from . import inits, losses, models, optim
+    from .training import inits
+    from .training import losses
+    from .training import models
+    from .training import optim
 
     checks = [
         ("model.activation", cfg.model.activation, models.ACTIVATIONS),

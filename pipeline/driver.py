@@ -6,7 +6,7 @@ are skipped. The driver alone registers results in MLflow, reading them back fro
 store (the source of truth), so a retried task can never produce a duplicate record.
 
 Before training, the driver claims a lease on every run it will train
-(:mod:`pipeline.lease`) and renews it until the run's result is recorded: a second
+(:mod:`pipeline.storage.lease`) and renews it until the run's result is recorded: a second
 sweep of the same variants started meanwhile skips the runs this one holds and lists
 them. A run whose task died for good (its worker lost more often than the retries
 allow) is marked ``failed`` in the store with the cause.
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError
-from .lease import LeaseKeeper
-from .runids import check_run_id
-from .store import FINISHED, TrajectoryStore, check_shareable
+from .storage.lease import LeaseKeeper
+from .storage.runids import check_run_id
+from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
-from .tracking import Tracker
+from .tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _check_tcp(address: str, timeout: float = 5.0) -> None:
 def _train_remote():
     import ray
 
-    from .runner import run_variant
+    from .training.runner import run_variant
 
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_variant)
 
@@ -124,8 +124,8 @@ def run_sweep(
     variants = expand(cfg)
     for v in variants:  # generated ids follow the rule by construction; a bug if not
         check_run_id(v.run_id, what="generated run id")
-    from . import capacity
-    from .runner import preflight
+    from .training import capacity
+    from .training.runner import preflight
 
     sizes = preflight(variants)
     capacity.check_model_sizes(variants, sizes, source)

@@ -6,7 +6,7 @@ checked first — the run id, then every file's keys, shapes and values (memory-
 this reads each file once more than the write does) — and only then is the store
 opened, so a bad series never leaves a half-written run behind or touches what is
 already stored. While it writes, the ingest holds the run's lease
-(:mod:`pipeline.lease`), so ``kma runs`` shows it ``running``, not ``interrupted``.
+(:mod:`pipeline.storage.lease`), so ``kma runs`` shows it ``running``, not ``interrupted``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import KMAError
-from .layout import Layout
-from .runids import check_run_id
-from .store import FINISHED, TrajectoryStore
+from .storage.layout import Layout
+from .storage.runids import check_run_id
+from .storage.store import FINISHED, TrajectoryStore
 
 _FLOAT16_MAX = 65504.0
 
@@ -73,7 +73,7 @@ def ingest(
         _check_same(layout, state, f)
         _check_values(layout, state, f, i, dtype)
 
-    from .lease import LeaseKeeper
+    from .storage.lease import LeaseKeeper
 
     store = TrajectoryStore(store_url)
     store.check_writable()

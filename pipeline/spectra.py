@@ -86,7 +86,7 @@ class RunSpectra:
 
     @classmethod
     def of_run(cls, run, results, *, residual_tol: float, analysis_id: str = "", label: str | None = None):
-        """From a stored :class:`~pipeline.store.Run` (its ``snapshot_epochs``)."""
+        """From a stored :class:`~pipeline.storage.store.Run` (its ``snapshot_epochs``)."""
         return cls.build(results, label=label or run.run_id, residual_tol=residual_tol,
                          snapshot_epochs=run.attrs.get("snapshot_epochs"), analysis_id=analysis_id)
 

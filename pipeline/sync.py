@@ -4,7 +4,7 @@ The Zarr store is the source of truth; MLflow is the registry people browse. The
 driver registers each run with :func:`register_run` as its result comes in;
 :func:`sync_store` does the same for every finished run of a store (``complete``,
 ``diverged``, and ``failed`` runs that were stored), then registers each completely
-written analysis as a child run. Both go through :class:`~pipeline.tracking.Tracker`,
+written analysis as a child run. Both go through :class:`~pipeline.tracking.tracker.Tracker`,
 whose registration keeps a complete record, replaces a half-written one and removes
 duplicates, so a sync repairs what an interruption left and a second sync adds nothing.
 """
@@ -21,9 +21,9 @@ import yaml
 from .config import Variant, flatten_dict
 from .console import Console
 from .errors import KMAError
-from .runids import shown
-from .store import FINISHED, TrajectoryStore
-from .tracking import Tracker
+from .storage.runids import shown
+from .storage.store import FINISHED, TrajectoryStore
+from .tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.analysis import AnalysisParams, analyze_runs, list_analyses, load_results
 from pipeline.console import Console
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
-from pipeline.tracking import Tracker
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
+from pipeline.tracking.tracker import Tracker
 
 from conftest import REPO, kma_cmd
 

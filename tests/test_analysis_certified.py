@@ -12,8 +12,8 @@ from pipeline.analysis import (AnalysisParams, analyze_runs, fit_run, list_analy
 from pipeline.cli import main
 from pipeline.console import Console
 from pipeline.koopman import ENGINE_VERSION
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
 
 
 def layout(P):

@@ -12,8 +12,8 @@ from pipeline.analysis import list_analyses, load_results
 from pipeline.cli import analysis_params, build_parser, main
 from pipeline.config import AnalysisParams
 from pipeline.errors import ConfigError
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import TINY
 

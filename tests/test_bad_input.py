@@ -24,9 +24,9 @@ import yaml
 from pipeline import config
 from pipeline.analysis import AnalysisParams, list_analyses, load_results
 from pipeline.cli import main
-from pipeline.layout import Layout
+from pipeline.storage.layout import Layout
 from pipeline.outputs import write_text_atomic
-from pipeline.store import TrajectoryStore
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import TINY, kma_cmd, png_rgb, refusing_port, saturated_mask
 
@@ -97,9 +97,9 @@ def test_config_refused_before_work(sweep_refused, overrides, words):
 def test_memory_a_variant_needs_is_checked():
     """Under the parameter cap but larger than a machine's memory: refused with the
     estimate, instead of an out-of-memory death inside ``ray::run_variant()``."""
-    from pipeline import capacity
+    from pipeline.training import capacity
     from pipeline.errors import KMAError
-    from pipeline.runner import preflight
+    from pipeline.training.runner import preflight
 
     variants = config.expand(config.validate({**TINY, "model": {**TINY["model"], "depth": 2, "width": 20_000}}))
     sizes = preflight(variants)  # 4e8 parameters: weights, gradients, Adam's moments, snapshot rows
@@ -359,9 +359,9 @@ def test_s3_unreachable_or_no_credentials(tmp_path, kma_env, env, word):
 def test_cluster_resources_checked_after_connecting():
     """Against a real (local, 1-CPU) Ray: a variant asking for 2 CPUs fits no node."""
     ray = pytest.importorskip("ray")
-    from pipeline import capacity
+    from pipeline.training import capacity
     from pipeline.errors import KMAError
-    from pipeline.runner import preflight
+    from pipeline.training.runner import preflight
 
     variants = config.expand(config.validate({**TINY, "resources": {"num_cpus": 2, "num_gpus": 0}}))
     sizes = preflight(variants)
@@ -384,7 +384,7 @@ def test_sweep_exit_code_after_analysis_errors(tmp_path, capsys, tiny_config):
     process; one stored as diverged after one snapshot), so no Ray starts."""
     import torch
 
-    from pipeline.runner import build_parts, run_variant
+    from pipeline.training.runner import build_parts, run_variant
 
     path = tiny_config(analysis={"enabled": True, "window": 5})
     trained, diverged = config.expand(config.load(path))

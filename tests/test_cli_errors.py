@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from pipeline.inits import INITS
-from pipeline.store import TrajectoryStore
+from pipeline.training.inits import INITS
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import TINY, kma_cmd
 

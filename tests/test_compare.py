@@ -7,8 +7,8 @@ import numpy as np
 from pipeline import compare
 from pipeline.analysis import AnalysisParams, analyze_runs
 from pipeline.console import Console
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import color_mask, kma_cmd, png_rgb
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import kma_cmd, refusing_port
 

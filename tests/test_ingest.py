@@ -6,7 +6,7 @@ import torch
 
 from pipeline.errors import KMAError
 from pipeline.ingest import ingest
-from pipeline.store import TrajectoryStore
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import kma_cmd
 
@@ -153,7 +153,7 @@ def test_cli_nan_checkpoint_is_one_line(tmp_path, kma_env):
 def test_ingest_into_a_run_another_process_is_writing(tmp_path):
     """A live claim on the run id (another ingest or a sweep writing it) refuses the ingest
     in one line and leaves that claim and the store alone."""
-    from pipeline import lease
+    from pipeline.storage import lease
 
     files = _series(tmp_path, n=2)
     store = TrajectoryStore(str(tmp_path / "s"))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from pipeline.analysis import AnalysisParams, analyze_runs, fit_run, list_analyses
-from pipeline.chunkmap import mappable
+from pipeline.storage.chunkmap import mappable
 from pipeline.console import Console
 from pipeline.errors import KMAError
 from pipeline.koopman import KoopmanDMD
-from pipeline.layout import Layout
-from pipeline.store import TrajectoryStore
+from pipeline.storage.layout import Layout
+from pipeline.storage.store import TrajectoryStore
 
 LAYOUT = Layout.from_named_shapes([("a.weight", (100,)), ("b.weight", (50,))])
 PARAMS = AnalysisParams(window=10)

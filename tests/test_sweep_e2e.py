@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.store import TrajectoryStore
+from pipeline.storage.store import TrajectoryStore
 
 from conftest import kma_cmd
 

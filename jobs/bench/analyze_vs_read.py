@@ -106,7 +106,7 @@ def synthetic_rows(T, P, seed=0, n_modes=6, noise=1e-4):
 
 
 def layout_of(P, n_layers):
-    from pipeline.layout import Layout
+    from pipeline.storage.layout import Layout
 
     edges = np.linspace(0, P, n_layers + 1).astype(int)
     return Layout.from_named_shapes((f"l{i}.weight", (int(b - a),))
@@ -115,7 +115,7 @@ def layout_of(P, n_layers):
 
 def write_run(store_url, run_id, T, P, n_layers, seed=0):
     """Write the synthetic trajectory through the store's own writer; returns seconds."""
-    from pipeline.store import TrajectoryStore
+    from pipeline.storage.store import TrajectoryStore
 
     store = TrajectoryStore(store_url)
     if store.status(run_id) is not None:
@@ -185,7 +185,7 @@ def cast_pass(Y, groups):
 
 def zarr_y(run):
     """The run's trajectory read through zarr's decode path (as from object storage)."""
-    from pipeline.chunkmap import zarr_trajectory
+    from pipeline.storage.chunkmap import zarr_trajectory
 
     return zarr_trajectory(run.weights_array(), run.n_snapshots)
 
@@ -203,7 +203,7 @@ def child_main(spec: dict) -> None:
                 return int(line.split()[1]) * 1024
         return None
 
-    from pipeline.store import TrajectoryStore
+    from pipeline.storage.store import TrajectoryStore
 
     run = TrajectoryStore(spec["store"], read_only=True).open_run(spec["run"])
     base = hwm_bytes()  # interpreter + imports, before any data
@@ -244,7 +244,7 @@ def run_child(spec: dict) -> dict:
 
 # --------------------------------------------------------------------------- run
 def bench_read(args, tmp, res):
-    from pipeline.store import TrajectoryStore
+    from pipeline.storage.store import TrajectoryStore
 
     url = str(tmp / "store")
     wt = write_run(url, "main", args.T, args.P, args.layers)
@@ -317,7 +317,7 @@ def bench_cold(args, run, arr, res):
 
 
 def bench_zstd(args, run, arr, tmp, res):
-    from pipeline.chunkmap import zarr_trajectory
+    from pipeline.storage.chunkmap import zarr_trajectory
 
     dst, wt = zstd_copy(arr, run.group, args.zstd_level)
     # write time of the store's uncompressed layout, same blocks, for comparison

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pipeline import config  # noqa: E402
-from pipeline.losses import build_loss  # noqa: E402
-from pipeline.optim import build_optimizer  # noqa: E402
-from pipeline.runner import build_parts  # noqa: E402
-from pipeline.store import TrajectoryStore  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.training.losses import build_loss  # noqa: E402
+from pipeline.training.optim import build_optimizer  # noqa: E402
+from pipeline.training.runner import build_parts  # noqa: E402
+from pipeline.storage.store import TrajectoryStore  # noqa: E402
+from pipeline.training.loop import train  # noqa: E402
 
 MODES = ("none", "noop", "store")
 

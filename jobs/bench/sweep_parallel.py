@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from pipeline import config  # noqa: E402
 from pipeline.console import Console  # noqa: E402
 from pipeline.driver import init_ray, register_run, run_sweep  # noqa: E402
-from pipeline.runner import run_variant  # noqa: E402
-from pipeline.store import TrajectoryStore  # noqa: E402
-from pipeline.tracking import Tracker  # noqa: E402
+from pipeline.training.runner import run_variant  # noqa: E402
+from pipeline.storage.store import TrajectoryStore  # noqa: E402
+from pipeline.tracking.tracker import Tracker  # noqa: E402
 
 
 # --------------------------------------------------------------------------- parse

@@ -1,7 +1,7 @@
 """The trajectory source the engine reads: a dask array and how a task loads its chunks.
 
 A :class:`Trajectory` is what a storage adapter hands to the engine
-(:meth:`pipeline.store.Run.trajectory` builds one): the snapshot-major dask array ``Y``
+(:meth:`pipeline.storage.store.Run.trajectory` builds one): the snapshot-major dask array ``Y``
 (``T × P``), optionally a picklable ``load_chunk(i, j)`` that returns chunk ``(i, j)``
 of ``Y`` inside a task of a pass, whether loading a chunk again is ``cheap`` (a mapped
 file: free; a read through zarr: a second read and decode), and the layers as

@@ -1,0 +1,80 @@
+"""Is a stored run's metadata whole? What ``analyze`` and ``compare`` say about a run they skip.
+
+A run prefix listed under ``runs/`` whose group metadata (``runs/<id>/zarr.json``) is
+missing, unreadable, or lacks the attributes every writer sets (``status``, ``layout``,
+``n_snapshots``, ``config``) is *damaged*: it cannot be analysed or compared, and is
+named with the reason instead of being dropped silently (and never taken for a run
+that is still training just because its ``status`` attribute is gone).
+:func:`select_runs` picks the runs ``kma analyze`` works on.
+"""
+
+from __future__ import annotations
+
+from ..errors import KMAError, RunNotFound, StoreError
+from .store import FINISHED, STATUSES, TrajectoryStore
+
+_REQUIRED = ("status", "layout", "n_snapshots", "config")
+
+
+def metadata_problem(store: TrajectoryStore, run_id: str) -> str | None:
+    """Why run ``run_id``'s metadata is damaged, or None if it is whole."""
+    try:
+        attrs = dict(store._group(run_id).attrs)
+    except RunNotFound:
+        if run_id in store.run_ids():
+            return f"damaged metadata: runs/{run_id}/zarr.json is missing"
+        return None  # no such run at all: the caller says "not in store"
+    except StoreError as e:
+        return f"damaged metadata: {str(e).split(': ', 1)[-1]}"
+    missing = [k for k in _REQUIRED if k not in attrs]
+    if missing:
+        return f"damaged metadata: runs/{run_id}/zarr.json lacks {', '.join(missing)}"
+    if attrs["status"] not in STATUSES:
+        return f"damaged metadata: unknown status {str(attrs['status'])[:40]!r}"
+    n = attrs["n_snapshots"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return f"damaged metadata: n_snapshots is {str(n)[:40]!r}, not a count"
+    try:
+        from .layout import Layout
+
+        Layout.from_records(attrs["layout"])
+    except Exception as e:  # noqa: BLE001 - any malformed layout record
+        return f"damaged metadata: unreadable layout ({type(e).__name__})"
+    if not isinstance(attrs["config"], dict):
+        return "damaged metadata: config is not a mapping"
+    return None
+
+
+def split_runs(store: TrajectoryStore, statuses=None) -> tuple[list[str], dict[str, str]]:
+    """``(ids of whole runs with a status in statuses, {damaged id: reason})``."""
+    whole, damaged = [], {}
+    for rid in store.run_ids():
+        problem = metadata_problem(store, rid)
+        if problem:
+            damaged[rid] = f"run {rid}: skipped: {problem}"
+        elif statuses is None or store.status(rid) in statuses:
+            whole.append(rid)
+    return whole, damaged
+
+
+def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """Runs to analyse and ``{run_id: reason}`` for those skipped as damaged.
+
+    Default: every finished run. Named runs must exist (a typo is refused before any
+    work, exit code 2); a named run with damaged metadata is reported, not analysed.
+    """
+    if run_ids is None:
+        return split_runs(store, FINISHED)
+    known = set(store.run_ids())
+    unknown = [r for r in dict.fromkeys(run_ids) if r not in known]
+    if unknown:
+        raise KMAError(f"run {unknown[0]}: not in store {store.url}"
+                       + (f" ({len(unknown) - 1} more of the runs named are not either)" if len(unknown) > 1 else ""))
+    todo, damaged = [], {}
+    for rid in dict.fromkeys(run_ids):
+        problem = metadata_problem(store, rid)
+        if problem:
+            damaged[rid] = f"run {rid}: {problem}"
+        else:
+            todo.append(rid)
+    return todo, damaged

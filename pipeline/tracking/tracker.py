@@ -1,0 +1,333 @@
+"""MLflow registry adapter. Only the driver process writes to MLflow.
+
+Every stored run becomes exactly one MLflow run in its sweep's experiment, found again
+by its store and id (tags ``kma.store``, the store's absolute location, and
+``kma.run_id``), so the same variant trained into two stores gets two records. A
+re-run registers nothing new; a run whose status changed (a failed variant that now
+completed) replaces its old record; and a record left half-written by an interruption
+(still ``RUNNING``: registration terminates a record last, after its tags, params,
+metrics and artifact) is replaced by the next registration, which also removes
+duplicates and re-attaches analyses to the surviving record. Analyses are child runs
+(``mlflow.parentRunId``) of the training run they analysed, keyed by
+``kma.analysis_id``. Everything here can be rebuilt from the store (``kma sync``).
+
+A fresh SQLite database is created under a file lock, so that two commands starting at
+once on the same new file do not race through MLflow's schema migration.
+
+Where things go in the UI: each experiment is created with the tag
+``mlflow.experimentKind = custom_model_development`` (MLflow 3 opens it on its runs, not on
+a GenAI traces page) and with its artifact location next to the tracking database
+(``sqlite:////x/mlflow.db`` → ``/x/mlartifacts/<experiment>``), or under
+``$KMA_ARTIFACT_ROOT``; for a tracking server the server's artifact store decides. Never
+MLflow's default ``./mlruns`` of the current directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import KMAError
+
+log = logging.getLogger(__name__)
+
+TAG_RUN = "kma.run_id"
+TAG_ANALYSIS = "kma.analysis_id"
+TAG_KIND = "kma.kind"
+TAG_STORE = "kma.store"
+TAG_URI = "kma.trajectory_uri"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
+DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written record
+_MAX_PARAM = 6000
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where new experiments keep their artifacts: ``$KMA_ARTIFACT_ROOT`` if set, else the
+    folder ``mlartifacts`` beside a SQLite database file, else None (a tracking server's
+    own artifact store)."""
+    if os.environ.get("KMA_ARTIFACT_ROOT"):
+        root = os.environ["KMA_ARTIFACT_ROOT"]
+        return str(Path(root).resolve()) if "://" not in root else root.rstrip("/")
+    if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return str(db.resolve().parent / "mlartifacts")
+    return None
+
+
+def _slug(name: str) -> str:
+    """An experiment name as one safe path segment."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+class Tracker:
+    """Registers runs and analyses in one MLflow tracking server or database."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.uri = tracking_uri or default_tracking_uri()
+        self.artifact_root = artifact_root(self.uri)
+        _check_reachable(self.uri)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        from mlflow.tracking import MlflowClient
+
+        try:
+            with _sqlite_lock(self.uri):  # first use of a new SQLite file migrates its schema
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any backend failure is the user's URI
+            raise KMAError(f"MLflow at {self.uri}: cannot use it ({_first_line(e)})") from None
+        self._experiments: dict[str, str] = {}
+
+    # -- experiments and lookup ----------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None and exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            if exp is None:
+                location = f"{self.artifact_root}/{_slug(name)}" if self.artifact_root else None
+                try:
+                    exp_id = self.client.create_experiment(
+                        name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+                except Exception:  # noqa: BLE001 - created meanwhile by a concurrent sweep?
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+                    exp_id = exp.experiment_id
+            else:
+                exp_id = exp.experiment_id
+                if TAG_EXPERIMENT_KIND not in exp.tags:  # made by an older version
+                    self.client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+                if self.artifact_root and not exp.artifact_location.removeprefix("file://").startswith(
+                        self.artifact_root):
+                    log.warning("MLflow experiment %s keeps its artifacts where it was created: %s",
+                                name, exp.artifact_location)
+            self._experiments[name] = exp_id
+        return self._experiments[name]
+
+    def find(self, experiment: str, run_id: str, analysis_id: str | None = None, *,
+             store: str | None = None, kind: str | None = None) -> list:
+        """Records of ``run_id`` (its training record, one analysis, or with
+        ``kind="analysis"`` all its analyses), oldest first; with ``store``, only those of
+        that store (records from before the ``kma.store`` tag match by trajectory URI)."""
+        flt = f"tags.`{TAG_RUN}` = '{_quote(run_id)}'"
+        if analysis_id:
+            flt += f" and tags.`{TAG_ANALYSIS}` = '{_quote(analysis_id)}'"
+        else:
+            flt += f" and tags.`{TAG_KIND}` = '{kind or 'training'}'"
+        found = self.client.search_runs([self.experiment_id(experiment)], filter_string=flt,
+                                        max_results=1000, order_by=["attributes.start_time ASC"])
+        if store is not None:
+            found = [r for r in found if _same_store(r.data.tags, store, run_id)]
+        return found
+
+    # -- training runs ---------------------------------------------------------------
+    def register_training(
+        self,
+        *,
+        experiment: str,
+        run_id: str,
+        status: str,
+        params: dict[str, Any],
+        metrics: dict[str, list],
+        trajectory_uri: str,
+        config_yaml: str,
+        extra_tags: dict[str, str] | None = None,
+        store: str | None = None,
+        run_name: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> tuple[str, bool]:
+        """Log one finished training run; returns (mlflow run id, newly created?).
+
+        ``store`` is the store's absolute location (default: ``trajectory_uri`` without
+        its ``/runs/<run_id>`` tail). ``run_name`` is what the UI shows (default: the run
+        id); ``start_ms``/``end_ms`` (Unix milliseconds) the training's start and end, so
+        the UI's duration is the training time, not the registration time. An existing complete record with the same status is
+        kept; half-written records (never terminated), records of another status and
+        duplicates are deleted, and analyses are re-attached to the record that stays.
+        """
+        store = store or _store_of(trajectory_uri, run_id)
+        existing = self.find(experiment, run_id, store=store)
+        keep = next((r for r in existing if r.info.status in DONE
+                     and r.data.tags.get("kma.status") == status), None)
+        for old in existing:
+            if old is not keep:
+                why = "half-written" if old.info.status not in DONE else "superseded"
+                log.info("run %s: deleting a %s MLflow record %s", run_id, why, old.info.run_id)
+                self.client.delete_run(old.info.run_id)
+        if keep is not None:
+            if len(existing) > 1:
+                self._reattach(experiment, run_id, store, keep.info.run_id)
+            return keep.info.run_id, False
+        tags = {
+            TAG_RUN: run_id,
+            TAG_KIND: "training",
+            TAG_STORE: store,
+            "kma.status": status,
+            TAG_URI: trajectory_uri,
+            "kma.sweep": experiment,
+            **(extra_tags or {}),
+        }
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name or run_id,
+                                     tags=tags, start_time=start_ms)
+        rid = run.info.run_id
+        self.log_params(rid, params)
+        self.log_series(rid, metrics)
+        self.client.log_text(rid, config_yaml, "config.yaml")
+        # terminated last: a record still RUNNING is one an interruption left half-written
+        self.client.set_terminated(rid, "FINISHED" if status == "complete" else "FAILED", end_time=end_ms)
+        if existing:
+            self._reattach(experiment, run_id, store, rid)
+        return rid, True
+
+    def _reattach(self, experiment: str, run_id: str, store: str, parent: str) -> None:
+        """Point every analysis record of the run at ``parent``."""
+        for child in self.find(experiment, run_id, store=store, kind="analysis"):
+            if child.data.tags.get("mlflow.parentRunId") != parent:
+                self.client.set_tag(child.info.run_id, "mlflow.parentRunId", parent)
+
+    # -- analyses --------------------------------------------------------------------
+    def register_analysis(
+        self,
+        *,
+        experiment: str,
+        run_id: str,
+        analysis_id: str,
+        params: dict[str, Any],
+        metrics: dict[str, list[tuple[int, float]]],
+        artifacts: list[Path],
+        tags: dict[str, str] | None = None,
+        store: str | None = None,
+        replace: bool = True,
+        run_name: str | None = None,
+    ) -> str:
+        """Log an analysis as a child of the run's training record. A previous record of
+        the same analysis id (same store) is replaced, or with ``replace=False`` kept if
+        it was completely written (half-written ones are always replaced). ``metrics``
+        are ``{name: [(step, value), ...]}``; ``run_name`` defaults to
+        ``<run id>/<analysis id>``."""
+        tags = dict(tags or {})
+        store = store or tags.get(TAG_STORE) or _store_of(tags.get(TAG_URI, ""), run_id)
+        olds = self.find(experiment, run_id, analysis_id, store=store)
+        keep = None if replace else next((r for r in olds if r.info.status in DONE), None)
+        for old in olds:
+            if old is not keep:
+                self.client.delete_run(old.info.run_id)
+        if keep is not None:
+            return keep.info.run_id
+        parent = [r for r in self.find(experiment, run_id, store=store) if r.info.status in DONE]
+        all_tags = {TAG_RUN: run_id, TAG_ANALYSIS: analysis_id, TAG_KIND: "analysis",
+                    TAG_STORE: store, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent[-1].info.run_id
+        run = self.client.create_run(
+            self.experiment_id(experiment), run_name=run_name or f"{run_id}/{analysis_id}", tags=all_tags
+        )
+        rid = run.info.run_id
+        self.log_params(rid, params)
+        self.log_metrics(rid, ((k, v, step) for k, series in metrics.items() for step, v in series))
+        for path in artifacts:
+            self.client.log_artifact(rid, str(path))
+        self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+    # -- helpers -----------------------------------------------------------------------
+    def log_params(self, rid: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(rid, params=items[i : i + 100])
+
+    def log_series(self, rid: str, series: dict[str, list]) -> None:
+        """Per-epoch metrics with ``step`` = epoch index (1-based)."""
+        self.log_metrics(rid, ((name, v, step) for name, values in series.items()
+                               for step, v in enumerate(values, start=1)))
+
+    def log_metrics(self, rid: str, points) -> None:
+        """``(key, value, step)`` points, in batches; None values are skipped."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v, step in points if v is not None]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(rid, metrics=batch[i : i + 1000])
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _store_of(trajectory_uri: str, run_id: str) -> str:
+    """The store location a run's trajectory URI lies in (absolute for local paths)."""
+    from ..storage.store import canonical_url
+
+    tail = f"/runs/{run_id}"
+    base = trajectory_uri[: -len(tail)] if trajectory_uri.endswith(tail) else trajectory_uri
+    return canonical_url(base) if base else ""
+
+
+def _same_store(tags: dict, store: str, run_id: str) -> bool:
+    if TAG_STORE in tags:
+        return tags[TAG_STORE] == store
+    # a record from before the kma.store tag: its (possibly relative) trajectory URI
+    uri = tags.get(TAG_URI)
+    return uri is None or _store_of(uri, run_id) == store
+
+
+@contextmanager
+def _sqlite_lock(uri: str):
+    """Hold a lock (in the temp dir, keyed by the database path) while a SQLite tracking
+    database may be created; other backends need none."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"kma-mlflow-{key}.lock"), timeout=600):
+        yield
+
+
+def _param_value(v) -> str:
+    s = str(v)
+    return s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        if uri.startswith("sqlite:///"):
+            parent = Path(uri.removeprefix("sqlite:///")).parent
+            if not parent.is_dir():
+                raise KMAError(f"MLflow at {uri}: directory {parent} does not exist")
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+            resp.read(16)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise KMAError(f"MLflow server {uri} is unreachable ({reason})") from None
