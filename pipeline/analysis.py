@@ -321,7 +321,7 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
     (it must exist: a mistyped path is an error, not a new empty store), check the
     ``--run`` ids against it, open the tracker, analyse. ``params`` arrive validated."""
     from .outputs import check_dir, check_file
-    from .tracking.tracker import Tracker
+    from .tracking.tracker import Tracker, tracking_uri_for
 
     if json_path:
         check_file(json_path, "--json")
@@ -334,7 +334,7 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
             listed = store.run_ids()
             for rid in run_ids:
                 check_run_id(rid, what="--run", listed=listed)
-        tracker = Tracker(tracking_uri or None) if tracking_uri is not None else None
+        tracker = Tracker(tracking_uri_for(tracking_uri, store)) if tracking_uri is not None else None
         return analyze_runs(store, run_ids, params, tracker=tracker, console=console,
                             json_path=json_path, scheduler=sched, plots_dir=plots_dir)
     finally:

@@ -26,7 +26,7 @@ from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
-from .tracking.tracker import Tracker
+from .tracking.tracker import Tracker, tracking_uri_for
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class SweepSummary:
     registered: list[str] = field(default_factory=list)
     analyzed: list[str] = field(default_factory=list)
     analysis_failed: dict[str, str] = field(default_factory=dict)
+
+
+def _existing_store(url: str):
+    """The store at ``url`` opened read-only, or None when there is none yet."""
+    try:
+        return TrajectoryStore(url, read_only=True)
+    except KMAError:
+        return None
 
 
 def init_ray(address: str | None, console: Console):
@@ -132,9 +140,10 @@ def run_sweep(
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if not address:  # a local Ray gets this machine's cores: check before starting it
         capacity.check_fits(variants, sizes, [capacity.local_machine()], "this machine", source)
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri_for(tracking_uri, _existing_store(store_url)))
     store = TrajectoryStore(store_url)
     store.check_writable()
+    store.remember_tracking_uri(tracker.uri)  # later commands from anywhere find this MLflow
     summary = SweepSummary(cfg.name, store_url)
 
     with LeaseKeeper(store, cfg.name) as leases:

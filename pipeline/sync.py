@@ -23,7 +23,7 @@ from .console import Console
 from .errors import KMAError
 from .storage.runids import shown
 from .storage.store import FINISHED, TrajectoryStore
-from .tracking.tracker import Tracker
+from .tracking.tracker import Tracker, tracking_uri_for
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
     """``kma sync``: register every finished run of the store and its analyses in MLflow."""
     console = console or Console()
     store = TrajectoryStore(store_url, read_only=True)  # a mistyped store is an error, not a new one
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri_for(tracking_uri, store))
     report = SyncReport()
     infos = store.runs()
     console.info(f"sync {store_url} → MLflow {tracker.uri}: {len(infos)} run(s) in the store")

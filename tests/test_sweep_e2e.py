@@ -49,6 +49,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
 
     st = TrajectoryStore(str(store))
     runs = {i.run_id: i for i in st.runs()}
+    assert st.tracking_uri == uri  # kma analyze/sync from anywhere find this MLflow
     assert len(runs) == 4 and {i.status for i in runs.values()} == {"complete"}
     assert {i.n_snapshots for i in runs.values()} == {13}
     finished = {rid: st.open_run(rid).attrs["finished"] for rid in runs}

@@ -534,6 +534,28 @@ class TrajectoryStore:
         self._require_writable()
         sync(self._zstore.delete(key))
 
+    # -- the MLflow database this store's runs were registered in ------------------------
+    @property
+    def tracking_uri(self) -> str | None:
+        """The tracking URI the last sweep into this store registered with (None if none):
+        ``kma analyze``/``kma sync`` default to it, so running them from another directory
+        finds the same MLflow instead of creating ``./mlflow.db``."""
+        uri = self.root.attrs.get("tracking_uri")
+        return uri if isinstance(uri, str) and uri else None
+
+    def remember_tracking_uri(self, uri: str) -> None:
+        """Record ``uri`` for later commands (never one that carries a password)."""
+        from urllib.parse import urlsplit
+
+        if self.read_only or not uri or self.tracking_uri == uri:
+            return
+        try:
+            if urlsplit(uri).password:
+                return
+        except ValueError:
+            return
+        self.root.attrs["tracking_uri"] = uri
+
     def check_writable(self) -> None:
         """Write and remove a probe key: an unwritable store fails here, before work."""
         from zarr.core.buffer import default_buffer_prototype

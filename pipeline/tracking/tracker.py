@@ -51,6 +51,18 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def tracking_uri_for(explicit: str | None, store=None) -> str:
+    """The tracking URI a command on ``store`` uses: ``explicit`` (``--tracking-uri``),
+    else ``$MLFLOW_TRACKING_URI``, else the one the store's sweep recorded
+    (:attr:`TrajectoryStore.tracking_uri`), else ``./mlflow.db``."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    recorded = getattr(store, "tracking_uri", None) if store is not None else None
+    return recorded or default_tracking_uri()
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where new experiments keep their artifacts: ``$KMA_ARTIFACT_ROOT`` if set, else the
     folder ``mlartifacts`` beside a SQLite database file, else None (a tracking server's
