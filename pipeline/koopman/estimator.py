@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .core import _validate_rank_args, dmd, dtype_roundoff
+from .core import U64, _dmd, _validate_rank_args, dtype_roundoff
 from .factor import GRAM_MARGIN, KoopmanInputError, as_dask, as_trajectory, resolves, validate_groups
 from .strategies import TSQR, BandGram, Randomized
 
@@ -236,10 +236,11 @@ class KoopmanDMD:
     def _window_dmd(self, factor, a, b, u=None):
         """DMD of window ``[a, b)`` from its factor (``C`` has exactly the window's columns)."""
         u = u if u is not None else getattr(self, "unit_roundoff_", None)
-        return dmd(factor.C, rank=self.rank, tol=self.tol, threshold=self.threshold,
-                   scale=self.scale, refine=self.refine,
-                   data_shape=(factor.stop - factor.start, b - a - 1),
-                   unit_roundoff=u, factor_error=factor.error)
+        # the rank arguments were validated once by fit, and a factor is finite float64:
+        # the per-window core skips dmd()'s checks
+        return _dmd(np.asarray(factor.C, dtype=np.float64), self.rank, self.tol, self.threshold,
+                    self.scale, self.refine, (factor.stop - factor.start, b - a - 1),
+                    u if u is not None else U64, float(factor.error))
 
     def modes(self, Y, layer="all", window=None):
         """P-long Ritz vectors (modes) of one layer and window: a second pass over ``Y``.
