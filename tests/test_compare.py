@@ -23,8 +23,8 @@ def _linear_run(store, run_id, lam, depth, T=30, P=400, seed=0, init="kaiming"):
     layout = Layout.from_named_shapes([("a.weight", (P // 2,)), ("b.weight", (P - P // 2,))])
     w = store.create_run(run_id, layout, config={"depth": depth, "init": init, "optim": {"lr": 0.1}},
                          extra={"sweep": "cmp"})
-    for x in X:
-        w.append(x)
+    for t, x in enumerate(X):  # one snapshot per epoch
+        w.append(x, epoch=t)
     w.finish("complete", metrics={"train_loss": [1.0, 0.5]})
 
 
