@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="kma-compare",
                    help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
                         "(default: ./kma-compare)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in the sweep's "
+                        "experiment (kma-compare when the runs come from several); off when not given")
 
     p = sub.add_parser("runs", help="list the runs in a store")
     _add_common(p, store_required=True)
@@ -251,7 +254,8 @@ def cmd_compare(args, console) -> int:
     check_dir(args.out, "--out")
     skipped: dict[str, str] = {}
     missing: dict[str, str] = {}
-    rows = compare.collect(TrajectoryStore(args.store, read_only=True), args.runs, args.analysis,
+    store = TrajectoryStore(args.store, read_only=True)
+    rows = compare.collect(store, args.runs, args.analysis,
                            by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
     text = compare.table(rows, by=args.by)
     print(text)
@@ -267,6 +271,13 @@ def cmd_compare(args, console) -> int:
         console.error(f"kma: error: --out {args.out}: cannot write the figures ({e.strerror or e})")
         return 1
     console.info(f"comparison: {out}/ (table.txt, " + ", ".join(f.name for f in figs) + ")")
+    if args.tracking_uri:
+        from .tracking.tracker import Tracker
+
+        experiment = compare.experiment_of(store, rows)
+        compare.register(Tracker(args.tracking_uri), experiment, rows, args.by, out,
+                         [out / "table.txt", *figs], store.location)
+        console.info(f"MLflow: run 'compare {args.by} {rows[0]['analysis_id']}' in experiment {experiment}")
     return 1 if skipped else 0
 
 

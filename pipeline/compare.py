@@ -225,3 +225,38 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
     g = groups(rows)
     return [plots.save(plots.group_spectrum_figure(g, by=by), out / "group_spectrum.png"),
             plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png")]
+
+
+def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:
+    """The sweep's experiment when all compared runs come from one sweep, else
+    ``kma-compare``."""
+    sweeps = {store.open_run(r["run_id"]).attrs.get("sweep") for r in rows}
+    return str(sweeps.pop()) if len(sweeps) == 1 and None not in sweeps else "kma-compare"
+
+
+def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, files: list[Path],
+             store: str) -> str:
+    """Log the comparison as an MLflow run named ``compare <by> <analysis id>`` in
+    ``experiment``: params (by, analysis id, run count), tags (``kma.kind=comparison``,
+    the compared run ids) and ``files`` (the table and the figures) as artifacts. An
+    earlier record of the same comparison (same folder name, same store) is replaced."""
+    from .tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, _quote
+
+    aid = rows[0]["analysis_id"]
+    exp_id = tracker.experiment_id(experiment)
+    flt = (f"tags.`{TAG_KIND}` = 'comparison' and tags.`kma.comparison` = '{out.name}'"
+           f" and tags.`{TAG_STORE}` = '{_quote(store)}'")
+    for old in tracker.client.search_runs([exp_id], filter_string=flt, max_results=1000):
+        tracker.client.delete_run(old.info.run_id)
+    ids = sorted(r["run_id"] for r in rows)
+    run = tracker.client.create_run(exp_id, run_name=f"compare {by} {aid}", tags={
+        TAG_KIND: "comparison", TAG_ANALYSIS: aid, TAG_STORE: store, "kma.comparison": out.name,
+        "kma.by": by, "kma.runs": ",".join(ids)[:5000]})
+    rid = run.info.run_id
+    tracker.log_params(rid, {"by": by, "analysis_id": aid, "n_runs": len(rows),
+                             "n_groups": len({r["group"] for r in rows})})
+    for path in files:
+        tracker.client.log_artifact(rid, str(path))
+    tracker.client.set_terminated(rid, "FINISHED")
+    log.info("comparison %s registered in MLflow experiment %s as %s", out.name, experiment, rid)
+    return rid

@@ -140,3 +140,23 @@ def test_interrupted_analysis_is_not_listed(tmp_path):
     half.attrs.update({"status": "writing"})
     assert list_analyses(store.open_run("r")) == [aid]
     assert compare.collect(store)[0]["analysis_id"] == aid
+
+
+def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    [aid] = list_analyses(two_runs.open_run("fast"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ("compare", "--store", tmp_path / "s", "--out", tmp_path / "o", "--tracking-uri", uri)
+    for _ in range(2):  # a second identical comparison replaces the first record
+        rc, _lines, err = _kma(capsys, *args)
+        assert rc == 0, err
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cmp")  # the runs' sweep
+    [run] = client.search_runs([exp.experiment_id], filter_string="tags.`kma.kind` = 'comparison'")
+    assert run.info.run_name == f"compare depth {aid}" and run.info.status == "FINISHED"
+    assert run.data.params["analysis_id"] == aid and run.data.params["n_runs"] == "2"
+    assert run.data.tags["kma.runs"] == "fast,slow"
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "group_moduli.png", "group_spectrum.png", "table.txt"]
+    assert str(tmp_path) in run.info.artifact_uri  # beside the database, not in ./mlruns
