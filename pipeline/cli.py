@@ -85,9 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, store_required=True)
     p.add_argument("--run", dest="runs", action="append", metavar="ID", help="only these runs")
     p.add_argument("--sweep", default=None, help="only runs of this sweep")
-    p.add_argument("--analysis", default=None, metavar="ID", help="analysis id (default: each run's latest)")
-    p.add_argument("--by", default="depth", help="config key to group by (depth, init, width, seed, ...)")
-    p.add_argument("--out", default="kma-compare", help="folder for the figures")
+    p.add_argument("--analysis", default=None, metavar="ID",
+                   help="the analysis every run is compared through (default: the most recent current "
+                        "analysis the runs share; runs without it are named as skipped)")
+    p.add_argument("--by", default="depth",
+                   help="flattened config key to group by (depth, width, init, seed, lr, ...)")
+    p.add_argument("--out", default="kma-compare",
+                   help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
+                        "(default: ./kma-compare)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in the sweep's "
+                        "experiment (kma-compare when the runs come from several); off when not given")
 
     p = sub.add_parser("runs", help="list the runs in a store")
     _add_common(p, store_required=True)
@@ -238,26 +246,38 @@ def cmd_sync(args, console) -> int:
 
 
 def cmd_compare(args, console) -> int:
-    from pathlib import Path
-
     from . import compare
-    from .outputs import check_dir
+    from .outputs import check_dir, write_text_atomic
     from .storage.store import TrajectoryStore
 
     _check_run_args(args.store, args.runs)
     check_dir(args.out, "--out")
     skipped: dict[str, str] = {}
-    rows = compare.collect(TrajectoryStore(args.store, read_only=True), args.runs, args.analysis,
-                           by=args.by, sweep=args.sweep, skipped=skipped)
-    print(compare.table(rows))
+    missing: dict[str, str] = {}
+    store = TrajectoryStore(args.store, read_only=True)
+    rows = compare.collect(store, args.runs, args.analysis,
+                           by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
+    text = compare.table(rows, by=args.by)
+    print(text)
+    for msg in missing.values():  # not an error: another analysis is never mixed in
+        console.error(f"kma: {msg}")
     for msg in skipped.values():
         console.error(f"kma: error: {msg}")
+    out = compare.folder(args.out, rows, args.by)
     try:
-        figs = compare.figures(rows, Path(args.out), args.by)
+        figs = compare.figures(rows, out, args.by)
+        write_text_atomic(out / "table.txt", text + "\n", "--out")
     except OSError as e:
         console.error(f"kma: error: --out {args.out}: cannot write the figures ({e.strerror or e})")
         return 1
-    console.info("figures: " + ", ".join(str(f) for f in figs))
+    console.info(f"comparison: {out}/ (table.txt, " + ", ".join(f.name for f in figs) + ")")
+    if args.tracking_uri:
+        from .tracking.tracker import Tracker
+
+        experiment = compare.experiment_of(store, rows)
+        compare.register(Tracker(args.tracking_uri), experiment, rows, args.by, out,
+                         [out / "table.txt", *figs], store.location)
+        console.info(f"MLflow: run 'compare {args.by} {rows[0]['analysis_id']}' in experiment {experiment}")
     return 1 if skipped else 0
 
 

@@ -1,39 +1,68 @@
 """``kma compare``: runs side by side, grouped by a config key (depth, init, seed, ...).
 
-For every finished run with a stored analysis: the final losses and, from the whole
-network's spectrum in the last window, how many Ritz values are reliable, the largest
-reliable |λ| and the distance of the closest reliable λ to 1 (converging training
-clusters its eigenvalues at 1). A table per run, means per group, and two figures:
-the largest reliable |λ| over training per run, and last-window spectra per group.
+A comparison uses ONE analysis parameter set for all its runs: the one named with
+``--analysis``, else the most recent current analysis that the runs share (shared by
+the most runs; the most recently created among equals). Runs without that analysis are
+named as skipped, never compared through another analysis. For every compared run: the
+final losses and, from the whole network's spectrum in the last window, how many Ritz
+values are certified, the largest certified |λ| and the distance of the closest
+certified λ to 1 (converging training clusters its eigenvalues at 1). A table per run,
+means per group, and the group figures of :mod:`pipeline.plots`, written into a folder
+of their own: ``<out>/<by>-<analysis_id>-<hash of the run ids>/``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
+from .config import flatten_dict
 from .errors import KMAError
 from .storage.store import FINISHED, TrajectoryStore
 
+log = logging.getLogger(__name__)
 
-def _last(values):
-    vals = [v for v in (values or []) if v is not None]
-    return float(vals[-1]) if vals else float("nan")
+
+def _flat_config(run) -> dict:
+    return flatten_dict(run.config) if isinstance(run.config, dict) else {}
+
+
+def choose_analysis(analyses: dict[str, dict[str, str]]) -> str | None:
+    """The analysis id a comparison uses when none is named.
+
+    ``analyses`` is ``{run_id: {analysis_id: created}}`` (each run's current analyses).
+    Returns the id shared by the most runs (all of them, where one is common to all),
+    the most recently created among equals; None if no run has an analysis."""
+    count: dict[str, int] = {}
+    created: dict[str, str] = {}
+    for ids in analyses.values():
+        for aid, when in ids.items():
+            count[aid] = count.get(aid, 0) + 1
+            created[aid] = max(created.get(aid, ""), str(when or ""))
+    if not count:
+        return None
+    return max(count, key=lambda a: (count[a], created[a], a))
 
 
 def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", sweep=None,
-            skipped: dict | None = None) -> list[dict]:
-    """One row per finished run (with its latest or the named analysis).
+            skipped: dict | None = None, missing: dict | None = None) -> list[dict]:
+    """One row per finished run that has the comparison's analysis (all rows share it:
+    ``row["analysis_id"]``; ``row["spectra"]`` is its :class:`~pipeline.spectra.RunSpectra`).
 
-    Runs named in ``run_ids`` must exist (else KMAError, before anything is read). A run
-    with damaged metadata or an unreadable analysis is not compared: ``skipped`` (if
-    given) receives ``{run_id: reason}``.
+    Runs named in ``run_ids`` must exist and ``by`` must be a (flattened) config key of
+    the runs (else KMAError, before any analysis is read). A run with damaged metadata
+    or an unreadable analysis is not compared: ``skipped`` (if given) receives
+    ``{run_id: reason}``; a run without the chosen analysis goes to ``missing``.
     """
     from .storage.health import split_runs
+    from .sync import short_name
 
     skipped = {} if skipped is None else skipped
+    missing = {} if missing is None else missing
     if run_ids:
         known = set(store.run_ids())
         unknown = [r for r in run_ids if r not in known]
@@ -44,125 +73,190 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     for rid in run_ids or []:  # a named run that is not finished is said so, not dropped
         if rid not in ids and rid not in damaged:
             skipped[rid] = f"run {rid}: skipped: not finished (status {store.status(rid)})"
-    rows = []
+    runs = {}
     for rid in ids:
         if run_ids and rid not in run_ids:
             continue
+        run = store.open_run(rid)
+        if sweep and run.attrs.get("sweep") != sweep:
+            continue
+        runs[rid] = run
+    if not runs:
+        raise _nothing(store, analysis_id, skipped)
+    keys = sorted({k for run in runs.values() for k in _flat_config(run)})
+    if by not in keys:
+        raise KMAError(f"--by {by}: not a config key of these runs; known: {', '.join(keys) or 'none'}")
+
+    current, every = {}, {}
+    for rid, run in runs.items():
+        every[rid] = list_analyses(run)
+        current[rid] = {a: run.analysis_info(a).get("created", "") for a in list_analyses(run, outdated=False)}
+    aid = analysis_id
+    if aid is None:  # the current one they share; else (only older engines' analyses) any
+        aid = choose_analysis(current) or choose_analysis(
+            {rid: {a: runs[rid].analysis_info(a).get("created", "") for a in a_ids} for rid, a_ids in every.items()})
+    if aid is None or not any(aid in a_ids for a_ids in every.values()):
+        raise _nothing(store, aid, skipped)
+
+    rows = []
+    for rid, run in runs.items():
+        if aid not in every[rid]:
+            has = ", ".join(every[rid]) or "none"
+            missing[rid] = f"run {rid}: skipped: no analysis {aid} (its analyses: {has})"
+            continue
         try:
-            row = _row(store, rid, analysis_id, by, sweep)
+            rows.append(_row(run, aid, by, short_name(run)))
         except (KMAError, KeyError, ValueError, TypeError, OSError) as e:
             skipped[rid] = f"run {rid}: skipped: its analysis cannot be read ({type(e).__name__}: {str(e)[:150]})"
-            continue
-        if row is not None:
-            rows.append(row)
     if not rows:
-        raise KMAError(f"no finished runs{' with analysis ' + analysis_id if analysis_id else ''} in {store.url}"
-                       + (f" ({len(skipped)} skipped: {next(iter(skipped.values()))})" if skipped else ""))
+        raise _nothing(store, aid, skipped)
     return rows
 
 
-def _row(store: TrajectoryStore, rid: str, analysis_id, by: str, sweep) -> dict | None:
-    run = store.open_run(rid)
-    if sweep and run.attrs.get("sweep") != sweep:
-        return None
-    ids = list_analyses(run)
-    if analysis_id:
-        aid = analysis_id if analysis_id in ids else None
-    else:  # the most recent current analysis of this run (else the most recent outdated one)
-        ids = list_analyses(run, outdated=False) or ids
-        aid = max(ids, key=lambda a: run.analysis_info(a).get("created", ""), default=None)
-    if analysis_id and aid is None:
-        return None
-    results = [r for r in load_results(run, aid) if r.layer == "all"] if aid else []
+def _nothing(store, analysis_id, skipped) -> KMAError:
+    return KMAError(f"no finished runs{' with analysis ' + analysis_id if analysis_id else ''} in {store.url}"
+                    + (f" ({len(skipped)} skipped: {next(iter(skipped.values()))})" if skipped else ""))
+
+
+def _last(values):
+    vals = [v for v in (values or []) if v is not None]
+    return float(vals[-1]) if vals else float("nan")
+
+
+def _row(run, aid: str, by: str, label: str) -> dict:
+    from .spectra import RunSpectra
+
+    key = run.analysis_info(aid).get("params", {})
+    tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
+    spectra = RunSpectra.of_run(run, load_results(run, aid), residual_tol=tol, analysis_id=aid, label=label)
     row = {
-        "run_id": rid,
-        "group": str(run.config.get(by, run.attrs.get(by, "-"))),
+        "run_id": run.run_id,
+        "group": str(_flat_config(run).get(by, "-")),
         "status": run.status,
         "train_loss": _last(run.metrics.get("train_loss")),
         "val_loss": _last(run.metrics.get("val_loss")),
         "val_accuracy": _last(run.metrics.get("val_accuracy")),
         "analysis_id": aid,
-        "series": [],
+        "spectra": spectra,
     }
-    for r in results:
-        lam = r.eigenvalues[r.reliable(RELIABLE_RESIDUAL)]
-        row["series"].append((r.window[1], float(np.abs(lam).max()) if lam.size else np.nan))
-    if results:
-        last = results[-1]
-        ok = last.reliable(RELIABLE_RESIDUAL)
-        lam = last.eigenvalues[ok]
+    whole = spectra.rows("all")
+    if whole:
+        i = whole[-1]
+        ok = spectra.reliable[i]
+        lam = spectra.results[i].eigenvalues[ok]
         row.update(
             n_reliable=int(ok.sum()),
             max_abs_reliable=float(np.abs(lam).max()) if lam.size else float("nan"),
             min_dist_to_1=float(np.abs(lam - 1).min()) if lam.size else float("nan"),
-            last_eigenvalues=last.eigenvalues, last_residuals=last.residuals, last_reliable=ok,
         )
     return row
 
 
-def table(rows: list[dict]) -> str:
-    cols = ["group", "run_id", "status", "train_loss", "val_loss", "val_accuracy", "n_reliable",
-            "max_abs_reliable", "min_dist_to_1"]
+COLUMNS = ["group", "run_id", "status", "train_loss", "val_loss", "val_accuracy", "n_reliable",
+           "max_abs_reliable", "min_dist_to_1"]
+
+
+def _group_order(values):
+    """Group values in natural order: numbers by value, then the rest by name."""
+    def key(v):
+        try:
+            return (0, float(v), "")
+        except ValueError:
+            return (1, 0.0, v)
+    return sorted(set(values), key=key)
+
+
+def table(rows: list[dict], by: str = "") -> str:
+    """The comparison as text: a first line naming the analysis and the grouping, a row
+    per run, and a mean row per group."""
+    cols = COLUMNS
 
     def fmt(v):
         if isinstance(v, float):
             return "-" if np.isnan(v) else f"{v:.4g}"
         return "-" if v is None else str(v)
 
-    data = [[fmt(r.get(c)) for c in cols] for r in sorted(rows, key=lambda r: (r["group"], r["run_id"]))]
+    order = {g: i for i, g in enumerate(_group_order(r["group"] for r in rows))}
+    data = [[fmt(r.get(c)) for c in cols] for r in sorted(rows, key=lambda r: (order[r["group"]], r["run_id"]))]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
-    for g, rs in sorted(groups.items()):
+    for g in sorted(groups, key=order.get):
+        rs = groups[g]
         mean = [g, f"(mean of {len(rs)})", ""] + [
             fmt(float(np.nanmean([r.get(c, np.nan) for r in rs])) if any(np.isfinite(r.get(c, np.nan)) for r in rs) else np.nan)
             for c in cols[3:]
         ]
         data.append(mean)
     widths = [max(len(c), *(len(row[i]) for row in data)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
+    aids = sorted({str(r["analysis_id"]) for r in rows})
+    n = len(rows)
+    head = f"analysis {', '.join(aids)} · {n} run{'s' if n != 1 else ''}" + (f" by {by}" if by else "")
+    lines = [head, "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in data]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def folder(out: str | Path, rows: list[dict], by: str) -> Path:
+    """``<out>/<by>-<analysis_id>-<8 hex digits of the sorted run ids>``: one folder per
+    comparison, so comparing other runs, by another key or another analysis never
+    overwrites an earlier comparison."""
+    digest = hashlib.sha256("\n".join(sorted(r["run_id"] for r in rows)).encode()).hexdigest()[:8]
+    safe_by = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in by)
+    return Path(out) / f"{safe_by}-{rows[0]['analysis_id']}-{digest}"
+
+
+def groups(rows: list[dict]) -> dict[str, list]:
+    """``{group value: [RunSpectra, ...]}`` in natural group order, runs by id."""
+    out = {}
+    for g in _group_order(r["group"] for r in rows):
+        out[g] = [r["spectra"] for r in sorted(rows, key=lambda r: r["run_id"]) if r["group"] == g]
+    return out
 
 
 def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
-    from .plots import _plt
+    """``group_spectrum.png`` (Ritz values per group on the unit circle, coloured by
+    position in training) and ``group_moduli.png`` (largest certified |λ| and distance to
+    1 over training, a line per run), written into ``out``; both titles name the analysis."""
+    from . import plots
 
-    plt = _plt()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    groups = sorted({r["group"] for r in rows})
-    color = {g: f"C{i % 10}" for i, g in enumerate(groups)}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        if r["series"]:
-            x, y = zip(*r["series"])
-            ax.plot(x, y, color=color[r["group"]], marker="o", ms=3, lw=1, alpha=0.8)
-    for g in groups:
-        ax.plot([], [], color=color[g], label=f"{by}={g}")
-    ax.axhline(1, color="k", ls="--", lw=0.7)
-    ax.set_xlabel("window end (snapshot)")
-    ax.set_ylabel("largest reliable |λ|")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    p1 = out / "max_abs_eigenvalue_over_training.png"
-    fig.savefig(p1, dpi=110)
-    plt.close(fig)
+    g = groups(rows)
+    return [plots.save(plots.group_spectrum_figure(g, by=by), out / "group_spectrum.png"),
+            plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png")]
 
-    n = len(groups)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8), squeeze=False)
-    t = np.linspace(0, 2 * np.pi, 300)
-    for ax, g in zip(axes[0], groups):
-        ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
-        for r in rows:
-            if r["group"] == g and "last_eigenvalues" in r:
-                lam, ok = r["last_eigenvalues"], r["last_reliable"]
-                ax.scatter(lam[ok].real, lam[ok].imag, s=10, color=color[g])
-                ax.scatter(lam[~ok].real, lam[~ok].imag, s=8, color="0.75", marker="x")
-        ax.set_aspect("equal")
-        ax.set_title(f"{by}={g}", fontsize=9)
-    fig.suptitle("last-window spectra (dots reliable, crosses not)", fontsize=9)
-    fig.tight_layout()
-    p2 = out / "last_window_spectra.png"
-    fig.savefig(p2, dpi=110)
-    plt.close(fig)
-    return [p1, p2]
+
+def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:
+    """The sweep's experiment when all compared runs come from one sweep, else
+    ``kma-compare``."""
+    sweeps = {store.open_run(r["run_id"]).attrs.get("sweep") for r in rows}
+    return str(sweeps.pop()) if len(sweeps) == 1 and None not in sweeps else "kma-compare"
+
+
+def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, files: list[Path],
+             store: str) -> str:
+    """Log the comparison as an MLflow run named ``compare <by> <analysis id>`` in
+    ``experiment``: params (by, analysis id, run count), tags (``kma.kind=comparison``,
+    the compared run ids) and ``files`` (the table and the figures) as artifacts. An
+    earlier record of the same comparison (same folder name, same store) is replaced."""
+    from .tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, _quote
+
+    aid = rows[0]["analysis_id"]
+    exp_id = tracker.experiment_id(experiment)
+    flt = (f"tags.`{TAG_KIND}` = 'comparison' and tags.`kma.comparison` = '{out.name}'"
+           f" and tags.`{TAG_STORE}` = '{_quote(store)}'")
+    for old in tracker.client.search_runs([exp_id], filter_string=flt, max_results=1000):
+        tracker.client.delete_run(old.info.run_id)
+    ids = sorted(r["run_id"] for r in rows)
+    run = tracker.client.create_run(exp_id, run_name=f"compare {by} {aid}", tags={
+        TAG_KIND: "comparison", TAG_ANALYSIS: aid, TAG_STORE: store, "kma.comparison": out.name,
+        "kma.by": by, "kma.runs": ",".join(ids)[:5000]})
+    rid = run.info.run_id
+    tracker.log_params(rid, {"by": by, "analysis_id": aid, "n_runs": len(rows),
+                             "n_groups": len({r["group"] for r in rows})})
+    for path in files:
+        tracker.client.log_artifact(rid, str(path))
+    tracker.client.set_terminated(rid, "FINISHED")
+    log.info("comparison %s registered in MLflow experiment %s as %s", out.name, experiment, rid)
+    return rid
