@@ -240,12 +240,12 @@ def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, fil
     ``experiment``: params (by, analysis id, run count), tags (``kma.kind=comparison``,
     the compared run ids) and ``files`` (the table and the figures) as artifacts. An
     earlier record of the same comparison (same folder name, same store) is replaced."""
-    from .tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, _quote
+    from .tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, quote_filter_value
 
     aid = rows[0]["analysis_id"]
     exp_id = tracker.experiment_id(experiment)
     flt = (f"tags.`{TAG_KIND}` = 'comparison' and tags.`kma.comparison` = '{out.name}'"
-           f" and tags.`{TAG_STORE}` = '{_quote(store)}'")
+           f" and tags.`{TAG_STORE}` = '{quote_filter_value(store)}'")
     for old in tracker.client.search_runs([exp_id], filter_string=flt, max_results=1000):
         tracker.client.delete_run(old.info.run_id)
     ids = sorted(r["run_id"] for r in rows)

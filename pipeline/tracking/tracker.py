@@ -133,9 +133,9 @@ class Tracker:
         """Records of ``run_id`` (its training record, one analysis, or with
         ``kind="analysis"`` all its analyses), oldest first; with ``store``, only those of
         that store (records from before the ``kma.store`` tag match by trajectory URI)."""
-        flt = f"tags.`{TAG_RUN}` = '{_quote(run_id)}'"
+        flt = f"tags.`{TAG_RUN}` = '{quote_filter_value(run_id)}'"
         if analysis_id:
-            flt += f" and tags.`{TAG_ANALYSIS}` = '{_quote(analysis_id)}'"
+            flt += f" and tags.`{TAG_ANALYSIS}` = '{quote_filter_value(analysis_id)}'"
         else:
             flt += f" and tags.`{TAG_KIND}` = '{kind or 'training'}'"
         found = self.client.search_runs([self.experiment_id(experiment)], filter_string=flt,
@@ -278,7 +278,7 @@ class Tracker:
             self.client.log_batch(rid, metrics=batch[i : i + 1000])
 
 
-def _quote(value: str) -> str:
+def quote_filter_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
