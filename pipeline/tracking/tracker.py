@@ -279,6 +279,7 @@ class Tracker:
 
 
 def quote_filter_value(value: str) -> str:
+    """``value`` escaped for a single-quoted string in an MLflow search filter."""
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
