@@ -58,16 +58,13 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     or an unreadable analysis is not compared: ``skipped`` (if given) receives
     ``{run_id: reason}``; a run without the chosen analysis goes to ``missing``.
     """
-    from .storage.health import split_runs
+    from .storage.health import check_named_runs, split_runs
     from .sync import short_name
 
     skipped = {} if skipped is None else skipped
     missing = {} if missing is None else missing
     if run_ids:
-        known = set(store.run_ids())
-        unknown = [r for r in run_ids if r not in known]
-        if unknown:
-            raise KMAError(f"run {unknown[0]}: not in store {store.url}")
+        check_named_runs(store, run_ids)
     ids, damaged = split_runs(store, FINISHED)
     skipped.update({rid: msg for rid, msg in damaged.items() if not run_ids or rid in run_ids})
     for rid in run_ids or []:  # a named run that is not finished is said so, not dropped

@@ -57,6 +57,15 @@ def split_runs(store: TrajectoryStore, statuses=None) -> tuple[list[str], dict[s
     return whole, damaged
 
 
+def check_named_runs(store: TrajectoryStore, run_ids) -> None:
+    """Every run named on the command line exists (a typo is refused before any work)."""
+    known = set(store.run_ids())
+    unknown = [r for r in dict.fromkeys(run_ids) if r not in known]
+    if unknown:
+        raise KMAError(f"run {unknown[0]}: not in store {store.url}"
+                       + (f" ({len(unknown) - 1} more of the runs named are not either)" if len(unknown) > 1 else ""))
+
+
 def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """Runs to analyse and ``{run_id: reason}`` for those skipped as damaged.
 
@@ -65,11 +74,7 @@ def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list
     """
     if run_ids is None:
         return split_runs(store, FINISHED)
-    known = set(store.run_ids())
-    unknown = [r for r in dict.fromkeys(run_ids) if r not in known]
-    if unknown:
-        raise KMAError(f"run {unknown[0]}: not in store {store.url}"
-                       + (f" ({len(unknown) - 1} more of the runs named are not either)" if len(unknown) > 1 else ""))
+    check_named_runs(store, run_ids)
     todo, damaged = [], {}
     for rid in dict.fromkeys(run_ids):
         problem = metadata_problem(store, rid)
