@@ -25,6 +25,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _window_arg(text: str):
+    """``--window``: an integer, ``auto`` or ``all``."""
+    if text in ("auto", "all"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'all', got {text!r}") from None
+
+
 def _add_common(p, *, store_required: bool):
     p.add_argument("--store", required=store_required, default=None,
                    help="trajectory store: a path or fsspec URL (default: ./kma-store)")
@@ -61,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None, help="relative singular-value truncation tolerance")
     p.add_argument("--threshold", choices=["gavish-donoho"], default=None,
                    help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
-    p.add_argument("--window", type=int, default=None, help="window width W in snapshots (default: whole run)")
-    p.add_argument("--stride", type=int, default=None, help="window stride S (default: W)")
+    p.add_argument("--window", type=_window_arg, default="auto", metavar="W|auto|all",
+                   help="window width W in snapshots; 'auto' (default): W = max(6, ceil(T/8)), "
+                        "stride ceil(W/2); 'all': the whole run as one window")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window stride S (default: W; needs an explicit --window)")
     p.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also analyse every layer separately (default; --no-per-layer: whole network only)")
     p.add_argument("--modes", action="store_true", help="also compute Koopman modes (second pass) into the store")

@@ -231,7 +231,7 @@ class AnalysisParams(_Strict):
     rank: int | None = None
     tol: float | None = None
     threshold: Literal["gavish-donoho"] | None = None
-    window: int | None = None
+    window: int | Literal["auto", "all"] = "auto"   # README "Windows"
     stride: int | None = None
     per_layer: bool = True
     modes: bool = False
@@ -243,9 +243,15 @@ class AnalysisParams(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v):
-        if v is not None and v < 2:
+        if isinstance(v, int) and v < 2:
             raise ValueError("must be >= 2 snapshots")
         return v
+
+    @model_validator(mode="after")
+    def _stride_needs_window(self):
+        if self.stride is not None and not isinstance(self.window, int):
+            raise ValueError(f"stride needs a window width (window is {self.window!r})")
+        return self
 
     @field_validator("stride")
     @classmethod
@@ -314,12 +320,17 @@ class AnalysisParams(_Strict):
                 d.pop(k)
         return d
 
+    def min_snapshots(self) -> int:
+        """Snapshots a run needs for these windows."""
+        return self.window if isinstance(self.window, int) else 2
+
     @property
     def analysis_id(self) -> str:
         from .koopman import ENGINE_VERSION
 
         digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
-        w = f"w{self.window}s{self.stride or self.window}" if self.window else "wall"
+        w = (f"w{self.window}s{self.stride or self.window}" if isinstance(self.window, int)
+             else f"w{self.window}")
         return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
 
     def estimator(self, scheduler=None, unit_roundoff=None):

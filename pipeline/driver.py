@@ -207,7 +207,7 @@ def run_sweep(
 def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     """A run that diverged before it had enough snapshots for a window is a result
     (exit code 0), not an analysis failure: say so and leave it out."""
-    need = max(2, params.window or 2)
+    need = params.min_snapshots()
     keep = []
     for rid in run_ids:
         run = store.open_run(rid)

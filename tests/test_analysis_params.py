@@ -26,16 +26,17 @@ def yaml_analysis(**section) -> AnalysisParams:
     return config.validate({**TINY, "analysis": section}, names=False).analysis
 
 
-# Computed with main before issue 9 (0e54e5c), where the same parameters were given
-# explicitly (per_layer then defaulted to False on the command line).
+# Pinned at engine version 3 (windows cover the trajectory's end; automatic window rule):
+# an id changes only with the parameters or the engine version.
 PINNED = [
-    (dict(per_layer=False), "qr-wall-e2-80c67c13"),
-    (dict(window=10, per_layer=False), "qr-w10s10-e2-ccd8509a"),
-    (dict(window=20, stride=10, per_layer=True), "qr-w20s10-layers-e2-a4701448"),
+    (dict(window="all", per_layer=False), "qr-wall-e3-5ad7ea06"),
+    (dict(window=10, per_layer=False), "qr-w10s10-e3-ef592bf1"),
+    (dict(window=20, stride=10, per_layer=True), "qr-w20s10-layers-e3-9ddefaf9"),
     (dict(method="randomized", rank=5, window=20, stride=10, per_layer=True, seed=7),
-     "randomized-w20s10-layers-e2-e775b82f"),
-    (dict(tol=1e-3, per_layer=False), "qr-wall-e2-326b503c"),
-    (dict(threshold="gavish-donoho", per_layer=False, modes=True), "qr-wall-e2-76de97ad"),
+     "randomized-w20s10-layers-e3-b7e1b0f7"),
+    (dict(tol=1e-3, per_layer=False), "qr-wauto-e3-82c0d56b"),
+    (dict(threshold="gavish-donoho", per_layer=False, modes=True), "qr-wauto-e3-03ecd6d3"),
+    (dict(), "qr-wauto-layers-e3-fb12c96a"),
 ]
 
 

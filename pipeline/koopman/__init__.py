@@ -31,7 +31,7 @@ from .estimator import KoopmanDMD, WindowResult
 from .factor import Factor, KoopmanInputError
 from .source import Trajectory
 
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3  # 3: windows always cover the end; automatic window rule
 
 __all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
            "KoopmanInputError", "Trajectory"]

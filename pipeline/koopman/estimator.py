@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from .core import U64, _dmd, _validate_rank_args, dtype_roundoff
 from .factor import GRAM_MARGIN, KoopmanInputError, as_dask, as_trajectory, resolves, validate_groups
 from .strategies import TSQR, BandGram, Randomized
+from .windows import plan_windows
 
 __all__ = ["KoopmanDMD", "WindowResult", "GRAM_MARGIN"]
 
@@ -84,8 +85,11 @@ class KoopmanDMD:
         Truncation of every window's DMD (at most one; see
         :func:`pipeline.koopman.core.choose_rank`). ``rank`` is also the target rank of
         the randomized sketch.
-    window : int, optional
-        Window length ``W`` in snapshots (default: the whole trajectory).
+    window : int, "auto" or "all", optional
+        Window length ``W`` in snapshots; ``"auto"``: the automatic rule
+        (:func:`pipeline.koopman.windows.auto_window`); None or ``"all"``: the whole
+        trajectory. A window ending at the last snapshot is always included
+        (:func:`pipeline.koopman.windows.plan_windows`).
     stride : int, optional
         Step between window starts (default: ``W``).
     per_layer : bool
@@ -145,16 +149,10 @@ class KoopmanDMD:
 
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):
-        W = T if self.window is None else self.window
-        if int(W) != W or W < 2:
-            raise KoopmanInputError(f"window must be an integer >= 2, got {self.window!r}")
-        if W > T:
-            raise KoopmanInputError(
-                f"window={W} is longer than the trajectory ({T} snapshots)")
-        S = W if self.stride is None else self.stride
-        if int(S) != S or S < 1:
-            raise KoopmanInputError(f"stride must be a positive integer, got {self.stride!r}")
-        return [(a, a + int(W)) for a in range(0, T - int(W) + 1, int(S))]
+        try:
+            return plan_windows(T, self.window, self.stride)
+        except ValueError as err:
+            raise KoopmanInputError(str(err)) from None
 
     def _strategies(self):
         """The compression strategies to try, in order (the last one always stands)."""

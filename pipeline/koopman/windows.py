@@ -42,9 +42,66 @@ import numpy as np
 from . import passes
 from .factor import Factor, gram_to_factor, raise_non_finite
 
-__all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resolution"]
+__all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resolution",
+           "plan_windows", "auto_window", "AUTO_MAX_WINDOWS", "AUTO_MIN_WINDOW"]
 
 _U64 = np.finfo(np.float64).eps / 2
+
+# The automatic window rule (README "Windows"): W = max(6, ceil(T/8)) snapshots, stride
+# ceil(W/2), the trajectory's end always covered: at most ~16 windows, whatever T.
+AUTO_WINDOWS_PER_RUN = 8
+AUTO_MIN_WINDOW = 6
+AUTO_MAX_WINDOWS = 2 * AUTO_WINDOWS_PER_RUN
+
+
+def auto_window(T: int) -> tuple[int, int]:
+    """``(W, S)`` of the automatic rule for a trajectory of ``T`` snapshots.
+
+    ``W = max(6, ceil(T / 8))`` (capped at ``T``) and ``S = ceil(W / 2)``: half-overlapping
+    windows, each an eighth of training, so the window count stays at most
+    :data:`AUTO_MAX_WINDOWS` (+1 for the end) from a dozen snapshots to thousands, and
+    a window of a short run still holds enough snapshots (6) for a few eigenvalues.
+    """
+    T = int(T)
+    W = min(T, max(AUTO_MIN_WINDOW, -(-T // AUTO_WINDOWS_PER_RUN)))
+    return W, max(1, -(-W // 2))
+
+
+def plan_windows(T: int, window=None, stride=None) -> list[tuple[int, int]]:
+    """Windows ``[a, b)`` over ``T`` snapshots, in order.
+
+    ``window`` an int ``W`` (stride ``S``, default ``W``): starts ``0, S, 2S, …``, and when
+    the last of them ends before ``T`` one more window ``[T - W, T)``, so the trajectory's
+    end (the snapshots a convergence verdict needs most) is always analysed.
+    ``"auto"``: :func:`auto_window`'s ``W`` and ``S`` (``stride`` must be None).
+    ``None`` or ``"all"``: the whole trajectory, one window.
+    Raises ValueError for a bad ``window``/``stride`` or ``W > T``.
+    """
+    T = int(T)
+    if window is None or window == "all":
+        if T < 2:
+            raise ValueError(f"a trajectory of {T} snapshot(s) has no window (need >= 2)")
+        return [(0, T)]
+    if window == "auto":
+        if stride is not None:
+            raise ValueError("stride needs an explicit window (the automatic rule picks both)")
+        if T < 2:
+            raise ValueError(f"a trajectory of {T} snapshot(s) has no window (need >= 2)")
+        window, stride = auto_window(T)
+    if (isinstance(window, bool) or not isinstance(window, (int, np.integer, float))
+            or int(window) != window or window < 2):
+        raise ValueError(f"window must be an integer >= 2, 'auto' or 'all', got {window!r}")
+    W = int(window)
+    if W > T:
+        raise ValueError(f"window={W} is longer than the trajectory ({T} snapshots)")
+    S = W if stride is None else stride
+    if (isinstance(S, bool) or not isinstance(S, (int, np.integer, float))
+            or int(S) != S or S < 1):
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    wins = [(a, a + W) for a in range(0, T - W + 1, int(S))]
+    if wins[-1][1] < T:
+        wins.append((T - W, T))
+    return wins
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""The window plan: explicit windows honoured and the trajectory's end always covered;
+the automatic rule bounds the window count from a dozen snapshots to thousands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.koopman import KoopmanDMD
+from pipeline.koopman.factor import KoopmanInputError
+from pipeline.koopman.windows import AUTO_MAX_WINDOWS, auto_window, plan_windows
+
+
+def test_explicit_windows_cover_the_end():
+    # W=30 over 61 snapshots: [0,30), [30,60) and the end-aligned [31,61)
+    assert plan_windows(61, 30) == [(0, 30), (30, 60), (31, 61)]
+    assert plan_windows(60, 30) == [(0, 30), (30, 60)]             # already covered
+    assert plan_windows(61, 20, 10)[-1] == (41, 61)
+    assert plan_windows(50, 20, 10) == [(0, 20), (10, 30), (20, 40), (30, 50)]
+
+
+def test_whole_run():
+    assert plan_windows(7) == plan_windows(7, "all") == [(0, 7)]
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 6, 12, 13, 61, 100, 401, 4001, 100_000])
+def test_auto_rule_bounds_windows_and_covers_everything(T):
+    wins = plan_windows(T, "auto")
+    W, S = auto_window(T)
+    assert 1 <= len(wins) <= AUTO_MAX_WINDOWS + 1
+    assert all(b - a == W for a, b in wins) and W >= min(T, 6)
+    assert wins[0][0] == 0 and wins[-1][1] == T
+    covered = np.zeros(T, bool)
+    for a, b in wins:
+        covered[a:b] = True
+    assert covered.all()
+    assert all(b1 - a1 >= 0 for (a1, _), (_, b1) in zip(wins, wins[1:]))     # overlapping
+
+
+def test_auto_rule_on_a_dozen_snapshots():
+    assert plan_windows(12, "auto") == [(0, 6), (3, 9), (6, 12)]
+
+
+@pytest.mark.parametrize("window, stride, msg", [
+    (1, None, "window must be"), (70, None, "longer than"), (10, 0, "stride must be"),
+    ("auto", 3, "stride needs an explicit window"), ("some", None, "window must be"),
+])
+def test_bad_plans(window, stride, msg):
+    with pytest.raises((ValueError, KoopmanInputError), match=msg):
+        plan_windows(61, window, stride)
+
+
+def test_estimator_analyses_the_end_window():
+    rng = np.random.default_rng(0)
+    lam = np.array([0.9, 0.5])
+    Y = (rng.standard_normal((40, 2)) @ np.diag(lam ** 0)).astype(np.float32)
+    A = np.diag(lam)
+    x = rng.standard_normal(2)
+    B = rng.standard_normal((2, 30))
+    Y = np.stack([(np.linalg.matrix_power(A, t) @ x) @ B for t in range(25)]).astype(np.float32)
+    est = KoopmanDMD(window=10, per_layer=False).fit(Y)
+    assert est.windows_ == [(0, 10), (10, 20), (15, 25)]
+    assert [r.window for r in est.results_] == est.windows_
