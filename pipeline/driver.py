@@ -76,7 +76,9 @@ def init_ray(address: str | None, console: Console):
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
+            # "local": always a fresh embedded instance; a bare ray.init() would join any
+            # Ray it finds running on this host (another user's sweep, a test's cluster)
+            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         where = address or "a local Ray"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

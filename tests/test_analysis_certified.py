@@ -92,15 +92,15 @@ def test_threshold_flag_on_the_cli(store, tmp_path):
     rng = np.random.default_rng(1)
     write(store, "noisy", system() + 1e-3 * rng.standard_normal((40, 2000)))
     path = tmp_path / "gd.json"
-    rc = main(["analyze", "--store", str(tmp_path / "store"), "--threshold", "gavish-donoho",
+    rc = main(["analyze", "--store", str(tmp_path / "store"), "--threshold", "gavish-donoho", "--window", "all",
                "--no-per-layer", "--no-mlflow", "--json", str(path)])
     assert rc == 0
     (row,) = json.loads(path.read_text())["runs"]
-    assert row["analysis_id"] == AnalysisParams(threshold="gavish-donoho", per_layer=False).analysis_id
+    assert row["analysis_id"] == AnalysisParams(threshold="gavish-donoho", window="all", per_layer=False).analysis_id
     assert row["rank"] == 2 and row["residuals_informative"] is True
     assert sum(row["reliable"]) == 2
     # the default cut (float32 resolution) keeps the noise: residuals cannot vote
-    rc = main(["analyze", "--store", str(tmp_path / "store"), "--no-per-layer", "--no-mlflow", "--json", str(path)])
+    rc = main(["analyze", "--store", str(tmp_path / "store"), "--window", "all", "--no-per-layer", "--no-mlflow", "--json", str(path)])
     (row,) = json.loads(path.read_text())["runs"]
     assert row["rank"] == 39 and row["residuals_informative"] is False and not any(row["reliable"])
     with pytest.raises(SystemExit) as e:
@@ -114,7 +114,7 @@ def test_default_cut_follows_the_storage_dtype(store):
     Y = system(T=30, weak=3e-4)
     write(store, "f32", Y)
     write(store, "f16", Y, dtype="float16")
-    p = AnalysisParams(per_layer=False)
+    p = AnalysisParams(window="all", per_layer=False)
     (r32,) = fit_run(store.open_run("f32"), p).results_
     (r16,) = fit_run(store.open_run("f16"), p).results_
     assert r32.rank == 3 and np.abs(r32.eigenvalues - 0.7).min() < 1e-3
