@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
 from .console import Console, DaskProgress
-from .errors import KMAError
+from .errors import KMAError, plural
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
 from .storage.runids import check_run_id, is_valid
@@ -42,10 +42,10 @@ def check_analyzable(run: Run) -> None:
     if run.status == "failed":
         raise KMAError(f"run {run.run_id}: failed during training ({run.attrs.get('error', 'no trajectory')})")
     if run.n_snapshots < 2:
-        raise KMAError(f"run {run.run_id}: only {run.n_snapshots} snapshot(s), need at least 2")
+        raise KMAError(f"run {run.run_id}: only {plural(run.n_snapshots, 'snapshot')}, need at least 2")
     missing = run.missing_chunks()
     if missing:
-        raise KMAError(f"run {run.run_id}: {len(missing)} chunk(s) of its weights are missing "
+        raise KMAError(f"run {run.run_id}: {plural(len(missing), 'chunk')} of its weights {'is' if len(missing) == 1 else 'are'} missing "
                        f"(first: weights/{missing[0]}); the trajectory is incomplete")
 
 
@@ -244,7 +244,7 @@ def analyze_runs(
     report: dict[str, str | None] = {}
     records: list[dict] = []
     aid = params.analysis_id
-    console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}"
+    console.info(f"analysis {aid}: {plural(len(run_ids), 'run')}, method {params.method}"
                  + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
     for rid, msg in damaged.items():
         report[rid] = msg
@@ -271,8 +271,8 @@ def analyze_runs(
                                       getattr(est, "finite_prefix_", None))
             report[rid] = None
             console.info(
-                f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
-                f"({len(est.windows_)} windows × {len({r.layer for r in est.results_})} layers) "
+                f"[{n}/{len(run_ids)}] {rid}: {plural(len(est.results_), 'spectrum', 'spectra')} "
+                f"({plural(len(est.windows_), 'window')} × {plural(len({r.layer for r in est.results_}), 'layer')}) "
                 f"in {time.perf_counter() - t0:.1f}s"
             )
         except KMAError as e:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from .errors import KMAError
+from .errors import KMAError, plural
 
 
 class Parser(argparse.ArgumentParser):
@@ -244,7 +244,8 @@ def cmd_ingest(args, console) -> int:
 
     out = ingest(args.checkpoints, args.store, args.run_id, layers=args.layers, dtype=args.dtype,
                  overwrite=args.overwrite)
-    console.info(f"ingested run {out['run_id']}: {out['n_snapshots']} snapshots × {out['n_parameters']} parameters")
+    console.info(f"ingested run {out['run_id']}: {plural(out['n_snapshots'], 'snapshot')} × "
+                 f"{plural(out['n_parameters'], 'parameter')}")
     return 0
 
 

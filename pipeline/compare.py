@@ -21,7 +21,7 @@ import numpy as np
 
 from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
 from .config import flatten_dict
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.store import FINISHED, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def table(rows: list[dict], by: str = "") -> str:
     widths = [max(len(c), *(len(row[i]) for row in data)) for i, c in enumerate(cols)]
     aids = sorted({str(r["analysis_id"]) for r in rows})
     n = len(rows)
-    head = f"analysis {', '.join(aids)} · {n} run{'s' if n != 1 else ''}" + (f" by {by}" if by else "")
+    head = f"analysis {', '.join(aids)} · {plural(n, 'run')}" + (f" by {by}" if by else "")
     lines = [head, "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in data]
     return "\n".join(line.rstrip() for line in lines)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .config import SweepConfig, expand
 from .console import Console
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
@@ -156,13 +156,13 @@ def run_sweep(
             else:
                 todo.append(v)
         console.info(
-            f"sweep {cfg.name}: {len(variants)} variants, {len(summary.skipped)} already finished, "
+            f"sweep {cfg.name}: {plural(len(variants), 'variant')}, {len(summary.skipped)} already finished, "
             + (f"{len(summary.held)} held by another live sweep, " if summary.held else "")
             + f"{len(todo)} to train; store {store_url}; MLflow {tracker.uri}"
         )
         for n, (rid, who) in enumerate(summary.held.items()):
             if n == 10:
-                console.info(f"  ... and {len(summary.held) - 10} more held runs")
+                console.info(f"  ... and {plural(len(summary.held) - 10, 'more held run')}")
                 break
             console.info(f"  held: {rid}: being trained by {who}")
         for rid in summary.skipped:  # finished earlier but perhaps never registered
@@ -212,7 +212,7 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     for rid in run_ids:
         run = store.open_run(rid)
         if run.status == "diverged" and run.n_snapshots < need:
-            console.info(f"run {rid}: diverged after {run.n_snapshots} snapshot(s), too few to analyse "
+            console.info(f"run {rid}: diverged after {plural(run.n_snapshots, 'snapshot')}, too few to analyse "
                          f"(need {need})")
         else:
             keep.append(rid)
@@ -267,7 +267,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             ray.cancel(ref, force=True)
         ray.shutdown()
         raise Interrupted(
-            f"sweep {summary.sweep} interrupted: {len(summary.trained)} runs finished this time; "
+            f"sweep {summary.sweep} interrupted: {plural(len(summary.trained), 'run')} finished this time; "
             "run the same command again to train only the missing variants"
         ) from None
     finally:

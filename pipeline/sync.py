@@ -20,7 +20,7 @@ import yaml
 
 from .config import Variant, flatten_dict
 from .console import Console
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.runids import shown
 from .storage.store import FINISHED, TrajectoryStore
 from .tracking.tracker import Tracker, tracking_uri_for
@@ -186,7 +186,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
     tracker = Tracker(tracking_uri_for(tracking_uri, store))
     report = SyncReport()
     infos = store.runs()
-    console.info(f"sync {store_url} → MLflow {tracker.uri}: {len(infos)} run(s) in the store")
+    console.info(f"sync {store_url} → MLflow {tracker.uri}: {plural(len(infos), 'run')} in the store")
     for info in infos:
         rid = info.run_id
         if info.status not in REGISTERED:
@@ -212,7 +212,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
         if why not in ("running", "interrupted"):
             console.error(f"  not registered: {shown(rid)}: {why}")
     console.info(
-        f"sync: {len(report.runs)} run(s) and {len(report.analyses)} analysis record(s) written, "
+        f"sync: {plural(len(report.runs), 'run')} and {plural(len(report.analyses), 'analysis record')} written, "
         f"{report.unchanged} already complete, {len(report.skipped)} not registrable"
         + (f" ({sum(1 for w in report.skipped.values() if w in ('running', 'interrupted'))} unfinished)"
            if report.skipped else "")

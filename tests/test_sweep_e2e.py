@@ -100,7 +100,7 @@ def test_interrupted_sweep_completes_only_missing(tiny_config, tmp_path, kma_env
         capture_output=True, text=True, env={**kma_env, "KMA_TEST_INTERRUPT_AFTER": "1"}, timeout=300,
     )
     assert r.returncode == 130, r.stderr
-    assert "interrupted: 1 runs finished this time" in r.stderr, r.stderr
+    assert "interrupted: 1 run finished this time" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
     st = TrajectoryStore(str(store))
