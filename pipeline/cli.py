@@ -262,11 +262,10 @@ def cmd_runs(args, console) -> int:
         print(f"no runs in {args.store}")
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
-    w = max(len("RUN"), *(len(i) for i in ids))
-    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} ANALYSES")
-    for i, r in zip(ids, runs):
-        print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  "
-              f"{r.updated or '':<25} {_analyses_cell(store, r.run_id)}")
+    rows = [(i, r.status, r.n_snapshots, r.n_parameters, r.updated or "", _analyses_cell(store, r.run_id))
+            for i, r in zip(ids, runs)]
+    console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "ANALYSES"], rows,
+                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     return 0
@@ -315,7 +314,7 @@ def cmd_compare(args, console) -> int:
     rows = compare.collect(store, args.runs, args.analysis,
                            by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
     text = compare.table(rows, by=args.by)
-    print(text)
+    console.table(*compare.table_data(rows, by=args.by), justify=compare.JUSTIFY)
     for msg in missing.values():  # not an error: another analysis is never mixed in
         console.error(f"kma: {msg}")
     for msg in skipped.values():

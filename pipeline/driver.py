@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .config import SweepConfig, expand
@@ -74,14 +76,97 @@ def init_ray(address: str | None, console: Console):
         if address:
             console.info(f"connecting to Ray at {address}")
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
-            ray.init(address=address, **kwargs)
+            # Ray's C++ client logs a failed attempt (a missing token among them) on the
+            # process's stderr once a second and then raises a bare "Failed to connect":
+            # hold those lines back, read the cause from them, pass them on if it connects
+            with _fd2_captured() as captured:
+                try:
+                    ray.init(address=address, **kwargs)
+                except Exception:  # noqa: BLE001 - re-raised, with the cause when it is the token
+                    if "Unauthenticated" in captured() or "InvalidAuthToken" in captured():
+                        raise _AuthFailed(_auth_line(captured())) from None
+                    raise
+                held = captured()
+            sys.stderr.write(held)
         else:
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            # Ray (2.59+) turns token authentication on for a cluster ray.init starts and
+            # warns on every start that it did: KMA's own local cluster keeps that secure
+            # default without the notice (a RAY_AUTH_MODE the user set is Ray's to apply)
+            _quiet_local_auth_notice()
+            # "local": always a new cluster of its own, never one `ray start` left running
+            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+    except Exception as e:  # noqa: BLE001 - ray.init's failures are the user's address or setup
+        if not isinstance(e, (ConnectionError, RuntimeError, ValueError, TimeoutError)) \
+                and not _auth_error(e):
+            raise
         where = address or "a local Ray"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if address and _auth_error(e):
+            raise KMAError(
+                f"Ray at {address}: the cluster requires token authentication and refused this client "
+                f"({msg[:120]}); set {RAY_AUTH_MODE}=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
+                "to the cluster's token") from None
         raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
     return ray
+
+
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+
+
+class _LocalAuthNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice, which
+    ``ray.init`` logs each time it starts a local cluster with its default (token) mode."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # where Ray logs it
+
+
+def _quiet_local_auth_notice() -> None:
+    logger = logging.getLogger(_AUTH_LOGGER)
+    if not any(isinstance(f, _LocalAuthNotice) for f in logger.filters):
+        logger.addFilter(_LocalAuthNotice())
+
+
+class _AuthFailed(ConnectionError):
+    """``ray.init`` was refused for want of the right token."""
+
+
+def _auth_line(text: str) -> str:
+    line = next((x for x in text.splitlines() if "Unauthenticated" in x or "InvalidAuthToken" in x), "")
+    return line.split("GCS server: ", 1)[-1].strip()[:160]
+
+
+@contextmanager
+def _fd2_captured():
+    """File descriptor 2 (where Ray's C++ logs go) into a temporary file for the block;
+    yields a function returning what was written there so far."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+
+        def captured() -> str:
+            sys.stderr.flush()
+            tmp.seek(0)
+            return tmp.read().decode("utf-8", "replace")
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _auth_error(e: BaseException) -> bool:
+    """True when ``ray.init`` failed for want of (the right) authentication token."""
+    text = f"{type(e).__name__} {e}".lower()
+    return isinstance(e, _AuthFailed) or type(e).__name__ == "AuthenticationError" or (
+        "unauthenticated" in text) or ("token" in text and "auth" in text)
 
 
 def _check_tcp(address: str, timeout: float = 5.0) -> None:
@@ -247,9 +332,10 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                     v.model_dump(mode="json"), store.url
                 )
                 pending[ref] = v
-            progress.update(running=len(pending))
+            started = _started(ray, pending)
+            progress.update(running=started, queued=len(pending) - started)
             _test_interrupt(summary)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
                 v = pending.pop(ref)
                 try:
@@ -259,7 +345,9 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 _record(res, store, tracker, summary)
                 if leases is not None:
                     leases.release(v.run_id)
-                progress.update(done=len(summary.trained), failed=len(summary.failed), running=len(pending))
+                started = _started(ray, pending)
+                progress.update(done=len(summary.trained), failed=len(summary.failed), running=started,
+                                queued=len(pending) - started)
         progress.close()
     except KeyboardInterrupt:
         progress.close()
@@ -273,6 +361,25 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _started(ray, pending: dict) -> int:
+    """How many of the in-flight tasks Ray has started (the rest wait in its queue for
+    resources): the CPUs (GPUs) the cluster has in use, counted in tasks, as Ray reports
+    them; a task holds its ``num_cpus``/``num_gpus`` from its start to its end. Never
+    more than are in flight (on a cluster shared with other jobs their use counts too)."""
+    if not pending:
+        return 0
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    except Exception:  # noqa: BLE001 - a progress count never fails the sweep
+        return len(pending)
+    counts = []
+    for kind, need in (("CPU", min(v.resources.num_cpus for v in pending.values())),
+                       ("GPU", min(v.resources.num_gpus for v in pending.values()))):
+        if need > 0 and total.get(kind):
+            counts.append(int((total[kind] - free.get(kind, 0.0)) / need + 1e-6))
+    return min([len(pending), *counts])
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
