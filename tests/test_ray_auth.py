@@ -1,0 +1,64 @@
+"""Ray's token authentication, as KMA meets it (no cluster started here; the end-to-end
+sweep test checks that a real local sweep prints no Ray warning):
+
+- the notice Ray logs each time ``ray.init`` starts a local cluster with token auth on
+  is dropped, Ray's other authentication warnings are not;
+- a remote cluster that refuses the client's token is recognised from what Ray's C++
+  client writes on file descriptor 2, which KMA holds back while it connects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from pipeline import driver
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_local_token_notice_is_dropped_and_other_auth_warnings_kept():
+    setup = pytest.importorskip("ray._private.authentication.authentication_token_setup")
+    logger = logging.getLogger(driver._AUTH_LOGGER)
+    assert setup.logger is logger  # the logger Ray's notice goes through
+    seen = _Collect()
+    logger.addHandler(seen)
+    try:
+        driver._quiet_local_auth_notice()
+        driver._quiet_local_auth_notice()   # idempotent: one filter
+        assert sum(isinstance(f, driver._LocalAuthNotice) for f in logger.filters) == 1
+        setup._warn_token_auth_enabled()    # Ray's own call, as ray.init makes it
+        setup._warn_token_auth_disabled()
+    finally:
+        logger.removeHandler(seen)
+    assert len(seen.messages) == 1 and seen.messages[0].startswith("Token authentication is disabled")
+
+
+def test_fd2_is_held_back_while_connecting_and_restored():
+    with driver._fd2_captured() as captured:
+        os.write(2, b"[W gcs_client.cc:210] Failed to get cluster ID from GCS server: Unauthenticated: "
+                    b"RPC error: InvalidAuthToken: Authentication token is missing or incorrect\n")
+        text = captured()
+    assert "InvalidAuthToken" in text
+    assert driver._auth_line(text) == ("Unauthenticated: RPC error: InvalidAuthToken: Authentication "
+                                       "token is missing or incorrect")
+    assert os.fstat(2)  # fd 2 is open again (restored)
+
+
+@pytest.mark.parametrize("exc, is_auth", [
+    (driver._AuthFailed("Unauthenticated: ..."), True),
+    (RuntimeError("Token authentication is enabled but no authentication token was found"), True),
+    (ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"), False),
+    (ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided."), False),
+])
+def test_auth_failures_told_apart(exc, is_auth):
+    assert driver._auth_error(exc) is is_auth
