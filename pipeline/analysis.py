@@ -294,22 +294,23 @@ def analyze_runs(
             with console.steps(head, 0, "task", interval=min(console.interval, PROGRESS_INTERVAL)) as steps:
                 with DaskProgress(steps, f"{head}: reading"):
                     est = fit_run(run, params, scheduler, progress=_window_progress(steps, head))
-                    if params.modes:
-                        steps.relabel(f"{head}: modes", 0)
-                        modes = _modes(run, est, params)
-                    else:
-                        modes = None
-            if getattr(est, "finite_prefix_", None) is not None:
-                console.info(f"{head}: diverged; analysed its finite prefix, "
-                             f"snapshots 0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
-            _store_results(run, params, est, modes, t_start)
-            if plots_dir:
-                figs = _figures_to(run, est, params, Path(plots_dir) / rid)
-                if tracker is not None:
-                    _register(tracker, run, params, est, figs)
-            elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
-                with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
-                    _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
+                if getattr(est, "finite_prefix_", None) is not None:
+                    console.info(f"{head}: diverged; analysed its finite prefix, snapshots "
+                                 f"0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
+                steps.relabel(f"{head}: writing" + (" modes (second pass)" if params.modes else ""), 0)
+                with DaskProgress(steps, f"{head}: writing modes (second pass)"):
+                    _store_results(run, params, est, _modes(run, est, params) if params.modes else None,
+                                   t_start)
+                if plots_dir:
+                    steps.relabel(f"{head}: figures", 0)
+                    figs = _figures_to(run, est, params, Path(plots_dir) / rid)
+                    if tracker is not None:
+                        steps.relabel(f"{head}: registering in MLflow", 0)
+                        _register(tracker, run, params, est, figs)
+                elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
+                    steps.relabel(f"{head}: figures and MLflow", 0)
+                    with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
+                        _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
             records += result_records(rid, aid, est.results_, params.residual_tol,
                                       getattr(est, "finite_prefix_", None))
             report[rid] = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -72,6 +73,7 @@ class Console:
         self._rich = None
         self._live = None  # the running rich.progress.Progress, if any
         self.last_line = time.monotonic()  # when a line was last written (plain mode)
+        self._lock = threading.RLock()
 
     @property
     def rich(self):
@@ -92,11 +94,12 @@ class Console:
         self._print(msg, style="red" if msg.startswith("kma: error") else None)
 
     def _print(self, msg: str, style=None) -> None:
-        if self.tty:  # above a live bar, if one runs
-            self.rich.print(msg, style=style)
-        else:
-            print(msg, file=self.stream, flush=True)
-        self.last_line = time.monotonic()
+        with self._lock:  # a progress ticker may write from its thread
+            if self.tty:  # above a live bar, if one runs
+                self.rich.print(msg, style=style)
+            else:
+                print(msg, file=self.stream, flush=True)
+            self.last_line = time.monotonic()
 
     # -- tables (stdout) ---------------------------------------------------------
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence], *,
@@ -180,21 +183,25 @@ class _Line:
             self._bar.update(self._task, completed=completed, total=self.total, detail=detail,
                              description=self.description())
             return
-        now = time.monotonic()
-        changed = key is not None and key != self._last_key
-        if force or changed or now - max(self._last_time, self.console.last_line) >= self.interval:
-            self._print(f"{self.plain(completed, detail)} ({now - self._t0:.0f}s)")
-            self._last_key, self._last_time = key, now
+        with self.console._lock:  # the ticker thread shows too
+            if self._closed:
+                return
+            now = time.monotonic()
+            changed = key is not None and key != self._last_key
+            if force or changed or now - max(self._last_time, self.console.last_line) >= self.interval:
+                self._print(f"{self.plain(completed, detail)} ({now - self._t0:.0f}s)")
+                self._last_key, self._last_time = key, now
 
     def _print(self, text: str) -> None:
         self.console._print(text)
         self._last_printed = text
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._final()
-        self._closed = True
+        with self.console._lock:
+            if self._closed:
+                return
+            self._final()
+            self._closed = True
         if self._bar is not None:
             self.console._stop_bar(self._bar)
 
@@ -246,13 +253,29 @@ class Progress(_Line):
 
 class Steps(_Line):
     """``total`` steps of one phase (``unit`` names a step: ``"window"``, ``"task"``):
-    ``advance()`` after each; ``label`` may change with :meth:`relabel`."""
+    ``advance()`` after each; ``label`` may change with :meth:`relabel` (``total=0``: a
+    phase without counts). Without a terminal a background ticker writes the state
+    whenever the console has been silent for ``interval`` s, so a long step (an MLflow
+    upload, one big task) never leaves a log silent for longer."""
 
     def __init__(self, console: Console, label: str, total: int, unit: str, interval: float = 10.0,
                  transient: bool = True):
         self.label, self.total, self.unit, self.transient = label, int(total), unit, transient
         self.completed = 0
         super().__init__(console, interval)
+        self._stop = None
+        if self._bar is None and not console.quiet and interval > 0:
+            self._stop = threading.Event()
+            threading.Thread(target=self._tick, name="kma-progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval)):
+            self._show(self.completed, plural(self.total, self.unit, count=False), None)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        super().close()
 
     def description(self) -> str:
         return self.label
@@ -266,7 +289,7 @@ class Steps(_Line):
         self._show(self.completed, plural(self.total, self.unit, count=False), None)
 
     def plain(self, completed: int, detail: str) -> str:
-        return f"{self.label}: {completed}/{self.total} {detail}"
+        return f"{self.label}: {completed}/{self.total} {detail}" if self.total else self.label
 
     def advance(self, n: int = 1) -> None:
         self.completed += n

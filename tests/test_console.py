@@ -168,3 +168,22 @@ def test_one_window_one_layer_is_said_in_the_singular(tmp_path, n, word):
     assert "analysis " in err.getvalue() and ": 1 run, method qr" in err.getvalue()
     assert f"[1/1] one: {word} in " in err.getvalue(), err.getvalue()
     assert "[1/1] one: 8 snapshots, 1 window × 1 layer" in err.getvalue()
+
+
+def test_a_long_silent_step_still_gets_progress_lines_without_a_terminal():
+    """A step that makes no calls for a while (an MLflow upload): the ticker writes the
+    phase once the console has been silent for ``interval`` s (polled, generous deadline)."""
+    import time
+
+    err = io.StringIO()
+    c = Console(stream=err, interval=0.2)
+    with c.steps("[1/1] r", 0, "task") as steps:
+        steps.relabel("[1/1] r: registering in MLflow", 0)
+        deadline = time.monotonic() + 60
+        while "registering in MLflow (" not in err.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert re.search(r"^\[1/1\] r: registering in MLflow \(\d+s\)$", err.getvalue(), re.M), err.getvalue()
+    n = len(err.getvalue())
+    time.sleep(0.5)
+    assert len(err.getvalue()) == n  # closed: the ticker stopped
+    assert ESC not in err.getvalue()
