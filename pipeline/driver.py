@@ -107,7 +107,20 @@ def init_ray(address: str | None, console: Console):
                 f"({msg[:120]}); set {RAY_AUTH_MODE}=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
                 "to the cluster's token") from None
         raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
+    _no_reset_at_exit()
     return ray
+
+
+def _no_reset_at_exit() -> None:
+    """Ray initialises colorama, whose exit handler writes an ANSI reset (``ESC[0m``) to
+    a terminal after everything else, the sweep's summary included: unregister it (KMA
+    leaves the terminal's attributes as it found them; rich resets its own styles)."""
+    import atexit
+
+    for name in ("colorama.initialise", "ray.thirdparty_files.colorama.initialise"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "reset_all"):
+            atexit.unregister(mod.reset_all)
 
 
 RAY_AUTH_MODE = "RAY_AUTH_MODE"

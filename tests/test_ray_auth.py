@@ -62,3 +62,41 @@ def test_fd2_is_held_back_while_connecting_and_restored():
 ])
 def test_auth_failures_told_apart(exc, is_auth):
     assert driver._auth_error(exc) is is_auth
+
+
+def _on_a_terminal(code: str) -> bytes:
+    """What ``python -c code`` writes to a pseudo-terminal (stdout and stderr), all of it."""
+    import pty
+    import subprocess
+    import sys
+
+    main, sub = pty.openpty()
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=sub, stdout=sub, stderr=sub, close_fds=True,
+                         env=env)
+    os.close(sub)
+    out = b""
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    p.wait(timeout=120)
+    os.close(main)
+    return out
+
+
+def test_no_escape_sequence_after_the_summary_on_a_terminal():
+    """Ray initialises colorama, whose exit handler writes ESC[0m to a terminal after the
+    sweep's last line; the driver unregisters it (checked against Ray's own module)."""
+    pytest.importorskip("ray")
+    load = "import ray.autoscaler._private.cli_logger; from pipeline import driver; "
+    control = _on_a_terminal(load + "print('summary')")
+    assert control.endswith(b"summary\r\n\x1b[0m\n") or control.endswith(b"summary\r\n\x1b[0m"), control[-40:]
+    fixed = _on_a_terminal(load + "driver._no_reset_at_exit(); print('summary')")
+    assert fixed.endswith(b"summary\r\n"), fixed[-40:]
