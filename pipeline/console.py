@@ -38,9 +38,8 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence], *, justify=None, st
 
     t = Table(box=box.SIMPLE_HEAD if styled else None, show_edge=False, pad_edge=False,
               header_style="bold" if styled else None, show_header=True, padding=(0, 2, 0, 0))
-    for i, c in enumerate(columns):
-        j = (justify or {}).get(c, "left")
-        t.add_column(c, justify=j, no_wrap=True)
+    for c in columns:
+        t.add_column(c, justify=(justify or {}).get(c, "left"), no_wrap=True)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     return t

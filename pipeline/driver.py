@@ -18,12 +18,13 @@ import logging
 import os
 import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError, plural
+from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
+                          no_reset_at_exit, quiet_local_auth_notice)
 from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
@@ -79,12 +80,12 @@ def init_ray(address: str | None, console: Console):
             # Ray's C++ client logs a failed attempt (a missing token among them) on the
             # process's stderr once a second and then raises a bare "Failed to connect":
             # hold those lines back, read the cause from them, pass them on if it connects
-            with _fd2_captured() as captured:
+            with fd2_captured() as captured:
                 try:
                     ray.init(address=address, **kwargs)
                 except Exception:  # noqa: BLE001 - re-raised, with the cause when it is the token
                     if "Unauthenticated" in captured() or "InvalidAuthToken" in captured():
-                        raise _AuthFailed(_auth_line(captured())) from None
+                        raise AuthFailed(auth_line(captured())) from None
                     raise
                 held = captured()
             sys.stderr.write(held)
@@ -92,94 +93,23 @@ def init_ray(address: str | None, console: Console):
             # Ray (2.59+) turns token authentication on for a cluster ray.init starts and
             # warns on every start that it did: KMA's own local cluster keeps that secure
             # default without the notice (a RAY_AUTH_MODE the user set is Ray's to apply)
-            _quiet_local_auth_notice()
+            quiet_local_auth_notice()
             # "local": always a new cluster of its own, never one `ray start` left running
             ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     except Exception as e:  # noqa: BLE001 - ray.init's failures are the user's address or setup
         if not isinstance(e, (ConnectionError, RuntimeError, ValueError, TimeoutError)) \
-                and not _auth_error(e):
+                and not is_auth_error(e):
             raise
         where = address or "a local Ray"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if address and _auth_error(e):
+        if address and is_auth_error(e):
             raise KMAError(
                 f"Ray at {address}: the cluster requires token authentication and refused this client "
                 f"({msg[:120]}); set {RAY_AUTH_MODE}=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
                 "to the cluster's token") from None
         raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
-    _no_reset_at_exit()
+    no_reset_at_exit()
     return ray
-
-
-def _no_reset_at_exit() -> None:
-    """Ray initialises colorama, whose exit handler writes an ANSI reset (``ESC[0m``) to
-    a terminal after everything else, the sweep's summary included: unregister it (KMA
-    leaves the terminal's attributes as it found them; rich resets its own styles)."""
-    import atexit
-
-    for name in ("colorama.initialise", "ray.thirdparty_files.colorama.initialise"):
-        mod = sys.modules.get(name)
-        if mod is not None and hasattr(mod, "reset_all"):
-            atexit.unregister(mod.reset_all)
-
-
-RAY_AUTH_MODE = "RAY_AUTH_MODE"
-
-
-class _LocalAuthNotice(logging.Filter):
-    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice, which
-    ``ray.init`` logs each time it starts a local cluster with its default (token) mode."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
-
-
-_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # where Ray logs it
-
-
-def _quiet_local_auth_notice() -> None:
-    logger = logging.getLogger(_AUTH_LOGGER)
-    if not any(isinstance(f, _LocalAuthNotice) for f in logger.filters):
-        logger.addFilter(_LocalAuthNotice())
-
-
-class _AuthFailed(ConnectionError):
-    """``ray.init`` was refused for want of the right token."""
-
-
-def _auth_line(text: str) -> str:
-    line = next((x for x in text.splitlines() if "Unauthenticated" in x or "InvalidAuthToken" in x), "")
-    return line.split("GCS server: ", 1)[-1].strip()[:160]
-
-
-@contextmanager
-def _fd2_captured():
-    """File descriptor 2 (where Ray's C++ logs go) into a temporary file for the block;
-    yields a function returning what was written there so far."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-
-        def captured() -> str:
-            sys.stderr.flush()
-            tmp.seek(0)
-            return tmp.read().decode("utf-8", "replace")
-        try:
-            yield captured
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _auth_error(e: BaseException) -> bool:
-    """True when ``ray.init`` failed for want of (the right) authentication token."""
-    text = f"{type(e).__name__} {e}".lower()
-    return isinstance(e, _AuthFailed) or type(e).__name__ == "AuthenticationError" or (
-        "unauthenticated" in text) or ("token" in text and "auth" in text)
 
 
 def _check_tcp(address: str, timeout: float = 5.0) -> None:
