@@ -22,12 +22,12 @@ import numpy as np
 
 from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
 from .console import Console, DaskProgress
-from .sync import analysis_times
 from .errors import KMAError, plural
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
 from .storage.runids import check_run_id, is_valid
 from .storage.store import Run, TrajectoryStore
+from .sync import analysis_times
 
 log = logging.getLogger(__name__)
 

@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, in snapshot order")
     _add_common(p, store_required=True)
     p.add_argument("--run-id", required=True, metavar="ID",
-                   help="id of the new run (a letter or digit, then letters, digits, '.', '_', '-'); "
-                        "required")
+                   help="id of the new run (a letter or digit, then letters, digits, '.', '_', '-'; "
+                        "at most 128 characters); required")
     p.add_argument("--layers", nargs="+", default=None, metavar="NAME",
                    help="only these layers (module names; default: every parameter)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
