@@ -8,7 +8,6 @@ GPU the same code trains on the CPU (the driver drops ``num_gpus`` when the clus
 no GPU) and the report says so.
 """
 
-import argparse
 import json
 import shutil
 import sys
@@ -18,6 +17,7 @@ import time
 import torch
 
 from pipeline import config
+from pipeline.cli import Parser
 from pipeline.console import Console
 from pipeline.driver import run_sweep
 from pipeline.errors import KMAError
@@ -35,12 +35,14 @@ def max_overlap(intervals):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--store", default=None, help="default: a fresh temporary directory")
-    p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--ray-address", default=None)
+    p = Parser(prog="gpu_share", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="sweep YAML file (configs/gpu_share.yaml)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--store", default=None, help="trajectory store (default: a fresh temporary directory)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: a SQLite file beside the temporary store; "
+                        "with --store, as kma sweep)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     p.add_argument("--out", default=None, help="write the report as JSON here")
     args = p.parse_args(argv)
     console = Console()

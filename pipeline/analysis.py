@@ -22,11 +22,12 @@ import numpy as np
 
 from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
 from .console import Console, DaskProgress
-from .errors import KMAError
+from .errors import KMAError, plural
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
 from .storage.runids import check_run_id, is_valid
 from .storage.store import Run, TrajectoryStore
+from .sync import analysis_times
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,49 @@ def check_analyzable(run: Run) -> None:
     if run.status == "failed":
         raise KMAError(f"run {run.run_id}: failed during training ({run.attrs.get('error', 'no trajectory')})")
     if run.n_snapshots < 2:
-        raise KMAError(f"run {run.run_id}: only {run.n_snapshots} snapshot(s), need at least 2")
+        raise KMAError(f"run {run.run_id}: only {plural(run.n_snapshots, 'snapshot')}, need at least 2")
     missing = run.missing_chunks()
     if missing:
-        raise KMAError(f"run {run.run_id}: {len(missing)} chunk(s) of its weights are missing "
+        raise KMAError(f"run {run.run_id}: {plural(len(missing), 'chunk')} of its weights {'is' if len(missing) == 1 else 'are'} missing "
                        f"(first: weights/{missing[0]}); the trajectory is incomplete")
 
 
-def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
+# without a terminal, a long run's analysis prints a progress line at least this often (s)
+PROGRESS_INTERVAL = 5.0
+
+
+def _plan_text(run: Run, params: AnalysisParams) -> str:
+    """``61 snapshots, 9 windows × 4 layers`` (what the analysis of ``run`` will fit)."""
+    from .koopman.windows import plan_windows
+
+    T = run.n_snapshots
+    try:
+        n_windows = len(plan_windows(T, params.window, params.stride))
+    except ValueError:
+        return plural(T, "snapshot")  # fit_run says what is wrong
+    layers = run.layout.layers
+    n_layers = 1 + (len(layers) if params.per_layer and len(layers) > 1 else 0)
+    return f"{plural(T, 'snapshot')}, {plural(n_windows, 'window')} × {plural(n_layers, 'layer')}"
+
+
+def _window_progress(steps, head: str):
+    """The estimator's ``progress(done, total)`` for its per-window problems, as steps."""
+    def progress(done: int, total: int) -> None:
+        if done == 0:
+            steps.relabel(f"{head}: windows", total, "window")
+        else:
+            steps.advance(done - steps.completed)
+    return progress
+
+
+def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> KoopmanDMD:
     """Fit the estimator on a stored run (one pass over its weights).
 
     The default cut follows the run's storage dtype (``stored_dtype``: a bfloat16 run is
     read as float32 but carries bfloat16's rounding). A ``diverged`` run is analysed on
     its finite prefix: ``est.finite_prefix_`` is the number of snapshots used (None
-    when the whole run was).
+    when the whole run was). ``progress(done, total)`` follows the per-window problems
+    (:meth:`KoopmanDMD.fit`).
     """
     check_analyzable(run)
     u = dtype_roundoff(run.attrs.get("stored_dtype", "float32"))
@@ -66,7 +96,7 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None) -> KoopmanDMD:
             if prefix < 2:
                 raise KMAError(f"diverged at snapshot {prefix}: fewer than 2 finite snapshots to analyse")
             Y = run.trajectory(rows=prefix)
-        est = params.estimator(scheduler, unit_roundoff=u).fit(Y)
+        est = params.estimator(scheduler, unit_roundoff=u).fit(Y, progress=progress)
         est.finite_prefix_ = prefix
         return est
     except KMAError as e:
@@ -113,10 +143,13 @@ def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
     return out
 
 
-def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None) -> str:
+def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None,
+                  t_start: float | None = None) -> str:
     """Store the spectra under ``runs/<id>/analyses/<analysis_id>`` (:meth:`Run.write_analysis`:
     status last; a failed write leaves nothing current). Arrays per layer, one row per
-    window, padded with NaN to the largest rank."""
+    window, padded with NaN to the largest rank. ``t_start`` (Unix seconds, when the
+    analysis began) is kept with it; the store adds ``t_end`` when the write completes,
+    so the MLflow record shows the analysis' real start and end."""
     by_layer: dict[str, list[WindowResult]] = {}
     for r in est.results_:
         by_layer.setdefault(r.layer, []).append(r)
@@ -136,7 +169,10 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "informative": np.array([bool(r.informative) for r in rows]),
         }
     aid = params.analysis_id
-    run.write_analysis(aid, params.key(), layers, modes=modes, attrs={"n_snapshots": est.n_snapshots_})
+    attrs = {"n_snapshots": est.n_snapshots_}
+    if t_start is not None:
+        attrs["t_start"] = float(t_start)
+    run.write_analysis(aid, params.key(), layers, modes=modes, attrs=attrs)
     return aid
 
 
@@ -244,35 +280,43 @@ def analyze_runs(
     report: dict[str, str | None] = {}
     records: list[dict] = []
     aid = params.analysis_id
-    console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}"
+    console.info(f"analysis {aid}: {plural(len(run_ids), 'run')}, method {params.method}"
                  + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
     for rid, msg in damaged.items():
         report[rid] = msg
         console.error(f"kma: error: {msg}")
     for n, rid in enumerate(run_ids, 1):
-        t0 = time.perf_counter()
+        t0, t_start = time.perf_counter(), time.time()
+        head = f"[{n}/{len(run_ids)}] {rid}"
         try:
             run = store.open_run(rid)
-            with DaskProgress(console, f"[{n}/{len(run_ids)}] {rid}"):
-                est = fit_run(run, params, scheduler)
-                modes = _modes(run, est, params) if params.modes else None
-            if getattr(est, "finite_prefix_", None) is not None:
-                console.info(f"[{n}/{len(run_ids)}] {rid}: diverged; analysed its finite prefix, "
-                             f"snapshots 0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
-            _store_results(run, params, est, modes)
-            if plots_dir:
-                figs = _figures_to(run, est, params, Path(plots_dir) / rid)
-                if tracker is not None:
-                    _register(tracker, run, params, est, figs)
-            elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
-                with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
-                    _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
+            console.info(f"{head}: {_plan_text(run, params)}")
+            with console.steps(head, 0, "task", interval=min(console.interval, PROGRESS_INTERVAL)) as steps:
+                with DaskProgress(steps, f"{head}: reading"):
+                    est = fit_run(run, params, scheduler, progress=_window_progress(steps, head))
+                if getattr(est, "finite_prefix_", None) is not None:
+                    console.info(f"{head}: diverged; analysed its finite prefix, snapshots "
+                                 f"0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
+                steps.relabel(f"{head}: writing" + (" modes (second pass)" if params.modes else ""), 0)
+                with DaskProgress(steps, f"{head}: writing modes (second pass)"):
+                    _store_results(run, params, est, _modes(run, est, params) if params.modes else None,
+                                   t_start)
+                if plots_dir:
+                    steps.relabel(f"{head}: figures", 0)
+                    figs = _figures_to(run, est, params, Path(plots_dir) / rid)
+                    if tracker is not None:
+                        steps.relabel(f"{head}: registering in MLflow", 0)
+                        _register(tracker, run, params, est, figs)
+                elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
+                    steps.relabel(f"{head}: figures and MLflow", 0)
+                    with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
+                        _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
             records += result_records(rid, aid, est.results_, params.residual_tol,
                                       getattr(est, "finite_prefix_", None))
             report[rid] = None
             console.info(
-                f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
-                f"({len(est.windows_)} windows × {len({r.layer for r in est.results_})} layers) "
+                f"{head}: {plural(len(est.results_), 'spectrum', 'spectra')} "
+                f"({plural(len(est.windows_), 'window')} × {plural(len({r.layer for r in est.results_}), 'layer')}) "
                 f"in {time.perf_counter() - t0:.1f}s"
             )
         except KMAError as e:
@@ -288,13 +332,13 @@ def analyze_runs(
     return report
 
 
-def _store_results(run: Run, params: AnalysisParams, est, modes) -> None:
+def _store_results(run: Run, params: AnalysisParams, est, modes, t_start=None) -> None:
     """:func:`write_results`, with a write error as one line naming the run; the
     half-written analysis is removed by :meth:`Run.write_analysis` (best effort; if that
     fails too, its status stays ``writing`` and :func:`list_analyses` never takes it
     for a current one)."""
     try:
-        write_results(run, params, est, modes)   # removes what it half-wrote, then raises
+        write_results(run, params, est, modes, t_start)   # removes what it half-wrote, then raises
     except _write_errors() as e:
         raise KMAError(f"run {run.run_id}: cannot write its analysis into the store "
                        f"({_cause(e)}); nothing of it is kept") from None
@@ -376,7 +420,8 @@ def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: 
     from .sync import register_analysis
 
     register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
-                      n_snapshots=est.n_snapshots_, store=run.store.location)
+                      n_snapshots=est.n_snapshots_, store=run.store.location,
+                      times=analysis_times(run.analysis_info(params.analysis_id)))
 
 
 def _write_json(path: str, records: list[dict], report: dict) -> None:

@@ -14,14 +14,15 @@ import logging
 import os
 import sys
 
-from .errors import KMAError
+from .errors import KMAError, plural
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line ``kma: error: ...`` (exit code 2)."""
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line ``kma: error: ...`` (exit code 2), with
+    no usage block; the line names the (sub)command's ``--help``."""
 
     def error(self, message):
-        sys.stderr.write(f"kma: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
@@ -36,87 +37,129 @@ def _window_arg(text: str):
 
 
 def _add_common(p, *, store_required: bool):
-    p.add_argument("--store", required=store_required, default=None,
-                   help="trajectory store: a path or fsspec URL (default: ./kma-store)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    if store_required:
+        p.add_argument("--store", required=True, metavar="URL",
+                       help="trajectory store: a path or fsspec URL (s3://...); required")
+    else:
+        p.add_argument("--store", default=None, metavar="URL",
+                       help="trajectory store: a path or fsspec URL (s3://...); default: the config's "
+                            "'store', else ./kma-store")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log output: -v for INFO, -vv for DEBUG (default: warnings only)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress or summary lines (errors are still printed)")
+
+
+_TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the one the store's sweep "
+                  "recorded, else sqlite:///./mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """The ``kma`` parser; every subcommand's parser is in ``parser.subcommands[name]``."""
+    parser = Parser(
         prog="kma", description="Koopman mode analysis of neural-network training, at sweep scale."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands below; 'kma COMMAND --help' for its options")
+    parser.subcommands = {}
 
     p = sub.add_parser("sweep", help="train a sweep's variants on Ray, store and register them")
     p.add_argument("config", help="sweep YAML file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. epochs=5 model.depth=[2,4]")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. epochs=5 'model.depth=[2,4]' (values are YAML)")
     _add_common(p, store_required=False)
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--max-parallel", type=int, default=None, help="at most N variants at once")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster address, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
+                        "else start a local Ray on this machine's cores)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="at most N variants submitted at once (default: all; Ray queues what "
+                        "does not fit)")
     p.add_argument("-y", "--yes", action="store_true",
                    help=f"train a grid above {10_000:,} variants without asking")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-analyze", dest="analyze", action="store_false", default=None,
                    help="skip the default analysis after training")
-    g.add_argument("--analyze", dest="analyze", action="store_true", help="force the default analysis")
+    g.add_argument("--analyze", dest="analyze", action="store_true",
+                   help="run the default analysis even if the config's analysis.enabled is false")
+    parser.subcommands["sweep"] = p
 
     p = sub.add_parser("analyze", help="Koopman/DMD analysis of stored trajectories")
     _add_common(p, store_required=True)
-    p.add_argument("--run", dest="runs", action="append", metavar="ID", help="run id (repeatable; default: all finished runs)")
-    p.add_argument("--method", choices=["qr", "randomized"], default="qr")
-    p.add_argument("--rank", type=int, default=None, help="target rank (randomized) / truncation rank")
-    p.add_argument("--tol", type=float, default=None, help="relative singular-value truncation tolerance")
+    p.add_argument("--run", dest="runs", action="append", metavar="ID",
+                   help="run id (repeatable; default: every finished run)")
+    p.add_argument("--method", choices=["qr", "randomized"], default="qr",
+                   help="compression: 'qr' exact, one pass (default); 'randomized' a sketch of "
+                        "--rank + 10 columns (default rank 50), 3 passes over the data")
+    p.add_argument("--rank", type=int, default=None, metavar="K",
+                   help="keep K singular directions per window (the sketch's target rank with "
+                        "--method randomized); default: cut at the storage dtype's resolution")
+    p.add_argument("--tol", type=float, default=None, metavar="T",
+                   help="keep singular values above T times the largest, 0 <= T < 1 (at most one of --rank, "
+                        "--tol, --threshold)")
     p.add_argument("--threshold", choices=["gavish-donoho"], default=None,
                    help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
     p.add_argument("--window", type=_window_arg, default="auto", metavar="W|auto|all",
                    help="window width W in snapshots; 'auto' (default): W = max(6, ceil(T/8)), "
-                        "stride ceil(W/2); 'all': the whole run as one window")
-    p.add_argument("--stride", type=int, default=None,
+                        "stride ceil(W/2); 'all': the whole run as one window. A window ending at "
+                        "the last snapshot is always added (README 'Windows')")
+    p.add_argument("--stride", type=int, default=None, metavar="S",
                    help="window stride S (default: W; needs an explicit --window)")
     p.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also analyse every layer separately (default; --no-per-layer: whole network only)")
-    p.add_argument("--modes", action="store_true", help="also compute Koopman modes (second pass) into the store")
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomized method")
+    p.add_argument("--modes", action="store_true",
+                   help="also compute Koopman modes of the last window (second pass) into the store")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomized method (default 0)")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
     p.add_argument("--no-mlflow", action="store_true", help="do not register in MLflow")
-    p.add_argument("--scheduler", default="threads", help="threads | processes | tcp://HOST:PORT")
-    p.add_argument("--plots", default=None, metavar="DIR", help="also write figures here")
+    p.add_argument("--scheduler", default="threads", metavar="NAME",
+                   help="Dask scheduler: threads (default), processes, or tcp://HOST:PORT of a "
+                        "dask.distributed scheduler")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write figures to DIR/<run id>/")
+    parser.subcommands["analyze"] = p
 
     p = sub.add_parser("ingest", help="import PyTorch checkpoints (state_dicts) as a run")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, in snapshot order")
     _add_common(p, store_required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--layers", nargs="+", default=None, help="only these layers (module names)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--run-id", required=True, metavar="ID",
+                   help="id of the new run (a letter or digit, then letters, digits, '.', '_', '-'; "
+                        "at most 128 characters); required")
+    p.add_argument("--layers", nargs="+", default=None, metavar="NAME",
+                   help="only these layers (module names; default: every parameter)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="storage dtype of the snapshots (default float32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of that id")
+    parser.subcommands["ingest"] = p
 
     p = sub.add_parser("compare", help="compare runs grouped by a config key: table and figures")
     _add_common(p, store_required=True)
-    p.add_argument("--run", dest="runs", action="append", metavar="ID", help="only these runs")
-    p.add_argument("--sweep", default=None, help="only runs of this sweep")
+    p.add_argument("--run", dest="runs", action="append", metavar="ID",
+                   help="only these runs (repeatable; default: every finished run)")
+    p.add_argument("--sweep", default=None, metavar="NAME", help="only runs of this sweep")
     p.add_argument("--analysis", default=None, metavar="ID",
                    help="the analysis every run is compared through (default: the most recent current "
                         "analysis the runs share; runs without it are named as skipped)")
-    p.add_argument("--by", default="depth",
-                   help="flattened config key to group by (depth, width, init, seed, lr, ...)")
-    p.add_argument("--out", default="kma-compare",
+    p.add_argument("--by", default="depth", metavar="KEY",
+                   help="flattened config key to group by (default depth; width, init, seed, "
+                        "lr, ...)")
+    p.add_argument("--out", default="kma-compare", metavar="DIR",
                    help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
                         "(default: ./kma-compare)")
-    p.add_argument("--tracking-uri", default=None,
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="also log the comparison as an MLflow run 'compare <by> <analysis>' in the sweep's "
                         "experiment (kma-compare when the runs come from several); off when not given")
+    parser.subcommands["compare"] = p
 
     p = sub.add_parser("runs", help="list the runs in a store")
     _add_common(p, store_required=True)
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
+    parser.subcommands["runs"] = p
 
     p = sub.add_parser("sync", help="rebuild or repair MLflow from the store (the source of truth)")
     _add_common(p, store_required=True)
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
+    parser.subcommands["sync"] = p
     return parser
 
 
@@ -201,7 +244,8 @@ def cmd_ingest(args, console) -> int:
 
     out = ingest(args.checkpoints, args.store, args.run_id, layers=args.layers, dtype=args.dtype,
                  overwrite=args.overwrite)
-    console.info(f"ingested run {out['run_id']}: {out['n_snapshots']} snapshots × {out['n_parameters']} parameters")
+    console.info(f"ingested run {out['run_id']}: {plural(out['n_snapshots'], 'snapshot')} × "
+                 f"{plural(out['n_parameters'], 'parameter')}")
     return 0
 
 
@@ -218,11 +262,10 @@ def cmd_runs(args, console) -> int:
         print(f"no runs in {args.store}")
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
-    w = max(len("RUN"), *(len(i) for i in ids))
-    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} ANALYSES")
-    for i, r in zip(ids, runs):
-        print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  "
-              f"{r.updated or '':<25} {_analyses_cell(store, r.run_id)}")
+    rows = [(i, r.status, r.n_snapshots, r.n_parameters, r.updated or "", _analyses_cell(store, r.run_id))
+            for i, r in zip(ids, runs)]
+    console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "ANALYSES"], rows,
+                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     return 0
@@ -271,7 +314,7 @@ def cmd_compare(args, console) -> int:
     rows = compare.collect(store, args.runs, args.analysis,
                            by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
     text = compare.table(rows, by=args.by)
-    print(text)
+    console.table(*compare.table_data(rows, by=args.by), justify=compare.JUSTIFY)
     for msg in missing.values():  # not an error: another analysis is never mixed in
         console.error(f"kma: {msg}")
     for msg in skipped.values():
@@ -305,7 +348,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may follow the options of `kma sweep`
         if args.command != "sweep" or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

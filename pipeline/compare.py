@@ -21,7 +21,7 @@ import numpy as np
 
 from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
 from .config import flatten_dict
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.store import FINISHED, TrajectoryStore
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,12 @@ def _group_order(values):
     return sorted(set(values), key=key)
 
 
-def table(rows: list[dict], by: str = "") -> str:
-    """The comparison as text: a first line naming the analysis and the grouping, a row
-    per run, and a mean row per group."""
+JUSTIFY = {c.upper(): "right" for c in COLUMNS[3:]}
+
+
+def table_data(rows: list[dict], by: str = "") -> tuple[str, list[str], list[list[str]]]:
+    """(title, column headers, cells) of the comparison: the title names the analysis and
+    the grouping; a row per run, then a mean row per group."""
     cols = COLUMNS
 
     def fmt(v):
@@ -185,13 +188,18 @@ def table(rows: list[dict], by: str = "") -> str:
             for c in cols[3:]
         ]
         data.append(mean)
-    widths = [max(len(c), *(len(row[i]) for row in data)) for i, c in enumerate(cols)]
     aids = sorted({str(r["analysis_id"]) for r in rows})
-    n = len(rows)
-    head = f"analysis {', '.join(aids)} · {n} run{'s' if n != 1 else ''}" + (f" by {by}" if by else "")
-    lines = [head, "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in data]
-    return "\n".join(line.rstrip() for line in lines)
+    head = f"analysis {', '.join(aids)} · {plural(len(rows), 'run')}" + (f" by {by}" if by else "")
+    return head, [c.upper() for c in cols], data
+
+
+def table(rows: list[dict], by: str = "") -> str:
+    """The comparison as plain text (``table.txt``): :func:`table_data`'s title line,
+    then the columns."""
+    from .console import table_text
+
+    head, cols, data = table_data(rows, by)
+    return head + "\n" + table_text(cols, data, justify=JUSTIFY)
 
 
 def folder(out: str | Path, rows: list[dict], by: str) -> Path:

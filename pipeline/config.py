@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, plural
 from .yamlload import join_path, load_file, load_text
 
 MAX_GRID = 10_000  # variants above which a sweep asks for confirmation (or --yes)
@@ -504,7 +504,7 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = first["msg"].removeprefix("Value error, ")
         if kind in _TYPE_ERRORS and "input" in first:
             msg += f", got {_show(first['input'])}"
-    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    more = f" (and {plural(len(err.errors()) - 1, 'more problem')})" if len(err.errors()) > 1 else ""
     return f"{source}: {path or '<top>'}: {msg}{more}"
 
 

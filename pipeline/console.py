@@ -1,110 +1,323 @@
-"""The one place user-facing progress and messages are printed.
+"""The one place user-facing progress, messages and tables are printed (through ``rich``).
 
-On a terminal, progress rewrites one status line; elsewhere (CI, ``ray job`` logs) it
-prints a line whenever the counts change, and at most every ``interval`` seconds for
-long phases, so logs stay readable.
+On a terminal, progress is a live ``rich`` bar (messages printed above it) and tables are
+``rich`` tables. Anywhere else (a log file, CI, ``ray job`` logs, a pipe, a test) nothing
+but plain lines is written, never an escape sequence: a progress line whenever what is
+finished changes, else at most every ``interval`` seconds, and its last line once; tables
+as plain columns (the same ``rich`` layout without borders or styles).
+
+    console = Console()                          # messages and progress on stderr
+    with console.progress("demo", total=4) as p:  # the sweep's bar
+        p.update(done=1, running=2, queued=1)
+    console.table(title, ["RUN", "STATUS"], rows)  # stdout
 """
 
 from __future__ import annotations
 
+import io
 import sys
+import threading
 import time
+from typing import Sequence
+
+from .errors import plural
+
+__all__ = ["Console", "Progress", "Steps", "DaskProgress", "table_text", "plural"]
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence], *, justify=None, styled: bool):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD if styled else None, show_edge=False, pad_edge=False,
+              header_style="bold" if styled else None, show_header=True, padding=(0, 2, 0, 0))
+    for c in columns:
+        t.add_column(c, justify=(justify or {}).get(c, "left"), no_wrap=True)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    return t
+
+
+def table_text(columns: Sequence[str], rows: Sequence[Sequence], *, justify: dict | None = None) -> str:
+    """``rows`` under the ``columns`` headers as plain text (padded columns, no trailing
+    blanks, no escape sequences): what logs, files and pipes get. ``justify`` maps a
+    column to ``"right"`` for numbers."""
+    from rich.console import Console as RichConsole
+
+    buf = io.StringIO()
+    rc = RichConsole(file=buf, width=100_000, force_terminal=False, color_system=None,
+                     highlight=False, emoji=False, markup=False, legacy_windows=False)
+    rc.print(_table(columns, rows, justify=justify, styled=False))
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines() if line.strip())
 
 
 class Console:
-    def __init__(self, stream=None, quiet: bool = False):
+    """Messages and progress on ``stream`` (stderr), tables on stdout.
+
+    ``quiet`` silences progress and ``info`` (not errors). On a terminal ``stream`` gets
+    ``rich`` bars; otherwise plain lines only."""
+
+    def __init__(self, stream=None, quiet: bool = False, interval: float = 10.0):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._open_line = False
+        self.interval = interval
+        self.tty = _isatty(self.stream)
+        self._rich = None
+        self._live = None  # the running rich.progress.Progress, if any
+        self.last_line = time.monotonic()  # when a line was last written (plain mode)
+        self._lock = threading.RLock()
 
+    @property
+    def rich(self):
+        """A ``rich`` console on ``stream`` (terminal only)."""
+        if self._rich is None:
+            from rich.console import Console as RichConsole
+
+            self._rich = RichConsole(file=self.stream, force_terminal=True, highlight=False,
+                                     soft_wrap=True, emoji=False, markup=False)
+        return self._rich
+
+    # -- messages ---------------------------------------------------------------
     def info(self, msg: str) -> None:
-        if self.quiet:
-            return
-        self._end_line()
-        print(msg, file=self.stream, flush=True)
+        if not self.quiet:
+            self._print(msg)
 
     def error(self, msg: str) -> None:
-        self._end_line()
-        print(msg, file=self.stream, flush=True)
+        self._print(msg, style="red" if msg.startswith("kma: error") else None)
 
-    def status(self, msg: str) -> None:
-        """A transient status line (rewritten in place on a terminal)."""
-        if self.quiet:
-            return
-        if self.tty:
-            print("\r\033[K" + msg, end="", file=self.stream, flush=True)
-            self._open_line = True
+    def _print(self, msg: str, style=None) -> None:
+        with self._lock:  # a progress ticker may write from its thread
+            if self.tty:  # above a live bar, if one runs
+                self.rich.print(msg, style=style)
+            else:
+                print(msg, file=self.stream, flush=True)
+            self.last_line = time.monotonic()
+
+    # -- tables (stdout) ---------------------------------------------------------
+    def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence], *,
+              justify: dict | None = None, file=None) -> None:
+        """Print a table on ``file`` (stdout): a ``rich`` table on a terminal, else
+        :func:`table_text` (with ``title`` as its first line)."""
+        out = file or sys.stdout
+        if _isatty(out):
+            from rich.console import Console as RichConsole
+
+            rc = RichConsole(file=out, highlight=False, emoji=False, markup=False)
+            if title:
+                rc.print(title, style="bold")
+            rc.print(_table(columns, rows, justify=justify, styled=True))
         else:
-            print(msg, file=self.stream, flush=True)
+            text = table_text(columns, rows, justify=justify)
+            print((title + "\n" if title else "") + text, file=out, flush=True)
 
-    def _end_line(self):
-        if self._open_line:
-            print(file=self.stream, flush=True)
-            self._open_line = False
+    # -- progress ---------------------------------------------------------------
+    def progress(self, label: str, total: int, interval: float | None = None) -> "Progress":
+        """The sweep's progress: runs done / running / queued / failed out of ``total``."""
+        return Progress(self, label, total, self.interval if interval is None else interval)
 
-    def progress(self, label: str, total: int, interval: float = 10.0) -> "Progress":
-        return Progress(self, label, total, interval)
+    def steps(self, label: str, total: int, unit: str, interval: float | None = None,
+              transient: bool = True) -> "Steps":
+        """Progress of ``total`` steps of one phase (``unit``: what a step is)."""
+        return Steps(self, label, total, unit, self.interval if interval is None else interval,
+                     transient)
+
+    def _start_bar(self, description: str, total: int, transient: bool):
+        """A live rich bar (terminal only); one at a time."""
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                   TextColumn, TimeElapsedColumn)
+
+        if self._live is not None:
+            self._live.stop()
+        bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                           console=self.rich, transient=transient, redirect_stdout=False,
+                           redirect_stderr=False)
+        task = bar.add_task(description, total=total, detail="")
+        bar.start()
+        self._live = bar
+        return bar, task
+
+    def _stop_bar(self, bar) -> None:
+        bar.stop()
+        if self._live is bar:
+            self._live = None
 
 
-class Progress:
-    """Counts of done / running / failed out of a total."""
+class _Line:
+    """Shared by :class:`Progress` and :class:`Steps`: a rich bar on a terminal, else
+    plain lines (on a change of ``key``, or every ``interval`` s; the last one once)."""
 
-    def __init__(self, console: Console, label: str, total: int, interval: float):
-        self.console, self.label, self.total, self.interval = console, label, total, interval
-        self.done = self.running = self.failed = self.skipped = 0
-        self._last_text = None
-        self._last_time = 0.0
-        self._t0 = time.monotonic()
+    transient = False
 
-    def update(self, *, done=None, running=None, failed=None, skipped=None, force=False) -> None:
-        for name, val in (("done", done), ("running", running), ("failed", failed), ("skipped", skipped)):
-            if val is not None:
-                setattr(self, name, val)
-        text = (
-            f"[{self.label}] {self.done + self.failed}/{self.total} finished: "
-            f"{self.done} done, {self.running} running, {self.failed} failed"
-            + (f", {self.skipped} already complete" if self.skipped else "")
-        )
-        now = time.monotonic()
-        if force or text != self._last_text or now - self._last_time >= self.interval:
-            elapsed = now - self._t0
-            self.console.status(f"{text} ({elapsed:.0f}s)")
-            self._last_text, self._last_time = text, now
+    def __init__(self, console: Console, interval: float):
+        self.console, self.interval = console, interval
+        self._t0 = self._last_time = time.monotonic()
+        self._last_printed = None
+        self._last_key = None
+        self._bar = self._task = None
+        self._closed = False
+        if console.tty and not console.quiet:
+            self._bar, self._task = console._start_bar(self.description(), self.total, self.transient)
+
+    def description(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def plain(self, completed: int, detail: str) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _show(self, completed: int, detail: str, key, force: bool = False) -> None:
+        """Show the state: on a terminal update the bar; else print a line if ``force``,
+        if ``key`` changed (``key=None``: never by itself), or if the console has been
+        silent for ``interval`` s."""
+        if self.console.quiet or self._closed:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, total=self.total, detail=detail,
+                             description=self.description())
+            return
+        with self.console._lock:  # the ticker thread shows too
+            if self._closed:
+                return
+            now = time.monotonic()
+            changed = key is not None and key != self._last_key
+            if force or changed or now - max(self._last_time, self.console.last_line) >= self.interval:
+                self._print(f"{self.plain(completed, detail)} ({now - self._t0:.0f}s)")
+                self._last_key, self._last_time = key, now
+
+    def _print(self, text: str) -> None:
+        self.console._print(text)
+        self._last_printed = text
 
     def close(self) -> None:
-        self.update(force=True)
-        self.console._end_line()
+        with self.console._lock:
+            if self._closed:
+                return
+            self._final()
+            self._closed = True
+        if self._bar is not None:
+            self.console._stop_bar(self._bar)
+
+    def _final(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Progress(_Line):
+    """The sweep's runs: ``done`` / ``running`` (started by Ray) / ``queued`` (submitted,
+    waiting for resources) / ``failed`` out of ``total``; ``skipped`` already complete."""
+
+    def __init__(self, console: Console, label: str, total: int, interval: float = 10.0):
+        self.label, self.total = label, total
+        self.done = self.running = self.queued = self.failed = self.skipped = 0
+        super().__init__(console, interval)
+
+    def description(self) -> str:
+        return f"[{self.label}]"
+
+    def text(self) -> str:
+        return (f"{self.done} done, {self.running} running, {self.queued} queued, {self.failed} failed"
+                + (f", {self.skipped} already complete" if self.skipped else ""))
+
+    def update(self, *, done=None, running=None, queued=None, failed=None, skipped=None,
+               force=False) -> None:
+        for name, val in (("done", done), ("running", running), ("queued", queued),
+                          ("failed", failed), ("skipped", skipped)):
+            if val is not None:
+                setattr(self, name, val)
+        # without a terminal a line is written when a run finishes (or every interval s)
+        self._show(self.done + self.failed, self.text(), (self.done, self.failed), force)
+
+    def plain(self, completed: int, detail: str) -> str:
+        return f"{self.description()} {completed}/{self.total} finished: {detail}"
+
+    def _final(self) -> None:
+        """The final counts: on a terminal the bar's last state; in a log the last line
+        only if the line already printed does not say it (never twice)."""
+        key = (self.done, self.failed)
+        self._show(self.done + self.failed, self.text(), key,
+                   force=self._bar is None and self._last_printed is None)
+
+
+class Steps(_Line):
+    """``total`` steps of one phase (``unit`` names a step: ``"window"``, ``"task"``):
+    ``advance()`` after each; ``label`` may change with :meth:`relabel` (``total=0``: a
+    phase without counts). Without a terminal a background ticker writes the state
+    whenever the console has been silent for ``interval`` s, so a long step (an MLflow
+    upload, one big task) never leaves a log silent for longer."""
+
+    def __init__(self, console: Console, label: str, total: int, unit: str, interval: float = 10.0,
+                 transient: bool = True):
+        self.label, self.total, self.unit, self.transient = label, int(total), unit, transient
+        self.completed = 0
+        super().__init__(console, interval)
+        self._stop = None
+        if self._bar is None and not console.quiet and interval > 0:
+            self._stop = threading.Event()
+            threading.Thread(target=self._tick, name="kma-progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval)):
+            self._show(self.completed, plural(self.total, self.unit, count=False), None)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        super().close()
+
+    def description(self) -> str:
+        return self.label
+
+    def relabel(self, label: str, total: int | None = None, unit: str | None = None) -> None:
+        self.label = label
+        if total is not None:
+            self.total, self.completed = int(total), 0
+        if unit is not None:
+            self.unit = unit
+        self._show(self.completed, plural(self.total, self.unit, count=False), None)
+
+    def plain(self, completed: int, detail: str) -> str:
+        return f"{self.label}: {completed}/{self.total} {detail}" if self.total else self.label
+
+    def advance(self, n: int = 1) -> None:
+        self.completed += n
+        # without a terminal: a line only after interval s of silence
+        self._show(self.completed, plural(self.total, self.unit, count=False), None)
+
+    def _final(self) -> None:
+        pass  # the caller prints the phase's result
 
 
 class DaskProgress:
-    """Periodic progress of a local Dask computation (threads/processes schedulers):
-    ``label: 42% of 310 tasks``, on a terminal in place, elsewhere every ``interval`` s."""
+    """Progress of a local Dask computation (threads/processes schedulers) as
+    :class:`Steps` of ``label``: ``[2/4] run: pass 42/310 tasks``."""
 
-    def __init__(self, console: Console, label: str, interval: float = 10.0):
+    def __init__(self, steps: Steps, label: str):
         from dask.callbacks import Callback
 
         outer = self
 
         class _CB(Callback):
             def _start_state(self, dsk, state):
-                outer.total = sum(len(state[k]) for k in ("ready", "waiting", "running") if k in state)
-                outer.done = 0
+                total = sum(len(state[k]) for k in ("ready", "waiting", "running") if k in state)
+                steps.relabel(outer.label, total=total, unit="task")
 
             def _posttask(self, key, result, dsk, state, worker_id):
-                outer.done += 1
-                outer._maybe_print()
+                steps.advance()
 
-        self.console, self.label, self.interval = console, label, interval
-        self.total = self.done = 0
-        self._last = time.monotonic()
+        self.label = label
         self._cb = _CB()
-
-    def _maybe_print(self):
-        now = time.monotonic()
-        if self.total and now - self._last >= (0.5 if self.console.tty else self.interval):
-            self._last = now
-            self.console.status(f"{self.label}: {100 * self.done / self.total:.0f}% of {self.total} tasks")
 
     def __enter__(self):
         self._cb.__enter__()
@@ -112,4 +325,3 @@ class DaskProgress:
 
     def __exit__(self, *exc):
         self._cb.__exit__(*exc)
-        self.console._end_line()

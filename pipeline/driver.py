@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 
 from .config import SweepConfig, expand
 from .console import Console
-from .errors import KMAError
+from .errors import KMAError, plural
+from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
+                          no_reset_at_exit, quiet_local_auth_notice)
 from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
@@ -74,15 +77,38 @@ def init_ray(address: str | None, console: Console):
         if address:
             console.info(f"connecting to Ray at {address}")
             os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
-            ray.init(address=address, **kwargs)
+            # Ray's C++ client logs a failed attempt (a missing token among them) on the
+            # process's stderr once a second and then raises a bare "Failed to connect":
+            # hold those lines back, read the cause from them, pass them on if it connects
+            with fd2_captured() as captured:
+                try:
+                    ray.init(address=address, **kwargs)
+                except Exception:  # noqa: BLE001 - re-raised, with the cause when it is the token
+                    if "Unauthenticated" in captured() or "InvalidAuthToken" in captured():
+                        raise AuthFailed(auth_line(captured())) from None
+                    raise
+                held = captured()
+            sys.stderr.write(held)
         else:
-            # "local": always a fresh embedded instance; a bare ray.init() would join any
-            # Ray it finds running on this host (another user's sweep, a test's cluster)
+            # Ray (2.59+) turns token authentication on for a cluster ray.init starts and
+            # warns on every start that it did: KMA's own local cluster keeps that secure
+            # default without the notice (a RAY_AUTH_MODE the user set is Ray's to apply)
+            quiet_local_auth_notice()
+            # "local": always a new cluster of its own, never one `ray start` left running
             ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+    except Exception as e:  # noqa: BLE001 - ray.init's failures are the user's address or setup
+        if not isinstance(e, (ConnectionError, RuntimeError, ValueError, TimeoutError)) \
+                and not is_auth_error(e):
+            raise
         where = address or "a local Ray"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if address and is_auth_error(e):
+            raise KMAError(
+                f"Ray at {address}: the cluster requires token authentication and refused this client "
+                f"({msg[:120]}); set {RAY_AUTH_MODE}=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
+                "to the cluster's token") from None
         raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
+    no_reset_at_exit()
     return ray
 
 
@@ -158,13 +184,13 @@ def run_sweep(
             else:
                 todo.append(v)
         console.info(
-            f"sweep {cfg.name}: {len(variants)} variants, {len(summary.skipped)} already finished, "
+            f"sweep {cfg.name}: {plural(len(variants), 'variant')}, {len(summary.skipped)} already finished, "
             + (f"{len(summary.held)} held by another live sweep, " if summary.held else "")
             + f"{len(todo)} to train; store {store_url}; MLflow {tracker.uri}"
         )
         for n, (rid, who) in enumerate(summary.held.items()):
             if n == 10:
-                console.info(f"  ... and {len(summary.held) - 10} more held runs")
+                console.info(f"  ... and {plural(len(summary.held) - 10, 'more held run')}")
                 break
             console.info(f"  held: {rid}: being trained by {who}")
         for rid in summary.skipped:  # finished earlier but perhaps never registered
@@ -214,7 +240,7 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     for rid in run_ids:
         run = store.open_run(rid)
         if run.status == "diverged" and run.n_snapshots < need:
-            console.info(f"run {rid}: diverged after {run.n_snapshots} snapshot(s), too few to analyse "
+            console.info(f"run {rid}: diverged after {plural(run.n_snapshots, 'snapshot')}, too few to analyse "
                          f"(need {need})")
         else:
             keep.append(rid)
@@ -249,9 +275,10 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                     v.model_dump(mode="json"), store.url
                 )
                 pending[ref] = v
-            progress.update(running=len(pending))
+            started = _started(ray, pending)
+            progress.update(running=started, queued=len(pending) - started)
             _test_interrupt(summary)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
                 v = pending.pop(ref)
                 try:
@@ -261,7 +288,9 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 _record(res, store, tracker, summary)
                 if leases is not None:
                     leases.release(v.run_id)
-                progress.update(done=len(summary.trained), failed=len(summary.failed), running=len(pending))
+                started = _started(ray, pending)
+                progress.update(done=len(summary.trained), failed=len(summary.failed), running=started,
+                                queued=len(pending) - started)
         progress.close()
     except KeyboardInterrupt:
         progress.close()
@@ -269,12 +298,31 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             ray.cancel(ref, force=True)
         ray.shutdown()
         raise Interrupted(
-            f"sweep {summary.sweep} interrupted: {len(summary.trained)} runs finished this time; "
+            f"sweep {summary.sweep} interrupted: {plural(len(summary.trained), 'run')} finished this time; "
             "run the same command again to train only the missing variants"
         ) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _started(ray, pending: dict) -> int:
+    """How many of the in-flight tasks Ray has started (the rest wait in its queue for
+    resources): the CPUs (GPUs) the cluster has in use, counted in tasks, as Ray reports
+    them; a task holds its ``num_cpus``/``num_gpus`` from its start to its end. Never
+    more than are in flight (on a cluster shared with other jobs their use counts too)."""
+    if not pending:
+        return 0
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    except Exception:  # noqa: BLE001 - a progress count never fails the sweep
+        return len(pending)
+    counts = []
+    for kind, need in (("CPU", min(v.resources.num_cpus for v in pending.values())),
+                       ("GPU", min(v.resources.num_gpus for v in pending.values()))):
+        if need > 0 and total.get(kind):
+            counts.append(int((total[kind] - free.get(kind, 0.0)) / need + 1e-6))
+    return min([len(pending), *counts])
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:

@@ -22,3 +22,12 @@ class StoreError(KMAError):
 
 class RunNotFound(StoreError):
     """No run with that id in the store."""
+
+
+def plural(n, word: str, many: str | None = None, *, count: bool = True, fmt: str = "") -> str:
+    """``"1 run"``, ``"2 runs"``, ``"1 spectrum"`` (``many="spectra"``): the one wording
+    helper for counts in user-facing messages (here so that every package, the engine
+    included, can use it). ``count=False`` gives the word alone; ``fmt`` formats the
+    number (``","``: ``"10,000 variants"``)."""
+    word = word if n == 1 else (many or word + "s")
+    return f"{n:{fmt}} {word}" if count else word

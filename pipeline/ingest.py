@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.layout import Layout
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore
@@ -119,7 +119,7 @@ def _check_values(layout: Layout, state, path: Path, index: int, dtype: str) -> 
         t = state[e.name]
         if not torch.isfinite(t).all():
             n = int((~torch.isfinite(t)).sum())
-            raise KMAError(f"{path}: snapshot {index}: key {e.name!r} has {n} NaN or infinite value(s)")
+            raise KMAError(f"{path}: snapshot {index}: key {e.name!r} has {plural(n, 'NaN or infinite value')}")
         if t.dtype == torch.float64 and not torch.isfinite(t.float()).all():
             raise KMAError(f"{path}: snapshot {index}: key {e.name!r} overflows float32")
         if dtype == "float16" and t.numel():

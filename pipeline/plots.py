@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import plural
 from .spectra import RunSpectra
 
 LIM = 1.5  # unit-circle panels show [-LIM, LIM]² in Re λ, Im λ
@@ -156,7 +157,7 @@ def _span(spectra: RunSpectra) -> str:
         return "no windows"
     first, last = int(spectra.end.min()), int(spectra.end.max())
     ends = f"ending at epoch {first}" if first == last else f"ending at epochs {first}–{last}"
-    return f"{n} window{'s' if n != 1 else ''} {ends}"
+    return f"{plural(n, 'window')} {ends}"
 
 
 def spectrum_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS):
@@ -311,7 +312,7 @@ def group_spectrum_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer
             a, b, c = _scatter_spectrum(ax, sp, layer, cmap)
             n_ok, n_all, n_out = n_ok + a, n_all + b, n_out + c
         runs = len(groups[g])
-        _circle_axes(ax, f"{by}={g} ({runs} run{'s' if runs != 1 else ''})\n{n_ok} of {n_all} certified"
+        _circle_axes(ax, f"{by}={g} ({plural(runs, 'run')})\n{n_ok} of {n_all} certified"
                      + (f", {n_out} beyond" if n_out else ""))
     _time_colorbar(fig, axes, cmap)
     crit = next((sp.criterion for sps in groups.values() for sp in sps if sp.criterion), "")

@@ -20,7 +20,7 @@ import yaml
 
 from .config import Variant, flatten_dict
 from .console import Console
-from .errors import KMAError
+from .errors import KMAError, plural
 from .storage.runids import shown
 from .storage.store import FINISHED, TrajectoryStore
 from .tracking.tracker import Tracker, tracking_uri_for
@@ -57,11 +57,22 @@ def training_times(run) -> tuple[int | None, int | None]:
     """(start, end) of the run's training in Unix milliseconds, from the store: the
     runner's ``t_start``/``t_end``, else the ``created``/``finished`` (or ``updated``)
     timestamps; None where neither exists."""
+    return _times(run.attrs, ("t_start", "created"), ("t_end", "finished", "updated"))
+
+
+def analysis_times(info: dict) -> tuple[int | None, int | None]:
+    """(start, end) of a stored analysis in Unix milliseconds, from its metadata
+    (:meth:`Run.analysis_info`): ``t_start`` (when the analysis began) and ``t_end``
+    (when it was completely written), else ``created``; None where neither exists."""
+    return _times(info, ("t_start", "created"), ("t_end",))
+
+
+def _times(attrs: dict, start_keys, end_keys) -> tuple[int | None, int | None]:
     import datetime as dt
 
     def ms(*keys):
         for key in keys:
-            v = run.attrs.get(key)
+            v = attrs.get(key)
             if isinstance(v, (int, float)):
                 return int(v * 1000)
             if isinstance(v, str):
@@ -71,7 +82,7 @@ def training_times(run) -> tuple[int | None, int | None]:
                     continue
         return None
 
-    start, end = ms("t_start", "created"), ms("t_end", "finished", "updated")
+    start, end = ms(*start_keys), ms(*end_keys)
     if start is not None and end is not None and end < start:
         end = start
     return start, end
@@ -123,11 +134,13 @@ def analysis_figures(run, results, analysis_id: str, residual_tol: float, out: P
 
 
 def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, results, figs: list[Path], *,
-                      n_snapshots: int, store: str | None = None, replace: bool = True) -> str:
+                      n_snapshots: int, store: str | None = None, replace: bool = True,
+                      times: tuple[int | None, int | None] = (None, None)) -> str:
     """Register one analysis of ``run`` as a child of its training record: the analysis
     parameters (``analysis.<name>``) beside the variant's own params and tags (so analyses
     group and filter by depth, init, ...), spectral summaries per window with ``step`` =
-    the epoch of the window's end, and the figures."""
+    the epoch of the window's end, and the figures. ``times``: the analysis' (start,
+    end) in Unix ms (:func:`analysis_times`), the record's start and end time."""
     from .spectra import RunSpectra, window_metrics
 
     experiment, variant_params = _experiment_and_params(run)
@@ -146,6 +159,8 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
         store=store,
         replace=replace,
         run_name=f"{short_name(run)}/{analysis_id}",
+        start_ms=times[0],
+        end_ms=times[1],
     )
 
 
@@ -167,7 +182,8 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
         figs = analysis_figures(run, results, analysis_id, residual_tol, Path(tmp))
         register_analysis(tracker, run, analysis_id, key, results, figs,
-                          n_snapshots=info.get("n_snapshots"), store=store.location, replace=False)
+                          n_snapshots=info.get("n_snapshots"), store=store.location, replace=False,
+                          times=analysis_times(info))
     return True
 
 
@@ -186,7 +202,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
     tracker = Tracker(tracking_uri_for(tracking_uri, store))
     report = SyncReport()
     infos = store.runs()
-    console.info(f"sync {store_url} → MLflow {tracker.uri}: {len(infos)} run(s) in the store")
+    console.info(f"sync {store_url} → MLflow {tracker.uri}: {plural(len(infos), 'run')} in the store")
     for info in infos:
         rid = info.run_id
         if info.status not in REGISTERED:
@@ -212,7 +228,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
         if why not in ("running", "interrupted"):
             console.error(f"  not registered: {shown(rid)}: {why}")
     console.info(
-        f"sync: {len(report.runs)} run(s) and {len(report.analyses)} analysis record(s) written, "
+        f"sync: {plural(len(report.runs), 'run')} and {plural(len(report.analyses), 'analysis record')} written, "
         f"{report.unchanged} already complete, {len(report.skipped)} not registrable"
         + (f" ({sum(1 for w in report.skipped.values() if w in ('running', 'interrupted'))} unfinished)"
            if report.skipped else "")

@@ -342,4 +342,4 @@ def test_missing_chunk_is_an_error(tmp_path):
     err = io.StringIO()
     report = analyze_runs(store, ["deleted"], AnalysisParams(window=20), console=Console(stream=err))
     assert report["deleted"] is not None and "run deleted" in report["deleted"], err.getvalue()
-    assert "chunk(s) of its weights are missing" in report["deleted"]
+    assert "chunk of its weights is missing" in report["deleted"]  # one chunk deleted

@@ -29,6 +29,29 @@ def _training_runs(uri, experiment):
     return client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'training'") if exp else []
 
 
+def _clean_log(r, total):
+    """What a sweep writes without a terminal: plain lines only (no escape sequence, no
+    Ray or library warning such as Ray's token-authentication notice); progress lines
+    that never count more runs as running than Ray has CPUs (the rest are queued), and
+    the final progress line once."""
+    import re
+
+    for text in (r.stdout, r.stderr):
+        assert "\x1b" not in text and "\r" not in text, repr(text[-500:])
+    assert "WARNING" not in r.stderr and "Token authentication" not in r.stderr, r.stderr
+    progress = [ln for ln in r.stderr.splitlines() if ln.startswith("[tiny] ")]
+    assert progress, r.stderr
+    for line in progress:
+        m = re.match(r"\[tiny\] (\d+)/(\d+) finished: (\d+) done, (\d+) running, (\d+) queued, "
+                     r"(\d+) failed \(\d+s\)$", line)
+        assert m, line
+        fin, tot, done, running, queued, failed = map(int, m.groups())
+        assert tot == total and fin == done + failed and done + running + queued + failed == total, line
+        assert running <= (os.cpu_count() or 1), line  # one CPU per variant
+    assert progress[-1].startswith(f"[tiny] {total}/{total} finished")
+    assert sum(ln.startswith(f"[tiny] {total}/{total}") for ln in progress) == 1, progress
+
+
 def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env):
     cfg = tiny_config(seeds=[0, 1], analysis={"enabled": True, "window": 6, "stride": 3})
     store, uri = tmp_path / "store", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -45,6 +68,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     assert r.returncode == 0, r.stderr
     assert "4 to train" in r.stderr and "finished: 4 done" in r.stderr
     assert "held" not in r.stderr
+    _clean_log(r, total=4)
     assert not list((store / "leases").iterdir())  # every claim released after its run was recorded
 
     st = TrajectoryStore(str(store))
@@ -100,7 +124,7 @@ def test_interrupted_sweep_completes_only_missing(tiny_config, tmp_path, kma_env
         capture_output=True, text=True, env={**kma_env, "KMA_TEST_INTERRUPT_AFTER": "1"}, timeout=300,
     )
     assert r.returncode == 130, r.stderr
-    assert "interrupted: 1 runs finished this time" in r.stderr, r.stderr
+    assert "interrupted: 1 run finished this time" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
     st = TrajectoryStore(str(store))

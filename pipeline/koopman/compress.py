@@ -41,6 +41,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import passes
+from ..errors import plural
 from .core import choose_rank, dtype_roundoff, noise_cut
 from .factor import (Factor, KoopmanInputError, as_trajectory, factor_from_r, gram_to_factor,
                      raise_non_finite, resolves, validate_groups)
@@ -162,7 +163,7 @@ def _check_gram_finite(grams, groups):
         detail = "first snapshot"
     else:
         snaps = np.flatnonzero(~np.isfinite(diag))
-        detail = "snapshot(s) " + ", ".join(str(s) for s in snaps[:10])
+        detail = plural(snaps.size, "snapshot", count=False) + " " + ", ".join(str(s) for s in snaps[:10])
         detail += " ..." if snaps.size > 10 else ""
     raise_non_finite([groups[g][0] for g in bad], detail)
 

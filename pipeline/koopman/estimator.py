@@ -162,7 +162,7 @@ class KoopmanDMD:
             return [Randomized(self.rank, self.oversample, self.n_power_iter, self.seed)]
         raise KoopmanInputError(f"unknown method {self.method!r}; known: ['qr', 'randomized']")
 
-    def fit(self, Y, groups=None):
+    def fit(self, Y, groups=None, progress=None):
         """Compress ``Y`` once and analyse every window of every requested layer.
 
         Parameters
@@ -173,6 +173,10 @@ class KoopmanDMD:
         groups : list of (str, int, int), optional
             Layers as contiguous column ranges covering ``[0, P)`` (default: the
             trajectory's own ``groups``, else one group ``"all"``).
+        progress : callable(done, total), optional
+            Called with ``done = 0`` before the small per-window problems (one per layer
+            and window, ``total`` of them) and after each, so a caller can show progress
+            of a long fit; it must not raise.
 
         Returns
         -------
@@ -194,7 +198,7 @@ class KoopmanDMD:
             comp = strategy.compress(Y, groups, windows, per_group=self.per_layer,
                                      scheduler=self.scheduler)
             check = strategy.resolution_limited and i + 1 < len(strategies)
-            results = self._all_windows(comp.windows, names, windows, u, check=check)
+            results = self._all_windows(comp.windows, names, windows, u, check=check, progress=progress)
             if results is not None:
                 break
             log.info("a window keeps singular values the %s factor cannot resolve; "
@@ -213,14 +217,19 @@ class KoopmanDMD:
         self.n_snapshots_, self.n_parameters_ = T, P
         return self
 
-    def _all_windows(self, wfs, names, windows, u, check):
+    def _all_windows(self, wfs, names, windows, u, check, progress=None):
         """WindowResults of every layer and window, or None (``check``) when a factor
         cannot resolve a singular value its window's cut keeps."""
         results = []
+        total = len(names) * len(windows)
+        if progress is not None:
+            progress(0, total)
         # many tiny (k × W) problems: threaded BLAS only adds overhead to them
         with threadpool_limits(limits=1, user_api="blas"):
             for name in names:
                 for a, b in windows:
+                    if progress is not None and results:
+                        progress(len(results), total)
                     f = wfs[name][(a, b)]
                     r = self._window_dmd(f, a, b, u)
                     if check and r.rank and not resolves(f, r.singular_values[r.rank - 1], scale=self.scale):
@@ -229,6 +238,8 @@ class KoopmanDMD:
                         name, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
                         r.singular_values, r.rank, r.residual_floors, r.conditions,
                         r.unit_circle, r.informative, r.rank_requested))
+        if progress is not None:
+            progress(total, total)
         return results
 
     def _window_dmd(self, factor, a, b, u=None):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import dask.array as da
 import numpy as np
 
-from ..errors import KMAError
+from ..errors import KMAError, plural
 from .core import numerical_rank
 from .source import Trajectory
 
@@ -185,7 +185,7 @@ def validate_groups(groups, P):
         out.append((name, start, stop))
         expected = stop
     if expected != P:
-        raise KoopmanInputError(f"groups cover [0, {expected}) but the trajectory has {P} parameters")
+        raise KoopmanInputError(f"groups cover [0, {expected}) but the trajectory has {plural(P, 'parameter')}")
     if "all" in names and len(out) > 1:
         raise KoopmanInputError("group name 'all' is reserved for the whole network")
     return out
@@ -193,5 +193,5 @@ def validate_groups(groups, P):
 
 def raise_non_finite(names, detail=""):
     raise KoopmanInputError(
-        "trajectory contains NaN or inf values in layer(s) "
+        f"trajectory contains NaN or inf values in {plural(len(names), 'layer', count=False)} "
         + ", ".join(repr(n) for n in names) + (f" ({detail})" if detail else ""))

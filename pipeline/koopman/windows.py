@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import passes
+from ..errors import plural
 from .factor import Factor, gram_to_factor, raise_non_finite
 
 __all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resolution",
@@ -80,20 +81,20 @@ def plan_windows(T: int, window=None, stride=None) -> list[tuple[int, int]]:
     T = int(T)
     if window is None or window == "all":
         if T < 2:
-            raise ValueError(f"a trajectory of {T} snapshot(s) has no window (need >= 2)")
+            raise ValueError(f"a trajectory of {plural(T, 'snapshot')} has no window (need >= 2)")
         return [(0, T)]
     if window == "auto":
         if stride is not None:
             raise ValueError("stride needs an explicit window (the automatic rule picks both)")
         if T < 2:
-            raise ValueError(f"a trajectory of {T} snapshot(s) has no window (need >= 2)")
+            raise ValueError(f"a trajectory of {plural(T, 'snapshot')} has no window (need >= 2)")
         window, stride = auto_window(T)
     if (isinstance(window, bool) or not isinstance(window, (int, np.integer, float))
             or int(window) != window or window < 2):
         raise ValueError(f"window must be an integer >= 2, 'auto' or 'all', got {window!r}")
     W = int(window)
     if W > T:
-        raise ValueError(f"window={W} is longer than the trajectory ({T} snapshots)")
+        raise ValueError(f"window={W} is longer than the trajectory ({plural(T, 'snapshot')})")
     S = W if stride is None else stride
     if (isinstance(S, bool) or not isinstance(S, (int, np.integer, float))
             or int(S) != S or S < 1):

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plural
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Layout:
         unknown = [name for name in layers if name not in known]
         if unknown:
             raise ConfigError(
-                f"unknown layer(s) {', '.join(unknown)}; known layers: {', '.join(known)}"
+                f"unknown {plural(len(unknown), 'layer', count=False)} {', '.join(unknown)}; known layers: {', '.join(known)}"
             )
         wanted = set(layers)
         return Layout.from_named_shapes(

@@ -30,6 +30,7 @@ import logging
 import queue
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,8 @@ class Run:
                        *, modes: dict | None = None, attrs: dict | None = None) -> None:
         """Write an analysis whole, replacing one of the same id: status ``writing``
         first, ``complete`` last. ``modes``: ``{layer: complex dask array (k × P)}``
-        stored as float32 real and imaginary parts. If any write fails, the
+        stored as float32 real and imaginary parts; ``t_end`` (Unix seconds) records when
+        it was completely written (a caller records ``t_start`` in ``attrs``). If any write fails, the
         half-written analysis is removed (best effort; if that fails too its status
         stays ``writing``, which :meth:`list_analyses` never lists) and the error is
         raised again."""
@@ -286,7 +288,7 @@ class Run:
                     da.to_zarr(values.astype(np.float32), mg.create_array(
                         f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
             g.attrs.update({**(attrs or {}), "status": "complete", "layers": list(layers),
-                            "modes_layers": list(modes or {})})
+                            "modes_layers": list(modes or {}), "t_end": time.time()})
         except Exception:
             self.delete_analysis(analysis_id, quiet=True)
             raise

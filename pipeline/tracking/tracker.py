@@ -224,12 +224,15 @@ class Tracker:
         store: str | None = None,
         replace: bool = True,
         run_name: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
     ) -> str:
         """Log an analysis as a child of the run's training record. A previous record of
         the same analysis id (same store) is replaced, or with ``replace=False`` kept if
         it was completely written (half-written ones are always replaced). ``metrics``
         are ``{name: [(step, value), ...]}``; ``run_name`` defaults to
-        ``<run id>/<analysis id>``."""
+        ``<run id>/<analysis id>``; ``start_ms``/``end_ms`` (Unix ms) the analysis' own
+        start and end (default: the registration's)."""
         tags = dict(tags or {})
         store = store or tags.get(TAG_STORE) or _store_of(tags.get(TAG_URI, ""), run_id)
         olds = self.find(experiment, run_id, analysis_id, store=store)
@@ -245,14 +248,15 @@ class Tracker:
         if parent:
             all_tags["mlflow.parentRunId"] = parent[-1].info.run_id
         run = self.client.create_run(
-            self.experiment_id(experiment), run_name=run_name or f"{run_id}/{analysis_id}", tags=all_tags
+            self.experiment_id(experiment), run_name=run_name or f"{run_id}/{analysis_id}", tags=all_tags,
+            start_time=start_ms,
         )
         rid = run.info.run_id
         self.log_params(rid, params)
         self.log_metrics(rid, ((k, v, step) for k, series in metrics.items() for step, v in series))
         for path in artifacts:
             self.client.log_artifact(rid, str(path))
-        self.client.set_terminated(rid, "FINISHED")
+        self.client.set_terminated(rid, "FINISHED", end_time=end_ms)
         return rid
 
     # -- helpers -----------------------------------------------------------------------

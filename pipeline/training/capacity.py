@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..errors import KMAError
+from ..errors import KMAError, plural
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,15 @@ def check_fits(variants, sizes: dict[str, tuple[int, int]], machines: list[Machi
     for v in variants:
         r = v.resources
         if r.num_cpus > max_cpus:
-            raise KMAError(f"{source}: resources.num_cpus: {r.num_cpus:g} CPUs per variant, but "
+            raise KMAError(f"{source}: resources.num_cpus: {plural(r.num_cpus, 'CPU', fmt='g')} per variant, but "
                            f"{has} {max_cpus:g} ({hint})")
         if r.num_gpus and max_gpus and r.num_gpus > max_gpus:
-            raise KMAError(f"{source}: resources.num_gpus: {r.num_gpus:g} GPUs per variant, but "
+            raise KMAError(f"{source}: resources.num_gpus: {plural(r.num_gpus, 'GPU', fmt='g')} per variant, but "
                            f"{has} {max_gpus:g} ({hint})")
         if not any(m.cpus >= r.num_cpus and (not r.num_gpus or not max_gpus or m.gpus >= r.num_gpus)
                    for m in machines):
-            raise KMAError(f"{source}: resources: no machine of {where} has both {r.num_cpus:g} CPUs "
-                           f"and {r.num_gpus:g} GPUs ({hint})")
+            raise KMAError(f"{source}: resources: no machine of {where} has both {plural(r.num_cpus, 'CPU', fmt='g')} "
+                           f"and {plural(r.num_gpus, 'GPU', fmt='g')} ({hint})")
         if max_mem:
             need = train_bytes(v, *sizes[v.run_id])
             if need > max_mem:

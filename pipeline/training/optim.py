@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plural
 from .registry import lookup
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -47,7 +47,7 @@ def build_optimizer(name: str, params: Iterable, lr: float, **kw) -> torch.optim
     unknown = sorted(set(kw) - _ALLOWED[name])
     if unknown:
         raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for optimizer {name!r}; "
+            f"unknown {plural(len(unknown), 'parameter', count=False)} {', '.join(unknown)} for optimizer {name!r}; "
             f"accepted: lr, {', '.join(sorted(_ALLOWED[name]))}"
         )
     if not lr > 0:

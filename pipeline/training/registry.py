@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plural
 
 
 def lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
@@ -39,7 +39,7 @@ def check_params(fn: Callable, params: Mapping[str, Any], what: str,
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for {what}; "
+            f"unknown {plural(len(unknown), 'parameter', count=False)} {', '.join(unknown)} for {what}; "
             f"accepted: {', '.join(accepted) or '(none)'}"
         )
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plural
 from .registry import check_params, lookup, register
 
 
@@ -147,11 +147,11 @@ def multiscale(
         raise ConfigError("frequencies must not be empty")
     if len(amplitudes) != len(frequencies):
         raise ConfigError(
-            f"amplitudes has {len(amplitudes)} entries but frequencies has {len(frequencies)}"
+            f"amplitudes has {plural(len(amplitudes), 'entry', 'entries')} but frequencies has {len(frequencies)}"
         )
     if len(phases) != len(frequencies):
         raise ConfigError(
-            f"phases has {len(phases)} entries but frequencies has {len(frequencies)}"
+            f"phases has {plural(len(phases), 'entry', 'entries')} but frequencies has {len(frequencies)}"
         )
     if not noise >= 0:
         raise ConfigError(f"noise must be >= 0, got {noise}")

@@ -1,0 +1,189 @@
+"""The console (pipeline/console.py): plain lines without a terminal (no escape sequence,
+the last progress line once), rich bars and tables on one; the one plural helper; the
+progress of a Dask computation and of the per-window problems of a real fit."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+
+from pipeline.console import Console, DaskProgress, table_text
+from pipeline.errors import plural
+
+ESC = "\x1b"
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal (what rich then draws on)."""
+
+    def isatty(self):
+        return True
+
+
+def test_plural():
+    assert plural(1, "run") == "1 run" and plural(0, "run") == "0 runs" and plural(2, "run") == "2 runs"
+    assert plural(1, "spectrum", "spectra") == "1 spectrum" and plural(3, "spectrum", "spectra") == "3 spectra"
+    assert plural(1.0, "CPU", fmt="g") == "1 CPU" and plural(0.5, "GPU", fmt="g") == "0.5 GPUs"
+    assert plural(10_000, "variant", fmt=",") == "10,000 variants"
+    assert plural(1, "layer", count=False) == "layer" and plural(2, "layer", count=False) == "layers"
+
+
+def test_progress_without_a_terminal_is_plain_and_says_the_end_once():
+    err = io.StringIO()
+    c = Console(stream=err)
+    p = c.progress("demo", 4)
+    p.update(running=2, queued=2)
+    p.update(running=2, queued=2)          # nothing finished: no new line
+    p.update(done=1, running=2, queued=1)
+    p.update(done=3, failed=1, running=0, queued=0)
+    p.close()
+    c.info("sweep demo: trained 3, failed 1")
+    lines = err.getvalue().splitlines()
+    assert ESC not in err.getvalue() and "\r" not in err.getvalue()
+    assert [re.sub(r" \(\d+s\)$", "", x) for x in lines] == [
+        "[demo] 0/4 finished: 0 done, 2 running, 2 queued, 0 failed",
+        "[demo] 1/4 finished: 1 done, 2 running, 1 queued, 0 failed",
+        "[demo] 4/4 finished: 3 done, 0 running, 0 queued, 1 failed",
+        "sweep demo: trained 3, failed 1",
+    ]
+
+
+def test_progress_close_prints_the_final_state_if_not_yet_said():
+    err = io.StringIO()
+    c = Console(stream=err)
+    p = c.progress("demo", 2)
+    p.close()  # interrupted before any update
+    assert err.getvalue().splitlines()[0].startswith("[demo] 0/2 finished: 0 done, 0 running, 0 queued")
+    assert len(err.getvalue().splitlines()) == 1
+
+
+def test_quiet_prints_no_progress_but_errors():
+    err = io.StringIO()
+    c = Console(stream=err, quiet=True)
+    with c.progress("demo", 2) as p:
+        p.update(done=2)
+    c.info("summary")
+    c.error("kma: error: bad")
+    assert err.getvalue() == "kma: error: bad\n"
+
+
+def test_on_a_terminal_a_rich_bar_then_clean_lines():
+    term = FakeTerminal()
+    c = Console(stream=term)
+    with c.progress("demo", 2) as p:
+        p.update(done=1, running=1)
+        c.info("a message above the bar")
+        p.update(done=2, running=0)
+    c.info("sweep demo: trained 2")
+    out = term.getvalue()
+    assert ESC in out and "━" in out                  # drawn by rich
+    assert "2/2" in out and "a message above the bar" in out
+    # nothing after the summary: no stray escape sequence once the bar is gone
+    assert out.endswith("sweep demo: trained 2\n"), repr(out[-80:])
+
+
+def test_tables_plain_and_on_a_terminal():
+    rows = [["run-a", "complete", 61, 1234], ["b", "running", 3, 5]]
+    text = table_text(["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS"], rows,
+                      justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
+    assert text.splitlines() == [
+        "RUN    STATUS    SNAPSHOTS  PARAMETERS",
+        "run-a  complete         61        1234",
+        "b      running           3           5",
+    ]
+    out = io.StringIO()
+    Console().table("title line", ["RUN", "STATUS"], [["a", "ok"]], file=out)
+    assert out.getvalue() == "title line\nRUN  STATUS\na    ok\n"
+    term = FakeTerminal()
+    Console().table("title line", ["RUN", "STATUS"], [["a", "ok"]], file=term)
+    assert ESC in term.getvalue() and "title line" in term.getvalue() and "─" in term.getvalue()
+
+
+def test_dask_progress_counts_the_tasks_of_a_real_computation():
+    import dask.array as da
+
+    err = io.StringIO()
+    c = Console(stream=err, interval=0.0)  # every step printed
+    x = da.ones((40, 10), chunks=(10, 10))
+    with c.steps("[1/1] r", 0, "task") as steps, DaskProgress(steps, "[1/1] r: reading"):
+        assert float((x * 2).sum().compute(scheduler="threads")) == 800.0
+    lines = [ln for ln in err.getvalue().splitlines() if ": reading: " in ln]
+    counts = [tuple(map(int, re.search(r"reading: (\d+)/(\d+) tasks", ln).groups())) for ln in lines]
+    total = counts[-1][1]
+    assert total >= 4 and counts[-1][0] == total           # every task of the graph counted
+    assert [d for d, _ in counts] == sorted(d for d, _ in counts)
+
+
+def test_a_long_fit_reports_its_windows(tmp_path):
+    """The per-window problems of a real fit on stored float32 data are reported."""
+    from pipeline.analysis import analyze_runs
+    from pipeline.config import AnalysisParams
+    from pipeline.storage.layout import Layout
+    from pipeline.storage.store import TrajectoryStore
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    rng = np.random.default_rng(0)
+    T = 40
+    A = np.linalg.qr(rng.standard_normal((12, 12)))[0] * 0.97
+    X = np.empty((T, 12))
+    X[0] = rng.standard_normal(12)
+    for t in range(1, T):
+        X[t] = A @ X[t - 1]
+    w = store.create_run("r", Layout.from_named_shapes([("a.weight", (6,)), ("b.weight", (6,))]),
+                         config={}, capacity=T)
+    for row in X.astype(np.float32):
+        w.append(row)
+    w.finish("complete", metrics={})
+    err = io.StringIO()
+    console = Console(stream=err, interval=0.0)
+    report = analyze_runs(store, ["r"], AnalysisParams(window=10, stride=5), console=console)
+    assert report == {"r": None}
+    text = err.getvalue()
+    assert ESC not in text
+    # the plan first: 40 snapshots, windows [0,10) ... [30,40): 7, × (all, a, b)
+    assert "[1/1] r: 40 snapshots, 7 windows × 3 layers" in text
+    counts = [int(m) for m in re.findall(r"\[1/1\] r: windows: (\d+)/21 windows", text)]
+    assert counts and counts[-1] == 21 and counts == sorted(counts)
+    assert text.rstrip().splitlines()[-1].startswith("[1/1] r: 21 spectra (7 windows × 3 layers) in ")
+
+
+@pytest.mark.parametrize("n, word", [(1, "1 spectrum (1 window × 1 layer)")])
+def test_one_window_one_layer_is_said_in_the_singular(tmp_path, n, word):
+    from pipeline.analysis import analyze_runs
+    from pipeline.config import AnalysisParams
+    from pipeline.storage.layout import Layout
+    from pipeline.storage.store import TrajectoryStore
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    w = store.create_run("one", Layout.from_named_shapes([("w", (5,))]), config={}, capacity=8)
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        w.append(rng.standard_normal(5).astype(np.float32))
+    w.finish("complete", metrics={})
+    err = io.StringIO()
+    assert analyze_runs(store, ["one"], AnalysisParams(window="all"), console=Console(stream=err)) == {"one": None}
+    assert "analysis " in err.getvalue() and ": 1 run, method qr" in err.getvalue()
+    assert f"[1/1] one: {word} in " in err.getvalue(), err.getvalue()
+    assert "[1/1] one: 8 snapshots, 1 window × 1 layer" in err.getvalue()
+
+
+def test_a_long_silent_step_still_gets_progress_lines_without_a_terminal():
+    """A step that makes no calls for a while (an MLflow upload): the ticker writes the
+    phase once the console has been silent for ``interval`` s (polled, generous deadline)."""
+    import time
+
+    err = io.StringIO()
+    c = Console(stream=err, interval=0.2)
+    with c.steps("[1/1] r", 0, "task") as steps:
+        steps.relabel("[1/1] r: registering in MLflow", 0)
+        deadline = time.monotonic() + 60
+        while "registering in MLflow (" not in err.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert re.search(r"^\[1/1\] r: registering in MLflow \(\d+s\)$", err.getvalue(), re.M), err.getvalue()
+    n = len(err.getvalue())
+    time.sleep(0.5)
+    assert len(err.getvalue()) == n  # closed: the ticker stopped
+    assert ESC not in err.getvalue()
