@@ -113,10 +113,12 @@ def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
     return out
 
 
-def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None) -> str:
+def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None,
+                  verdict: dict | None = None) -> str:
     """Store the spectra under ``runs/<id>/analyses/<analysis_id>`` (:meth:`Run.write_analysis`:
     status last; a failed write leaves nothing current). Arrays per layer, one row per
-    window, padded with NaN to the largest rank."""
+    window, padded with NaN to the largest rank; the run's ``verdict``
+    (:mod:`pipeline.apps.verdicts`) in the analysis' attributes."""
     by_layer: dict[str, list[WindowResult]] = {}
     for r in est.results_:
         by_layer.setdefault(r.layer, []).append(r)
@@ -136,7 +138,10 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "informative": np.array([bool(r.informative) for r in rows]),
         }
     aid = params.analysis_id
-    run.write_analysis(aid, params.key(), layers, modes=modes, attrs={"n_snapshots": est.n_snapshots_})
+    attrs = {"n_snapshots": est.n_snapshots_}
+    if verdict is not None:
+        attrs["verdict"] = verdict
+    run.write_analysis(aid, params.key(), layers, modes=modes, attrs=attrs)
     return aid
 
 
@@ -243,6 +248,7 @@ def analyze_runs(
     run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
     records: list[dict] = []
+    verdict_rows: list[dict] = []
     aid = params.analysis_id
     console.info(f"analysis {aid}: {len(run_ids)} run(s), method {params.method}"
                  + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
@@ -259,16 +265,19 @@ def analyze_runs(
             if getattr(est, "finite_prefix_", None) is not None:
                 console.info(f"[{n}/{len(run_ids)}] {rid}: diverged; analysed its finite prefix, "
                              f"snapshots 0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
-            _store_results(run, params, est, modes)
+            verdict = _verdict(run, est, params)
+            _store_results(run, params, est, modes, verdict)
             if plots_dir:
-                figs = _figures_to(run, est, params, Path(plots_dir) / rid)
+                figs = _figures_to(run, est, params, Path(plots_dir) / rid, verdict)
                 if tracker is not None:
-                    _register(tracker, run, params, est, figs)
+                    _register(tracker, run, params, est, figs, verdict)
             elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
                 with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
-                    _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
+                    _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp), verdict),
+                              verdict)
             records += result_records(rid, aid, est.results_, params.residual_tol,
                                       getattr(est, "finite_prefix_", None))
+            verdict_rows.append(verdict)
             report[rid] = None
             console.info(
                 f"[{n}/{len(run_ids)}] {rid}: {len(est.results_)} spectra "
@@ -281,28 +290,35 @@ def analyze_runs(
             console.error(f"kma: error: {msg}")
     if json_path:
         try:
-            _write_json(json_path, records, report)
+            _write_json(json_path, records, report, verdict_rows)
         except KMAError as e:
             e.exit_code = 1  # the analyses themselves are stored
             raise
     return report
 
 
-def _store_results(run: Run, params: AnalysisParams, est, modes) -> None:
+def _verdict(run: Run, est, params: AnalysisParams) -> dict:
+    """The run's verdict (:mod:`pipeline.apps.verdicts`): convergence, bad_init, evidence."""
+    from .apps import verdicts
+
+    return verdicts.for_estimator(run, est, params.residual_tol)
+
+
+def _store_results(run: Run, params: AnalysisParams, est, modes, verdict=None) -> None:
     """:func:`write_results`, with a write error as one line naming the run; the
     half-written analysis is removed by :meth:`Run.write_analysis` (best effort; if that
     fails too, its status stays ``writing`` and :func:`list_analyses` never takes it
     for a current one)."""
     try:
-        write_results(run, params, est, modes)   # removes what it half-wrote, then raises
+        write_results(run, params, est, modes, verdict)   # removes what it half-wrote, then raises
     except _write_errors() as e:
         raise KMAError(f"run {run.run_id}: cannot write its analysis into the store "
                        f"({_cause(e)}); nothing of it is kept") from None
 
 
-def _figures_to(run: Run, est, params: AnalysisParams, out: Path) -> list[Path]:
+def _figures_to(run: Run, est, params: AnalysisParams, out: Path, verdict=None) -> list[Path]:
     try:
-        return _figures(run, est, params, out)
+        return _figures(run, est, params, out, verdict)
     except OSError as e:
         raise KMAError(f"run {run.run_id}: cannot write its figures to {out} ({_cause(e)})") from None
 
@@ -366,21 +382,24 @@ def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 
-def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path) -> list[Path]:
+def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path, verdict=None) -> list[Path]:
     from .sync import analysis_figures
 
-    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out)
+    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out,
+                            verdict=verdict)
 
 
-def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
+def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path],
+              verdict=None) -> None:
     from .sync import register_analysis
 
     register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
-                      n_snapshots=est.n_snapshots_, store=run.store.location)
+                      n_snapshots=est.n_snapshots_, store=run.store.location, verdict=verdict)
 
 
-def _write_json(path: str, records: list[dict], report: dict) -> None:
+def _write_json(path: str, records: list[dict], report: dict, verdicts: list[dict] | None = None) -> None:
     from .outputs import write_text_atomic
 
-    payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e]}
+    payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e],
+               "verdicts": list(verdicts or [])}
     write_text_atomic(path, json.dumps(payload), "--json")

@@ -219,10 +219,12 @@ def cmd_runs(args, console) -> int:
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
     w = max(len("RUN"), *(len(i) for i in ids))
-    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} ANALYSES")
-    for i, r in zip(ids, runs):
+    verdict_cells = [_verdict_cells(store, r.run_id) for r in runs]
+    print(f"{'RUN':<{w}}  {'STATUS':<11} {'SNAPSHOTS':>9} {'PARAMETERS':>11}  {'UPDATED':<25} "
+          f"{'CONVERGED':<14} {'BAD_INIT':<8} ANALYSES")
+    for i, r, (conv, bad) in zip(ids, runs, verdict_cells):
         print(f"{i:<{w}}  {r.status:<11} {r.n_snapshots:>9} {r.n_parameters:>11}  "
-              f"{r.updated or '':<25} {_analyses_cell(store, r.run_id)}")
+              f"{r.updated or '':<25} {conv:<14} {bad:<8} {_analyses_cell(store, r.run_id)}")
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     return 0
@@ -233,9 +235,29 @@ def _analyses_json(store, run_id) -> dict:
 
     try:
         run = store.open_run(run_id)
-        return {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
+        out = {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
     except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
         return {}
+    try:  # the verdict stored with the most recent current analysis (issue 11)
+        from .apps import verdicts
+
+        aid, v = verdicts.latest(run)
+        out["verdict"] = {**verdicts.summary(v), "analysis_id": aid} if v else None
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        out["verdict"] = None
+    return out
+
+
+def _verdict_cells(store, run_id) -> tuple[str, str]:
+    """CONVERGED and BAD_INIT cells of ``kma runs``: from the verdict stored with the
+    run's most recent current analysis (``-``: none stored)."""
+    from .apps import verdicts
+
+    try:
+        _, v = verdicts.latest(store.open_run(run_id))
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return "?", "?"
+    return verdicts.cell(v), verdicts.bad_init_cell(v)
 
 
 def _analyses_cell(store, run_id) -> str:
