@@ -96,7 +96,7 @@ def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
     metrics = run.metrics
     stop = run.attrs.get("stop")
     if isinstance(stop, dict):   # spectral stopping (sweep option stop:): where and why
-        extra.update({f"kma.stop.{k}": str(v) for k, v in stop.items() if not isinstance(v, (list, dict))})
+        extra.update({f"kma.stop.{k}": str(v) for k, v in stop.items() if v is not None and not isinstance(v, (list, dict))})
         metrics = {**metrics, **{f"stop_{k}": [v] for k in ("snapshot", "epoch")
                                  if isinstance(v := stop.get(k), (int, float))}}
     start, end = training_times(run)
