@@ -131,8 +131,8 @@ def group_figure(groups: dict[str, list[tuple[str, dict]]], *, by: str = "", ana
         bad = [v.get("bad_init") for _, v in runs]
         bad_txt = "not assessed" if all(b is None for b in bad) else f"{sum(bool(b) for b in bad)}/{len(bad)}"
         ax_d.set_title(f"{by} = {g}\nconverged {conv}/{len(runs)} · bad init {bad_txt}", fontsize=10)
-        if runs:
-            ax_d.legend(fontsize=6, loc="lower left", framealpha=0.7)
+        if ax_d.get_legend_handles_labels()[0]:
+            ax_d.legend(fontsize=6, loc="best", framealpha=0.7)
     fig.suptitle(f"convergence verdicts by {by} · {analysis_id}", fontsize=10)
     fig.tight_layout()
     return fig
