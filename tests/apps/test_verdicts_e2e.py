@@ -121,3 +121,68 @@ def test_json_verdicts_on_an_ingested_run_of_12_snapshots(tmp_path, capsys):
     assert cli.main(["runs", "--store", store]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ext")][0]
     assert "8 (ep" in row
+
+
+def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
+    """kma sync registers the training runs (with the stop point) and their analyses
+    (with the stored verdict as tags and metrics), read from the store."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.sync import sync_store
+
+    store = str(tmp_path / "store")
+    v = _variants(tmp_path, init="kaiming", stop={"window": 8, "every": 2})[0]
+    assert run_variant(v, store)["status"] == "complete"
+    assert all(e is None for e in analyze_store(store, None, AnalysisParams()).values())
+    stored = TrajectoryStore(store).open_run(v.run_id)
+    (aid,) = stored.list_analyses()
+    verdict = stored.analysis_info(aid)["verdict"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sync_store(store, uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("verd")
+    runs = {r.data.tags["kma.kind"]: r for r in client.search_runs([exp.experiment_id])}
+    train, ana = runs["training"], runs["analysis"]
+    stop = stored.attrs["stop"]
+    assert train.data.tags["kma.stop.reason"] == "converged"
+    assert train.data.tags["kma.stop.snapshot"] == str(stop["snapshot"])
+    assert train.data.metrics["stop_epoch"] == stop["epoch"]
+    assert ana.data.tags["kma.converged"] == ("yes" if verdict["converged_at"] is not None else "no")
+    assert ana.data.tags["kma.bad_init"] == "not assessed"
+    assert ana.data.metrics["verdict/converged"] == float(verdict["converged_at"] is not None)
+    if verdict["converged_at"] is not None:
+        assert ana.data.metrics["verdict/converged_at"] == verdict["converged_at"]
+    arts = {a.path for a in client.list_artifacts(ana.info.run_id)}
+    assert "convergence.png" in arts
+
+
+def test_ingested_checkpoints_of_foreign_training_code(tmp_path):
+    """Runs trained by plain PyTorch (no KMA: full-batch SGD on a least-squares problem),
+    saved as state_dicts and ingested: at lr 0.3 every mode contracts (per-step factors
+    1 − 2·lr·s², s the column scales) and the run gets a converged_at; at lr 1.05 the
+    largest factor is −1.1 — a growing oscillation, finite over 40 snapshots — and gets
+    none."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g) * torch.tensor([1.0, 0.7, 0.5, 0.3])
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.5
+    store = str(tmp_path / "store")
+    for name, lr in (("good", 0.3), ("wild", 1.05)):
+        torch.manual_seed(1)
+        net = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+        files = []
+        for epoch in range(40):
+            if epoch:
+                for _ in range(5):
+                    opt.zero_grad()
+                    torch.nn.functional.mse_loss(net(x), y).backward()
+                    opt.step()
+            f = tmp_path / f"{name}_{epoch:03d}.pt"
+            torch.save({k: t.clone() for k, t in net.state_dict().items()}, f)
+            files.append(str(f))
+        assert cli.main(["ingest", *files, "--store", store, "--run-id", name]) == 0
+    out = tmp_path / "v.json"
+    assert cli.main(["analyze", "--store", store, "--json", str(out), "--no-mlflow"]) == 0
+    v = {r["run_id"]: r for r in json.loads(out.read_text())["verdicts"]}
+    assert v["good"]["converged_at"] is not None, v["good"]["reason"]
+    assert v["wild"]["converged_at"] is None and "growing" in v["wild"]["reason"]
