@@ -60,6 +60,12 @@ def _draw(ax_d, ax_m, verdict: dict, color, label=None, mark=True):
                              linewidths=0.9, label=label if face is color else None)
                 ax_m.scatter(p[sel, 0], np.clip(p[sel, 2], *MODULUS_RANGE), s=size[sel], facecolors=face,
                              edgecolors=color, linewidths=0.9)
+        grow = p[:, 2] > 1 + delta     # certified growing pairs: a red ring
+        if grow.any():
+            ax_d.scatter(p[grow, 0], p[grow, 1], s=size[grow] + 60, facecolors="none", edgecolors="red",
+                         linewidths=1.2)
+            ax_m.scatter(p[grow, 0], np.clip(p[grow, 2], *MODULUS_RANGE), s=size[grow] + 60,
+                         facecolors="none", edgecolors="red", linewidths=1.2)
     checks = verdict.get("window_checks") or []
     epochs = verdict.get("window_epochs") or [c[1] - 1 for c in checks]
     empty = [ep for ep, cert in zip(epochs, verdict.get("certified") or []) if not cert]
@@ -101,7 +107,7 @@ def run_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
     fig.text(0.01, 0.005, f"{analysis_id} · criterion: certified |λ−1| ≤ {crit.get('delta')} carry ≥ "
              f"{crit.get('share')} of the amplitude, no certified |λ| > 1+δ, {crit.get('k')} consecutive "
              f"windows\nfilled: the window holds · area ∝ amplitude share · x: no certified pair "
-             f"· vertical line: converged at", fontsize=7, color="0.3")
+             f"· red ring: growing, |λ| > 1+δ · vertical line: converged at", fontsize=7, color="0.3")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
