@@ -87,6 +87,8 @@ def for_stored(run, results, residual_tol: float) -> dict:
                        run.status, residual_tol)
     out = build_verdict(ctx)
     out["spectra_source"] = "stored spectra (analysis made before verdicts)"
+    if isinstance(out.get("criterion"), dict):
+        out["criterion"] = {**out["criterion"], "cut": "the analysis' own"}
     return out
 
 
