@@ -144,12 +144,13 @@ def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
 
 
 def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None,
-                  t_start: float | None = None) -> str:
+                  t_start: float | None = None, verdict: dict | None = None) -> str:
     """Store the spectra under ``runs/<id>/analyses/<analysis_id>`` (:meth:`Run.write_analysis`:
     status last; a failed write leaves nothing current). Arrays per layer, one row per
     window, padded with NaN to the largest rank. ``t_start`` (Unix seconds, when the
     analysis began) is kept with it; the store adds ``t_end`` when the write completes,
-    so the MLflow record shows the analysis' real start and end."""
+    so the MLflow record shows the analysis' real start and end. The run's ``verdict``
+    (:mod:`pipeline.apps.verdicts`) goes in the analysis' attributes."""
     by_layer: dict[str, list[WindowResult]] = {}
     for r in est.results_:
         by_layer.setdefault(r.layer, []).append(r)
@@ -172,6 +173,8 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
     attrs = {"n_snapshots": est.n_snapshots_}
     if t_start is not None:
         attrs["t_start"] = float(t_start)
+    if verdict is not None:
+        attrs["verdict"] = verdict
     run.write_analysis(aid, params.key(), layers, modes=modes, attrs=attrs)
     return aid
 
@@ -279,6 +282,7 @@ def analyze_runs(
     run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
     records: list[dict] = []
+    verdict_rows: list[dict] = []
     aid = params.analysis_id
     console.info(f"analysis {aid}: {plural(len(run_ids), 'run')}, method {params.method}"
                  + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
@@ -297,22 +301,26 @@ def analyze_runs(
                 if getattr(est, "finite_prefix_", None) is not None:
                     console.info(f"{head}: diverged; analysed its finite prefix, snapshots "
                                  f"0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
+                steps.relabel(f"{head}: verdicts", 0)
+                verdict = _verdict(run, est, params)
                 steps.relabel(f"{head}: writing" + (" modes (second pass)" if params.modes else ""), 0)
                 with DaskProgress(steps, f"{head}: writing modes (second pass)"):
                     _store_results(run, params, est, _modes(run, est, params) if params.modes else None,
-                                   t_start)
+                                   t_start, verdict)
                 if plots_dir:
                     steps.relabel(f"{head}: figures", 0)
-                    figs = _figures_to(run, est, params, Path(plots_dir) / rid)
+                    figs = _figures_to(run, est, params, Path(plots_dir) / rid, verdict)
                     if tracker is not None:
                         steps.relabel(f"{head}: registering in MLflow", 0)
-                        _register(tracker, run, params, est, figs)
+                        _register(tracker, run, params, est, figs, verdict)
                 elif tracker is not None:  # figures only for MLflow: a temporary folder, removed after upload
                     steps.relabel(f"{head}: figures and MLflow", 0)
                     with tempfile.TemporaryDirectory(prefix="kma-figs-") as tmp:
-                        _register(tracker, run, params, est, _figures_to(run, est, params, Path(tmp)))
+                        _register(tracker, run, params, est,
+                                  _figures_to(run, est, params, Path(tmp), verdict), verdict)
             records += result_records(rid, aid, est.results_, params.residual_tol,
                                       getattr(est, "finite_prefix_", None))
+            verdict_rows.append(verdict)
             report[rid] = None
             console.info(
                 f"{head}: {plural(len(est.results_), 'spectrum', 'spectra')} "
@@ -325,28 +333,35 @@ def analyze_runs(
             console.error(f"kma: error: {msg}")
     if json_path:
         try:
-            _write_json(json_path, records, report)
+            _write_json(json_path, records, report, verdict_rows)
         except KMAError as e:
             e.exit_code = 1  # the analyses themselves are stored
             raise
     return report
 
 
-def _store_results(run: Run, params: AnalysisParams, est, modes, t_start=None) -> None:
+def _verdict(run: Run, est, params: AnalysisParams) -> dict:
+    """The run's verdict (:mod:`pipeline.apps.verdicts`): convergence, bad_init, evidence."""
+    from .apps import verdicts
+
+    return verdicts.for_estimator(run, est, params.residual_tol)
+
+
+def _store_results(run: Run, params: AnalysisParams, est, modes, t_start=None, verdict=None) -> None:
     """:func:`write_results`, with a write error as one line naming the run; the
     half-written analysis is removed by :meth:`Run.write_analysis` (best effort; if that
     fails too, its status stays ``writing`` and :func:`list_analyses` never takes it
     for a current one)."""
     try:
-        write_results(run, params, est, modes, t_start)   # removes what it half-wrote, then raises
+        write_results(run, params, est, modes, t_start, verdict)   # removes what it half-wrote, then raises
     except _write_errors() as e:
         raise KMAError(f"run {run.run_id}: cannot write its analysis into the store "
                        f"({_cause(e)}); nothing of it is kept") from None
 
 
-def _figures_to(run: Run, est, params: AnalysisParams, out: Path) -> list[Path]:
+def _figures_to(run: Run, est, params: AnalysisParams, out: Path, verdict=None) -> list[Path]:
     try:
-        return _figures(run, est, params, out)
+        return _figures(run, est, params, out, verdict)
     except OSError as e:
         raise KMAError(f"run {run.run_id}: cannot write its figures to {out} ({_cause(e)})") from None
 
@@ -410,22 +425,25 @@ def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 
-def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path) -> list[Path]:
+def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path, verdict=None) -> list[Path]:
     from .sync import analysis_figures
 
-    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out)
+    return analysis_figures(run, est.results_, params.analysis_id, params.residual_tol, out,
+                            verdict=verdict)
 
 
-def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path]) -> None:
+def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path],
+              verdict=None) -> None:
     from .sync import register_analysis
 
     register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
                       n_snapshots=est.n_snapshots_, store=run.store.location,
-                      times=analysis_times(run.analysis_info(params.analysis_id)))
+                      times=analysis_times(run.analysis_info(params.analysis_id)), verdict=verdict)
 
 
-def _write_json(path: str, records: list[dict], report: dict) -> None:
+def _write_json(path: str, records: list[dict], report: dict, verdicts: list[dict] | None = None) -> None:
     from .outputs import write_text_atomic
 
-    payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e]}
+    payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e],
+               "verdicts": list(verdicts or [])}
     write_text_atomic(path, json.dumps(payload), "--json")

@@ -262,9 +262,12 @@ def cmd_runs(args, console) -> int:
         print(f"no runs in {args.store}")
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
-    rows = [(i, r.status, r.n_snapshots, r.n_parameters, r.updated or "", _analyses_cell(store, r.run_id))
-            for i, r in zip(ids, runs)]
-    console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "ANALYSES"], rows,
+    verdict_cells = [_verdict_cells(store, r.run_id) for r in runs]
+    rows = [(i, r.status, r.n_snapshots, r.n_parameters, r.updated or "", conv, bad,
+             _analyses_cell(store, r.run_id))
+            for i, r, (conv, bad) in zip(ids, runs, verdict_cells)]
+    console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "CONVERGED", "BAD_INIT",
+                         "ANALYSES"], rows,
                   justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
@@ -276,9 +279,29 @@ def _analyses_json(store, run_id) -> dict:
 
     try:
         run = store.open_run(run_id)
-        return {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
+        out = {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
     except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
         return {}
+    try:  # the verdict stored with the most recent current analysis (issue 11)
+        from .apps import verdicts
+
+        aid, v = verdicts.latest(run)
+        out["verdict"] = {**verdicts.summary(v), "analysis_id": aid} if v else None
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        out["verdict"] = None
+    return out
+
+
+def _verdict_cells(store, run_id) -> tuple[str, str]:
+    """CONVERGED and BAD_INIT cells of ``kma runs``: from the verdict stored with the
+    run's most recent current analysis (``-``: none stored)."""
+    from .apps import verdicts
+
+    try:
+        _, v = verdicts.latest(store.open_run(run_id))
+    except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+        return "?", "?"
+    return verdicts.cell(v), verdicts.bad_init_cell(v)
 
 
 def _analyses_cell(store, run_id) -> str:

@@ -121,11 +121,15 @@ def _last(values):
 
 
 def _row(run, aid: str, by: str, label: str) -> dict:
+    from .apps import verdicts
     from .spectra import RunSpectra
 
-    key = run.analysis_info(aid).get("params", {})
+    info = run.analysis_info(aid)
+    key = info.get("params", {})
     tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
-    spectra = RunSpectra.of_run(run, load_results(run, aid), residual_tol=tol, analysis_id=aid, label=label)
+    results = load_results(run, aid)
+    spectra = RunSpectra.of_run(run, results, residual_tol=tol, analysis_id=aid, label=label)
+    verdict = info.get("verdict") or verdicts.for_stored(run, results, tol)  # stored with the analysis
     row = {
         "run_id": run.run_id,
         "group": str(_flat_config(run).get(by, "-")),
@@ -135,6 +139,9 @@ def _row(run, aid: str, by: str, label: str) -> dict:
         "val_accuracy": _last(run.metrics.get("val_accuracy")),
         "analysis_id": aid,
         "spectra": spectra,
+        "verdict": verdict,
+        "converged": verdicts.cell(verdict),
+        "bad_init": verdicts.bad_init_cell(verdict),
     }
     whole = spectra.rows("all")
     if whole:
@@ -150,7 +157,8 @@ def _row(run, aid: str, by: str, label: str) -> dict:
 
 
 COLUMNS = ["group", "run_id", "status", "train_loss", "val_loss", "val_accuracy", "n_reliable",
-           "max_abs_reliable", "min_dist_to_1"]
+           "max_abs_reliable", "min_dist_to_1", "converged", "bad_init"]
+VERDICT_COLUMNS = ("converged", "bad_init")   # text cells; a group row counts them
 
 
 def _group_order(values):
@@ -184,6 +192,7 @@ def table_data(rows: list[dict], by: str = "") -> tuple[str, list[str], list[lis
     for g in sorted(groups, key=order.get):
         rs = groups[g]
         mean = [g, f"(mean of {len(rs)})", ""] + [
+            _count(rs, c) if c in VERDICT_COLUMNS else
             fmt(float(np.nanmean([r.get(c, np.nan) for r in rs])) if any(np.isfinite(r.get(c, np.nan)) for r in rs) else np.nan)
             for c in cols[3:]
         ]
@@ -200,6 +209,15 @@ def table(rows: list[dict], by: str = "") -> str:
 
     head, cols, data = table_data(rows, by)
     return head + "\n" + table_text(cols, data, justify=JUSTIFY)
+
+
+def _count(rows: list[dict], col: str) -> str:
+    """A group's verdict cell: ``k/n`` runs converged (or judged bad inits); ``-`` when
+    none was assessed."""
+    if col == "converged":
+        return f"{sum((r.get('verdict') or {}).get('converged_at') is not None for r in rows)}/{len(rows)}"
+    vals = [(r.get("verdict") or {}).get("bad_init") for r in rows]
+    return "-" if all(v is None for v in vals) else f"{sum(bool(v) for v in vals)}/{len(rows)}"
 
 
 def folder(out: str | Path, rows: list[dict], by: str) -> Path:
@@ -225,11 +243,18 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
     1 over training, a line per run), written into ``out``; both titles name the analysis."""
     from . import plots
 
+    from .apps import verdict_plots
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     g = groups(rows)
+    order = _group_order(r["group"] for r in rows)
+    vg = {k: [(r["spectra"].label, r["verdict"]) for r in sorted(rows, key=lambda r: r["run_id"])
+              if r["group"] == k] for k in order}
     return [plots.save(plots.group_spectrum_figure(g, by=by), out / "group_spectrum.png"),
-            plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png")]
+            plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png"),
+            verdict_plots.save_group_figure(vg, out / "group_convergence.png", by=by,
+                                            analysis_id=rows[0]["analysis_id"])]
 
 
 def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:

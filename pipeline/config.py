@@ -203,6 +203,17 @@ class SnapshotPolicy(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
+class StopPolicy(_Strict):
+    """Spectral stopping (issue 11): every ``every`` snapshots, once ``window`` are held,
+    the whole network's spectrum of the last ``window`` snapshots is computed in the
+    training task and the convergence criterion of :mod:`pipeline.apps.convergence`
+    applied; the variant stops when it holds. Absent (None) = off."""
+
+    when: Literal["converged"] = "converged"
+    window: int = Field(10, ge=6)
+    every: int = Field(2, ge=1)
+
+
 class Resources(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -362,6 +373,7 @@ class SweepConfig(_Strict):
     resources: Resources = Field(default_factory=Resources)
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
     store: str | None = None  # default store URL (the command line wins)
+    stop: StopPolicy | None = None  # spectral stopping (issue 11); absent = off
 
     @field_validator("name")
     @classmethod
@@ -409,6 +421,7 @@ class Variant(_Strict):
     batch_size: int
     snapshot: SnapshotPolicy
     resources: Resources = Field(json_schema_extra=EXECUTION_ONLY)
+    stop: StopPolicy | None = None  # enters the run id only when set
 
     def identity(self) -> dict:
         """The content that defines the run (see :func:`identity`)."""
@@ -481,6 +494,7 @@ def expand(cfg: SweepConfig) -> list[Variant]:
                 batch_size=cfg.batch_size,
                 snapshot=cfg.snapshot,
                 resources=cfg.resources,
+                stop=cfg.stop,
             )
         )
     ids = [v.run_id for v in variants]

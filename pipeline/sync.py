@@ -104,13 +104,19 @@ def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
     extra = _variant_tags(run, experiment)
     if run.attrs.get("error"):
         extra["kma.error"] = str(run.attrs["error"])[:500]
+    metrics = run.metrics
+    stop = run.attrs.get("stop")
+    if isinstance(stop, dict):   # spectral stopping (sweep option stop:): where and why
+        extra.update({f"kma.stop.{k}": str(v) for k, v in stop.items() if v is not None and not isinstance(v, (list, dict))})
+        metrics = {**metrics, **{f"stop_{k}": [v] for k in ("snapshot", "epoch")
+                                 if isinstance(v := stop.get(k), (int, float))}}
     start, end = training_times(run)
     _, created = tracker.register_training(
         experiment=experiment,
         run_id=run_id,
         status=run.status,
         params=params,
-        metrics=run.metrics,
+        metrics=metrics,
         trajectory_uri=run.uri,
         config_yaml=yaml.safe_dump(run.config, sort_keys=False),
         extra_tags=extra,
@@ -122,25 +128,37 @@ def register_run(tracker: Tracker, store: TrajectoryStore, run_id: str) -> bool:
     return created
 
 
-def analysis_figures(run, results, analysis_id: str, residual_tol: float, out: Path) -> list[Path]:
-    """The figures of one stored analysis, written into ``out``."""
+def analysis_figures(run, results, analysis_id: str, residual_tol: float, out: Path, *,
+                     verdict: dict | None = None) -> list[Path]:
+    """The figures of one stored analysis, written into ``out`` (with a ``verdict``, also
+    ``convergence.png``: :mod:`pipeline.apps.verdict_plots`)."""
     from . import plots
     from .spectra import RunSpectra
 
     out.mkdir(parents=True, exist_ok=True)
     spectra = RunSpectra.of_run(run, results, residual_tol=residual_tol, analysis_id=analysis_id,
                                 label=short_name(run))
-    return plots.analysis_figures(spectra, out)
+    figs = plots.analysis_figures(spectra, out)
+    if verdict is not None:
+        from .apps import verdict_plots
+
+        figs.append(verdict_plots.save_run_figure(run, verdict, out / "convergence.png",
+                                                  label=short_name(run), analysis_id=analysis_id))
+    return figs
 
 
 def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, results, figs: list[Path], *,
                       n_snapshots: int, store: str | None = None, replace: bool = True,
-                      times: tuple[int | None, int | None] = (None, None)) -> str:
+                      times: tuple[int | None, int | None] = (None, None),
+                      verdict: dict | None = None) -> str:
     """Register one analysis of ``run`` as a child of its training record: the analysis
     parameters (``analysis.<name>``) beside the variant's own params and tags (so analyses
     group and filter by depth, init, ...), spectral summaries per window with ``step`` =
     the epoch of the window's end, and the figures. ``times``: the analysis' (start,
-    end) in Unix ms (:func:`analysis_times`), the record's start and end time."""
+    end) in Unix ms (:func:`analysis_times`), the record's start and end time; the run's
+    ``verdict`` as tags and metrics (:func:`pipeline.apps.verdicts.mlflow_tags`,
+    ``mlflow_metrics``)."""
+    from .apps import verdicts
     from .spectra import RunSpectra, window_metrics
 
     experiment, variant_params = _experiment_and_params(run)
@@ -153,9 +171,10 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
         run_id=run.run_id,
         analysis_id=analysis_id,
         params=params,
-        metrics=window_metrics(spectra),
+        metrics={**window_metrics(spectra), **verdicts.mlflow_metrics(verdict)},
         artifacts=figs,
-        tags={**_variant_tags(run, experiment), "kma.trajectory_uri": run.uri},
+        tags={**_variant_tags(run, experiment), "kma.trajectory_uri": run.uri,
+              **verdicts.mlflow_tags(verdict)},
         store=store,
         replace=replace,
         run_name=f"{short_name(run)}/{analysis_id}",
@@ -179,11 +198,16 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     # the stored key may come from another engine version: only the tolerance is needed
     residual_tol = float(key.get("residual_tol", RELIABLE_RESIDUAL))
     results = load_results(run, analysis_id)
+    verdict = info.get("verdict")
+    if verdict is None:   # an analysis stored before verdicts: from its stored spectra
+        from .apps import verdicts
+
+        verdict = verdicts.for_stored(run, results, residual_tol)
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:
-        figs = analysis_figures(run, results, analysis_id, residual_tol, Path(tmp))
+        figs = analysis_figures(run, results, analysis_id, residual_tol, Path(tmp), verdict=verdict)
         register_analysis(tracker, run, analysis_id, key, results, figs,
                           n_snapshots=info.get("n_snapshots"), store=store.location, replace=False,
-                          times=analysis_times(info))
+                          times=analysis_times(info), verdict=verdict)
     return True
 
 

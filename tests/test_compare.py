@@ -74,7 +74,7 @@ def test_compare_groups_and_figures(two_runs, tmp_path, kma_env):
     assert r.stdout.splitlines()[0] == f"analysis {aid} · 2 runs by depth"
     [folder] = (tmp_path / "figs").iterdir()
     assert folder.name.startswith(f"depth-{aid}-") and folder == compare.folder(tmp_path / "figs", list(rows.values()), "depth")
-    assert sorted(p.name for p in folder.iterdir()) == ["group_moduli.png", "group_spectrum.png", "table.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["group_convergence.png", "group_moduli.png", "group_spectrum.png", "table.txt"]
     assert (folder / "table.txt").read_text().splitlines()[0] == f"analysis {aid} · 2 runs by depth"
 
 
@@ -158,5 +158,5 @@ def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
     assert run.data.params["analysis_id"] == aid and run.data.params["n_runs"] == "2"
     assert run.data.tags["kma.runs"] == "fast,slow"
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "group_moduli.png", "group_spectrum.png", "table.txt"]
+        "group_convergence.png", "group_moduli.png", "group_spectrum.png", "table.txt"]
     assert str(tmp_path) in run.info.artifact_uri  # beside the database, not in ./mlruns

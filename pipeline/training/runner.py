@@ -105,6 +105,9 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         if variant.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = variant.momentum
         optimizer = build_optimizer(variant.optimizer, model.parameters(), variant.lr, **kw)
+        monitor = stop_monitor(variant)
+        if monitor is not None:
+            callbacks = (*callbacks, monitor)
         result = train(
             model,
             task,
@@ -122,6 +125,8 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
                  "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}
+        if monitor is not None:
+            extra["stop"] = stop_record(monitor, result)
         writer.finish(result.status, metrics=result.history, extra=extra)
         return _summary(run_id, result.status, result.history, writer.n_snapshots, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - recorded as a failed run, redone on re-run
@@ -130,6 +135,33 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         writer.abort(reason)
         return _summary(run_id, "failed", {}, writer.n_snapshots, time.perf_counter() - t0,
                         error=reason if isinstance(e, KMAError) else reason + "\n" + traceback.format_exc())
+
+
+def stop_monitor(variant: Variant):
+    """The in-task :class:`~pipeline.training.monitor.SpectrumMonitor` of the sweep option
+    ``stop: {when: converged, window, every}`` (None when the option is absent): the
+    verdicts' convergence criterion on the whole network's spectrum of the last
+    ``window`` snapshots, cut at the verdicts' threshold, every ``every`` snapshots."""
+    if variant.stop is None:
+        return None
+    from ..apps.convergence import VERDICT_CUT, Criterion
+    from .monitor import SpectrumMonitor
+
+    return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
+                           threshold=VERDICT_CUT, criterion=Criterion())
+
+
+def stop_record(monitor, result) -> dict:
+    """What the store (run attribute ``stop``) and MLflow (tags ``kma.stop.*``) keep:
+    where and why training stopped, or that it ran its full budget."""
+    if result.stopped_early and monitor.stop_point is not None:
+        return dict(monitor.stop_point)
+    rec = {"when": "converged", "reason": "budget" if result.status == "complete" else result.status,
+           "snapshot": None, "epoch": None, "window": monitor.window, "every": monitor.every}
+    if monitor.stop_point is not None:   # held only at the last epoch: nothing left to save
+        rec.update(converged_at=monitor.stop_point["converged_at"],
+                   converged_epoch=monitor.stop_point["converged_epoch"])
+    return rec
 
 
 def _summary(run_id, status, metrics, n_snapshots, seconds, error=None) -> dict:

@@ -1,0 +1,188 @@
+"""Verdicts end to end: a real tiny training converges and gets a converged_at; the stop
+option stops it early and records the point; ``kma analyze --json`` of an ingested run of
+12 snapshots carries the verdict; ``kma runs`` / ``kma compare`` read it from the store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import cli, compare, config
+from pipeline.analysis import analyze_store
+from pipeline.config import AnalysisParams
+from pipeline.storage.store import TrajectoryStore
+from pipeline.training.runner import run_variant
+
+
+def _variants(tmp_path, **updates):
+    cfg = {"name": "verd", "seeds": [0], "task": {"name": "multiscale", "n_points": 128,
+                                                 "frequencies": [1.0, 3.0], "amplitudes": [1.0, 0.3]},
+           "model": {"family": "mlp", "depth": 1, "width": 16, "activation": "tanh"},
+           "init": ["kaiming", "xavier"], "optimizer": {"name": "adam", "lr": 0.01}, "loss": "mse",
+           "epochs": 60, "batch_size": 32, "analysis": {"enabled": False}, **updates}
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return config.expand(config.load(path))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verd")
+    store = str(tmp / "store")
+    full = _variants(tmp)
+    for v in full:
+        assert run_variant(v, store)["status"] == "complete"
+    report = analyze_store(store, None, AnalysisParams(), tracking_uri=None,
+                           json_path=str(tmp / "out.json"))
+    assert all(e is None for e in report.values()), report
+    return tmp, store, full
+
+
+def test_real_training_converges(trained):
+    tmp, store, full = trained
+    out = json.loads((tmp / "out.json").read_text())
+    by_run = {v["run_id"]: v for v in out["verdicts"]}
+    assert set(by_run) == {v.run_id for v in full}
+    for v in full:
+        verdict = by_run[v.run_id]
+        assert verdict["converged_at"] is not None, verdict["reason"]
+        assert 0 < verdict["converged_at"] < 60 and verdict["converged_epoch"] == verdict["converged_at"]
+        assert verdict["bad_init"] is None                     # not assessed here
+        # stored with the analysis: what kma runs / compare read
+        run = TrajectoryStore(store).open_run(v.run_id)
+        (aid,) = run.list_analyses()
+        assert run.analysis_info(aid)["verdict"]["converged_at"] == verdict["converged_at"]
+
+
+def test_compare_and_runs_show_the_stored_verdicts(trained, capsys):
+    tmp, store, full = trained
+    rows = compare.collect(TrajectoryStore(store, read_only=True), by="init")
+    text = compare.table(rows, by="init")
+    head = text.splitlines()[1]
+    assert "CONVERGED" in head and "BAD_INIT" in head
+    for r in rows:
+        assert r["converged"] == f"{r['verdict']['converged_at']} (ep {r['verdict']['converged_epoch']})"
+    figs = compare.figures(rows, tmp / "cmp", "init")
+    assert (tmp / "cmp" / "group_convergence.png") in figs
+    from PIL import Image
+
+    assert Image.open(tmp / "cmp" / "group_convergence.png").size[0] > 600
+    assert cli.main(["runs", "--store", store, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert all(r["verdict"]["converged_at"] is not None for r in listed)
+
+
+def test_stop_option_stops_early_and_records_the_point(tmp_path):
+    v = _variants(tmp_path, init="kaiming", stop={"window": 8, "every": 2})[0]
+    assert "stop" in v.identity()
+    store = str(tmp_path / "store")
+    s = run_variant(v, store)
+    run = TrajectoryStore(store).open_run(v.run_id)
+    stop = run.attrs["stop"]
+    assert run.attrs["stopped_early"] and run.attrs["epochs_run"] < v.epochs
+    assert stop["reason"] == "converged" and stop["snapshot"] == run.n_snapshots - 1 == s["n_snapshots"] - 1
+    assert stop["epoch"] == run.attrs["epochs_run"] == run.attrs["snapshot_epochs"][stop["snapshot"]]
+    assert stop["converged_at"] <= stop["snapshot"]
+    # no stop option: the same variant trains its full budget (and has another run id)
+    w = _variants(tmp_path, init="kaiming")[0]
+    assert w.run_id != v.run_id and "stop" not in w.identity()
+
+
+def test_json_verdicts_on_an_ingested_run_of_12_snapshots(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 2))
+    x_star = {k: torch.randn_like(p) for k, p in net.state_dict().items()}
+    direction = {k: torch.randn_like(p) * 2 for k, p in net.state_dict().items()}
+    files = []
+    for t in range(12):      # x_t = x* + 0.3^t d (+ noise): converges fast, known spectrum {1, 0.3}
+        state = {k: x_star[k] + 0.3 ** t * direction[k] + 1e-5 * torch.from_numpy(
+            rng.standard_normal(tuple(x_star[k].shape))).float() for k in x_star}
+        f = tmp_path / f"ckpt_{t:02d}.pt"
+        torch.save(state, f)
+        files.append(str(f))
+    store = str(tmp_path / "store")
+    assert cli.main(["ingest", *files, "--store", store, "--run-id", "ext"]) == 0
+    out = tmp_path / "v.json"
+    assert cli.main(["analyze", "--store", store, "--json", str(out), "--no-mlflow"]) == 0
+    payload = json.loads(out.read_text())
+    assert [r["window"] for r in payload["runs"] if r["layer"] == "all"] == [[0, 6], [3, 9], [6, 12]]
+    (v,) = payload["verdicts"]
+    assert v["run_id"] == "ext" and v["bad_init"] is None
+    # |d| ≈ 2|x*|: window [0, 6) has the fixed point's share ≈ 1/3 (< 0.8); from [3, 9) on
+    # the transient is 2 · 0.3^3 ≈ 5% of it: the first run of k=2 holding windows is
+    # [3, 9), [6, 12)
+    assert v["converged_at"] == 8 and v["confirmed_at"] == 11 and v["converged_epoch"] is not None
+    capsys.readouterr()
+    assert cli.main(["runs", "--store", store]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ext")][0]
+    assert "8 (ep" in row
+
+
+def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
+    """kma sync registers the training runs (with the stop point) and their analyses
+    (with the stored verdict as tags and metrics), read from the store."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.sync import sync_store
+
+    store = str(tmp_path / "store")
+    v = _variants(tmp_path, init="kaiming", stop={"window": 8, "every": 2})[0]
+    assert run_variant(v, store)["status"] == "complete"
+    assert all(e is None for e in analyze_store(store, None, AnalysisParams()).values())
+    stored = TrajectoryStore(store).open_run(v.run_id)
+    (aid,) = stored.list_analyses()
+    verdict = stored.analysis_info(aid)["verdict"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sync_store(store, uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("verd")
+    runs = {r.data.tags["kma.kind"]: r for r in client.search_runs([exp.experiment_id])}
+    train, ana = runs["training"], runs["analysis"]
+    stop = stored.attrs["stop"]
+    assert train.data.tags["kma.stop.reason"] == "converged"
+    assert train.data.tags["kma.stop.snapshot"] == str(stop["snapshot"])
+    assert train.data.metrics["stop_epoch"] == stop["epoch"]
+    assert ana.data.tags["kma.converged"] == ("yes" if verdict["converged_at"] is not None else "no")
+    assert ana.data.tags["kma.bad_init"] == "not assessed"
+    assert ana.data.metrics["verdict/converged"] == float(verdict["converged_at"] is not None)
+    if verdict["converged_at"] is not None:
+        assert ana.data.metrics["verdict/converged_at"] == verdict["converged_at"]
+    arts = {a.path for a in client.list_artifacts(ana.info.run_id)}
+    assert "convergence.png" in arts
+
+
+def test_ingested_checkpoints_of_foreign_training_code(tmp_path):
+    """Runs trained by plain PyTorch (no KMA: full-batch SGD on a least-squares problem),
+    saved as state_dicts and ingested: at lr 0.3 every mode contracts (per-step factors
+    1 − 2·lr·s², s the column scales) and the run gets a converged_at; at lr 1.05 the
+    largest factor is −1.1 — a growing oscillation, finite over 40 snapshots — and gets
+    none."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g) * torch.tensor([1.0, 0.7, 0.5, 0.3])
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.5
+    store = str(tmp_path / "store")
+    for name, lr in (("good", 0.3), ("wild", 1.05)):
+        torch.manual_seed(1)
+        net = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+        files = []
+        for epoch in range(40):
+            if epoch:
+                for _ in range(5):
+                    opt.zero_grad()
+                    torch.nn.functional.mse_loss(net(x), y).backward()
+                    opt.step()
+            f = tmp_path / f"{name}_{epoch:03d}.pt"
+            torch.save({k: t.clone() for k, t in net.state_dict().items()}, f)
+            files.append(str(f))
+        assert cli.main(["ingest", *files, "--store", store, "--run-id", name]) == 0
+    out = tmp_path / "v.json"
+    assert cli.main(["analyze", "--store", store, "--json", str(out), "--no-mlflow"]) == 0
+    v = {r["run_id"]: r for r in json.loads(out.read_text())["verdicts"]}
+    assert v["good"]["converged_at"] is not None, v["good"]["reason"]
+    assert v["wild"]["converged_at"] is None and "growing" in v["wild"]["reason"]
