@@ -147,10 +147,12 @@ def run_sweep(
     summary = SweepSummary(cfg.name, store_url)
 
     with LeaseKeeper(store, cfg.name) as leases:
+        from .training.restart import attempt_ids, variant_done
+
         todo = []
         for v in variants:
-            if store.status(v.run_id) in FINISHED:
-                summary.skipped.append(v.run_id)
+            if variant_done(store, v.run_id):  # a restarted variant: every attempt finished
+                summary.skipped.extend(attempt_ids(store, v.run_id))
             elif (holder := leases.claim(v.run_id)) is not None:
                 summary.held[v.run_id] = holder.describe()
             else:
@@ -184,8 +186,9 @@ def run_sweep(
 
         params = cfg.analysis   # validated with the config: the same model as kma analyze's flags
         # runs that already have this analysis keep it (kma analyze redoes one on request)
-        todo_analysis = [v.run_id for v in variants if store.status(v.run_id) in FINISHED
-                         and params.analysis_id not in store.open_run(v.run_id).list_analyses()]
+        todo_analysis = [rid for v in variants for rid in attempt_ids(store, v.run_id)
+                         if store.status(rid) in FINISHED
+                         and params.analysis_id not in store.open_run(rid).list_analyses()]
         todo_analysis = _skip_short_diverged(store, todo_analysis, params, console)
         if todo_analysis:
             report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)
@@ -211,8 +214,8 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     keep = []
     for rid in run_ids:
         run = store.open_run(rid)
-        if run.status == "diverged" and run.n_snapshots < need:
-            console.info(f"run {rid}: diverged after {run.n_snapshots} snapshot(s), too few to analyse "
+        if run.status in ("diverged", "bad_init") and run.n_snapshots < need:
+            console.info(f"run {rid}: {run.status.replace('_', ' ')} after {run.n_snapshots} snapshot(s), too few to analyse "
                          f"(need {need})")
         else:
             keep.append(rid)
@@ -276,7 +279,14 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
-    """Account for one task's result and register the stored run. A task that died for
+    """Account for one task's result and register its stored runs: a variant restarted
+    by its ``on_bad_init`` policy returns every attempt (``res["attempts"]``)."""
+    for one in res.get("attempts") or [res]:
+        _record_one(one, store, tracker, summary)
+
+
+def _record_one(res: dict, store, tracker, summary: SweepSummary) -> None:
+    """Account for one run's result and register it. A task that died for
     good leaves its run ``running``: it is marked ``failed`` with the cause first."""
     rid, status = res["run_id"], res["status"]
     if status == "failed":
