@@ -152,7 +152,7 @@ def run_sweep(
         todo = []
         for v in variants:
             if variant_done(store, v.run_id):  # a restarted variant: every attempt finished
-                summary.skipped.extend(attempt_ids(store, v.run_id))
+                summary.skipped.append(v.run_id)
             elif (holder := leases.claim(v.run_id)) is not None:
                 summary.held[v.run_id] = holder.describe()
             else:
@@ -167,8 +167,8 @@ def run_sweep(
                 console.info(f"  ... and {len(summary.held) - 10} more held runs")
                 break
             console.info(f"  held: {rid}: being trained by {who}")
-        for rid in summary.skipped:  # finished earlier but perhaps never registered
-            if register_run(tracker, store, rid):
+        for rid in (a for v in summary.skipped for a in attempt_ids(store, v)):
+            if register_run(tracker, store, rid):  # finished earlier but perhaps never registered
                 summary.registered.append(rid)
 
         if todo:

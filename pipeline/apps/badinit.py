@@ -15,8 +15,8 @@ bad one shows one of three marks:
   ``zeros`` once the readout bias moves, a ``constant`` init whose symmetric mode
   blows up);
 - **frozen layers** — a layer whose trajectory spans at most one direction (kept rank
-  ``≤ 1``: it never moves; an all-zero layer has rank 0): no gradient reaches it
-  (``zeros``);
+  ``≤ 1``: it never moves, or only along one line, as a readout whose bias alone
+  learns; an all-zero layer has rank 0): no gradient reaches its weights (``zeros``);
 - **collapsed layers** — a layer whose trajectory spans at most ``COLLAPSED_RANK``
   directions while the window could hold ``K − 1``, and whose kept Ritz pairs are all
   certified (:meth:`pipeline.koopman.WindowResult.reliable`): its dynamics are confined
