@@ -638,6 +638,11 @@ def check_names(cfg: SweepConfig, source: str) -> None:
     if fallback is not None and fallback not in inits.INITS:
         known = ", ".join(sorted(inits.INITS))
         raise ConfigError(f"{source}: on_bad_init.fallback_init: unknown name {fallback!r}; known: {known}")
+    if cfg.on_bad_init is not None and cfg.snapshot.unit == "epoch":
+        taken = 1 + cfg.epochs // cfg.snapshot.every
+        if cfg.on_bad_init.after > taken:
+            raise ConfigError(f"{source}: on_bad_init.after: {cfg.on_bad_init.after} snapshots, but a run "
+                              f"takes only {taken} (epochs {cfg.epochs}, snapshot.every {cfg.snapshot.every})")
     if cfg.model.family == "cnn" and cfg.task.name != "digits":
         raise ConfigError(f"{source}: model.family: 'cnn' needs an image task (digits)")
 

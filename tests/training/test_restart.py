@@ -97,3 +97,5 @@ def test_policy_enters_the_run_id_only_when_set():
         _variant(action="restart", fallback_init="nope")
     with pytest.raises(ConfigError, match="on_bad_init.after"):
         _variant(action="restart", after=2)
+    with pytest.raises(ConfigError, match=r"on_bad_init.after: 12 snapshots, but a run takes only 11"):
+        _variant(action="stop", after=12)
