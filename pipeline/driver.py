@@ -26,6 +26,7 @@ from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
+from .training.restart import attempt_ids, variant_done
 from .tracking.tracker import Tracker, tracking_uri_for
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,6 @@ def run_sweep(
     summary = SweepSummary(cfg.name, store_url)
 
     with LeaseKeeper(store, cfg.name) as leases:
-        from .training.restart import attempt_ids, variant_done
-
         todo = []
         for v in variants:
             if variant_done(store, v.run_id):  # a restarted variant: every attempt finished
@@ -215,8 +214,8 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     for rid in run_ids:
         run = store.open_run(rid)
         if run.status in ("diverged", "bad_init") and run.n_snapshots < need:
-            console.info(f"run {rid}: {run.status.replace('_', ' ')} after {run.n_snapshots} snapshot(s), too few to analyse "
-                         f"(need {need})")
+            console.info(f"run {rid}: {run.status.replace('_', ' ')} after {run.n_snapshots} snapshot(s), "
+                         f"too few to analyse (need {need})")
         else:
             keep.append(rid)
     return keep
