@@ -142,7 +142,8 @@ def first_snapshots(run, snapshots: int | None = None) -> tuple[np.ndarray, list
     """The first ``K`` snapshots of a stored run (``pipeline.storage.store.Run``: trained or
     ingested), as an in-memory float32 ``(K, P)`` array, with its layers.
 
-    ``K`` defaults to ``min(n_snapshots, DEFAULT_SNAPSHOTS)``; only those rows are read.
+    ``K`` defaults to ``min(n_snapshots, DEFAULT_SNAPSHOTS)``; only the chunks holding those
+    rows are read.
     """
     n = run.n_snapshots
     K = min(n, DEFAULT_SNAPSHOTS) if snapshots is None else int(snapshots)
