@@ -154,6 +154,15 @@ def first_snapshots(run, snapshots: int | None = None) -> tuple[np.ndarray, list
 
 
 def detect_run(run, snapshots: int | None = None, **rule) -> dict:
-    """:func:`detect` on the first snapshots of a stored run (keyword ``rule`` as there)."""
+    """:func:`detect` on the first snapshots of a stored run (keyword ``rule`` as there).
+
+    A run too short for a verdict (fewer than :data:`MIN_SNAPSHOTS` snapshots) is not
+    flagged: ``{"bad_init": False, "bad_init_snapshots": n, "bad_init_reasons": [],
+    "bad_init_undecided": why}``, so that every run gets a verdict in one call.
+    """
+    n = run.n_snapshots if snapshots is None else min(int(snapshots), run.n_snapshots)
+    if n < MIN_SNAPSHOTS:
+        return {"bad_init": False, "bad_init_snapshots": int(n), "bad_init_reasons": [],
+                "bad_init_undecided": f"{n} snapshot(s), fewer than the {MIN_SNAPSHOTS} the detector needs"}
     Y, groups = first_snapshots(run, snapshots)
     return detect(Y, groups, snapshots=Y.shape[0], **rule)

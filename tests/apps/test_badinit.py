@@ -125,3 +125,7 @@ def test_stored_run_reads_only_its_first_snapshots(tmp_path):
     assert d["bad_init"] and d["bad_init_snapshots"] == 6
     # the hidden layers never move; the readout only along one line (its bias)
     assert d["init_frozen_layers"] == ["layers.0", "layers.1", "out"]
+    # too short for a verdict: not flagged, and said so
+    short = detect_run(run, snapshots=3)
+    assert short["bad_init"] is False and short["bad_init_snapshots"] == 3 and "fewer than the 4" in short[
+        "bad_init_undecided"]
