@@ -271,6 +271,11 @@ def cmd_runs(args, console) -> int:
                   justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
+    restarts = [r for r in runs if r.restart_of]
+    if restarts:  # the bad-initialization policy's attempts (on_bad_init: restart)
+        print("restarted after a bad initialization:")
+        for r in restarts:
+            print(f"  {shown(r.restart_of)} -> {shown(r.run_id)}")
     return 0
 
 

@@ -214,6 +214,20 @@ class StopPolicy(_Strict):
     every: int = Field(2, ge=1)
 
 
+class OnBadInit(_Strict):
+    """``on_bad_init:``: what a variant does when the detector of
+    :mod:`pipeline.apps.badinit` finds its initialization bad after ``after`` snapshots
+    (README "Bad initializations"). ``restart``: end the attempt (status ``bad_init``) and
+    train attempt ``<run id>-r1``, ``-r2``, ... (at most ``max_restarts``) with a new
+    initialization seed and, when given, the ``fallback_init`` scheme; ``stop``: end the
+    variant with status ``bad_init``; ``continue``: only record the verdict."""
+
+    action: Literal["restart", "stop", "continue"] = "restart"
+    max_restarts: int = Field(1, ge=1, le=9)
+    fallback_init: str | None = None
+    after: int = Field(6, ge=4)   # K snapshots (the initial weights and after-1 more)
+
+
 class Resources(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -374,6 +388,7 @@ class SweepConfig(_Strict):
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
     store: str | None = None  # default store URL (the command line wins)
     stop: StopPolicy | None = None  # spectral stopping (issue 11); absent = off
+    on_bad_init: OnBadInit | None = None  # restart policy (absent: off)
 
     @field_validator("name")
     @classmethod
@@ -422,6 +437,8 @@ class Variant(_Strict):
     snapshot: SnapshotPolicy
     resources: Resources = Field(json_schema_extra=EXECUTION_ONLY)
     stop: StopPolicy | None = None  # enters the run id only when set
+    on_bad_init: OnBadInit | None = None  # in the id only when set
+    attempt: int = Field(0, ge=0)  # restart attempt (pipeline.training.restart); stored under <id>-r<attempt>
 
     def identity(self) -> dict:
         """The content that defines the run (see :func:`identity`)."""
@@ -495,6 +512,7 @@ def expand(cfg: SweepConfig) -> list[Variant]:
                 snapshot=cfg.snapshot,
                 resources=cfg.resources,
                 stop=cfg.stop,
+                on_bad_init=cfg.on_bad_init,
             )
         )
     ids = [v.run_id for v in variants]
@@ -630,6 +648,15 @@ def check_names(cfg: SweepConfig, source: str) -> None:
             if name not in registry:
                 known = ", ".join(sorted(registry))
                 raise ConfigError(f"{source}: {path}: unknown name {name!r}; known: {known}")
+    fallback = cfg.on_bad_init.fallback_init if cfg.on_bad_init is not None else None
+    if fallback is not None and fallback not in inits.INITS:
+        known = ", ".join(sorted(inits.INITS))
+        raise ConfigError(f"{source}: on_bad_init.fallback_init: unknown name {fallback!r}; known: {known}")
+    if cfg.on_bad_init is not None and cfg.snapshot.unit == "epoch":
+        taken = 1 + cfg.epochs // cfg.snapshot.every
+        if cfg.on_bad_init.after > taken:
+            raise ConfigError(f"{source}: on_bad_init.after: {cfg.on_bad_init.after} snapshots, but a run "
+                              f"takes only {taken} (epochs {cfg.epochs}, snapshot.every {cfg.snapshot.every})")
     if cfg.model.family == "cnn" and cfg.task.name != "digits":
         raise ConfigError(f"{source}: model.family: 'cnn' needs an image task (digits)")
 

@@ -29,6 +29,7 @@ from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
+from .training.restart import attempt_ids, variant_done
 from .tracking.tracker import Tracker, tracking_uri_for
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def run_sweep(
     with LeaseKeeper(store, cfg.name) as leases:
         todo = []
         for v in variants:
-            if store.status(v.run_id) in FINISHED:
+            if variant_done(store, v.run_id):  # a restarted variant: every attempt finished
                 summary.skipped.append(v.run_id)
             elif (holder := leases.claim(v.run_id)) is not None:
                 summary.held[v.run_id] = holder.describe()
@@ -193,8 +194,8 @@ def run_sweep(
                 console.info(f"  ... and {plural(len(summary.held) - 10, 'more held run')}")
                 break
             console.info(f"  held: {rid}: being trained by {who}")
-        for rid in summary.skipped:  # finished earlier but perhaps never registered
-            if register_run(tracker, store, rid):
+        for rid in (a for v in summary.skipped for a in attempt_ids(store, v)):
+            if register_run(tracker, store, rid):  # finished earlier but perhaps never registered
                 summary.registered.append(rid)
 
         if todo:
@@ -212,8 +213,9 @@ def run_sweep(
 
         params = cfg.analysis   # validated with the config: the same model as kma analyze's flags
         # runs that already have this analysis keep it (kma analyze redoes one on request)
-        todo_analysis = [v.run_id for v in variants if store.status(v.run_id) in FINISHED
-                         and params.analysis_id not in store.open_run(v.run_id).list_analyses()]
+        todo_analysis = [rid for v in variants for rid in attempt_ids(store, v.run_id)
+                         if store.status(rid) in FINISHED
+                         and params.analysis_id not in store.open_run(rid).list_analyses()]
         todo_analysis = _skip_short_diverged(store, todo_analysis, params, console)
         if todo_analysis:
             report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)
@@ -239,9 +241,9 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     keep = []
     for rid in run_ids:
         run = store.open_run(rid)
-        if run.status == "diverged" and run.n_snapshots < need:
-            console.info(f"run {rid}: diverged after {plural(run.n_snapshots, 'snapshot')}, too few to analyse "
-                         f"(need {need})")
+        if run.status in ("diverged", "bad_init") and run.n_snapshots < need:
+            console.info(f"run {rid}: {run.status.replace('_', ' ')} after {plural(run.n_snapshots, 'snapshot')}, "
+                         f"too few to analyse (need {need})")
         else:
             keep.append(rid)
     return keep
@@ -326,7 +328,14 @@ def _started(ray, pending: dict) -> int:
 
 
 def _record(res: dict, store, tracker, summary: SweepSummary) -> None:
-    """Account for one task's result and register the stored run. A task that died for
+    """Account for one task's result and register its stored runs: a variant restarted
+    by its ``on_bad_init`` policy returns every attempt (``res["attempts"]``)."""
+    for one in res.get("attempts") or [res]:
+        _record_one(one, store, tracker, summary)
+
+
+def _record_one(res: dict, store, tracker, summary: SweepSummary) -> None:
+    """Account for one run's result and register it. A task that died for
     good leaves its run ``running``: it is marked ``failed`` with the cause first."""
     rid, status = res["run_id"], res["status"]
     if status == "failed":

@@ -49,8 +49,10 @@ def short_name(run) -> str:
     c = run.config if isinstance(run.config, dict) else {}
     if not all(k in c for k in ("depth", "width", "init", "seed")):
         return run.run_id
-    digest = run.run_id.rsplit("-", 1)[-1]
-    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{digest[:6]}"
+    root = str(run.attrs.get("variant_run_id") or run.run_id)   # a restart attempt: its variant's
+    digest = root.rsplit("-", 1)[-1]
+    attempt = f"-r{run.attrs['attempt']}" if run.attrs.get("attempt") else ""
+    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{digest[:6]}{attempt}"
 
 
 def training_times(run) -> tuple[int | None, int | None]:
@@ -91,6 +93,11 @@ def _times(attrs: dict, start_keys, end_keys) -> tuple[int | None, int | None]:
 def _variant_tags(run, experiment: str) -> dict[str, str]:
     tags = {"kma.variant": short_name(run), "kma.sweep": experiment, "kma.status": run.status,
             "kma.n_snapshots": str(run.n_snapshots), "kma.code_version": run.attrs.get("code_version", "")}
+    # the bad-initialization policy (pipeline.training.restart): attempts linked both ways
+    for attr, tag in (("restart_of", "kma.restart_of"), ("restarted_as", "kma.restarted_as"),
+                      ("bad_init_action", "kma.bad_init_action")):
+        if run.attrs.get(attr):
+            tags[tag] = str(run.attrs[attr])
     return tags
 
 

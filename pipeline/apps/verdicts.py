@@ -3,8 +3,9 @@
 A verdict is ``{"run_id", "converged_at", "converged_epoch", "bad_init", ...evidence}``.
 Each producer is a callable ``producer(ctx: VerdictInput) -> dict`` whose keys are merged
 into the run's verdict in order (later producers win on a shared key). The convergence
-producer (:mod:`pipeline.apps.convergence`) is always there; ``bad_init`` is ``None`` (not
-assessed) until a bad-initialization producer is added to :data:`PRODUCERS`.
+producer (:mod:`pipeline.apps.convergence`) and the bad-initialization one
+(:mod:`pipeline.apps.badinit`) are in :data:`PRODUCERS`; ``bad_init`` is ``None`` (not
+assessed) when the stored run is not at hand.
 
 The verdict is computed once, when the analysis is made (``kma analyze``, a sweep's
 default analysis), stored with the analysis (its ``verdict`` attribute, see
@@ -50,9 +51,18 @@ def convergence_producer(ctx: VerdictInput) -> dict:
                                     status=ctx.status)
 
 
-# The producers, in order. Adding the bad-initialization verdict is one line here, e.g.
-#     PRODUCERS.append(badinit_producer)   # (ctx: VerdictInput) -> {"bad_init": bool, ...}
-PRODUCERS: list[Callable[[VerdictInput], dict]] = [convergence_producer]
+def badinit_producer(ctx: VerdictInput) -> dict:
+    """``bad_init`` and its evidence (:func:`pipeline.apps.badinit.detect_run`: the first
+    snapshots of the stored run, read again; nothing when the run is not at hand)."""
+    if ctx.run is None:
+        return {}
+    from . import badinit
+
+    return badinit.detect_run(ctx.run, residual_tol=ctx.residual_tol)
+
+
+# The producers, in order; each (ctx: VerdictInput) -> dict of verdict fields.
+PRODUCERS: list[Callable[[VerdictInput], dict]] = [convergence_producer, badinit_producer]
 
 
 def build_verdict(ctx: VerdictInput, producers=None) -> dict:

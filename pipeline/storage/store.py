@@ -44,10 +44,11 @@ from .runids import check_run_id, is_valid
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "complete", "diverged", "failed")
+# bad_init: ended by the bad-initialization policy (on_bad_init: restart or stop), a result
+STATUSES = ("running", "complete", "diverged", "failed", "bad_init")
 # shown by `kma runs` (never stored): "running" without a live lease, i.e. left by a dead driver
 INTERRUPTED = "interrupted"
-FINISHED = ("complete", "diverged")  # runs a re-run does not redo
+FINISHED = ("complete", "diverged", "bad_init")  # runs a re-run does not redo
 BUFFER_BYTES = 128 * 2**20  # snapshots buffered in memory before a chunk row is written
 _P_CHUNK = 2**18  # parameters per chunk column
 
@@ -140,6 +141,7 @@ class RunInfo:
     updated: str | None
     id_ok: bool = True  # False: an id from before the run-id rule (readable, not writable)
     error: str | None = None
+    restart_of: str | None = None  # a restart attempt: the attempt it replaced (on_bad_init)
 
 
 class Run:
@@ -403,10 +405,12 @@ class TrajectoryStore:
                 continue
             # every writer sets a status at once: a run without one is damaged, not running
             status = attrs.get("status", "corrupt")
-            if status == "running" and not is_live(self, rid):
+            # a restart attempt is trained under its variant's lease (pipeline.training.restart)
+            if status == "running" and not is_live(self, str(attrs.get("variant_run_id") or rid)):
                 status = INTERRUPTED
             out.append(RunInfo(rid, status, n_snapshots, n_params, attrs.get("created"),
-                               attrs.get("updated"), is_valid(rid), attrs.get("error")))
+                               attrs.get("updated"), is_valid(rid), attrs.get("error"),
+                               attrs.get("restart_of") if isinstance(attrs.get("restart_of"), str) else None))
         return out
 
     # -- reading -------------------------------------------------------------------

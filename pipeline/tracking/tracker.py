@@ -199,7 +199,9 @@ class Tracker:
         self.log_series(rid, metrics)
         self.client.log_text(rid, config_yaml, "config.yaml")
         # terminated last: a record still RUNNING is one an interruption left half-written
-        self.client.set_terminated(rid, "FINISHED" if status == "complete" else "FAILED", end_time=end_ms)
+        # bad_init: ended on purpose by the bad-initialization policy (KILLED, not FAILED)
+        state = {"complete": "FINISHED", "bad_init": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(rid, state, end_time=end_ms)
         if existing:
             self._reattach(experiment, run_id, store, rid)
         return rid, True

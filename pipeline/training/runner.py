@@ -25,6 +25,7 @@ from .optim import build_optimizer
 from ..storage.store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .loop import train
+from .restart import init_seed
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def build_parts(variant: Variant, device: str = "cpu"):
     model = build_model(
         variant.family, task.in_dim, task.out_dim, variant.depth, variant.width, variant.activation
     )
-    gen = torch.Generator().manual_seed(variant.torch_seed)
+    gen = torch.Generator().manual_seed(init_seed(variant))
     apply_init(model, variant.init, gen)
     model.to(device)
     layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
@@ -82,12 +83,25 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
     Returns ``{"run_id", "status", "metrics", "n_snapshots", "seconds", "error"}``.
     """
     variant = Variant.model_validate(variant) if isinstance(variant, dict) else variant
-    run_id = variant.run_id
+    if variant.on_bad_init is not None:  # the detector watches; a restart trains linked attempts
+        from .restart import run_with_policy
+
+        return run_with_policy(variant, store_url, callbacks)
+    return train_attempt(variant, variant.run_id, store_url, callbacks)
+
+
+def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *,
+                  attrs: dict | None = None, judge=None) -> dict:
+    """Train ``variant`` into the store as run ``run_id`` (the body of :func:`run_variant`).
+
+    ``attrs``: attributes stored with the run from its creation (restart links);
+    ``judge(result) -> (status, attrs)``: the final status and attributes to record
+    (the bad-initialization policy's verdict); default the training result's status.
+    """
     t0 = time.perf_counter()
     store = TrajectoryStore(store_url)
     if store.status(run_id) in FINISHED:
-        run = store.open_run(run_id)
-        return _summary(run_id, run.status, run.metrics, run.n_snapshots, 0.0)
+        return summary_of_stored(store.open_run(run_id))
     device = pick_device(variant.resources.num_gpus)
     torch.set_num_threads(max(1, int(variant.resources.num_cpus)))
     task, model, layout = build_parts(variant, device)
@@ -97,7 +111,7 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         config=variant.model_dump(mode="json"),
         capacity=variant.snapshot_capacity(),
         dtype=variant.snapshot.dtype,
-        extra={"device": device, "sweep": variant.sweep, "t_start": time.time()},
+        extra={"device": device, "sweep": variant.sweep, "t_start": time.time(), **(attrs or {})},
     )
     try:
         loss_fn = build_loss(variant.loss)
@@ -125,10 +139,14 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
                  "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}
+        status = result.status
         if monitor is not None:
             extra["stop"] = stop_record(monitor, result)
-        writer.finish(result.status, metrics=result.history, extra=extra)
-        return _summary(run_id, result.status, result.history, writer.n_snapshots, time.perf_counter() - t0)
+        if judge is not None:
+            status, more = judge(result)
+            extra.update(more)
+        writer.finish(status, metrics=result.history, extra=extra)
+        return _summary(run_id, status, result.history, writer.n_snapshots, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - recorded as a failed run, redone on re-run
         reason = f"{type(e).__name__}: {e}"
         log.error("run %s failed: %s\n%s", run_id, reason, traceback.format_exc())
@@ -162,6 +180,11 @@ def stop_record(monitor, result) -> dict:
         rec.update(converged_at=monitor.stop_point["converged_at"],
                    converged_epoch=monitor.stop_point["converged_epoch"])
     return rec
+
+
+def summary_of_stored(run) -> dict:
+    """The summary of a run already finished in the store (nothing trained now)."""
+    return _summary(run.run_id, run.status, run.metrics, run.n_snapshots, 0.0)
 
 
 def _summary(run_id, status, metrics, n_snapshots, seconds, error=None) -> dict:

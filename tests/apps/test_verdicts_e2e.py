@@ -52,7 +52,7 @@ def test_real_training_converges(trained):
         verdict = by_run[v.run_id]
         assert verdict["converged_at"] is not None, verdict["reason"]
         assert 0 < verdict["converged_at"] < 60 and verdict["converged_epoch"] == verdict["converged_at"]
-        assert verdict["bad_init"] is None                     # not assessed here
+        assert verdict["bad_init"] is False                    # kaiming: a good init
         # stored with the analysis: what kma runs / compare read
         run = TrajectoryStore(store).open_run(v.run_id)
         (aid,) = run.list_analyses()
@@ -112,7 +112,7 @@ def test_json_verdicts_on_an_ingested_run_of_12_snapshots(tmp_path, capsys):
     payload = json.loads(out.read_text())
     assert [r["window"] for r in payload["runs"] if r["layer"] == "all"] == [[0, 6], [3, 9], [6, 12]]
     (v,) = payload["verdicts"]
-    assert v["run_id"] == "ext" and v["bad_init"] is None
+    assert v["run_id"] == "ext" and v["bad_init"] is False
     # |d| ≈ 2|x*|: window [0, 6) has the fixed point's share ≈ 1/3 (< 0.8); from [3, 9) on
     # the transient is 2 · 0.3^3 ≈ 5% of it: the first run of k=2 holding windows is
     # [3, 9), [6, 12)
@@ -148,7 +148,7 @@ def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
     assert train.data.tags["kma.stop.snapshot"] == str(stop["snapshot"])
     assert train.data.metrics["stop_epoch"] == stop["epoch"]
     assert ana.data.tags["kma.converged"] == ("yes" if verdict["converged_at"] is not None else "no")
-    assert ana.data.tags["kma.bad_init"] == "not assessed"
+    assert ana.data.tags["kma.bad_init"] == "no"
     assert ana.data.metrics["verdict/converged"] == float(verdict["converged_at"] is not None)
     if verdict["converged_at"] is not None:
         assert ana.data.metrics["verdict/converged_at"] == verdict["converged_at"]

@@ -1,0 +1,168 @@
+"""Bad initializations, recognised from the first few snapshots of a training run.
+
+The spectral signature (README "Bad initializations"): the Koopman/DMD spectrum of the
+first ``K`` snapshots ``Y[:K]`` (``K × P``, one window, the whole network and every
+layer; the same small-matrix core as every analysis, :class:`pipeline.koopman.KoopmanDMD`
+on an in-memory array). A good initialization starts far from the origin, in a generic
+(symmetry-free) point: its early trajectory stays close to its starting point in norm
+(the dominant Ritz value sits at ``|λ| ≈ 1``, the mode of the initial weights) and moves
+in as many directions as the window can hold (every layer's kept rank is ``K - 1``). A
+bad one shows one of three marks:
+
+- **growth** — the whole network's dominant Ritz value lies well outside the unit
+  circle, ``max |λ| − 1 > growth_tol``: the weights grow geometrically away from a
+  starting point near the origin, where gradients vanish (``small_variance``,
+  ``zeros`` once the readout bias moves, a ``constant`` init whose symmetric mode
+  blows up);
+- **frozen layers** — a layer whose trajectory spans at most one direction (kept rank
+  ``≤ 1``: it never moves, or only along one line, as a readout whose bias alone
+  learns; an all-zero layer has rank 0): no gradient reaches its weights (``zeros``);
+- **collapsed layers** — a layer whose trajectory spans at most ``COLLAPSED_RANK``
+  directions while the window could hold ``K − 1``, and whose kept Ritz pairs are all
+  certified (:meth:`pipeline.koopman.WindowResult.reliable`): its dynamics are confined
+  to a tiny invariant subspace, the mark of unbroken symmetry between units
+  (``constant``).
+
+What it does not see: a saturating initialization (``large_variance`` on ``tanh``)
+whose weights are large and move little, like a good initialization trained with a
+small learning rate (README: the spectrum loses to activation statistics there).
+
+:func:`detect` works on any ``(K, P)`` array; :func:`first_snapshots` reads the first
+``K`` snapshots of a stored (trained or ingested) run; :func:`detect_run` does both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..koopman import KoopmanDMD
+
+log = logging.getLogger(__name__)
+
+__all__ = ["detect", "detect_run", "first_snapshots", "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
+           "COLLAPSED_RANK", "MIN_SNAPSHOTS"]
+
+DEFAULT_SNAPSHOTS = 6     # K: the initial weights and five epochs (README "Bad initializations")
+MIN_SNAPSHOTS = 4         # fewer leave no room to tell a collapsed layer (rank <= 2) from K - 1
+GROWTH_TOL = 0.05         # max |λ| − 1 of the whole network (chosen on the study's training seeds)
+COLLAPSED_RANK = 2        # a layer confined to at most this many directions is collapsed
+RESIDUAL_TOL = 1e-2       # = pipeline.config.RELIABLE_RESIDUAL (not imported: apps stay below config)
+
+
+def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = GROWTH_TOL,
+           collapsed_rank: int = COLLAPSED_RANK, residual_tol: float = RESIDUAL_TOL) -> dict:
+    """Bad-initialization verdict from the first snapshots of a run.
+
+    Parameters
+    ----------
+    Y : array_like, shape (T, P)
+        Snapshots in order, ``Y[0]`` the initial weights (float32 as stored, or any
+        float dtype; the storage dtype's resolution sets the DMD's cut).
+    groups : list of (str, int, int), optional
+        Layers as column ranges covering ``[0, P)`` (``Layout.layer_ranges()``); without
+        them the whole network is one layer.
+    snapshots : int, optional
+        ``K``: how many leading snapshots to use (default ``min(T, DEFAULT_SNAPSHOTS)``);
+        at least :data:`MIN_SNAPSHOTS`.
+    growth_tol, collapsed_rank, residual_tol : float, int, float
+        The rule's thresholds (module docstring).
+
+    Returns
+    -------
+    dict
+        ``bad_init`` (bool), ``bad_init_snapshots`` (``K``), ``bad_init_reasons``
+        (list of ``"growth"``, ``"frozen"``, ``"collapsed"``), and the evidence:
+        ``init_growth`` (``max |λ| − 1`` of the whole network), ``init_rank`` (its kept
+        rank), ``init_frozen_layers`` / ``init_collapsed_layers`` (layer names),
+        ``init_layers`` (per layer: ``rank``, ``max_abs``, ``n_certified``), and the
+        thresholds used.
+    """
+    Y = np.asarray(Y)
+    if Y.ndim != 2 or not np.issubdtype(Y.dtype, np.floating):
+        raise ValueError(f"Y must be a (snapshots, parameters) float array, got shape {Y.shape} {Y.dtype}")
+    K = int(snapshots) if snapshots is not None else min(Y.shape[0], DEFAULT_SNAPSHOTS)
+    if K < MIN_SNAPSHOTS:
+        raise ValueError(f"bad-init detection needs at least {MIN_SNAPSHOTS} snapshots, got {K}")
+    if Y.shape[0] < K:
+        raise ValueError(f"Y has {Y.shape[0]} snapshots, fewer than the {K} asked for")
+    Y = Y[:K]
+    if not np.isfinite(Y).all():
+        raise ValueError("Y holds non-finite values (a diverged run has no initialization verdict)")
+    groups = list(groups) if groups else [("all", 0, Y.shape[1])]
+    per_layer = len(groups) > 1
+    est = KoopmanDMD(window="all", per_layer=per_layer).fit(Y, groups if per_layer else None)
+    layers, frozen, collapsed = {}, [], []
+    growth, whole_rank = 0.0, 0
+    for r in est.results_:
+        lam = np.abs(r.eigenvalues)
+        certified = r.reliable(residual_tol)
+        info = {"rank": int(r.rank), "max_abs": float(lam.max()) if lam.size else 0.0,
+                "dominant_abs": _dominant_modulus(r, K), "n_certified": int(certified.sum())}
+        if r.layer == "all":
+            growth, whole_rank = info["dominant_abs"] - 1.0, info["rank"]
+            if per_layer:
+                continue
+        layers[r.layer] = info
+        if r.rank <= 1:
+            frozen.append(r.layer)
+        elif r.rank <= collapsed_rank < K - 1 and certified.all():
+            collapsed.append(r.layer)
+    reasons = [name for name, hit in (("growth", growth > growth_tol), ("frozen", bool(frozen)),
+                                      ("collapsed", bool(collapsed))) if hit]
+    return {
+        "bad_init": bool(reasons),
+        "bad_init_snapshots": K,
+        "bad_init_reasons": reasons,
+        "init_growth": float(growth),
+        "init_rank": int(whole_rank),
+        "init_frozen_layers": frozen,
+        "init_collapsed_layers": collapsed,
+        "init_layers": layers,
+        "init_growth_tol": float(growth_tol),
+        "init_collapsed_rank": int(collapsed_rank),
+    }
+
+
+def _dominant_modulus(r, K: int) -> float:
+    """``|λ|`` of the Ritz pair that carries most of the window: the largest
+    ``|b_i| · (Σ_{t<K} |λ_i|^{2t})^{1/2}`` (amplitude times the mode's norm over the
+    ``K`` snapshots), not the largest ``|λ|``, which a weak noise-fitted pair can hold."""
+    if r.eigenvalues.size == 0:
+        return 0.0
+    lam = np.abs(r.eigenvalues)
+    t = np.arange(K)[:, None]
+    with np.errstate(over="ignore"):
+        energy = np.abs(r.amplitudes) * np.sqrt((lam[None, :] ** (2 * t)).sum(axis=0))
+    return float(lam[int(np.argmax(energy))])
+
+
+def first_snapshots(run, snapshots: int | None = None) -> tuple[np.ndarray, list]:
+    """The first ``K`` snapshots of a stored run (``pipeline.storage.store.Run``: trained or
+    ingested), as an in-memory float32 ``(K, P)`` array, with its layers.
+
+    ``K`` defaults to ``min(n_snapshots, DEFAULT_SNAPSHOTS)``; only the chunks holding those
+    rows are read.
+    """
+    n = run.n_snapshots
+    K = min(n, DEFAULT_SNAPSHOTS) if snapshots is None else int(snapshots)
+    if K > n:
+        raise ValueError(f"run {run.run_id}: {n} snapshots, fewer than the {K} asked for")
+    traj = run.trajectory(np.float32, rows=K)
+    return np.asarray(traj.array.compute(), dtype=np.float32), list(traj.groups or [])
+
+
+def detect_run(run, snapshots: int | None = None, **rule) -> dict:
+    """:func:`detect` on the first snapshots of a stored run (keyword ``rule`` as there).
+
+    A run too short for a verdict (fewer than :data:`MIN_SNAPSHOTS` snapshots) is not
+    flagged: ``{"bad_init": False, "bad_init_snapshots": n, "bad_init_reasons": [],
+    "bad_init_undecided": why}``, so that every run gets a verdict in one call.
+    """
+    n = run.n_snapshots if snapshots is None else min(int(snapshots), run.n_snapshots)
+    if n < MIN_SNAPSHOTS:
+        return {"bad_init": False, "bad_init_snapshots": int(n), "bad_init_reasons": [],
+                "bad_init_undecided": f"{n} snapshot(s), fewer than the {MIN_SNAPSHOTS} the detector needs"}
+    Y, groups = first_snapshots(run, snapshots)
+    return detect(Y, groups, snapshots=Y.shape[0], **rule)

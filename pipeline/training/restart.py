@@ -1,0 +1,193 @@
+"""The bad-initialization policy inside a sweep's task (sweep key ``on_bad_init``).
+
+A variant with ``on_bad_init: {action, max_restarts, fallback_init, after}`` trains with a
+:class:`BadInitMonitor` among its callbacks: it keeps the first ``after`` (``K``)
+snapshots in memory (``K × P`` float32) and, at the ``K``-th, runs
+:func:`pipeline.apps.badinit.detect` on them. Then:
+
+- ``continue``: training goes on; the verdict is recorded with the run;
+- ``stop``: training stops at the end of that epoch; the run's status is ``bad_init``;
+- ``restart``: as ``stop``, and the task trains a new attempt of the same variant under
+  the linked id ``<run id>-r1`` (then ``-r2``, ... up to ``max_restarts``) with a fresh
+  initialization seed (:func:`init_seed`) and, when given, the ``fallback_init`` scheme.
+  The same data, batch order and optimizer; the attempt is watched by the same rule.
+
+Every attempt is a run of its own in the store (and so in MLflow), linked by attributes:
+``variant_run_id`` (the variant's id, attempt 0's), ``attempt`` (k), ``restart_of``
+(the previous attempt's id) and, on an attempt that was restarted, ``restarted_as``
+(the next one's), written with its final status. The stored config of attempt ``k`` is
+the variant with ``attempt: k`` (and the fallback init): it rebuilds that attempt.
+A re-run follows the links (:func:`variant_done`, :func:`attempt_ids`): a finished chain
+is skipped whole, an interrupted one resumes at its first unfinished attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..storage.store import FINISHED
+
+log = logging.getLogger(__name__)
+
+BAD_INIT = "bad_init"           # the stored status of an attempt the policy ended
+MAX_ATTEMPTS = 10               # attempts a chain can hold (max_restarts <= 9)
+
+
+def attempt_id(root: str, k: int) -> str:
+    """Run id of attempt ``k`` of the variant whose run id is ``root`` (``k = 0``: ``root``)."""
+    return root if k == 0 else f"{root}-r{k}"
+
+
+def init_seed(variant) -> int:
+    """Seed of the initialization draw: the variant's torch seed for attempt 0, a seed
+    spawned from it (``SeedSequence(torch_seed, spawn_key=(attempt,))``) for a restart."""
+    if not getattr(variant, "attempt", 0):
+        return int(variant.torch_seed)
+    ss = np.random.SeedSequence(int(variant.torch_seed), spawn_key=(int(variant.attempt),))
+    return int(ss.generate_state(1)[0])
+
+
+def attempt_variant(variant, k: int):
+    """The variant trained as attempt ``k`` (``attempt: k``; the fallback init if set)."""
+    update = {"attempt": k}
+    policy = variant.on_bad_init
+    if k > 0 and policy is not None and policy.fallback_init:
+        update["init"] = policy.fallback_init
+    return variant.model_copy(update=update)
+
+
+# ----------------------------------------------------------------------- chains in a store
+def attempt_ids(store, root: str) -> list[str]:
+    """Ids of the stored attempts of a variant, in order: ``root`` and the attempts its
+    ``restarted_as`` links lead to (only those present in the store)."""
+    ids: list[str] = []
+    rid = root
+    while rid and len(ids) < MAX_ATTEMPTS and store.status(rid) is not None:
+        ids.append(rid)
+        rid = store.open_run(rid).attrs.get("restarted_as")
+    return ids
+
+
+def variant_done(store, root: str) -> bool:
+    """Whether a re-run has nothing left to train for this variant: its run is finished
+    and, if the policy restarted it, so is every attempt down the chain."""
+    rid = root
+    for _ in range(MAX_ATTEMPTS):
+        status = store.status(rid)
+        if status not in FINISHED:
+            return False
+        nxt = store.open_run(rid).attrs.get("restarted_as") if status == BAD_INIT else None
+        if not nxt:
+            return True
+        rid = nxt
+    return True
+
+
+# ----------------------------------------------------------------------- in the task
+class BadInitMonitor:
+    """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` on the first
+    ``after`` snapshots; asks to stop when it is bad and ``action`` is not ``continue``.
+
+    Attributes
+    ----------
+    verdict : dict or None
+        :func:`~pipeline.apps.badinit.detect`'s result, once ``after`` snapshots were seen.
+    at : dict or None
+        ``{"snapshot": K - 1, "epoch": e, "step": s}``: where the verdict was reached.
+    """
+
+    def __init__(self, after: int, groups, action: str):
+        self.after, self.groups, self.action = int(after), groups, action
+        self.rows: list[np.ndarray] = []
+        self.verdict: dict | None = None
+        self.at: dict | None = None
+
+    def on_snapshot(self, flat, epoch: int, step: int) -> None:
+        if self.verdict is not None:
+            return
+        x = flat.numpy() if hasattr(flat, "numpy") else np.asarray(flat)
+        self.rows.append(np.array(x, dtype=np.float32, copy=True))
+        if len(self.rows) == self.after:
+            from ..apps.badinit import detect
+
+            self.verdict = detect(np.stack(self.rows), self.groups, snapshots=self.after)
+            self.at = {"snapshot": self.after - 1, "epoch": int(epoch), "step": int(step)}
+            self.rows = []
+            log.info("bad-init verdict after %d snapshots: %s", self.after,
+                     "bad (" + ", ".join(self.verdict["bad_init_reasons"]) + ")" if self.verdict["bad_init"]
+                     else "good")
+
+    def on_epoch_end(self, epoch: int, history) -> bool:
+        return bool(self.verdict and self.verdict["bad_init"] and self.action != "continue")
+
+    def judge(self, result, next_id: str | None) -> tuple[str, dict]:
+        """Final status and attributes of the attempt: ``bad_init`` when the verdict is
+        bad and the action stops (``restarted_as``: ``next_id`` when one follows)."""
+        attrs: dict = {"bad_init_verdict": self.verdict, "bad_init_at": self.at}
+        bad = bool(self.verdict and self.verdict["bad_init"])
+        if not bad or self.action == "continue" or result.status != "complete":
+            attrs["bad_init_action"] = "continued" if bad and result.status == "complete" else "none"
+            return result.status, attrs
+        attrs["bad_init_action"] = "restarted" if next_id else "stopped"
+        if next_id:
+            attrs["restarted_as"] = next_id
+        return BAD_INIT, attrs
+
+
+def _layer_ranges(variant) -> list:
+    """The snapshot layout's layers of ``variant``, from a model built on the meta device."""
+    import torch
+
+    from ..storage.layout import Layout
+    from .models import build_model
+    from .tasks import build_task
+
+    task = build_task(variant.task.name, seed=0, **variant.task.model_dump(exclude={"name"}))
+    with torch.device("meta"):
+        model = build_model(variant.family, task.in_dim, task.out_dim, variant.depth, variant.width,
+                            variant.activation)
+    layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+    if variant.snapshot.layers != "all":
+        layout = layout.select(variant.snapshot.layers)
+    return layout.layer_ranges()
+
+
+def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
+    """Train ``variant`` and, as its ``on_bad_init`` policy says, its restart attempts.
+
+    Returns attempt 0's summary (as :func:`pipeline.training.runner.run_variant`) with
+    ``"attempts"``: the summaries of every attempt of the chain, in order (attempts
+    already finished in the store are read back, not retrained).
+    """
+    from ..storage.store import TrajectoryStore
+    from .runner import summary_of_stored, train_attempt
+
+    policy = variant.on_bad_init
+    root = variant.run_id
+    last = policy.max_restarts if policy.action == "restart" else 0
+    store = TrajectoryStore(store_url)
+    groups = _layer_ranges(variant)
+    summaries: list[dict] = []
+    for k in range(last + 1):
+        rid = attempt_id(root, k)
+        if store.status(rid) in FINISHED:          # a re-run: this attempt is done
+            run = store.open_run(rid)
+            summaries.append(summary_of_stored(run))
+            if run.status == BAD_INIT and run.attrs.get("restarted_as"):
+                continue
+            break
+        v = attempt_variant(variant, k)
+        monitor = BadInitMonitor(policy.after, groups, policy.action)
+        next_id = attempt_id(root, k + 1) if k < last else None
+        links = {"variant_run_id": root, "attempt": k}
+        if k:
+            links["restart_of"] = attempt_id(root, k - 1)
+        summary = train_attempt(v, rid, store_url, [*callbacks, monitor], attrs=links,
+                                judge=lambda result, m=monitor, n=next_id: m.judge(result, n))
+        summaries.append(summary)
+        if summary["status"] != BAD_INIT or next_id is None:
+            break
+        log.info("run %s: bad initialization; restarting as %s", rid, next_id)
+    return {**summaries[0], "attempts": summaries}

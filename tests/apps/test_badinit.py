@@ -1,0 +1,131 @@
+"""The bad-initialization detector: synthetic trajectories with known spectra (against a
+dense float64 DMD computed here), and real tiny trainings with good and bad inits."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import config
+from pipeline.apps.badinit import detect, detect_run, first_snapshots
+from pipeline.storage.store import TrajectoryStore
+from pipeline.training.loop import train
+from pipeline.training.losses import build_loss
+from pipeline.training.optim import build_optimizer
+from pipeline.training.runner import build_parts, run_variant
+
+
+def _dense_dominant_modulus(Y, rank):
+    """Exact DMD of Y (float64, snapshots as columns) at ``rank``: |λ| of the pair with the
+    largest amplitude × norm over the window (the detector's "dominant" pair)."""
+    X = np.asarray(Y, np.float64).T
+    X1, X2 = X[:, :-1], X[:, 1:]
+    U, s, Vt = np.linalg.svd(X1, full_matrices=False)
+    U, s, Vt = U[:, :rank], s[:rank], Vt[:rank]
+    lam, W = np.linalg.eig(U.T @ X2 @ Vt.T / s)
+    Phi = U @ W
+    b = np.linalg.lstsq(Phi, X[:, 0].astype(complex), rcond=None)[0]
+    energy = np.abs(b) * np.sqrt((np.abs(lam)[None, :] ** (2 * np.arange(X.shape[1])[:, None])).sum(0))
+    return np.abs(lam[np.argmax(energy)])
+
+
+def _linear_trajectory(eigs, P, K, seed, scale=1.0):
+    """x_t = Σ c_i λ_i^t v_i (real λ), stored as float32: (K, P)."""
+    rng = np.random.default_rng(seed)
+    V = np.linalg.qr(rng.standard_normal((P, len(eigs))))[0]
+    c = scale * np.linspace(1.0, 0.5, len(eigs))
+    t = np.arange(K)[:, None]
+    return ((np.asarray(eigs)[None, :] ** t) * c) @ V.T
+
+
+def test_growth_is_the_dominant_eigenvalue_of_a_float32_trajectory():
+    # weights growing away from the origin at 1.3 per snapshot, with a decaying mode
+    Y = _linear_trajectory([1.3, 0.6], P=50, K=6, seed=0).astype(np.float32)
+    d = detect(Y)
+    ref = _dense_dominant_modulus(Y, d["init_rank"])
+    assert d["init_rank"] == 2
+    assert d["init_growth"] == pytest.approx(ref - 1.0, abs=1e-5)
+    assert d["init_growth"] == pytest.approx(0.3, abs=1e-4)
+    # (two exact directions: the one layer is collapsed too)
+    assert d["bad_init"] and d["bad_init_reasons"] == ["growth", "collapsed"] and d["bad_init_snapshots"] == 6
+    # a good start: the initial weights dominate (λ = 1) and a small decaying correction
+    Y = (_linear_trajectory([1.0, 0.7, 0.4], P=50, K=6, seed=1) * [1.0]).astype(np.float32)
+    d = detect(Y)
+    assert abs(d["init_growth"] - (_dense_dominant_modulus(Y, d["init_rank"]) - 1.0)) < 1e-5
+    assert abs(d["init_growth"]) < 1e-4 and not d["bad_init"]
+
+
+def test_frozen_and_collapsed_layers_are_named():
+    rng = np.random.default_rng(3)
+    K = 6
+    moving = 10 * rng.standard_normal(40) + 0.1 * rng.standard_normal((K, 40)).cumsum(axis=0)  # rank K-1
+    frozen = np.tile(rng.standard_normal(20), (K, 1))          # never moves
+    collapsed = _linear_trajectory([1.0, 0.8], P=30, K=K, seed=4)  # two exact directions
+    Y = np.hstack([moving, frozen, collapsed]).astype(np.float32)
+    groups = [("a", 0, 40), ("b", 40, 60), ("c", 60, 90)]
+    d = detect(Y, groups)
+    assert d["init_frozen_layers"] == ["b"] and d["init_collapsed_layers"] == ["c"]
+    assert d["init_layers"]["a"]["rank"] == K - 1 and d["init_layers"]["b"]["rank"] == 1
+    assert d["init_layers"]["c"]["rank"] == 2 and d["init_layers"]["c"]["n_certified"] == 2
+    assert d["bad_init"] and set(d["bad_init_reasons"]) == {"frozen", "collapsed"}
+    # the same layers without the frozen and collapsed ones: a good verdict
+    assert not detect(Y[:, :40], [("a", 0, 40)])["bad_init"]
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="at least 4 snapshots"):
+        detect(np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match="fewer than the 8"):
+        detect(np.ones((6, 5), np.float32), snapshots=8)
+    with pytest.raises(ValueError, match="non-finite"):
+        detect(np.full((6, 5), np.nan, np.float32))
+
+
+TINY_TRAIN = {"name": "t", "seeds": [0], "epochs": 5, "batch_size": 16,
+              "task": {"name": "multiscale", "n_points": 64, "frequencies": [1.0, 4.0], "amplitudes": [1.0, 0.3]},
+              "model": {"family": "mlp", "depth": 2, "width": 16, "activation": "tanh"},
+              "optimizer": {"name": "adam", "lr": 0.01}}
+
+
+def _snapshots(init: str) -> tuple[np.ndarray, list]:
+    v = config.expand(config.validate({**TINY_TRAIN, "init": init}))[0]
+    task, model, layout = build_parts(v)
+    rows = []
+    train(model, task, build_loss("mse"), build_optimizer("adam", model.parameters(), v.lr), epochs=v.epochs,
+          batch_size=v.batch_size, snapshot_every=1, snapshot_unit="epoch", layout=layout,
+          sink=lambda flat, epoch, step: rows.append(flat.numpy().copy()),
+          generator=torch.Generator().manual_seed(0))
+    return np.stack(rows), layout.layer_ranges()
+
+
+@pytest.mark.parametrize("init, reason", [("zeros", "frozen"), ("constant", "collapsed"),
+                                          ("small_variance", "growth")])
+def test_bad_inits_of_a_real_training_are_flagged(init, reason):
+    Y, groups = _snapshots(init)
+    d = detect(Y, groups)
+    assert d["bad_init"] and reason in d["bad_init_reasons"], d
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier", "orthogonal"])
+def test_good_inits_of_a_real_training_are_not(init):
+    Y, groups = _snapshots(init)
+    d = detect(Y, groups)
+    assert not d["bad_init"], d
+    assert abs(d["init_growth"]) < 0.02 and not d["init_frozen_layers"] and not d["init_collapsed_layers"]
+
+
+def test_stored_run_reads_only_its_first_snapshots(tmp_path):
+    v = config.expand(config.validate({**TINY_TRAIN, "init": "zeros", "epochs": 8}))[0]
+    run_variant(v, str(tmp_path / "s"))
+    run = TrajectoryStore(str(tmp_path / "s")).open_run(v.run_id)
+    Y, groups = first_snapshots(run, 5)
+    assert Y.shape == (5, run.layout.size) and Y.dtype == np.float32
+    np.testing.assert_array_equal(Y, run.weights().compute()[:5])
+    assert [g[0] for g in groups] == ["layers.0", "layers.1", "out"]
+    d = detect_run(run)
+    assert d["bad_init"] and d["bad_init_snapshots"] == 6
+    # the hidden layers never move; the readout only along one line (its bias)
+    assert d["init_frozen_layers"] == ["layers.0", "layers.1", "out"]
+    # too short for a verdict: not flagged, and said so
+    short = detect_run(run, snapshots=3)
+    assert short["bad_init"] is False and short["bad_init_snapshots"] == 3 and "fewer than the 4" in short[
+        "bad_init_undecided"]

@@ -1,0 +1,101 @@
+"""The on_bad_init policy in the task body (no Ray): restart keeps both attempts linked
+and a re-run trains nothing; stop stops; continue only records; run ids hold."""
+
+import numpy as np
+import pytest
+
+from pipeline import config
+from pipeline.errors import ConfigError
+from pipeline.storage.store import TrajectoryStore
+from pipeline.training.restart import attempt_ids, init_seed, variant_done
+from pipeline.training.runner import run_variant
+
+from conftest import TINY
+
+BASE = {**TINY, "model": {**TINY["model"], "depth": 2}, "epochs": 10}
+
+
+def _variant(init="zeros", **policy):
+    data = {**BASE, "init": init}
+    if policy:
+        data["on_bad_init"] = policy
+    return config.expand(config.validate(data))[0]
+
+
+def test_restart_keeps_both_attempts_linked_and_a_rerun_trains_nothing(tmp_path):
+    v = _variant(action="restart", max_restarts=2, fallback_init="kaiming", after=5)
+    url = str(tmp_path / "s")
+    out = run_variant(v, url)
+    root, r1 = v.run_id, v.run_id + "-r1"
+    assert [a["run_id"] for a in out["attempts"]] == [root, r1]
+    assert [a["status"] for a in out["attempts"]] == ["bad_init", "complete"]
+    st = TrajectoryStore(url)
+    first, second = st.open_run(root), st.open_run(r1)
+    # attempt 0 stopped at its verdict, after 5 snapshots (epoch 4 of 10)
+    assert first.status == "bad_init" and first.n_snapshots == 5 and first.attrs["epochs_run"] == 4
+    assert first.attrs["restarted_as"] == r1 and first.attrs["bad_init_action"] == "restarted"
+    assert first.attrs["bad_init_verdict"]["bad_init"] and first.attrs["bad_init_at"]["epoch"] == 4
+    # attempt 1: the fallback init, a fresh seed, the whole budget, linked back
+    assert second.status == "complete" and second.n_snapshots == v.epochs + 1
+    assert second.attrs["restart_of"] == root and second.attrs["variant_run_id"] == root
+    assert second.config["init"] == "kaiming" and second.config["attempt"] == 1
+    assert second.attrs["bad_init_verdict"]["bad_init"] is False and second.attrs["bad_init_action"] == "none"
+    assert not np.allclose(second.weights().compute()[0], 0.0)
+    assert init_seed(config.Variant.model_validate(second.config)) != v.torch_seed
+    assert attempt_ids(st, root) == [root, r1] and variant_done(st, root)
+    assert {i.run_id: i.restart_of for i in st.runs()} == {root: None, r1: root}
+
+    finished = {rid: st.open_run(rid).attrs["finished"] for rid in (root, r1)}
+    again = run_variant(v, url)
+    assert [(a["run_id"], a["status"], a["seconds"]) for a in again["attempts"]] == [
+        (root, "bad_init", 0.0), (r1, "complete", 0.0)]
+    assert {rid: st.open_run(rid).attrs["finished"] for rid in (root, r1)} == finished
+
+
+def test_an_interrupted_chain_resumes_at_its_unfinished_attempt(tmp_path):
+    v = _variant(action="restart", max_restarts=1, fallback_init="xavier", after=4)
+    url = str(tmp_path / "s")
+    run_variant(v, url)
+    st = TrajectoryStore(url)
+    r1 = v.run_id + "-r1"
+    st.delete_run(r1)                       # the task died before the restart finished
+    assert not variant_done(st, v.run_id)
+    finished = st.open_run(v.run_id).attrs["finished"]
+    out = run_variant(v, url)
+    assert [a["status"] for a in out["attempts"]] == ["bad_init", "complete"]
+    assert st.open_run(v.run_id).attrs["finished"] == finished   # attempt 0 not retrained
+    assert st.open_run(r1).status == "complete" and variant_done(st, v.run_id)
+
+
+def test_stop_stops_and_continue_only_records(tmp_path):
+    stop = _variant(action="stop", after=4)
+    out = run_variant(stop, str(tmp_path / "a"))
+    run = TrajectoryStore(str(tmp_path / "a")).open_run(stop.run_id)
+    assert out["status"] == "bad_init" and [a["run_id"] for a in out["attempts"]] == [stop.run_id]
+    assert run.status == "bad_init" and run.n_snapshots == 4 and run.attrs["stopped_early"]
+    assert run.attrs["bad_init_action"] == "stopped" and "restarted_as" not in run.attrs
+    assert TrajectoryStore(str(tmp_path / "a")).run_ids() == [stop.run_id]
+
+    cont = _variant(action="continue", after=4)
+    out = run_variant(cont, str(tmp_path / "b"))
+    run = TrajectoryStore(str(tmp_path / "b")).open_run(cont.run_id)
+    assert out["status"] == "complete" and run.n_snapshots == cont.epochs + 1
+    assert run.attrs["bad_init_verdict"]["bad_init"] and run.attrs["bad_init_action"] == "continued"
+
+    good = _variant(init="kaiming", action="stop", after=4)
+    out = run_variant(good, str(tmp_path / "c"))
+    assert out["status"] == "complete" and out["n_snapshots"] == good.epochs + 1
+
+
+def test_policy_enters_the_run_id_only_when_set():
+    plain = _variant()
+    assert plain.on_bad_init is None and "on_bad_init" not in plain.identity()
+    assert "attempt" not in plain.identity()
+    with_policy = _variant(action="stop")
+    assert with_policy.run_id != plain.run_id
+    with pytest.raises(ConfigError, match="on_bad_init.fallback_init: unknown name 'nope'"):
+        _variant(action="restart", fallback_init="nope")
+    with pytest.raises(ConfigError, match="on_bad_init.after"):
+        _variant(action="restart", after=2)
+    with pytest.raises(ConfigError, match=r"on_bad_init.after: 12 snapshots, but a run takes only 11"):
+        _variant(action="stop", after=12)
