@@ -26,7 +26,7 @@ def test_restarted_variant_keeps_both_attempts_everywhere(tiny_config, tmp_path,
     assert r.returncode == 0, r.stderr
     assert "2 variants, 0 already finished, 2 to train" in r.stderr
     # the stopped attempt has 4 snapshots, too few for the 6-snapshot window: said, not failed
-    assert f"run {bad}: bad init after 4 snapshot(s), too few to analyse" in r.stderr
+    assert f"run {bad}: bad init after 4 snapshots, too few to analyse" in r.stderr
 
     st = TrajectoryStore(str(store))
     status = {i.run_id: i.status for i in st.runs()}
