@@ -15,7 +15,8 @@ Ray, Zarr store, MLflow)::
    table per case: the final epoch, the best epoch (oracle: least clean_error; its epoch
    in parentheses) and the epoch of least validation loss (validation = a fresh noise
    draw on the grid, a stopping rule one can use without the clean target); mean ± sd
-   over the seeds.
+   over the seeds, and the final clean_error of MSE minus this loss's, seed by seed (the
+   seeds pair up: a replica's noise draw and initialization are the same for every loss).
 3. A figure: clean_error over training for each loss (noisy, clean), per-scale errors at
    the final epoch, and the reconstructions of seed 0 from its final stored weights.
 
@@ -88,7 +89,9 @@ def table(case: str, data: dict, freqs) -> str:
 
     fs = [f"{f:g}" for f in freqs]
     head = (["loss", "final clean_error"] + [f"final f={f}" for f in fs]
-            + ["best clean_error (epoch)"] + [f"best f={f}" for f in fs] + ["at least val_loss (epoch)"])
+            + ["best clean_error (epoch)"] + [f"best f={f}" for f in fs] + ["at least val_loss (epoch)"]
+            + ["mse − this, final (per seed)"])
+    ref = data.get("mse")
     lines = [f"**{case}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in data.items():
         cells = [f"`{label}`", ms(s["final clean_error"])]
@@ -96,6 +99,8 @@ def table(case: str, data: dict, freqs) -> str:
         cells += [f"{ms(s['best clean_error'])} ({s['best epoch'].mean():.0f})"]
         cells += [ms(s[f"best {metric_name(f)}"], 2) for f in freqs]
         cells += [f"{ms(s['val-stop clean_error'])} ({s['val-stop epoch'].mean():.0f})"]
+        paired = ref["final clean_error"] - s["final clean_error"] if ref is not None else None
+        cells += ["-" if paired is None or label == "mse" else " ".join(f"{d:+.2f}" for d in paired)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
