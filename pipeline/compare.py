@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
-from .config import flatten_dict
+from .config import flatten_dict, loss_label
 from .errors import KMAError, plural
 from .storage.store import FINISHED, TrajectoryStore
 
@@ -28,7 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def _flat_config(run) -> dict:
-    return flatten_dict(run.config) if isinstance(run.config, dict) else {}
+    """The run's config flattened (``loss.name``, ``loss.s``); a loss given by a mapping
+    is also ``loss`` = its canonical label (``sobolev(s=1)``), so ``--by loss`` groups
+    plain names and mappings alike."""
+    if not isinstance(run.config, dict):
+        return {}
+    flat = flatten_dict(run.config)
+    if isinstance(run.config.get("loss"), dict) and "name" in run.config["loss"]:
+        flat["loss"] = loss_label(run.config["loss"])
+    return flat
 
 
 def choose_analysis(analyses: dict[str, dict[str, str]]) -> str | None:

@@ -123,11 +123,21 @@ class MultiscaleTask(_Strict):
     amplitudes: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.25], min_length=1)
     noise: float = Field(0.0, ge=0.0)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # "split": a random val_fraction of the grid's points is held out (noise-free);
+    # "fresh_noise": train on the whole grid, validate on the same grid with a fresh draw
+    # of the noise (keeps the uniform grid an H^-s loss needs; README "Negative Sobolev losses")
+    val: Literal["split", "fresh_noise"] = "split"
 
     @model_validator(mode="after")
     def _same_length(self):
         if len(self.frequencies) != len(self.amplitudes):
             raise ValueError("frequencies and amplitudes must have the same length")
+        return self
+
+    @model_validator(mode="after")
+    def _fraction_needs_split(self):
+        if self.val == "fresh_noise" and self.val_fraction != 0.2:
+            raise ValueError("val_fraction is not used with val: fresh_noise (the whole grid trains)")
         return self
 
 
@@ -154,6 +164,86 @@ class BlobsTask(_Strict):
 
 
 TaskConfig = Union[MultiscaleTask, DigitsTask, BlobsTask]
+
+
+# --------------------------------------------------------------------------- losses
+class SobolevLossSpec(_Strict):
+    """``loss: {name: sobolev, s: 1.0, mse_weight: 0.0}``: the H^-s loss on the task's
+    uniform grid, blended with ``mse_weight`` × MSE (:mod:`pipeline.training.sobolev`)."""
+
+    name: Literal["sobolev"]
+    s: float = Field(ge=0.0)
+    mse_weight: float = Field(0.0, ge=0.0, le=1.0)
+
+
+LossSpec = SobolevLossSpec             # losses configured by a mapping (name → schema below)
+LOSS_SPECS: dict[str, type[_Strict]] = {"sobolev": SobolevLossSpec}
+GRID_TASKS = ("multiscale",)          # tasks whose data live on a uniform grid
+GRID_LOSSES = ("sobolev",)            # losses that need that grid, whole and in order
+
+
+def _loss_entry(x):
+    """One loss of a grid: a name, or a mapping → its schema; ``{name: mse}`` is ``mse``."""
+    if isinstance(x, str) and x in LOSS_SPECS:  # `loss: sobolev` is {name: sobolev}: needs its s
+        x = {"name": x}
+    if isinstance(x, str) or isinstance(x, tuple(LOSS_SPECS.values())):
+        return x
+    if not isinstance(x, dict):
+        raise ValueError(f"expected a loss name, a mapping such as {{name: sobolev, s: 1.0}} "
+                         f"or a list of them, got {_show(x)}")
+    name = x.get("name")
+    if not isinstance(name, str):
+        raise ValueError("a loss mapping needs a name, e.g. {name: sobolev, s: 1.0}")
+    if set(x) == {"name"} and name not in LOSS_SPECS:
+        return name
+    if name not in LOSS_SPECS:
+        raise ValueError(f"loss {name!r} takes no parameters; give its plain name "
+                         f"(mappings configure: {', '.join(LOSS_SPECS)})")
+    try:
+        return LOSS_SPECS[name].model_validate(x)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = join_path(list(first["loc"]))
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ValueError(f"{name}: {where}: {msg}") from None
+
+
+def _loss_grid_check(v):
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("empty list: give at least one value (a list sweeps over its values)")
+        return [_loss_entry(x) for x in v]
+    return _loss_entry(v)
+
+
+LossValue = Union[str, SobolevLossSpec]
+LossGrid = Annotated[Union[str, SobolevLossSpec, list[Union[str, SobolevLossSpec]]],
+                     BeforeValidator(_loss_grid_check)]
+
+
+def loss_name(loss) -> str:
+    """The registry name of a loss value (a name, a spec model or its dumped mapping)."""
+    if isinstance(loss, str):
+        return loss
+    return str(loss["name"] if isinstance(loss, dict) else loss.name)
+
+
+def loss_label(loss) -> str:
+    """A loss's canonical label: ``mse``, ``sobolev(s=1)``, ``sobolev(s=2,mse_weight=0.5)``
+    (parameters at their defaults left out); what ``kma compare --by loss`` groups by and
+    the MLflow param ``loss`` of a variant whose loss is a mapping."""
+    if isinstance(loss, str):
+        return loss
+    d = dict(loss) if isinstance(loss, dict) else loss.model_dump()
+    name = str(d.pop("name"))
+    spec = LOSS_SPECS.get(name)
+    parts = []
+    for k, v in d.items():
+        field = spec.model_fields.get(k) if spec else None
+        if field is not None and not field.is_required() and v == field.get_default():
+            continue
+        parts.append(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}")
+    return f"{name}({','.join(parts)})" if parts else name
 
 
 # --------------------------------------------------------------------------- parts
@@ -380,7 +470,7 @@ class SweepConfig(_Strict):
     model: ModelGrid = Field(default_factory=ModelGrid)
     init: NameGrid = "kaiming"
     optimizer: OptimizerGrid = Field(default_factory=OptimizerGrid)
-    loss: NameGrid = "mse"
+    loss: LossGrid = "mse"   # names and mappings ({name: sobolev, s: 1.0}), or a list of them
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     snapshot: SnapshotPolicy = Field(default_factory=SnapshotPolicy)
@@ -431,7 +521,7 @@ class Variant(_Strict):
     lr: float
     momentum: float
     weight_decay: float
-    loss: str
+    loss: LossValue  # a plain name hashes as before; a mapping as its fields (identity rule)
     epochs: int
     batch_size: int
     snapshot: SnapshotPolicy
@@ -471,7 +561,7 @@ def _axes(cfg: SweepConfig) -> list[tuple[str, list]]:
         ("init", [str(x) for x in _as_list(cfg.init)]),
         ("optimizer.name", [str(x) for x in _as_list(o.name)]),
         ("optimizer.lr", [float(x) for x in _as_list(o.lr)]),
-        ("loss", [str(x) for x in _as_list(cfg.loss)]),
+        ("loss", [x if isinstance(x, BaseModel) else str(x) for x in _as_list(cfg.loss)]),
         ("seeds", [int(x) for x in cfg.seeds]),
     ]
 
@@ -603,6 +693,7 @@ def validate(data: Any, source: str = "config", *, names: bool = True) -> SweepC
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
     _check_axes(cfg, source)
+    _check_grid_losses(cfg, source)
     if names:
         check_names(cfg, source)
     return cfg
@@ -626,8 +717,29 @@ def _check_axes(cfg: SweepConfig, source: str) -> None:
         seen = set()
         for x in values:
             if x in seen:
-                raise ConfigError(f"{source}: {path}: {x!r} is listed twice; a grid lists each value once")
+                shown = repr(loss_label(x)) if isinstance(x, BaseModel) else repr(x)
+                raise ConfigError(f"{source}: {path}: {shown} is listed twice; a grid lists each value once")
             seen.add(x)
+
+
+def _check_grid_losses(cfg: SweepConfig, source: str) -> None:
+    """A loss that needs the grid (sobolev) needs a grid task that trains on the whole
+    grid, in full-batch steps (so that every loss of the sweep takes the same steps)."""
+    for loss in _as_list(cfg.loss):
+        if loss_name(loss) not in GRID_LOSSES:
+            continue
+        label, task = loss_label(loss), cfg.task
+        if task.name not in GRID_TASKS:
+            raise ConfigError(f"{source}: loss: {label} needs a task on a uniform grid "
+                              f"({', '.join(GRID_TASKS)}); task {task.name!r} has none")
+        fixes = []
+        if task.val != "fresh_noise":
+            fixes.append("task.val: fresh_noise (train on the whole grid, validate on a fresh noise draw)")
+        if cfg.batch_size < task.n_points:
+            fixes.append(f"batch_size >= {task.n_points} (task.n_points: it steps full-batch)")
+        if fixes:
+            raise ConfigError(f"{source}: loss: {label} needs the whole grid in order; set "
+                              + " and ".join(fixes))
 
 
 def check_names(cfg: SweepConfig, source: str) -> None:
@@ -641,7 +753,7 @@ def check_names(cfg: SweepConfig, source: str) -> None:
         ("model.activation", cfg.model.activation, models.ACTIVATIONS),
         ("init", cfg.init, inits.INITS),
         ("optimizer.name", cfg.optimizer.name, optim.OPTIMIZERS),
-        ("loss", cfg.loss, losses.LOSSES),
+        ("loss", [loss_name(x) for x in _as_list(cfg.loss)], losses.LOSSES),
     ]
     for path, value, registry in checks:
         for name in _as_list(value):
@@ -663,6 +775,16 @@ def check_names(cfg: SweepConfig, source: str) -> None:
 
 def resolved_dict(cfg: SweepConfig) -> dict:
     return cfg.model_dump(mode="json")
+
+
+def variant_params(variant: "Variant") -> dict[str, Any]:
+    """A variant's MLflow params: its fields flattened (``loss.name``, ``loss.s``, ...);
+    a loss given by a mapping also logs its label as ``loss`` (``sobolev(s=1)``), so
+    runs group by ``loss`` alike whatever form their loss takes."""
+    params = flatten_dict(variant.model_dump(mode="json"))
+    if not isinstance(variant.loss, str):
+        params["loss"] = loss_label(variant.loss)
+    return params
 
 
 def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Variant, flatten_dict
+from .config import Variant, flatten_dict, variant_params
 from .console import Console
 from .errors import KMAError, plural
 from .storage.runids import shown
@@ -38,7 +38,7 @@ def _experiment_and_params(run) -> tuple[str, dict]:
     except Exception:  # noqa: BLE001 - not a sweep variant (ingested, or an older config)
         params = flatten_dict(run.config) if isinstance(run.config, dict) else {}
         return str(run.attrs.get("sweep") or "kma"), params
-    return variant.sweep, flatten_dict(variant.model_dump(mode="json"))
+    return variant.sweep, variant_params(variant)
 
 
 def short_name(run) -> str:

@@ -104,7 +104,9 @@ def train(
     task : TaskData
         Training and validation tensors; moved to ``device`` once.
     loss_fn : callable
-        ``loss_fn(pred, target)`` → mean loss over the batch (a scalar tensor).
+        ``loss_fn(pred, target)`` → mean loss over the batch (a scalar tensor). One with
+        ``whole_grid = True`` (an H^-s loss) is stepped full-batch on the training set in
+        its stored (grid) order, and evaluated on the whole validation set at once.
     optimizer : torch.optim.Optimizer
         Built over ``model.parameters()``.
     epochs, batch_size : int
@@ -183,13 +185,17 @@ def train(
         return result("diverged", "initial weights are not finite")
 
     n = task.n_train
+    # a loss on the grid's spectrum (sobolev) needs the whole grid in order: full batch
+    whole_grid = bool(getattr(loss_fn, "whole_grid", False))
+    step_size = n if whole_grid else batch_size
     for epoch in range(1, epochs + 1):
         # ---- one pass over the shuffled training set
         model.train()
-        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        order = (torch.arange(n, device=device) if whole_grid else
+                 torch.randperm(n, generator=generator, device=generator.device).to(device))
         loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for start in range(0, n, step_size):
+            idx = order[start : start + step_size]
             xb, yb = x_train[idx], y_train[idx]
             pred = model(xb)
             loss = loss_fn(pred, yb)
@@ -207,7 +213,8 @@ def train(
                 return result("diverged", f"weights not finite at epoch {epoch}, step {steps}")
 
         # ---- metrics
-        val_loss, val_correct = _evaluate(model, loss_fn, x_val, y_val, batch_size, classify)
+        val_loss, val_correct = _evaluate(model, loss_fn, x_val, y_val,
+                                          x_val.shape[0] if whole_grid else batch_size, classify)
         if not math.isfinite(val_loss):
             return result("diverged", f"validation loss is {val_loss} at epoch {epoch}")
         history["train_loss"].append(loss_sum / n)

@@ -30,7 +30,8 @@ def build_loss(name: str, **params) -> Loss:
     Parameters
     ----------
     name : str
-        A key of :data:`LOSSES`: ``mse``, ``l1``, ``huber``, ``cross_entropy``.
+        A key of :data:`LOSSES`: ``mse``, ``l1``, ``huber``, ``cross_entropy``,
+        ``sobolev`` (H^-s on a uniform grid: :mod:`pipeline.training.sobolev`).
     **params
         Factory keywords (e.g. ``delta`` for ``huber``, ``label_smoothing`` for
         ``cross_entropy``).
@@ -66,3 +67,23 @@ def _cross_entropy(*, label_smoothing: float = 0.0) -> Loss:
     if not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     return nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+
+
+@register(LOSSES, "sobolev")
+def _sobolev(*, s: float, mse_weight: float = 0.0) -> Loss:
+    """H^-s loss on the uniform grid, optionally blended with MSE
+    (:class:`~pipeline.training.sobolev.SobolevLoss`); steps full-batch in grid order."""
+    from .sobolev import SobolevLoss
+
+    return SobolevLoss(float(s), float(mse_weight))
+
+
+def build_loss_spec(spec) -> Loss:
+    """The loss of a sweep variant's ``loss``: a plain name (``"mse"``) or a mapping
+    model with a ``name`` (:class:`~pipeline.config.SobolevLossSpec`)."""
+    if isinstance(spec, str):
+        return build_loss(spec)
+    params = spec.model_dump(exclude={"name"}) if hasattr(spec, "model_dump") else {
+        k: v for k, v in dict(spec).items() if k != "name"}
+    name = spec.name if hasattr(spec, "name") else dict(spec)["name"]
+    return build_loss(name, **params)

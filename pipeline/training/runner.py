@@ -19,7 +19,8 @@ from ..config import Variant
 from ..errors import KMAError
 from .inits import apply_init
 from ..storage.layout import Layout
-from .losses import build_loss
+from .losses import build_loss_spec
+from .sobolev import task_callbacks
 from .models import build_model
 from .optim import build_optimizer
 from ..storage.store import FINISHED, TrajectoryStore
@@ -114,7 +115,7 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
         extra={"device": device, "sweep": variant.sweep, "t_start": time.time(), **(attrs or {})},
     )
     try:
-        loss_fn = build_loss(variant.loss)
+        loss_fn = build_loss_spec(variant.loss)
         kw = {"weight_decay": variant.weight_decay}
         if variant.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = variant.momentum
@@ -135,7 +136,7 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
             sink=writer,
             device=device,
             generator=torch.Generator().manual_seed(variant.torch_seed + 1),
-            callbacks=callbacks,
+            callbacks=[*task_callbacks(model, task, device), *callbacks],  # clean_error first
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
                  "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}

@@ -133,11 +133,16 @@ def multiscale(
     phases: Sequence[float] | None = None,
     noise: float = 0.0,
     val_fraction: float = 0.2,
+    val: str = "split",
 ) -> TaskData:
     """Multi-scale 1-D regression, y(x) = Σ_i a_i sin(2π f_i x + φ_i) on x_j = j / n_points.
 
-    Gaussian noise of standard deviation ``noise`` is added to the training targets only;
-    validation targets and ``clean`` are noise-free. ``phases`` defaults to zeros.
+    ``val="split"``: a random ``val_fraction`` of the grid is held out; Gaussian noise of
+    standard deviation ``noise`` is added to the training targets only, validation
+    targets are noise-free. ``val="fresh_noise"``: the whole grid trains, in grid order,
+    and validation is the same grid with an independent draw of the noise (the grid stays
+    whole for an H^-s loss). ``clean`` is the noise-free target on the whole grid either
+    way. ``phases`` defaults to zeros.
     """
     frequencies, amplitudes = list(frequencies), list(amplitudes)
     phases = [0.0] * len(frequencies) if phases is None else list(phases)
@@ -163,6 +168,17 @@ def multiscale(
     x, y = x.float(), y.float()
 
     gen = torch.Generator().manual_seed(seed)
+    if val == "fresh_noise":
+        y_train, y_val = y.clone(), y.clone()
+        if noise > 0:
+            y_train = y_train + noise * torch.randn(y.shape, generator=gen)
+            y_val = y_val + noise * torch.randn(y.shape, generator=gen)
+        return TaskData(
+            x_train=x.clone(), y_train=y_train.contiguous(), x_val=x.clone(), y_val=y_val.contiguous(),
+            kind="regression", in_dim=1, out_dim=1, grid=x, clean=y, input_shape=(1,),
+        )
+    if val != "split":
+        raise ConfigError(f"val must be 'split' or 'fresh_noise', got {val!r}")
     tr, va = _split(n_points, val_fraction, gen)
     y_train = y[tr]
     if noise > 0:
