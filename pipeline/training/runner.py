@@ -25,6 +25,7 @@ from .optim import build_optimizer
 from ..storage.store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .loop import train
+from ..apps.hooks import hook_records, training_hooks
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
         if variant.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = variant.momentum
         optimizer = build_optimizer(variant.optimizer, model.parameters(), variant.lr, **kw)
+        hooks = training_hooks(variant, model, optimizer, task, loss_fn, layout, device)  # prune/accelerate
         result = train(
             model,
             task,
@@ -118,10 +120,11 @@ def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
             sink=writer,
             device=device,
             generator=torch.Generator().manual_seed(variant.torch_seed + 1),
-            callbacks=callbacks,
+            callbacks=[*callbacks, *hooks],
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
                  "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}
+        extra.update(hook_records(hooks))   # events (prune, Koopman jumps) for the analysis
         writer.finish(result.status, metrics=result.history, extra=extra)
         return _summary(run_id, result.status, result.history, writer.n_snapshots, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - recorded as a failed run, redone on re-run
