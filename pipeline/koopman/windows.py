@@ -125,8 +125,9 @@ def _plan_stretches(T, window, stride, cuts) -> list[tuple[int, int]]:
         wins += [(s0 + a, s0 + b) for a, b in plan_windows(n, window, stride)]
     if not wins:
         plan_windows(T, window, stride)          # a bad window/stride: its own message
+        stretches = ", ".join(f"[{a}, {b})" for a, b in zip(edges[:-1], edges[1:]))
         raise ValueError(f"window={window} is longer than every stretch between the run's "
-                         f"events (snapshots {edges})")
+                         f"events ({stretches})")
     return wins
 
 
