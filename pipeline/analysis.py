@@ -96,7 +96,9 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> 
             if prefix < 2:
                 raise KMAError(f"diverged at snapshot {prefix}: fewer than 2 finite snapshots to analyse")
             Y = run.trajectory(rows=prefix)
-        est = params.estimator(scheduler, unit_roundoff=u).fit(Y, progress=progress)
+        est = params.estimator(scheduler, unit_roundoff=u)
+        est.breaks = event_breaks(run.attrs)     # no window straddles a prune or a jump
+        est = est.fit(Y, progress=progress)
         est.finite_prefix_ = prefix
         return est
     except KMAError as e:
@@ -105,6 +107,15 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> 
         if not _read_error(e):  # a bug elsewhere keeps its traceback
             raise
         raise KMAError(f"run {run.run_id}: cannot read its trajectory ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def event_breaks(attrs: dict) -> tuple[int, ...]:
+    """Snapshot indices of a run's recorded events (``attrs["events"]``: ``[{"snapshot":
+    i, "kind": ...}, ...]``, written by :mod:`pipeline.apps.hooks`): the first snapshot
+    after a prune or a Koopman jump, where the dynamics change."""
+    events = attrs.get("events") or []
+    return tuple(sorted({int(e["snapshot"]) for e in events
+                         if isinstance(e, dict) and isinstance(e.get("snapshot"), int)}))
 
 
 def finite_prefix(Y) -> int | None:

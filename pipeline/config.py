@@ -332,6 +332,47 @@ RELIABLE_RESIDUAL = 1e-2
 _RANK_ARGS = ("rank", "tol", "threshold")
 
 
+# --------------------------------------------------------------------------- applications
+class PruneConfig(_Strict):
+    """``prune:`` mask a fraction of the weights once, after ``after`` snapshots, and keep
+    training with the mask fixed (:mod:`pipeline.apps.prune`). ``koopman``: by the
+    magnitude of each weight's predicted end point, the DMD mode of the eigenvalue
+    nearest 1 over the last ``window`` snapshots (Koopman magnitude pruning, Redman et
+    al., ICLR 2022); ``magnitude``: by the current magnitude (the baseline). ``scope``
+    ``global`` ranks all weight matrices together (as Redman et al.), ``layer`` each
+    on its own. ``rank``: DMD truncation (default ``(window - 1) // 2``)."""
+
+    method: Literal["koopman", "magnitude"]
+    sparsity: float = Field(gt=0.0, lt=1.0)
+    after: int = Field(ge=2)
+    window: int = Field(6, ge=3)
+    scope: Literal["global", "layer"] = "global"
+    rank: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _window_fits(self):
+        if self.window > self.after:
+            raise ValueError(f"window ({self.window}) must be <= after ({self.after}): "
+                             "the DMD needs that many snapshots before the prune")
+        return self
+
+
+class AccelerateConfig(_Strict):
+    """``accelerate:`` every ``every`` snapshots, DMD of the last ``window`` (since the
+    last jump), and a jump of the weights ``horizon`` snapshots ahead along the
+    certified, non-growing modes; kept only if the training loss falls (Dogra & Redman,
+    NeurIPS 2020; :mod:`pipeline.apps.accelerate`). ``optimizer_state``: what the
+    optimizer's moments do at an accepted jump (``keep`` or ``reset``); ``residual_tol``
+    the certification threshold (default the analysis' ``RELIABLE_RESIDUAL``)."""
+
+    window: int = Field(ge=3)
+    every: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+    rank: int | None = Field(None, ge=1)
+    optimizer_state: Literal["keep", "reset"] = "keep"
+    residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)   # certification: κ · residual <= this
+
+
 class AnalysisParams(_Strict):
     """What an analysis computes: one model for the sweep YAML's ``analysis:`` section
     and the flags of ``kma analyze`` (same defaults), validated when it is built.
@@ -479,6 +520,8 @@ class SweepConfig(_Strict):
     store: str | None = None  # default store URL (the command line wins)
     stop: StopPolicy | None = None  # spectral stopping (issue 11); absent = off
     on_bad_init: OnBadInit | None = None  # restart policy (absent: off)
+    prune: PruneConfig | None = None            # issue 13: absent = off
+    accelerate: AccelerateConfig | None = None  # issue 13: absent = off
 
     @field_validator("name")
     @classmethod
@@ -497,6 +540,12 @@ class SweepConfig(_Strict):
         if any(x < 0 for x in v):
             raise ValueError("replica seeds must be >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _prune_or_accelerate(self):
+        if self.prune is not None and self.accelerate is not None:
+            raise ValueError("prune and accelerate together are not supported; set one of them")
+        return self
 
 
 # --------------------------------------------------------------------------- variant
@@ -529,6 +578,8 @@ class Variant(_Strict):
     stop: StopPolicy | None = None  # enters the run id only when set
     on_bad_init: OnBadInit | None = None  # in the id only when set
     attempt: int = Field(0, ge=0)  # restart attempt (pipeline.training.restart); stored under <id>-r<attempt>
+    prune: PruneConfig | None = None
+    accelerate: AccelerateConfig | None = None
 
     def identity(self) -> dict:
         """The content that defines the run (see :func:`identity`)."""
@@ -603,6 +654,8 @@ def expand(cfg: SweepConfig) -> list[Variant]:
                 resources=cfg.resources,
                 stop=cfg.stop,
                 on_bad_init=cfg.on_bad_init,
+                prune=cfg.prune,
+                accelerate=cfg.accelerate,
             )
         )
     ids = [v.run_id for v in variants]

@@ -50,7 +50,7 @@ def test_the_pinned_identity_still_holds_defaults_of_the_old_keys():
 class _NextVariant(Variant):
     """A later schema: one trajectory key with a default, one execution-only key."""
 
-    prune: float = 0.0
+    future_key: float = 0.0   # (was "prune": now a real key, issue 13)
     pack: str = Field("auto", json_schema_extra=EXECUTION_ONLY)
 
 
@@ -70,8 +70,8 @@ def test_a_new_key_at_its_default_keeps_every_run_id():
 
 def test_a_new_key_away_from_its_default_changes_the_run_id():
     v = _demo()[0]
-    moved = _upgrade(v, prune=0.5)
-    assert moved.run_id != v.run_id and moved.identity()["prune"] == 0.5
+    moved = _upgrade(v, future_key=0.5)
+    assert moved.run_id != v.run_id and moved.identity()["future_key"] == 0.5
 
 
 def test_a_new_nested_key_follows_the_same_rule():

@@ -103,6 +103,9 @@ class KoopmanDMD:
     unit_roundoff : float, optional
         Of the dtype the trajectory was stored in (default: ``Y``'s dtype; a bfloat16
         run read as float32 should pass ``2**-8``): sets the default cut.
+    breaks : sequence of int, optional
+        Snapshot indices no window may straddle (a run's events: prune, Koopman jump;
+        :func:`pipeline.koopman.windows.plan_windows`).
 
     Attributes
     ----------
@@ -131,7 +134,7 @@ class KoopmanDMD:
 
     def __init__(self, method="qr", rank=None, tol=None, threshold=None, window=None,
                  stride=None, per_layer=False, oversample=10, n_power_iter=2, seed=0,
-                 scheduler=None, scale=False, refine=True, unit_roundoff=None):
+                 scheduler=None, scale=False, refine=True, unit_roundoff=None, breaks=()):
         self.method = method
         self.rank = rank
         self.tol = tol
@@ -146,11 +149,12 @@ class KoopmanDMD:
         self.scale = scale
         self.refine = refine
         self.unit_roundoff = unit_roundoff
+        self.breaks = breaks
 
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):
         try:
-            return plan_windows(T, self.window, self.stride)
+            return plan_windows(T, self.window, self.stride, getattr(self, "breaks", ()))
         except ValueError as err:
             raise KoopmanInputError(str(err)) from None
 

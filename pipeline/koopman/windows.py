@@ -68,8 +68,14 @@ def auto_window(T: int) -> tuple[int, int]:
     return W, max(1, -(-W // 2))
 
 
-def plan_windows(T: int, window=None, stride=None) -> list[tuple[int, int]]:
+def plan_windows(T: int, window=None, stride=None, breaks=()) -> list[tuple[int, int]]:
     """Windows ``[a, b)`` over ``T`` snapshots, in order.
+
+    ``breaks``: snapshot indices where the dynamics jump (events of the run: a prune, a
+    Koopman jump; the first snapshot after the event). No window straddles one: each
+    stretch between breaks is planned on its own by the rule below (``"auto"`` on the
+    stretch's length) and offset; a stretch shorter than an explicit ``W`` (or than 2
+    snapshots) gets no window. Raises ValueError when no stretch holds a window.
 
     ``window`` an int ``W`` (stride ``S``, default ``W``): starts ``0, S, 2S, …``, and when
     the last of them ends before ``T`` one more window ``[T - W, T)``, so the trajectory's
@@ -79,6 +85,9 @@ def plan_windows(T: int, window=None, stride=None) -> list[tuple[int, int]]:
     Raises ValueError for a bad ``window``/``stride`` or ``W > T``.
     """
     T = int(T)
+    cuts = sorted({int(c) for c in breaks if 0 < int(c) < T})
+    if cuts:
+        return _plan_stretches(T, window, stride, cuts)
     if window is None or window == "all":
         if T < 2:
             raise ValueError(f"a trajectory of {plural(T, 'snapshot')} has no window (need >= 2)")
@@ -102,6 +111,24 @@ def plan_windows(T: int, window=None, stride=None) -> list[tuple[int, int]]:
     wins = [(a, a + W) for a in range(0, T - W + 1, int(S))]
     if wins[-1][1] < T:
         wins.append((T - W, T))
+    return wins
+
+
+def _plan_stretches(T, window, stride, cuts) -> list[tuple[int, int]]:
+    """:func:`plan_windows` of every stretch between ``cuts``, offset to its start."""
+    edges = [0, *cuts, T]
+    wins = []
+    for s0, s1 in zip(edges[:-1], edges[1:]):
+        n = s1 - s0
+        if n < 2 or (isinstance(window, (int, np.integer, float)) and not isinstance(window, bool)
+                     and window >= 2 and n < window):
+            continue
+        wins += [(s0 + a, s0 + b) for a, b in plan_windows(n, window, stride)]
+    if not wins:
+        plan_windows(T, window, stride)          # a bad window/stride: its own message
+        stretches = ", ".join(f"[{a}, {b})" for a, b in zip(edges[:-1], edges[1:]))
+        raise ValueError(f"window={window} is longer than every stretch between the run's "
+                         f"events ({stretches})")
     return wins
 
 

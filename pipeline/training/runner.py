@@ -27,6 +27,7 @@ from ..storage.store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .loop import train
 from .restart import init_seed
+from ..apps.hooks import hook_records, training_hooks
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
         monitor = stop_monitor(variant)
         if monitor is not None:
             callbacks = (*callbacks, monitor)
+        hooks = training_hooks(variant, model, optimizer, task, loss_fn, layout, device)  # prune/accelerate
         result = train(
             model,
             task,
@@ -136,10 +138,11 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
             sink=writer,
             device=device,
             generator=torch.Generator().manual_seed(variant.torch_seed + 1),
-            callbacks=[*task_callbacks(model, task, device), *callbacks],  # clean_error first
+            callbacks=[*task_callbacks(model, task, device), *callbacks, *hooks],  # clean_error first
         )
         extra = {"epochs_run": result.epochs_run, "steps": result.steps,
                  "stopped_early": bool(getattr(result, "stopped_early", False)), "t_end": time.time()}
+        extra.update(hook_records(hooks))   # events (prune, Koopman jumps) for the analysis
         status = result.status
         if monitor is not None:
             extra["stop"] = stop_record(monitor, result)
