@@ -158,7 +158,7 @@ TaskConfig = Union[MultiscaleTask, DigitsTask, BlobsTask]
 
 # --------------------------------------------------------------------------- parts
 class ModelGrid(_Strict):
-    family: Literal["mlp", "cnn"] = "mlp"
+    family: Literal["mlp", "cnn", "hier"] = "mlp"
     depth: IntGrid = 2
     width: IntGrid = 32
     activation: NameGrid = "tanh"
