@@ -68,7 +68,8 @@ class DepthResult:
     depth : int
         Recommended number of stages: ``len(scales)``, at least 1.
     candidates : list of dict
-        Every DMD scale (one per conjugate pair or real eigenvalue) with its period,
+        Every DMD scale (the eigenvalues of one period: a conjugate pair, a real
+        eigenvalue, or the near-equal ones of a trend) with its period,
         amplitude, eigenvalues, ``residual_bound`` (max κ·residual), ``kept`` and, when
         dropped, ``dropped`` (which gate).
     fourier : dict
@@ -184,13 +185,14 @@ def _hankel_candidates(y0, dx, L, u, residual_tol, rel_amplitude):
     sigma = float(np.sqrt(np.sum((y0 - fit) ** 2) / max(n - k, 1)))
     floor = 2 * sigma * math.sqrt(math.log((n // 2) / ALPHA) / n)
     cands = []
-    for g in _pairs(lam):
-        comp = (V[:, g] @ b[g]).real
-        theta = float(np.abs(np.angle(lam[g[0]])))
-        period = 2 * math.pi * dx / theta if theta > 2 * math.pi / n else n * dx
+    theta = np.abs(np.angle(lam))
+    periods = np.where(theta > 2 * np.pi / n, 2 * np.pi * dx / np.maximum(theta, 1e-300), n * dx)
+    for g in _same_period(periods):
+        comp = (V[:, g] @ b[g]).real      # a group's modes together: near-equal λ may cancel
+        period = float(np.mean(periods[g]))
         cands.append({"period": period, "frequency": 1.0 / period,
                       "amplitude": float(math.sqrt(2.0) * np.sqrt(np.mean(comp ** 2))),
-                      "modulus": float(np.abs(lam[g[0]])),
+                      "modulus": float(np.abs(lam[g]).max()),
                       "eigenvalues": [[float(z.real), float(z.imag)] for z in lam[g]],
                       "residual_bound": float(bound[g].max())})
     top = max(c["amplitude"] for c in cands)
@@ -206,22 +208,16 @@ def _hankel_candidates(y0, dx, L, u, residual_tol, rel_amplitude):
     return cands, ev
 
 
-def _pairs(lam) -> list:
-    """Indices grouped into complex-conjugate pairs (a real eigenvalue alone)."""
-    scale = max(1.0, float(np.abs(lam).max()))
-    left = list(range(lam.size))
+def _same_period(periods, rtol: float = 1e-3) -> list:
+    """Indices grouped by period (relative ``rtol``): a conjugate pair, or the near-equal
+    real eigenvalues of a trend (``λ ≈ 1``, a Jordan-like block), is one scale."""
+    order = np.argsort(-periods, kind="stable")
     groups = []
-    while left:
-        i = left.pop(0)
-        if abs(lam[i].imag) <= 1e-12 * scale or not left:
-            groups.append([i])
-            continue
-        d = [abs(lam[m] - np.conj(lam[i])) for m in left]
-        m = int(np.argmin(d))
-        if d[m] <= 1e-6 * scale + 1e-3 * abs(lam[i].imag):
-            groups.append([i, left.pop(m)])
+    for i in order:
+        if groups and abs(periods[groups[-1][0]] - periods[i]) <= rtol * periods[i]:
+            groups[-1].append(int(i))
         else:
-            groups.append([i])
+            groups.append([int(i)])
     return groups
 
 

@@ -108,6 +108,16 @@ def test_close_scales_are_merged_by_the_decay_ratio():
     assert recommend_depth(signal([4.0, 5.0], [1.0, 0.8]), decay=1.2).depth == 2
 
 
+def test_a_trend_is_one_coarse_scale():
+    """A linear trend (two near-equal real eigenvalues at 1, whose fitted amplitudes
+    cancel) counts once, as the domain; the sine beside it is the second scale."""
+    y = (3 * X + 0.3 * np.sin(2 * np.pi * 16 * X)).astype(np.float32)
+    r = recommend_depth(y)
+    assert r.depth == 2 and r.scales == pytest.approx([1.0, 1 / 16], rel=1e-6)
+    trend = r.candidates[0]
+    assert len(trend["eigenvalues"]) == 2 and trend["amplitude"] == pytest.approx(3 / np.sqrt(6), rel=1e-3)
+
+
 def test_dx_sets_the_units():
     r = recommend_depth(signal(*CASES[2]), dx=0.5)      # the grid spans 128 x units
     assert_periods(r.scales, [1 / 128, 4 / 128], rtol=1e-5)
