@@ -178,24 +178,30 @@ def _hankel_candidates(y0, dx, L, u, residual_tol, rel_amplitude):
     bound = r.conditions * r.residuals
     # the modes on the whole grid, each column scaled to max modulus 1 (no overflow)
     j = np.arange(n)[:, None]
-    loglam = np.log(lam.astype(np.complex128))
+    loglam = np.log(np.where(lam == 0, 1e-300, lam).astype(np.complex128))   # λ = 0: a column e_0
     V = np.exp(j * loglam - np.maximum(0.0, (n - 1) * loglam.real))
     b = np.linalg.lstsq(V, y0.astype(np.complex128), rcond=None)[0]
     fit = (V @ b).real
     sigma = float(np.sqrt(np.sum((y0 - fit) ** 2) / max(n - k, 1)))
     floor = 2 * sigma * math.sqrt(math.log((n // 2) / ALPHA) / n)
-    cands = []
     theta = np.abs(np.angle(lam))
     periods = np.where(theta > 2 * np.pi / n, 2 * np.pi * dx / np.maximum(theta, 1e-300), n * dx)
-    for g in _same_period(periods):
-        comp = (V[:, g] @ b[g]).real      # a group's modes together: near-equal λ may cancel
-        period = float(np.mean(periods[g]))
-        cands.append({"period": period, "frequency": 1.0 / period,
-                      "amplitude": float(math.sqrt(2.0) * np.sqrt(np.mean(comp ** 2))),
-                      "modulus": float(np.abs(lam[g]).max()),
-                      "eigenvalues": [[float(z.real), float(z.imag)] for z in lam[g]],
-                      "residual_bound": float(bound[g].max())})
-    top = max(c["amplitude"] for c in cands)
+    certified = bound <= residual_tol
+    cands = []
+    # certified and uncertified eigenvalues are grouped apart: a spurious mode near a true
+    # one must not take the true one's scale down with it
+    for ok in (True, False):
+        idx = np.flatnonzero(certified == ok)
+        for g in _same_period(periods[idx]):
+            g = idx[g]
+            comp = (V[:, g] @ b[g]).real  # a group's modes together: near-equal λ may cancel
+            period = float(np.mean(periods[g]))
+            cands.append({"period": period, "frequency": 1.0 / period,
+                          "amplitude": float(math.sqrt(2.0) * np.sqrt(np.mean(comp ** 2))),
+                          "modulus": float(np.abs(lam[g]).max()),
+                          "eigenvalues": [[float(z.real), float(z.imag)] for z in lam[g]],
+                          "residual_bound": float(bound[g].max())})
+    top = max([c["amplitude"] for c in cands if c["residual_bound"] <= residual_tol], default=0.0)
     for c in cands:
         why = ("residual" if not c["residual_bound"] <= residual_tol
                else "noise floor" if not c["amplitude"] > floor

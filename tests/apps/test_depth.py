@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pipeline.apps.depth import filter_scales, recommend_depth
 from pipeline.cli import main
 from pipeline.training.models import HIER_RATIO, build_model
 
+REPO = Path(__file__).resolve().parents[2]
 N = 256
 X = np.arange(N) / N
 CASES = {  # number of scales: (frequencies in cycles per unit x, amplitudes)
@@ -151,6 +153,19 @@ def test_cli_config_uses_the_training_samples(tmp_path, capsys, tiny_config):
     assert doc["noise_std"] > 0.1                               # the noise is in the samples
     rc = main(["depth", str(path), "task.frequencies=[2.0]", "task.amplitudes=[1.0]"])
     assert rc == 0 and "recommended depth: 1" in capsys.readouterr().out
+
+
+def test_a_spurious_mode_beside_a_true_scale_does_not_drop_it(tmp_path):
+    """configs/depth.yaml with frequencies 1 and 64: the rank keeps one uncertified real
+    eigenvalue next to the period-1 pair; it is dropped alone, the pair stays a scale."""
+    rc = main(["depth", str(REPO / "configs" / "depth.yaml"), "task.frequencies=[1.0,64.0]",
+               "task.amplitudes=[1.0,0.25]", "--json", str(tmp_path / "o.json")])
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert rc == 0 and doc["depth"] == 2
+    assert doc["scales"] == pytest.approx([1.0, 1 / 64], rel=1e-3)
+    at_one = [c for c in doc["candidates"] if abs(c["period"] - 1) < 1e-3]
+    assert sorted(c["kept"] for c in at_one) == [False, True]
+    assert [c["dropped"] for c in at_one if not c["kept"]] == ["residual"]
 
 
 @pytest.mark.parametrize("make, args, message", [
