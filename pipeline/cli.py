@@ -1,4 +1,4 @@
-"""``kma`` command line: sweep, analyze, ingest, runs, compare, sync.
+"""``kma`` command line: sweep, analyze, ingest, runs, compare, sync, depth.
 
 Exit codes: 0 done; 2 a user error, refused before any work (one line
 ``kma: error: ...``); 1 some run or its analysis failed while the others completed
@@ -160,7 +160,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, store_required=True)
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
     parser.subcommands["sync"] = p
+
+    # -- kma depth (issue 12): a-priori depth from the target's spectrum
+    p = sub.add_parser("depth", help="scales of a target signal and the depth they call for (before training)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="sweep YAML whose task lives on a grid (multiscale): its training samples are analysed")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. task.noise=0.5")
+    p.add_argument("--signal", default=None, metavar="FILE.npy", help="a 1-D array of samples on a uniform grid")
+    p.add_argument("--dx", type=float, default=None, help="grid spacing of --signal in x units (default: 1/n)")
+    p.add_argument("--decay", type=float, default=2.0,
+                   help="merge scales closer than this ratio (default 2: one stage per octave at most)")
+    p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                   help='write {"scales": [...], "depth": int, ...evidence} here')
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.subcommands["depth"] = p
     return parser
+
+
+def cmd_depth(args, console) -> int:
+    from .apps import depth
+    from .outputs import write_text_atomic
+
+    if (args.config is None) == (args.signal is None):
+        raise KMAError("kma depth: give a sweep CONFIG or --signal FILE.npy (exactly one)")
+    if args.signal is not None and args.overrides:
+        raise KMAError(f"kma depth: KEY=VALUE overrides apply to a CONFIG, not to --signal ({args.overrides[0]})")
+    if args.dx is not None and args.signal is None:
+        raise KMAError("--dx applies to --signal only (a config's task gives its own grid)")
+    if args.dx is not None and not (args.dx > 0 and args.dx < float("inf")):
+        raise KMAError(f"--dx {args.dx}: must be a positive number")
+    if not args.decay > 1 or args.decay == float("inf"):
+        raise KMAError(f"--decay {args.decay}: must be a number > 1")
+    if args.json_path:
+        from .outputs import check_file
+
+        check_file(args.json_path, "--json")
+    if args.signal is not None:
+        y, dx, source = depth.load_signal(args.signal), args.dx, {"signal": str(args.signal)}
+    else:
+        y, dx, source = depth.signal_from_config(args.config, args.overrides)
+    result = depth.recommend_depth(y, dx, decay=args.decay)
+    result.source = source
+    print(depth.report(result))
+    if args.json_path:
+        write_text_atomic(args.json_path, json.dumps(result.to_json(), indent=2) + "\n", "--json")
+    return 0
 
 
 def _check_run_args(store_url, run_ids) -> None:
@@ -366,7 +411,7 @@ def cmd_compare(args, console) -> int:
 
 
 COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs,
-            "compare": cmd_compare, "sync": cmd_sync}
+            "compare": cmd_compare, "sync": cmd_sync, "depth": cmd_depth}
 
 
 def main(argv=None) -> int:
@@ -375,7 +420,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may follow the options of `kma sweep`
-        if args.command != "sweep" or any(x.startswith("-") or "=" not in x for x in extra):
+        if args.command not in ("sweep", "depth") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)

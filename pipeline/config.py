@@ -248,7 +248,7 @@ def loss_label(loss) -> str:
 
 # --------------------------------------------------------------------------- parts
 class ModelGrid(_Strict):
-    family: Literal["mlp", "cnn"] = "mlp"
+    family: Literal["mlp", "cnn", "hier"] = "mlp"
     depth: IntGrid = 2
     width: IntGrid = 32
     activation: NameGrid = "tanh"

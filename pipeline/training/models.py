@@ -129,3 +129,45 @@ class CNN(nn.Module):
         for layer in self.layers:
             x = self.act(layer(x))
         return self.out(x.flatten(1))
+
+
+HIER_RATIO = 8.0   # stage k of ``hier`` sees x at frequency HIER_RATIO**k (cycles per x unit)
+
+
+@register(MODELS, "hier")
+class Hier(nn.Module):
+    """A hierarchical stack in which depth is scale: stage ``k`` sees the input only
+    through its phase at frequency ``F_k = HIER_RATIO**k`` (period ``1/F_k`` in x units),
+    ``e_k(x) = [sin 2πF_k x, cos 2πF_k x]``, and adds ``width`` features
+    ``act(layers.k(e_k(x)))``; the readout ``out`` is linear in the features of all
+    stages, so the output is a sum of per-stage terms (a coarse-to-fine expansion, as in
+    hierarchical SVR: Mohr et al., Entropy 2021). A stage can represent periodic
+    functions of period ``1/F_k`` (a few harmonics of ``F_k``: as many as ``width``
+    allows), nothing coarser: a finer scale needs another stage.
+
+    Input ``(N, in_dim)`` (each feature encoded), output ``(N, out_dim)``; ``depth >= 1``
+    stages; parameters ``layers.k.weight`` ``(width, 2 in_dim)``, ``out.weight``
+    ``(out_dim, depth · width)``.
+    """
+
+    def __init__(self, in_dim, out_dim: int, depth: int, width: int, activation: str):
+        super().__init__()
+        in_features = int(math.prod(in_dim)) if isinstance(in_dim, (tuple, list)) else int(in_dim)
+        if in_features < 1:
+            raise ConfigError(f"in_dim must be >= 1, got {in_dim}")
+        if depth < 1:
+            raise ConfigError(f"hier needs depth >= 1 (one stage per scale), got {depth}")
+        self.activation = activation
+        self.register_buffer("freqs", torch.tensor([HIER_RATIO ** k for k in range(depth)]),
+                             persistent=False)
+        self.layers = nn.ModuleList(nn.Linear(2 * in_features, width) for _ in range(depth))
+        self.act = build_activation(activation)
+        self.out = nn.Linear(depth * width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        feats = []
+        for f, layer in zip(self.freqs, self.layers):
+            phase = 2 * math.pi * f * x
+            feats.append(self.act(layer(torch.cat([torch.sin(phase), torch.cos(phase)], dim=1))))
+        return self.out(torch.cat(feats, dim=1))
