@@ -18,7 +18,7 @@ def _actions(parser):
 
 def test_every_option_of_every_subcommand_has_a_help_text():
     parser = build_parser()
-    assert set(parser.subcommands) == {"sweep", "analyze", "ingest", "compare", "runs", "sync"}
+    assert set(parser.subcommands) == {"sweep", "analyze", "ingest", "compare", "runs", "sync", "depth"}
     for a in _actions(parser):
         assert a.help and a.help != argparse.SUPPRESS, a
     for name, sub in parser.subcommands.items():
@@ -34,6 +34,9 @@ def test_every_option_of_every_subcommand_has_a_help_text():
 def test_store_help_is_true():
     subs = build_parser().subcommands
     for name, sub in subs.items():
+        if name == "depth":   # before training: no store
+            assert not any("--store" in a.option_strings for a in sub._actions)
+            continue
         store = next(a for a in sub._actions if "--store" in a.option_strings)
         if name == "sweep":  # the config's store, else ./kma-store
             assert not store.required and "kma-store" in store.help
@@ -42,7 +45,7 @@ def test_store_help_is_true():
 
 
 def test_help_pages_render(capsys):
-    for name in [None, "sweep", "analyze", "ingest", "compare", "runs", "sync"]:
+    for name in [None, "sweep", "analyze", "ingest", "compare", "runs", "sync", "depth"]:
         with pytest.raises(SystemExit) as ex:
             main([name, "--help"] if name else ["--help"])
         assert ex.value.code == 0
