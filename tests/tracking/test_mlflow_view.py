@@ -77,7 +77,7 @@ def test_experiment_opens_on_runs_and_artifacts_sit_beside_the_database(sweep):
     root = sweep["tmp"] / "db" / "mlartifacts"
     assert exp.artifact_location.removeprefix("file://") == str(root / "tiny")
     figures = sorted(p.name for p in root.rglob("*.png"))
-    assert figures == sorted(["spectrum.png", "eigenvalues_over_training.png", "singular_values.png"] * 4)
+    assert figures == sorted(["spectrum.png", "eigenvalues_over_training.png", "singular_values.png", "convergence.png"] * 4)
     assert len(list(root.rglob("config.yaml"))) == 4
     assert not (sweep["cwd"] / "mlruns").exists() and list(sweep["cwd"].iterdir()) == []
 
