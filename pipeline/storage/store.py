@@ -17,6 +17,10 @@ A run is ``complete`` only after its weights and metrics are written: the status
 last thing a writer sets. Creating a run over one that is not ``complete`` deletes the
 old prefix first, so a retried or re-run task always starts clean (writes are safe to
 repeat), and each run has exactly one writer (its own array: no shared chunks).
+Metadata is written whole: a run's group with all its attributes in one write, every
+later attribute change in one write (zarr's ``attrs.update`` would rewrite ``zarr.json``
+once per key), and a wipe removes the group's ``zarr.json`` last; so a process killed at
+any point leaves a whole run or one :func:`pipeline.storage.health.cut_short` recognises.
 
 Run ids follow :mod:`pipeline.storage.runids`: every write or delete checks its id first and
 touches only ``runs/<run_id>/`` (and that run's lease), never a path an id could
@@ -290,7 +294,7 @@ class Run:
                     da.to_zarr(values.astype(np.float32), mg.create_array(
                         f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
             g.update_attributes({**(attrs or {}), "status": "complete", "layers": list(layers),
-                            "modes_layers": list(modes or {}), "t_end": time.time()})
+                                 "modes_layers": list(modes or {}), "t_end": time.time()})
         except Exception:
             self.delete_analysis(analysis_id, quiet=True)
             raise
