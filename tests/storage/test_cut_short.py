@@ -133,10 +133,11 @@ def _files(path: Path) -> dict[str, bytes]:
             if p.is_file() and not p.relative_to(path).parts[0] == "analyses"}
 
 
-# fresh: kills while the run is created; retry: while an earlier unfinished attempt is
-# wiped first (what follows is as fresh); overwrite: while a finished run is deleted for
-# kma ingest --overwrite (its status is set running first: one more write)
-KILLS = {"fresh": ["set", "replace"], "retry": ["unlink"], "overwrite": ["set", "unlink"]}
+# fresh: kills while the run is created (its unlinks: zarr clearing keys it overwrites);
+# retry: while an earlier unfinished attempt is wiped first (what follows is as fresh);
+# overwrite: while a finished run is deleted for kma ingest --overwrite (its status is
+# set running first: one more write)
+KILLS = {"fresh": ["set", "replace", "unlink"], "retry": ["unlink"], "overwrite": ["set", "unlink"]}
 
 
 @pytest.mark.parametrize("earlier", list(KILLS))
