@@ -39,6 +39,11 @@ def is_outdated(params: dict) -> bool:
 # --------------------------------------------------------------------------- one run
 def check_analyzable(run: Run) -> None:
     if run.status == "running":
+        from .storage.health import shown_status
+
+        if shown_status(run.store, run.run_id) == "interrupted":  # no live sweep holds it
+            raise KMAError(f"run {run.run_id}: interrupted before it finished (no live sweep is training it); "
+                           "run its sweep again to train it")
         raise KMAError(f"run {run.run_id}: still training (status running); analyse it when it has finished")
     if run.status == "failed":
         raise KMAError(f"run {run.run_id}: failed during training ({run.attrs.get('error', 'no trajectory')})")
@@ -296,7 +301,7 @@ def analyze_runs(
     verdict_rows: list[dict] = []
     aid = params.analysis_id
     console.info(f"analysis {aid}: {plural(len(run_ids), 'run')}, method {params.method}"
-                 + (f"; {len(damaged)} skipped (damaged)" if damaged else ""))
+                 + (f"; {len(damaged)} skipped" if damaged else ""))
     for rid, msg in damaged.items():
         report[rid] = msg
         console.error(f"kma: error: {msg}")

@@ -66,7 +66,7 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     or an unreadable analysis is not compared: ``skipped`` (if given) receives
     ``{run_id: reason}``; a run without the chosen analysis goes to ``missing``.
     """
-    from .storage.health import check_named_runs, split_runs
+    from .storage.health import check_named_runs, shown_status, split_runs
     from .sync import short_name
 
     skipped = {} if skipped is None else skipped
@@ -77,7 +77,7 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     skipped.update({rid: msg for rid, msg in damaged.items() if not run_ids or rid in run_ids})
     for rid in run_ids or []:  # a named run that is not finished is said so, not dropped
         if rid not in ids and rid not in damaged:
-            skipped[rid] = f"run {rid}: skipped: not finished (status {store.status(rid)})"
+            skipped[rid] = f"run {rid}: skipped: not finished (status {shown_status(store, rid)})"
     runs = {}
     for rid in ids:
         if run_ids and rid not in run_ids:

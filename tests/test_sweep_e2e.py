@@ -134,6 +134,9 @@ def test_interrupted_sweep_completes_only_missing(tiny_config, tmp_path, kma_env
     assert before.get(variants[0]) == "complete", before
     assert before.get(variants[1]) in (None, "interrupted"), before
     assert set(before) <= set(variants[:2]), before
+    from pipeline.storage.health import split_runs  # (once: the cut-off run was "corrupt")
+
+    assert split_runs(st, ("complete",)) == ([variants[0]], {})
     finished = st.open_run(variants[0]).attrs["finished"]
     assert [m.data.tags["kma.run_id"] for m in _training_runs(uri, "interrupt")] == [variants[0]]
 

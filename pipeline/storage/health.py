@@ -6,14 +6,69 @@ missing, unreadable, or lacks the attributes every writer sets (``status``, ``la
 named with the reason instead of being dropped silently (and never taken for a run
 that is still training just because its ``status`` attribute is gone).
 :func:`select_runs` picks the runs ``kma analyze`` works on.
+
+One layout without whole metadata is not damage: a run whose *creation was cut short*
+(:func:`cut_short`) -- a process killed while it created the run, e.g. a Ray task
+force-cancelled by an interrupted sweep. Its prefix holds no data (no weights chunk,
+no analysis), only a group ``zarr.json`` without attributes, or none, and perhaps
+zarr's temporary ``*.partial`` files. Nothing is lost with it: it is listed as
+``interrupted`` (``running`` while a live sweep holds its lease), skipped by default,
+named in one line when asked for, and wiped and retrained by the next sweep. (Since
+``create_run`` writes the group with all its attributes in one write, only a kill
+inside that one file write, or stores written by older versions, leave it.)
 """
 
 from __future__ import annotations
 
 from ..errors import KMAError, RunNotFound, StoreError
-from .store import FINISHED, STATUSES, TrajectoryStore
+from .store import FINISHED, INTERRUPTED, STATUSES, TrajectoryStore
 
 _REQUIRED = ("status", "layout", "n_snapshots", "config")
+# what is said of a run whose creation was cut short (kma runs --json "error", kma analyze)
+CUT_SHORT = "interrupted while being created, nothing stored; run its sweep again to train it"
+# keys of an empty run: its group and array metadata, zarr's temporary files
+_EMPTY = ("zarr.json", "weights/zarr.json")
+
+
+def cut_short(store: TrajectoryStore, run_id: str) -> bool:
+    """Whether ``runs/<run_id>/`` is a creation cut short: no data under it and no group
+    metadata, or group metadata without any attribute (see the module docstring)."""
+    from zarr.core.sync import sync
+
+    prefix = f"runs/{run_id}/"
+
+    async def _keys():
+        return [k.removeprefix(prefix) async for k in store._zstore.list_prefix(prefix)]
+
+    try:
+        keys = sync(_keys())
+    except Exception:  # noqa: BLE001 - an unlistable prefix is not known to be empty
+        return False
+    if any(k not in _EMPTY and not k.endswith(".partial") for k in keys):
+        return False  # data, or metadata a creation does not write: damage, not this
+    if "zarr.json" not in keys:
+        return True
+    try:
+        return not dict(store._group(run_id, checked=False).attrs)
+    except KMAError:  # unreadable: a kill leaves no such zarr.json (writes are atomic)
+        return False
+
+
+def shown_status(store: TrajectoryStore, run_id: str) -> str | None:
+    """A run's status as ``kma runs`` shows it: ``interrupted`` for a run no live sweep
+    holds that is ``running`` or whose creation was cut short; None: no such run."""
+    from .lease import is_live
+
+    status = store.status(run_id)
+    if status is None and not cut_short(store, run_id):
+        return None
+    if status in (None, "running"):
+        try:
+            variant = store.open_run(run_id).attrs.get("variant_run_id") or run_id
+        except KMAError:
+            variant = run_id
+        return "running" if is_live(store, str(variant)) else INTERRUPTED
+    return status
 
 
 def metadata_problem(store: TrajectoryStore, run_id: str) -> str | None:
@@ -50,6 +105,8 @@ def split_runs(store: TrajectoryStore, statuses=None) -> tuple[list[str], dict[s
     whole, damaged = [], {}
     for rid in store.run_ids():
         problem = metadata_problem(store, rid)
+        if problem and cut_short(store, rid):
+            continue  # unfinished, like any interrupted run
         if problem:
             damaged[rid] = f"run {rid}: skipped: {problem}"
         elif statuses is None or store.status(rid) in statuses:
@@ -70,7 +127,8 @@ def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list
     """Runs to analyse and ``{run_id: reason}`` for those skipped as damaged.
 
     Default: every finished run. Named runs must exist (a typo is refused before any
-    work, exit code 2); a named run with damaged metadata is reported, not analysed.
+    work, exit code 2); a named run with damaged metadata, or whose creation was cut
+    short, is reported, not analysed.
     """
     if run_ids is None:
         return split_runs(store, FINISHED)
@@ -78,7 +136,9 @@ def select_runs(store: TrajectoryStore, run_ids: list[str] | None) -> tuple[list
     todo, damaged = [], {}
     for rid in dict.fromkeys(run_ids):
         problem = metadata_problem(store, rid)
-        if problem:
+        if problem and cut_short(store, rid):
+            damaged[rid] = f"run {rid}: {CUT_SHORT}"
+        elif problem:
             damaged[rid] = f"run {rid}: {problem}"
         else:
             todo.append(rid)

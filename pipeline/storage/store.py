@@ -17,6 +17,10 @@ A run is ``complete`` only after its weights and metrics are written: the status
 last thing a writer sets. Creating a run over one that is not ``complete`` deletes the
 old prefix first, so a retried or re-run task always starts clean (writes are safe to
 repeat), and each run has exactly one writer (its own array: no shared chunks).
+Metadata is written whole: a run's group with all its attributes in one write, every
+later attribute change in one write (zarr's ``attrs.update`` would rewrite ``zarr.json``
+once per key), and a wipe removes the group's ``zarr.json`` last; so a process killed at
+any point leaves a whole run or one :func:`pipeline.storage.health.cut_short` recognises.
 
 Run ids follow :mod:`pipeline.storage.runids`: every write or delete checks its id first and
 touches only ``runs/<run_id>/`` (and that run's lease), never a path an id could
@@ -275,8 +279,8 @@ class Run:
             analyses = self.group.require_group("analyses")
             if analysis_id in analyses:
                 del analyses[analysis_id]
-            g = analyses.create_group(analysis_id)
-            g.attrs.update({"status": "writing", "params": params, "created": _now()})
+            g = analyses.create_group(analysis_id, attributes={"status": "writing", "params": params,
+                                                               "created": _now()})
             for layer, arrays in layers.items():
                 lg = g.create_group(layer)
                 for name, arr in arrays.items():
@@ -289,8 +293,8 @@ class Run:
                 for part, values in (("real", arr.real), ("imag", arr.imag)):
                     da.to_zarr(values.astype(np.float32), mg.create_array(
                         f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
-            g.attrs.update({**(attrs or {}), "status": "complete", "layers": list(layers),
-                            "modes_layers": list(modes or {}), "t_end": time.time()})
+            g.update_attributes({**(attrs or {}), "status": "complete", "layers": list(layers),
+                                 "modes_layers": list(modes or {}), "t_end": time.time()})
         except Exception:
             self.delete_analysis(analysis_id, quiet=True)
             raise
@@ -387,7 +391,9 @@ class TrajectoryStore:
 
     def runs(self) -> list[RunInfo]:
         """Every run prefix, with its status; a ``running`` run that no live sweep holds
-        (see :mod:`pipeline.storage.lease`) is reported as ``interrupted``."""
+        (see :mod:`pipeline.storage.lease`) is reported as ``interrupted``, and so is one
+        whose creation was cut short (:func:`pipeline.storage.health.cut_short`)."""
+        from .health import CUT_SHORT, cut_short
         from .lease import is_live
 
         out = []
@@ -395,6 +401,12 @@ class TrajectoryStore:
             try:
                 attrs = dict(self._group(rid, checked=False).attrs)
             except StoreError:
+                attrs = None
+            if not attrs and cut_short(self, rid):  # a killed creation: unfinished, nothing lost
+                out.append(RunInfo(rid, "running" if is_live(self, rid) else INTERRUPTED, 0, 0, None, None,
+                                   is_valid(rid), CUT_SHORT))
+                continue
+            if attrs is None:
                 out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid)))
                 continue
             try:  # garbled attributes list the run as corrupt, never a traceback
@@ -444,7 +456,7 @@ class TrajectoryStore:
             return False
         if group.attrs.get("status", "running") in FINISHED:
             return False
-        group.attrs.update({"status": "failed", "error": cause[:500], "updated": _now()})
+        group.update_attributes({"status": "failed", "error": cause[:500], "updated": _now()})
         return True
 
     def create_run(
@@ -471,7 +483,23 @@ class TrajectoryStore:
             log.info("run %s: removing an unfinished earlier attempt (%s)", run_id, prev)
             self._wipe(run_id)
         runs = self.root.require_group("runs")
-        group = runs.create_group(run_id, overwrite=True)
+        # The group's metadata, with every attribute, is ONE write (and the first key of
+        # the run): a process killed at any point of creation leaves either no run, a
+        # whole "running" one, or (local disk, killed inside that write) a folder with
+        # nothing in it but zarr's temporary file, which health.cut_short recognises.
+        attrs = {
+            "status": "running",
+            "run_id": run_id,
+            "layout": layout.to_records(),
+            "config": config or {},
+            "code_version": code_version(),
+            "stored_dtype": dtype,
+            "n_snapshots": 0,
+            "created": _now(),
+            "updated": _now(),
+            **(extra or {}),
+        }
+        group = runs.create_group(run_id, overwrite=True, attributes=attrs)
         p = max(layout.size, 1)
         storage = "uint16" if dtype == "bfloat16" else dtype
         itemsize = np.dtype(storage).itemsize
@@ -489,34 +517,53 @@ class TrajectoryStore:
             overwrite=True,
             config={"write_empty_chunks": True},
         )
-        group.attrs.update(
-            {
-                "status": "running",
-                "run_id": run_id,
-                "layout": layout.to_records(),
-                "config": config or {},
-                "code_version": code_version(),
-                "stored_dtype": dtype,
-                "n_snapshots": 0,
-                "created": _now(),
-                "updated": _now(),
-                **(extra or {}),
-            }
-        )
         return RunWriter(self, run_id, group, layout, dtype, t_chunk)
 
     def _exists(self, run_id: str) -> bool:
+        """Whether anything at all is stored under ``runs/<run_id>/`` (whole or not)."""
+        from zarr.core.sync import sync
+
+        async def _first():
+            async for _ in self._zstore.list_prefix(f"runs/{run_id}/"):
+                return True
+            return False
+
         try:
-            return "runs" in self.root and run_id in self.root["runs"]
-        except Exception:  # noqa: BLE001 - corrupt metadata still "exists"
+            return sync(_first())
+        except Exception:  # noqa: BLE001 - an unreadable prefix still "exists"
             return True
 
     def _wipe(self, run_id: str) -> None:
+        """Delete ``runs/<run_id>/`` with its group metadata last, so that a process
+        killed midway leaves the run as it was (unfinished, some chunks gone: a re-run
+        redoes it) or nothing but empty folders, never data without its metadata. A
+        finished run (``delete_run``: ``kma ingest --overwrite``) is set ``running`` first,
+        so that a kill midway does not leave a "complete" run with missing chunks."""
         from zarr.core.sync import sync
 
         # defence in depth: only ever a single valid component under runs/
         check_run_id(run_id)
-        sync(self._zstore.delete_dir(f"runs/{run_id}/"))
+        prefix = f"runs/{run_id}/"
+        try:
+            group = self.root[f"runs/{run_id}"]
+            if group.attrs.get("status") in FINISHED:
+                group.update_attributes({"status": "running", "updated": _now()})
+        except Exception:  # noqa: BLE001 - no readable group: nothing to downgrade
+            pass
+
+        async def _children():
+            return [k async for k in self._zstore.list_dir(prefix)]
+
+        for name in (n.rstrip("/") for n in sync(_children())):
+            if name == "zarr.json":
+                continue
+            try:
+                sync(self._zstore.delete_dir(f"{prefix}{name}/"))  # weights/, analyses/
+            except ValueError:  # (LocalStore refuses a file here)
+                pass
+            sync(self._zstore.delete(prefix + name))  # a file (a temporary one of zarr's)
+        sync(self._zstore.delete(prefix + "zarr.json"))
+        sync(self._zstore.delete_dir(prefix))
 
     # -- small documents outside the zarr hierarchy (leases) ---------------------------
     def get_bytes(self, key: str) -> bytes | None:
@@ -686,7 +733,7 @@ class RunWriter:
             status = "failed"
             raise
         finally:
-            self.group.attrs.update(
+            self.group.update_attributes(
                 {
                     "n_snapshots": self.n_snapshots,
                     "snapshot_epochs": self.epochs,
@@ -697,7 +744,7 @@ class RunWriter:
                 }
             )
             # the status goes last: a run is only "complete" once everything is written
-            self.group.attrs.update({"status": status, "finished": _now()})
+            self.group.update_attributes({"status": status, "finished": _now()})
 
     def abort(self, reason: str) -> None:
         """Mark the run failed (best effort); a re-run redoes it."""
@@ -705,7 +752,7 @@ class RunWriter:
             self._join()
         except StoreError:
             pass
-        self.group.attrs.update({"status": "failed", "error": reason[:500], "updated": _now()})
+        self.group.update_attributes({"status": "failed", "error": reason[:500], "updated": _now()})
 
 
 def _json_safe(obj):
