@@ -26,10 +26,10 @@ the misfit keeps a weight moving outside the modes' span from looking still. Gat
 the window has no certified pair at all (an unreliable spectrum, e.g. noise), nothing is
 frozen.
 
-Frozen weights are held exactly: their gradients are zeroed (a tensor hook), their
-per-weight optimizer state (momentum buffers, Adam's moments) is zeroed at the freeze,
-and after every optimizer step they are written back to their frozen values (a step
-post-hook), so weight decay or leftover momentum cannot move them. The optimizer's state
+Frozen weights are held exactly: their gradients are zeroed (a tensor hook), and after
+every optimizer step they are written back to their frozen values and their per-weight
+optimizer state (momentum buffers, Adam's moments) is set to zero (a step post-hook; the
+state is zeroed at the freeze too), so weight decay or leftover momentum cannot move them. The optimizer's state
 of the other weights is untouched. **Frozen weights never unfreeze**: each decision only
 adds weights. Every decision that freezes something is an event (the analysis windows
 split there); the fraction frozen is logged per epoch as ``frozen_fraction``.
@@ -131,6 +131,9 @@ class Freezer:
     ----------
     frozen_ : ndarray (P,) bool
         The frozen entries of the snapshot layout (only grows).
+    frozen_at_ : ndarray (P,) int
+        Per entry, the first snapshot taken after its freeze (-1: not frozen); it holds
+        the value of snapshot ``frozen_at_ - 1`` from then on.
     frozen_fraction : float
         ``frozen_.mean()``; logged per epoch as the metric ``frozen_fraction``.
     events : list of dict
@@ -147,6 +150,7 @@ class Freezer:
         self.buffer: deque = deque(maxlen=cfg.window)
         self.seen = 0
         self.frozen_ = np.zeros(layout.size, bool)
+        self.frozen_at_ = np.full(layout.size, -1, np.int64)
         self.frozen_fraction = 0.0
         self.keep: dict[str, torch.Tensor] = {}     # 1 = trainable, 0 = frozen
         self.values: dict[str, torch.Tensor] = {}   # the frozen values (whole tensor copy)
@@ -181,6 +185,7 @@ class Freezer:
             return 0
         self._freeze(new)
         self.frozen_ |= new
+        self.frozen_at_[new] = self.seen
         self.frozen_fraction = float(self.frozen_.mean())
         self.events.append({"kind": "freeze", **record, "n_new": n_new,
                             "frozen_fraction": self.frozen_fraction, "tol": self.cfg.tol})
@@ -213,6 +218,9 @@ class Freezer:
             for name, m in self.keep.items():
                 p = self.params[name]
                 p.copy_(torch.where(m.bool(), p, self.values[name]))
+                for value in optimizer.state.get(p, {}).values():   # weight decay refills them
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value.mul_(m)
 
     def remove(self) -> None:
         """Detach the hooks (the weights stay as they are)."""
