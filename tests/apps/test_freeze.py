@@ -14,6 +14,7 @@ from pipeline import config
 from pipeline.analysis import event_breaks
 from pipeline.apps.freeze import Freezer, converged_mask, remaining_motion
 from pipeline.errors import ConfigError
+from pipeline.storage.layout import Layout
 from pipeline.storage.store import TrajectoryStore
 from pipeline.training.loop import train
 from pipeline.training.losses import build_loss
@@ -34,10 +35,17 @@ def test_motion_bound_matches_a_float64_reference():
     ref = np.abs(v) * mu ** (W - 1) * (1 - mu ** H)
     np.testing.assert_allclose(motion, ref, rtol=1e-3, atol=2e-5)
     # the converged half and only it (|v| > 0.05 on the others) is frozen at tol 1e-3
-    layout_like = type("L", (), {"entries": [type("E", (), {"offset": 0, "size": P})()]})()
-    frozen = converged_mask(motion, Y[-1], layout_like, 1e-3)
-    moving = np.abs(v) * mu ** (W - 1) * (1 - mu ** H) > 1e-2
+    frozen = converged_mask(motion, Y[-1], Layout.from_named_shapes([("w", (P,))]), 1e-3)
+    moving = ref > 1e-2
     assert frozen[: P // 2].all() and not frozen[moving].any()
+
+
+def test_converged_mask_scales_by_each_tensors_rms():
+    layout = Layout.from_named_shapes([("a.weight", (2, 2)), ("b.weight", (4,))])
+    x = np.array([3, -4, 3, 4, 0.03, -0.04, 0.03, 0.04])          # RMS 3.5 and 0.035
+    motion = np.array([0.03, 0.04, 0.0, 0.035, 0.0003, 0.0004, 0.0, 0.00035])
+    np.testing.assert_array_equal(converged_mask(motion, x, layout, 0.01),
+                                  [True, False, True, True, True, False, True, True])
 
 
 @pytest.mark.parametrize("kind", ["iid", "random walk"])
