@@ -373,6 +373,30 @@ class AccelerateConfig(_Strict):
     residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)   # certification: κ · residual <= this
 
 
+class FreezeConfig(_Strict):
+    """``freeze:`` after ``after`` snapshots (and, with ``every``, every ``every`` after
+    that), DMD of the last ``window`` snapshots, and freeze each weight whose predicted
+    motion over the next ``horizon`` snapshots (default ``window``) from its modes is at
+    most ``tol`` times the RMS of its tensor; frozen weights never unfreeze
+    (:mod:`pipeline.apps.freeze`). ``rank``: DMD truncation (default
+    ``(window - 1) // 2``); ``residual_tol`` the certification threshold."""
+
+    after: int = Field(ge=3)
+    window: int = Field(6, ge=3)
+    every: int | None = Field(None, ge=1)
+    tol: float = Field(1e-2, gt=0.0)
+    horizon: int | None = Field(None, ge=1)
+    rank: int | None = Field(None, ge=1)
+    residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)
+
+    @model_validator(mode="after")
+    def _window_fits(self):
+        if self.window > self.after:
+            raise ValueError(f"window ({self.window}) must be <= after ({self.after}): "
+                             "the DMD needs that many snapshots before the first freeze")
+        return self
+
+
 class AnalysisParams(_Strict):
     """What an analysis computes: one model for the sweep YAML's ``analysis:`` section
     and the flags of ``kma analyze`` (same defaults), validated when it is built.
@@ -522,6 +546,7 @@ class SweepConfig(_Strict):
     on_bad_init: OnBadInit | None = None  # restart policy (absent: off)
     prune: PruneConfig | None = None            # issue 13: absent = off
     accelerate: AccelerateConfig | None = None  # issue 13: absent = off
+    freeze: FreezeConfig | None = None          # issue 13: absent = off
 
     @field_validator("name")
     @classmethod
@@ -580,6 +605,7 @@ class Variant(_Strict):
     attempt: int = Field(0, ge=0)  # restart attempt (pipeline.training.restart); stored under <id>-r<attempt>
     prune: PruneConfig | None = None
     accelerate: AccelerateConfig | None = None
+    freeze: FreezeConfig | None = None
 
     def identity(self) -> dict:
         """The content that defines the run (see :func:`identity`)."""
@@ -656,6 +682,7 @@ def expand(cfg: SweepConfig) -> list[Variant]:
                 on_bad_init=cfg.on_bad_init,
                 prune=cfg.prune,
                 accelerate=cfg.accelerate,
+                freeze=cfg.freeze,
             )
         )
     ids = [v.run_id for v in variants]

@@ -13,7 +13,12 @@ Two tasks (the multiscale regression of ``configs/accelerate.yaml``, 80 epochs; 
   of training, DMD window 6;
 - acceleration: plain (= unpruned); ``accelerate: {window: 8, every: 8, horizon: 8}``
   with the default certification (κ·residual <= 0.01), with a looser one (0.05), and
-  the loose one with the optimizer's state reset at a jump.
+  the loose one with the optimizer's state reset at a jump;
+- freezing (only with ``--freeze``, which runs plain and these arms instead of the
+  above): ``freeze: {tol: 0.01}`` and ``{tol: 0.05}``, first decision after 20 snapshots
+  then every 10, window 8 (regression), after 10 then every 5, window 6 (digits)::
+
+    nice -n 10 python jobs/experiments/prune_accel.py --freeze --out bench-out/freeze.json
 
 Every run is a real :func:`pipeline.training.runner.run_variant` into a Zarr store (a
 temporary one unless ``--store``), in this process (no Ray, no MLflow), so the times are
@@ -52,6 +57,9 @@ TASKS = {  # name: (base config file, key to drop, prune after)
     "regression": ("configs/accelerate.yaml", "accelerate", 20),
     "digits": ("configs/prune.yaml", "prune", 10),
 }
+FREEZE = {"regression": {"after": 20, "every": 10, "window": 8},   # --freeze arms, per task
+          "digits": {"after": 10, "every": 5, "window": 6}}
+FREEZE_TOLS = (0.01, 0.05)
 ACCEL = {"window": 8, "every": 8, "horizon": 8}
 TARGET_AT = 0.6
 PRUNED: dict = {}   # (task, depth, arm, seed) -> flat indices of the pruned weights
@@ -66,6 +74,7 @@ def parse(argv=None):
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every task's epochs (smoke runs)")
     p.add_argument("--store", default=None, help="keep the runs in this store (default: a temporary one)")
     p.add_argument("--out", default="bench-out/prune_accel.json")
+    p.add_argument("--freeze", action="store_true", help="plain against freeze: arms only")
     return p.parse_args(argv)
 
 
@@ -85,6 +94,10 @@ class Clock:
 
 def arms(sparsities):
     yield "unpruned / plain", {}
+    if ARGS.freeze:
+        for tol in FREEZE_TOLS:
+            yield f"freeze (tol {tol:g})", {"freeze": {"tol": tol}}
+        return
     for method in ("magnitude", "koopman"):
         for s in sparsities:
             yield f"{method} {s:g}", {"prune": {"method": method, "sparsity": s, "window": 6}}
@@ -106,6 +119,11 @@ def variants(task, depth, arm_cfg, seeds):
     extra = copy.deepcopy(arm_cfg)
     if "prune" in extra:
         extra["prune"]["after"] = max(6, int(round(after * ARGS.epochs_scale)))
+    if "freeze" in extra:
+        f = FREEZE[task]
+        extra["freeze"].update(window=f["window"],
+                               after=max(f["window"], int(round(f["after"] * ARGS.epochs_scale))),
+                               every=max(1, int(round(f["every"] * ARGS.epochs_scale))))
     return config.expand(config.validate({**data, **extra}, f"{task} d{depth}"))
 
 
@@ -128,6 +146,7 @@ def run_all(store_url, sparsities):
                         "task": task, "depth": depth, "arm": arm, "seed": v.seed, "run_id": v.run_id,
                         "status": out["status"], "history": out["metrics"], "epoch_end_s": clock.ends,
                         "events": run.attrs.get("events", []),
+                        "frozen_fraction": (out["metrics"].get("frozen_fraction") or [None])[-1],
                         "jumps": sum(a["outcome"] == "jump" for a in attempts),
                         "rejected": sum(a["outcome"] == "rejected" for a in attempts),
                         "skipped": sum(a["outcome"] == "skipped" for a in attempts),
@@ -187,12 +206,16 @@ def summarize(rows):
                          f"{sum(r['skipped'] for r in rs)}" if arm.startswith("accel") else "",
                 "jump_gain": _ms(gains, "{:.2%}") if gains else "",
                 "overlap_with_magnitude": _ms(overlap, "{:.2f}") if overlap else "",
+                "frozen_fraction": _ms([r["frozen_fraction"] for r in rs], "{:.3f}")
+                if arm.startswith("freeze") else "",
             })
         out[f"{task} d{depth}"] = {"epochs": E, "target_train_loss": target, "rows": table}
     return out
 
 
 def markdown(summary) -> str:
+    if ARGS.freeze:
+        return markdown_freeze(summary)
     lines = []
     for name, s in summary.items():
         lines.append(f"**{name}** ({s['epochs']} epochs; target training loss "
@@ -206,6 +229,22 @@ def markdown(summary) -> str:
                          f"{r['wall_to_target_s']} | {r['total_wall_s']} | {r['final_train_loss']} | "
                          f"{r['final_val_loss']} | {r['final_val_accuracy']} | "
                          f"{r['overlap_with_magnitude']} | {r['jumps']} | {r['jump_gain']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_freeze(summary) -> str:
+    lines = []
+    for name, s in summary.items():
+        lines.append(f"**{name}** ({s['epochs']} epochs; target training loss "
+                     f"{s['target_train_loss']:.4g}, the plain runs' mean at {int(TARGET_AT * 100)}%)\n")
+        lines.append("| arm | reached | epochs to target | wall s to target | total wall s | "
+                     "final train loss | final val loss | final val accuracy | frozen fraction (end) |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in s["rows"]:
+            lines.append(f"| {r['arm']} | {r['reached']}/{r['n']} | {r['epochs_to_target']} | "
+                         f"{r['wall_to_target_s']} | {r['total_wall_s']} | {r['final_train_loss']} | "
+                         f"{r['final_val_loss']} | {r['final_val_accuracy']} | {r['frozen_fraction']} |")
         lines.append("")
     return "\n".join(lines)
 
