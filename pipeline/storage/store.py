@@ -21,6 +21,8 @@ Metadata is written whole: a run's group with all its attributes in one write, e
 later attribute change in one write (zarr's ``attrs.update`` would rewrite ``zarr.json``
 once per key), and a wipe removes the group's ``zarr.json`` last; so a process killed at
 any point leaves a whole run or one :func:`pipeline.storage.health.cut_short` recognises.
+The writer (:class:`RunWriter`, the new run's array) is :mod:`pipeline.storage.writer`;
+a run's analysis verbs (``Run.write_analysis``, ...) are :mod:`pipeline.storage.analyses`.
 
 Run ids follow :mod:`pipeline.storage.runids`: every write or delete checks its id first and
 touches only ``runs/<run_id>/`` (and that run's lease), never a path an id could
@@ -29,51 +31,22 @@ escape to. Ids outside the rule already in a store stay listable and readable.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import queue
-import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import KMAError, RunNotFound, StoreError
+from .analyses import RunAnalyses
 from .layout import Layout
 from .runids import check_run_id, is_valid
+# the writer's names, re-exported: `from pipeline.storage.store import FINISHED` etc. keep working
+from .writer import (BUFFER_BYTES, FINISHED, INTERRUPTED, STATUSES, _P_CHUNK, RunWriter,  # noqa: F401
+                     _f32_to_bf16, _json_safe, _now, code_version, new_run)
 
 log = logging.getLogger(__name__)
-
-# bad_init: ended by the bad-initialization policy (on_bad_init: restart or stop), a result
-STATUSES = ("running", "complete", "diverged", "failed", "bad_init")
-# shown by `kma runs` (never stored): "running" without a live lease, i.e. left by a dead driver
-INTERRUPTED = "interrupted"
-FINISHED = ("complete", "diverged", "bad_init")  # runs a re-run does not redo
-BUFFER_BYTES = 128 * 2**20  # snapshots buffered in memory before a chunk row is written
-_P_CHUNK = 2**18  # parameters per chunk column
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the source tree, when there is one."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except Exception:  # noqa: BLE001 - no git is fine
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 def make_store(url: str, *, read_only: bool = False, create: bool = True):
@@ -148,7 +121,7 @@ class RunInfo:
     restart_of: str | None = None  # a restart attempt: the attempt it replaced (on_bad_init)
 
 
-class Run:
+class Run(RunAnalyses):
     """Read access to one stored run."""
 
     def __init__(self, store: "TrajectoryStore", run_id: str, group):
@@ -233,94 +206,6 @@ class Run:
         return traj.with_groups(self.layout.layer_ranges() if "layout" in self.attrs else None)
 
 
-    # -- analyses ----------------------------------------------------------------
-    # runs/<id>/analyses/<analysis_id>/: attrs status ("writing" until the last write,
-    # then "complete"), params, created, and what the writer adds (layers, n_snapshots,
-    # modes_layers); one group per layer of small arrays; modes/<layer>.{real,imag}.
-
-    def list_analyses(self) -> dict[str, dict]:
-        """``{analysis_id: its stored params}`` of the completely written analyses (one
-        left ``writing`` by an interrupted or failed writer is never listed)."""
-        try:
-            group = self.group["analyses"]
-        except KeyError:
-            return {}
-        out = {}
-        for aid in sorted(group.group_keys()):
-            attrs = group[aid].attrs
-            if attrs.get("status") == "complete":
-                out[aid] = dict(attrs.get("params", {}))
-        return out
-
-    def analysis_info(self, analysis_id: str) -> dict:
-        """The attributes of a complete analysis (params, layers, n_snapshots, ...)."""
-        return dict(self._analysis_group(analysis_id).attrs)
-
-    def read_analysis(self, analysis_id: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-        """``(attrs, {layer: {array name: values}})`` of a complete analysis."""
-        g = self._analysis_group(analysis_id)
-        attrs = dict(g.attrs)
-        layers = {}
-        for layer in attrs.get("layers", []):
-            lg = g[layer]
-            layers[layer] = {name: lg[name][...] for name in lg.array_keys()}
-        return attrs, layers
-
-    def write_analysis(self, analysis_id: str, params: dict, layers: dict[str, dict[str, np.ndarray]],
-                       *, modes: dict | None = None, attrs: dict | None = None) -> None:
-        """Write an analysis whole, replacing one of the same id: status ``writing``
-        first, ``complete`` last. ``modes``: ``{layer: complex dask array (k × P)}``
-        stored as float32 real and imaginary parts; ``t_end`` (Unix seconds) records when
-        it was completely written (a caller records ``t_start`` in ``attrs``). If any write fails, the
-        half-written analysis is removed (best effort; if that fails too its status
-        stays ``writing``, which :meth:`list_analyses` never lists) and the error is
-        raised again."""
-        try:
-            analyses = self.group.require_group("analyses")
-            if analysis_id in analyses:
-                del analyses[analysis_id]
-            g = analyses.create_group(analysis_id, attributes={"status": "writing", "params": params,
-                                                               "created": _now()})
-            for layer, arrays in layers.items():
-                lg = g.create_group(layer)
-                for name, arr in arrays.items():
-                    lg.create_array(name, data=arr)
-            for layer, arr in (modes or {}).items():
-                import dask.array as da
-
-                mg = g.require_group("modes")
-                chunks = (arr.shape[0], min(arr.shape[1], _P_CHUNK))
-                for part, values in (("real", arr.real), ("imag", arr.imag)):
-                    da.to_zarr(values.astype(np.float32), mg.create_array(
-                        f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
-            g.update_attributes({**(attrs or {}), "status": "complete", "layers": list(layers),
-                                 "modes_layers": list(modes or {}), "t_end": time.time()})
-        except Exception:
-            self.delete_analysis(analysis_id, quiet=True)
-            raise
-
-    def delete_analysis(self, analysis_id: str, *, quiet: bool = False) -> None:
-        """Remove an analysis (``quiet``: a failure is only logged)."""
-        try:
-            analyses = self.group["analyses"]
-            if analysis_id in analyses:
-                del analyses[analysis_id]
-        except Exception:  # noqa: BLE001 - quiet: the store is failing already; the status says it
-            if not quiet:
-                raise
-            log.debug("run %s: could not remove analysis %s", self.run_id, analysis_id)
-
-    def _analysis_group(self, analysis_id: str):
-        try:
-            g = self.group[f"analyses/{analysis_id}"]
-        except KeyError:
-            raise StoreError(f"run {self.run_id}: no analysis {analysis_id}") from None
-        if g.attrs.get("status") != "complete":
-            raise StoreError(f"run {self.run_id}: analysis {analysis_id} is incomplete "
-                             f"(status {g.attrs.get('status')}); run kma analyze again")
-        return g
-
-
 class _Cast:
     """Picklable ``astype`` of one block."""
 
@@ -333,13 +218,6 @@ class _Cast:
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 → bfloat16 bit pattern (uint16)."""
-    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounding = ((b >> 16) & 1) + np.uint32(0x7FFF)
-    return ((b + rounding) >> 16).astype(np.uint16)
 
 
 class TrajectoryStore:
@@ -482,42 +360,7 @@ class TrajectoryStore:
         if prev is not None or self._exists(run_id):
             log.info("run %s: removing an unfinished earlier attempt (%s)", run_id, prev)
             self._wipe(run_id)
-        runs = self.root.require_group("runs")
-        # The group's metadata, with every attribute, is ONE write (and the first key of
-        # the run): a process killed at any point of creation leaves either no run, a
-        # whole "running" one, or (local disk, killed inside that write) a folder with
-        # nothing in it but zarr's temporary file, which health.cut_short recognises.
-        attrs = {
-            "status": "running",
-            "run_id": run_id,
-            "layout": layout.to_records(),
-            "config": config or {},
-            "code_version": code_version(),
-            "stored_dtype": dtype,
-            "n_snapshots": 0,
-            "created": _now(),
-            "updated": _now(),
-            **(extra or {}),
-        }
-        group = runs.create_group(run_id, overwrite=True, attributes=attrs)
-        p = max(layout.size, 1)
-        storage = "uint16" if dtype == "bfloat16" else dtype
-        itemsize = np.dtype(storage).itemsize
-        t_chunk = int(max(1, min(64, BUFFER_BYTES // (2 * p * itemsize))))
-        cap = int(capacity) if capacity else t_chunk
-        group.create_array(
-            "weights",
-            shape=(cap, layout.size),
-            chunks=(t_chunk, min(layout.size, _P_CHUNK) or 1),
-            dtype=storage,
-            # a lost chunk must read as NaN, never as plausible zeros; and every chunk is
-            # written, even an all-zero one, so missing_chunks() can tell loss from zeros
-            fill_value=0 if storage == "uint16" else float("nan"),
-            compressors=None,
-            overwrite=True,
-            config={"write_empty_chunks": True},
-        )
-        return RunWriter(self, run_id, group, layout, dtype, t_chunk)
+        return new_run(self, run_id, layout, config=config, capacity=capacity, dtype=dtype, extra=extra)
 
     def _exists(self, run_id: str) -> bool:
         """Whether anything at all is stored under ``runs/<run_id>/`` (whole or not)."""
@@ -626,142 +469,3 @@ class TrajectoryStore:
     def _require_writable(self):
         if self.read_only:
             raise StoreError(f"store {self.url}: opened read-only")
-
-
-class RunWriter:
-    """Streams snapshots of one run into its weights array.
-
-    Snapshots are buffered in memory and written a chunk row at a time by a background
-    thread, so training overlaps with I/O. :meth:`finish` flushes, waits for the writes
-    and only then records the final status.
-    """
-
-    def __init__(self, store, run_id, group, layout, dtype, t_chunk):
-        self.store, self.run_id, self.group, self.layout = store, run_id, group, layout
-        self.dtype, self.t_chunk = dtype, t_chunk
-        self.array = group["weights"]
-        self._np_dtype = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
-        self._buf = np.empty((t_chunk, layout.size), self._np_dtype)
-        self._fill = 0
-        self._written = 0  # rows handed to the writer thread
-        self.epochs: list[int] = []
-        self.steps: list[int] = []
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        # Buffers come back from the writer thread once written and are reused: a fresh
-        # np.empty per flush costs page faults on every touch (~5 ms per 40 MB row).
-        # At most three exist: one filling, one queued, one being written.
-        self._spare: queue.SimpleQueue = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, daemon=True, name=f"kma-writer-{run_id}")
-        self._thread.start()
-        self._closed = False
-
-    @property
-    def n_snapshots(self) -> int:
-        return self._written + self._fill
-
-    def reserve(self) -> np.ndarray | None:
-        """The buffer row the next snapshot goes to (float32 storage only), so a
-        producer can fill it in place; :meth:`append` of that row then copies nothing.
-        Valid until the next :meth:`append`."""
-        return self._buf[self._fill] if self.dtype == "float32" else None
-
-    def append(self, flat, *, epoch: int = 0, step: int = 0) -> None:
-        """Append one snapshot (1-D, length ``layout.size``; torch tensor or numpy)."""
-        if self._error is not None:
-            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
-        x = flat.numpy() if hasattr(flat, "numpy") and not isinstance(flat, np.ndarray) else flat
-        if x.shape != (self.layout.size,):
-            raise ValueError(f"snapshot has shape {x.shape}, expected ({self.layout.size},)")
-        target = self._buf[self._fill]
-        if self.dtype == "bfloat16":
-            target[...] = _f32_to_bf16(x)
-        elif x.__array_interface__["data"][0] != target.__array_interface__["data"][0]:
-            # (same address: the producer filled the row in place via reserve())
-            target[...] = x
-        self._fill += 1
-        self.epochs.append(int(epoch))
-        self.steps.append(int(step))
-        if self._fill == self.t_chunk:
-            self._flush()
-
-    __call__ = append  # a writer is a snapshot sink
-
-    def _flush(self) -> None:
-        if self._fill == 0:
-            return
-        self._queue.put((self._written, self._buf, self._fill))
-        self._written += self._fill
-        try:
-            self._buf = self._spare.get_nowait()
-        except queue.Empty:
-            self._buf = np.empty_like(self._buf)
-        self._fill = 0
-
-    def _drain(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            start, buf, n = item
-            try:
-                stop = start + n
-                if stop > self.array.shape[0]:
-                    grow = max(stop, 2 * self.array.shape[0])
-                    self.array.resize((grow, self.array.shape[1]))
-                self.array[start:stop] = buf[:n]
-            except BaseException as e:  # noqa: BLE001 - surfaced on the next call
-                self._error = e
-            self._spare.put(buf)
-
-    def _join(self) -> None:
-        if not self._closed:
-            self._flush()
-            self._queue.put(None)
-            self._thread.join()
-            self._closed = True
-        if self._error is not None:
-            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
-
-    def finish(self, status: str, *, metrics: dict | None = None, extra: dict | None = None) -> None:
-        """Flush every snapshot, then record metrics and the final ``status``."""
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        try:
-            self._join()
-        except StoreError:
-            status = "failed"
-            raise
-        finally:
-            self.group.update_attributes(
-                {
-                    "n_snapshots": self.n_snapshots,
-                    "snapshot_epochs": self.epochs,
-                    "snapshot_steps": self.steps,
-                    "metrics": _json_safe(metrics or {}),
-                    "updated": _now(),
-                    **(extra or {}),
-                }
-            )
-            # the status goes last: a run is only "complete" once everything is written
-            self.group.update_attributes({"status": status, "finished": _now()})
-
-    def abort(self, reason: str) -> None:
-        """Mark the run failed (best effort); a re-run redoes it."""
-        try:
-            self._join()
-        except StoreError:
-            pass
-        self.group.update_attributes({"status": "failed", "error": reason[:500], "updated": _now()})
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

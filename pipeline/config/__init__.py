@@ -1,0 +1,46 @@
+"""Sweep configuration: a validated schema, grid expansion and stable run ids.
+
+A sweep YAML describes a grid; :func:`expand` turns it into :class:`Variant` objects,
+each a fully resolved, scalar configuration. A variant's run id is derived from its
+resolved content, so the same sweep always maps to the same run ids and a re-run finds
+its earlier results.
+
+Every model forbids unknown keys: a typo is an error naming its path
+(``model.widht: unknown key``), never a silently ignored value.
+
+One concept per module; every name is re-exported here, so ``from pipeline.config
+import X`` works whichever module defines ``X``:
+
+- :mod:`.base` — the strict base model and the grid field types (``IntGrid``, ...);
+- :mod:`.tasks` — the training tasks (``MultiscaleTask``, ``DigitsTask``, ``BlobsTask``);
+- :mod:`.losses` — loss values, specs (``SobolevLossSpec``), names and labels;
+- :mod:`.grids` — the network and optimizer grids (``ModelGrid``, ``OptimizerGrid``);
+- :mod:`.analysis` — ``AnalysisParams`` (YAML and CLI) and ``RELIABLE_RESIDUAL``;
+- :mod:`.policies` — snapshots, resources, stopping, bad inits, prune, accelerate;
+- :mod:`.sweep` — ``SweepConfig``, ``Variant``, the identity rule, ``expand``, params;
+- :mod:`.loading` — ``load``/``validate``, overrides, error messages, name checks.
+"""
+
+# The private names are re-exported too (a pure move: nothing that imported them breaks).
+from .base import (FloatGrid, IntGrid, NameGrid, _as_list, _grid_check, _is_kind, _KIND_NAMES,  # noqa: F401
+                   _show, _Strict)
+from .tasks import BlobsTask, DigitsTask, MultiscaleTask, TaskConfig
+from .losses import (GRID_LOSSES, GRID_TASKS, LOSS_SPECS, LossGrid, LossSpec, LossValue, SobolevLossSpec,
+                     _loss_entry, _loss_grid_check, loss_label, loss_name)  # noqa: F401
+from .grids import ModelGrid, OptimizerGrid
+from .analysis import _RANK_ARGS, RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401
+from .policies import AccelerateConfig, FreezeConfig, OnBadInit, PruneConfig, Resources, SnapshotPolicy, StopPolicy
+from .sweep import (EXECUTION_ONLY, MAX_GRID, MAX_NAME, MAX_SEEDS, SweepConfig, Variant, _axes, expand,
+                    flatten_dict, grid_size, identity, resolved_dict, variant_params)  # noqa: F401
+from .loading import (_TAGS, _TYPE_ERRORS, _check_axes, _check_finite, _check_grid_losses, _format_error,
+                      _is_tag, _merge, check_names, load, parse_overrides, validate)  # noqa: F401
+
+__all__ = [
+    "AccelerateConfig", "AnalysisParams", "FreezeConfig", "BlobsTask", "DigitsTask", "EXECUTION_ONLY", "FloatGrid",
+    "GRID_LOSSES", "GRID_TASKS", "IntGrid", "LOSS_SPECS", "LossGrid", "LossSpec", "LossValue",
+    "MAX_GRID", "MAX_NAME", "MAX_SEEDS", "ModelGrid", "MultiscaleTask", "NameGrid", "OnBadInit",
+    "OptimizerGrid", "PruneConfig", "RELIABLE_RESIDUAL", "Resources", "SnapshotPolicy",
+    "SobolevLossSpec", "StopPolicy", "SweepConfig", "TaskConfig", "Variant", "check_names", "expand",
+    "flatten_dict", "grid_size", "identity", "load", "loss_label", "loss_name", "parse_overrides",
+    "resolved_dict", "validate", "variant_params",
+]

@@ -1,0 +1,149 @@
+"""What an analysis computes (:class:`AnalysisParams`), and the certification threshold."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+from .base import _Strict
+
+
+# A Ritz pair is reliable when its window's residuals are informative and the first-order
+# bound on its eigenvalue's error, κ · residual (condition number times the certified
+# data residual of the unit Ritz vector), is at most this: an absolute distance in the
+# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
+RELIABLE_RESIDUAL = 1e-2
+
+_RANK_ARGS = ("rank", "tol", "threshold")
+
+
+class AnalysisParams(_Strict):
+    """What an analysis computes: one model for the sweep YAML's ``analysis:`` section
+    and the flags of ``kma analyze`` (same defaults), validated when it is built.
+
+    Its :meth:`key` hashes into :attr:`analysis_id`, which names the analysis in the
+    store; ``enabled`` (the sweep's switch) and ``modes`` (an extra output) are not
+    part of it.
+    """
+
+    enabled: bool = True            # sweep only: analyse after training
+    method: Literal["qr", "randomized"] = "qr"
+    rank: int | None = None
+    tol: float | None = None
+    threshold: Literal["gavish-donoho"] | None = None
+    window: int | Literal["auto", "all"] = "auto"   # README "Windows"
+    stride: int | None = None
+    per_layer: bool = True
+    modes: bool = False
+    seed: int = 0
+    oversample: int = 10
+    n_power_iter: int = 2
+    residual_tol: float = RELIABLE_RESIDUAL
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v):
+        if isinstance(v, int) and v < 2:
+            raise ValueError("must be >= 2 snapshots")
+        return v
+
+    @model_validator(mode="after")
+    def _stride_needs_window(self):
+        if self.stride is not None and not isinstance(self.window, int):
+            raise ValueError(f"stride needs a window width (window is {self.window!r})")
+        return self
+
+    @field_validator("stride")
+    @classmethod
+    def _stride(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("rank must be a positive integer")
+        return v
+
+    @field_validator("seed", "oversample", "n_power_iter")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("tol")
+    @classmethod
+    def _tol(cls, v):
+        if v is not None and not 0 <= v < 1:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("residual_tol")
+    @classmethod
+    def _residual_tol(cls, v):
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_truncation(self):
+        given = [k for k in _RANK_ARGS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of rank, tol, threshold (got {', '.join(given)})")
+        return self
+
+    @classmethod
+    def from_flags(cls, **flags) -> "AnalysisParams":
+        """Build from command-line values; a bad one is a :class:`ConfigError` naming
+        its flag (``--window 1: must be >= 2 snapshots``)."""
+        try:
+            return cls(**flags)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = [p for p in first["loc"] if isinstance(p, str) and p in cls.model_fields]
+            msg = first["msg"].removeprefix("Value error, ")
+            if loc:
+                raise ConfigError(f"--{loc[0].replace('_', '-')} {flags.get(loc[0])}: {msg}") from None
+            raise ConfigError(f"analysis parameters: {msg}") from None
+
+    def key(self) -> dict:
+        """The parameters that define the result, with the engine version (hashed)."""
+        from ..koopman import ENGINE_VERSION
+
+        d = self.model_dump(exclude={"enabled", "modes"})
+        d["engine"] = ENGINE_VERSION
+        if self.method != "randomized":
+            for k in ("seed", "oversample", "n_power_iter"):
+                d.pop(k)
+        return d
+
+    def min_snapshots(self) -> int:
+        """Snapshots a run needs for these windows."""
+        return self.window if isinstance(self.window, int) else 2
+
+    @property
+    def analysis_id(self) -> str:
+        from ..koopman import ENGINE_VERSION
+
+        digest = hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:8]
+        w = (f"w{self.window}s{self.stride or self.window}" if isinstance(self.window, int)
+             else f"w{self.window}")
+        return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
+
+    def estimator(self, scheduler=None, unit_roundoff=None):
+        """A :class:`~pipeline.koopman.KoopmanDMD` with these parameters (unfitted)."""
+        from ..koopman import KoopmanDMD
+
+        return KoopmanDMD(
+            method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
+            window=self.window, stride=self.stride, per_layer=self.per_layer,
+            oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
+            scheduler=scheduler, unit_roundoff=unit_roundoff,
+        )

@@ -1,0 +1,123 @@
+"""Per-variant policies of a sweep: snapshots, resources, spectral stopping, bad
+initializations, pruning and acceleration (each absent = off, unless it has defaults)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from .analysis import RELIABLE_RESIDUAL
+from .base import _show, _Strict
+
+
+class SnapshotPolicy(_Strict):
+    ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset({"every", "unit", "layers", "dtype"})
+
+    every: int = Field(1, ge=1)
+    unit: Literal["epoch", "step"] = "epoch"
+    layers: Union[Literal["all"], Annotated[list[str], Field(min_length=1)]] = "all"
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("empty list: give 'all' or at least one module name")
+        if not (v == "all" or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+            raise ValueError(f"expected 'all' or a list of module names, got {_show(v)}")
+        return v
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class StopPolicy(_Strict):
+    """Spectral stopping (issue 11): every ``every`` snapshots, once ``window`` are held,
+    the whole network's spectrum of the last ``window`` snapshots is computed in the
+    training task and the convergence criterion of :mod:`pipeline.apps.convergence`
+    applied; the variant stops when it holds. Absent (None) = off."""
+
+    when: Literal["converged"] = "converged"
+    window: int = Field(10, ge=6)
+    every: int = Field(2, ge=1)
+
+
+class OnBadInit(_Strict):
+    """``on_bad_init:``: what a variant does when the detector of
+    :mod:`pipeline.apps.badinit` finds its initialization bad after ``after`` snapshots
+    (README "Bad initializations"). ``restart``: end the attempt (status ``bad_init``) and
+    train attempt ``<run id>-r1``, ``-r2``, ... (at most ``max_restarts``) with a new
+    initialization seed and, when given, the ``fallback_init`` scheme; ``stop``: end the
+    variant with status ``bad_init``; ``continue``: only record the verdict."""
+
+    action: Literal["restart", "stop", "continue"] = "restart"
+    max_restarts: int = Field(1, ge=1, le=9)
+    fallback_init: str | None = None
+    after: int = Field(6, ge=4)   # K snapshots (the initial weights and after-1 more)
+
+
+class Resources(_Strict):
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class PruneConfig(_Strict):
+    """``prune:`` mask a fraction of the weights once, after ``after`` snapshots, and keep
+    training with the mask fixed (:mod:`pipeline.apps.prune`). ``koopman``: by the
+    magnitude of each weight's predicted end point, the DMD mode of the eigenvalue
+    nearest 1 over the last ``window`` snapshots (Koopman magnitude pruning, Redman et
+    al., ICLR 2022); ``magnitude``: by the current magnitude (the baseline). ``scope``
+    ``global`` ranks all weight matrices together (as Redman et al.), ``layer`` each
+    on its own. ``rank``: DMD truncation (default ``(window - 1) // 2``)."""
+
+    method: Literal["koopman", "magnitude"]
+    sparsity: float = Field(gt=0.0, lt=1.0)
+    after: int = Field(ge=2)
+    window: int = Field(6, ge=3)
+    scope: Literal["global", "layer"] = "global"
+    rank: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _window_fits(self):
+        if self.window > self.after:
+            raise ValueError(f"window ({self.window}) must be <= after ({self.after}): "
+                             "the DMD needs that many snapshots before the prune")
+        return self
+
+
+class AccelerateConfig(_Strict):
+    """``accelerate:`` every ``every`` snapshots, DMD of the last ``window`` (since the
+    last jump), and a jump of the weights ``horizon`` snapshots ahead along the
+    certified, non-growing modes; kept only if the training loss falls (Dogra & Redman,
+    NeurIPS 2020; :mod:`pipeline.apps.accelerate`). ``optimizer_state``: what the
+    optimizer's moments do at an accepted jump (``keep`` or ``reset``); ``residual_tol``
+    the certification threshold (default the analysis' ``RELIABLE_RESIDUAL``)."""
+
+    window: int = Field(ge=3)
+    every: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+    rank: int | None = Field(None, ge=1)
+    optimizer_state: Literal["keep", "reset"] = "keep"
+    residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)   # certification: κ · residual <= this
+
+
+class FreezeConfig(_Strict):
+    """``freeze:`` after ``after`` snapshots (and, with ``every``, every ``every`` after
+    that), DMD of the last ``window`` snapshots, and freeze each weight whose predicted
+    motion over the next ``horizon`` snapshots (default ``window``) from its modes is at
+    most ``tol`` times the RMS of its tensor; frozen weights never unfreeze
+    (:mod:`pipeline.apps.freeze`). ``rank``: DMD truncation (default
+    ``(window - 1) // 2``); ``residual_tol`` the certification threshold."""
+
+    after: int = Field(ge=3)
+    window: int = Field(6, ge=3)
+    every: int | None = Field(None, ge=1)
+    tol: float = Field(1e-2, gt=0.0)
+    horizon: int | None = Field(None, ge=1)
+    rank: int | None = Field(None, ge=1)
+    residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)
+
+    @model_validator(mode="after")
+    def _window_fits(self):
+        if self.window > self.after:
+            raise ValueError(f"window ({self.window}) must be <= after ({self.after}): "
+                             "the DMD needs that many snapshots before the first freeze")
+        return self
