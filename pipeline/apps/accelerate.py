@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from ..config import RELIABLE_RESIDUAL
-from ..koopman import KoopmanDMD
-from .prune import default_rank
+from .prune import window_fit
 
 __all__ = ["koopman_jump", "Accelerator"]
 
@@ -68,8 +67,7 @@ def koopman_jump(Y, horizon: int, rank: int | None = None,
         ``reason`` when ``delta`` is None.
     """
     Y = np.asarray(Y)
-    est = KoopmanDMD(rank=rank or default_rank(Y.shape[0])).fit(Y)
-    res = est.results_[0]
+    _, res, modes = window_fit(Y, rank)
     lam = res.eigenvalues
     use = res.reliable(residual_tol) & (np.abs(lam) <= 1.0)
     info = {"rank": int(res.rank), "n_certified": int(use.sum()),
@@ -77,7 +75,7 @@ def koopman_jump(Y, horizon: int, rank: int | None = None,
     if not use.any():
         info["reason"] = "no certified non-growing mode"
         return None, info
-    Z = np.asarray(est.modes(Y).compute())                  # (r, P) unit modes
+    Z = modes()                                                 # (r, P) unit modes
     x = Y[-1].astype(np.float64)
     c = np.linalg.lstsq(Z.T, x.astype(np.complex128), rcond=None)[0]
     delta = ((c[use] * (lam[use] ** int(horizon) - 1.0)) @ Z[use]).real

@@ -50,8 +50,7 @@ import numpy as np
 import torch
 
 from ..config import RELIABLE_RESIDUAL
-from ..koopman import KoopmanDMD
-from .prune import default_rank
+from .prune import window_fit
 
 __all__ = ["remaining_motion", "converged_mask", "Freezer"]
 
@@ -81,15 +80,14 @@ def remaining_motion(Y, horizon: int, rank: int | None = None,
         ``rank``, ``n_certified``, ``reason`` when ``motion`` is None.
     """
     Y = np.asarray(Y)
-    est = KoopmanDMD(rank=rank or default_rank(Y.shape[0])).fit(Y)
-    res = est.results_[0]
+    _, res, modes = window_fit(Y, rank)
     lam = res.eigenvalues
     cert = res.reliable(residual_tol)
     info = {"rank": int(res.rank), "n_certified": int(cert.sum())}
     if res.rank == 0 or not cert.any():
         info["reason"] = "no certified mode"
         return None, info
-    Z = np.asarray(est.modes(Y).compute())                     # (r, P) unit modes
+    Z = modes()                                                 # (r, P) unit modes
     Y64 = Y.astype(np.float64)
     # every snapshot on the modes (G, (r, W)); the modes' dynamics G_it ≈ b_i λ_i^t, each
     # b_i by least squares over the window; Ŷ_t = Σ_i b_i λ_i^t z_i

@@ -47,6 +47,16 @@ def default_rank(window: int) -> int:
     return max(1, (int(window) - 1) // 2)
 
 
+def window_fit(Y, rank: int | None = None):
+    """``(est, res, modes)``: the in-memory DMD of a window ``Y`` (shape ``(W, P)``) that
+    pruning, freezing and acceleration share — :class:`~pipeline.koopman.KoopmanDMD` at
+    ``rank`` (default :func:`default_rank`), its whole-network result, and a callable
+    giving the ``(r, P)`` unit modes (a second pass over ``Y``, only when called)."""
+    Y = np.asarray(Y)
+    est = KoopmanDMD(rank=rank or default_rank(Y.shape[0])).fit(Y)
+    return est, est.results_[0], lambda: np.asarray(est.modes(Y).compute())
+
+
 def koopman_endpoint(Y, rank: int | None = None) -> tuple[np.ndarray, dict]:
     """Predicted end point of every weight from the DMD mode of the eigenvalue nearest 1.
 
@@ -66,13 +76,11 @@ def koopman_endpoint(Y, rank: int | None = None) -> tuple[np.ndarray, dict]:
     info : dict
         ``eigenvalue`` ([re, im]), ``residual``, ``rank`` of the fit.
     """
-    Y = np.asarray(Y)
-    est = KoopmanDMD(rank=rank or default_rank(Y.shape[0])).fit(Y)
-    res = est.results_[0]
+    _, res, modes = window_fit(Y, rank)
     if res.rank == 0:
         raise ValueError("the window's snapshots are all zero: no mode to rank")
     i = int(np.argmin(np.abs(res.eigenvalues - 1.0)))
-    mode = np.asarray(est.modes(Y).compute())[i]
+    mode = modes()[i]
     lam = res.eigenvalues[i]
     info = {"eigenvalue": [float(lam.real), float(lam.imag)],
             "residual": float(res.residuals[i]), "rank": int(res.rank)}
