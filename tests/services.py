@@ -55,3 +55,151 @@ def _wait_for(probe, what, limit_s=60.0):
         assert time.monotonic() < deadline, what
         time.sleep(0.1)
     return found
+
+
+# --------------------------------------------------------------------------- an outage
+class OutageProxy:
+    """A TCP proxy on loopback in front of ``target`` (host, port) that can be taken down
+    and brought back on the same port: down, it drops the connections it carries and
+    refuses new ones (its listening socket is closed), as a restarting or unreachable
+    server does. ``down_after(n, seconds)`` takes it down once ``n`` more HTTP requests
+    have passed (counted from their request lines), for ``seconds`` (None: until
+    :meth:`up`), so an outage lands mid-operation without any timing on the test's side.
+    A thread per connection direction; :meth:`close` stops it all."""
+
+    _REQUEST = re.compile(rb"^(GET|PUT|POST|HEAD|DELETE) /")
+
+    def __init__(self, target):
+        import socket
+        import threading
+
+        self.target = target
+        self._lock = threading.Lock()
+        self._conns: list = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._listener.listen(64)
+        self._budget: int | None = None      # requests left before the planned outage
+        self._outage_s: float | None = None
+        self.requests = 0                    # requests forwarded so far
+        self.outages = 0                     # times it went down
+        self._closed = False
+        self._accepting = threading.Thread(target=self._accept, args=(self._listener,), daemon=True)
+        self._accepting.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def down_after(self, n: int, seconds: float | None) -> None:
+        with self._lock:
+            self._budget, self._outage_s = n, seconds
+
+    def down(self) -> None:
+        import socket
+
+        with self._lock:
+            if self._listener is None:
+                return
+            self.outages += 1
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        with self._lock:
+            if self._listener is not None or self._closed:
+                return
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", self.port))   # the same port: clients keep their endpoint
+            s.listen(64)
+            self._listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self.down()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:          # closed: down() or close()
+                return
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self._conns += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src, dst, upstream: bool) -> None:
+        import threading
+
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if upstream and data and self._REQUEST.match(data):
+                with self._lock:
+                    self.requests += 1
+                    if self._budget is not None:
+                        self._budget -= 1
+                        fire = self._budget < 0
+                    else:
+                        fire = False
+                    if fire:
+                        self._budget = None
+                        seconds = self._outage_s
+                if fire:
+                    self.down()
+                    if seconds is not None:
+                        t = threading.Timer(seconds, self.up)
+                        t.daemon = True
+                        t.start()
+                    data = b""
+            if not data:
+                for s in (src, dst):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+@pytest.fixture
+def s3_outage(s3_server):
+    """An :class:`OutageProxy` in front of the module's S3 server; its ``env`` points the
+    AWS endpoint at the proxy (pass it to the command under test)."""
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    proxy = OutageProxy(("127.0.0.1", port))
+    proxy.env = {**s3_server, "AWS_ENDPOINT_URL": proxy.url}
+    yield proxy
+    proxy.close()

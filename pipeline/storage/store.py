@@ -67,10 +67,10 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         elif not path.exists():
             raise StoreError(f"store {url}: no such directory")
         return zarr.storage.LocalStore(path, read_only=read_only)
-    # an unreachable endpoint fails within seconds, not botocore's default minute per try
-    options = {"config_kwargs": {"connect_timeout": 10}} if url.startswith(("s3://", "s3a://")) else None
-    try:
-        store = zarr.storage.FsspecStore.from_url(url, read_only=read_only, storage_options=options)
+    from .remote import open_remote
+
+    try:  # retries, credentials from this process' environment, pickled as its URL only
+        store = open_remote(url, read_only=read_only)
     except (ImportError, ValueError) as e:
         raise StoreError(f"store {url}: {e}") from None
     _probe(store, url)
@@ -78,17 +78,19 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
 
 
 def _probe(store, url: str) -> None:
-    """One request to a remote store, so that missing credentials or a dead endpoint are
-    one line here, not a traceback from the first of many concurrent reads."""
+    """One request to a remote store, not retried, so that missing credentials or a dead
+    endpoint are one line at once, not a traceback (or a minute of retries) from the
+    first of many concurrent reads."""
     from zarr.core.sync import sync
 
     try:
-        sync(store.exists("zarr.json"))
+        sync(store._store.exists("zarr.json"))
     except Exception as e:  # noqa: BLE001 - botocore, aiohttp, gcsfs...: any failure is "unreachable"
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         hint = ""
         if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
-            hint = "; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            hint = ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the "
+                    "node an instance role (README: Credentials on a cluster)")
         raise StoreError(f"store {url}: cannot reach it ({type(e).__name__}: {first}){hint}") from None
 
 
@@ -244,6 +246,11 @@ class TrajectoryStore:
         try:
             self.root = zarr.open_group(self._zstore, mode="r" if read_only else "a" if create else "r+")
         except FileNotFoundError:
+            from .remote import RemoteStore, missing_bucket
+
+            bucket = missing_bucket(self._zstore) if isinstance(self._zstore, RemoteStore) else None
+            if bucket:
+                raise StoreError(f"store {self.url}: no such bucket {bucket!r}") from None
             raise StoreError(f"store {self.url}: no KMA store here") from None
         except PermissionError:
             raise StoreError(f"store {self.url}: permission denied") from None
