@@ -25,6 +25,7 @@ from .console import Console, DaskProgress
 from .errors import KMAError, plural
 from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
 from .koopman.core import dtype_roundoff, unit_circle_verdicts
+from .storage.remote import StoreUnreachable
 from .storage.runids import check_run_id, is_valid
 from .storage.store import Run, TrajectoryStore
 from .sync import analysis_times
@@ -106,6 +107,8 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> 
         est = est.fit(Y, progress=progress)
         est.finite_prefix_ = prefix
         return est
+    except StoreUnreachable:
+        raise                                    # the whole command stops (analyze_runs)
     except KMAError as e:
         raise KMAError(f"run {run.run_id}: {e}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -141,6 +144,10 @@ def _read_error(e: BaseException) -> bool:
     any ``OSError``, or another error raised inside the storage/decoding libraries.
     A ``ValueError``/``RuntimeError`` raised in our own engine is a bug, not bad data."""
     if isinstance(e, OSError):
+        return True
+    cause = getattr(e, "cause", None)   # a Ray task's error (Dask-on-Ray) carries the worker's
+    if isinstance(cause, BaseException) and cause is not e and (
+            isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in {m.split(".")[0] for m in _READ_MODULES}):
         return True
     tb = e.__traceback__
     while tb is not None:
@@ -343,6 +350,8 @@ def analyze_runs(
                 f"({plural(len(est.windows_), 'window')} × {plural(len({r.layer for r in est.results_}), 'layer')}) "
                 f"in {time.perf_counter() - t0:.1f}s"
             )
+        except StoreUnreachable:
+            raise  # every other run would wait out the same retries: one line, exit 2
         except KMAError as e:
             msg = str(e) if rid in str(e) else f"run {rid}: {e}"
             report[rid] = msg
@@ -402,7 +411,7 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
         check_file(json_path, "--json")
     if plots_dir:
         check_dir(plots_dir, "--plots")
-    sched = resolve_scheduler(scheduler)  # a bad flag fails before anything is opened or created
+    sched = resolve_scheduler(scheduler, console)  # a bad flag fails before anything is opened or created
     try:
         store = TrajectoryStore(store_url, create=False)
         if not all(is_valid(r) for r in run_ids or []):  # older ids are fine if the store lists them
@@ -417,9 +426,19 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
             sched.close()
 
 
-def resolve_scheduler(name: str | None):
+def resolve_scheduler(name, console=None):
+    """The scheduler ``--scheduler NAME`` asks for: a local Dask scheduler's name, a
+    dask.distributed ``Client`` (``tcp://``), or :class:`pipeline.dask_ray.RayScheduler`
+    (``ray``, ``ray:ADDRESS``: Dask-on-Ray). A callable is a Dask ``get`` and is used as is."""
+    if callable(name):
+        return name
     if name in (None, "", "threads", "threading"):
         return "threads"
+    from .dask_ray import RayScheduler, parse_ray_scheduler
+
+    address = parse_ray_scheduler(name)
+    if address is not False:
+        return RayScheduler(address, console)
     if name in ("processes", "sync", "synchronous", "single-threaded"):
         return name
     if name.startswith("tcp://"):
@@ -431,7 +450,7 @@ def resolve_scheduler(name: str | None):
             return Client(name, timeout=10)
         except (OSError, TimeoutError) as e:
             raise KMAError(f"Dask scheduler {name}: unreachable ({e})") from None
-    raise KMAError(f"--scheduler {name!r}: expected threads, processes or tcp://HOST:PORT")
+    raise KMAError(f"--scheduler {name!r}: expected threads, processes, tcp://HOST:PORT or ray[:ADDRESS]")
 
 
 def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:

@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
     p.add_argument("--no-mlflow", action="store_true", help="do not register in MLflow")
     p.add_argument("--scheduler", default="threads", metavar="NAME",
-                   help="Dask scheduler: threads (default), processes, or tcp://HOST:PORT of a "
-                        "dask.distributed scheduler")
+                   help="Dask scheduler: threads (default), processes, tcp://HOST:PORT of a "
+                        "dask.distributed scheduler, or ray (Dask-on-Ray: $RAY_ADDRESS, else a local "
+                        "Ray) / ray:HOST:PORT")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write figures to DIR/<run id>/")
     parser.subcommands["analyze"] = p
 
