@@ -92,7 +92,9 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
         raise ValueError("Y holds non-finite values (a diverged run has no initialization verdict)")
     groups = list(groups) if groups else [("all", 0, Y.shape[1])]
     per_layer = len(groups) > 1
-    est = KoopmanDMD(window="all", per_layer=per_layer).fit(Y, groups if per_layer else None)
+    # Y is in this process' memory: fit it here (threads), never ship it to a cluster's
+    # workers through whatever scheduler is the default (a dask.distributed Client is)
+    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads").fit(Y, groups if per_layer else None)
     layers, frozen, collapsed = {}, [], []
     growth, whole_rank = 0.0, 0
     for r in est.results_:
@@ -150,7 +152,9 @@ def first_snapshots(run, snapshots: int | None = None) -> tuple[np.ndarray, list
     if K > n:
         raise ValueError(f"run {run.run_id}: {n} snapshots, fewer than the {K} asked for")
     traj = run.trajectory(np.float32, rows=K)
-    return np.asarray(traj.array.compute(), dtype=np.float32), list(traj.groups or [])
+    # read here (threads): the snapshots end in this process' memory anyway; through a
+    # cluster's scheduler one worker would hold them all, concatenated, on their way here
+    return np.asarray(traj.array.compute(scheduler="threads"), dtype=np.float32), list(traj.groups or [])
 
 
 def detect_run(run, snapshots: int | None = None, **rule) -> dict:
