@@ -57,6 +57,69 @@ def _wait_for(probe, what, limit_s=60.0):
     return found
 
 
+# --------------------------------------------------------------------------- dask.distributed
+DASK_WORKER_MEMORY = "320MB"   # each worker's --memory-limit (dask: 10^6 bytes per MB)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(s3_server, tmp_path_factory):
+    """A dask.distributed scheduler and two memory-limited workers (``dask scheduler`` and
+    ``dask worker --nworkers 2 --nthreads 1 --memory-limit 320MB``: two worker processes,
+    each under a nanny that restarts it past 95% of its limit), as separate processes on
+    loopback. The scheduler listens on a port the OS picks (``--port 0``), read back
+    from the scheduler file it writes. The workers' environment is the nodes' own: the
+    S3 server's AWS_* credentials (``s3_server``) and this checkout on PYTHONPATH.
+    Yields ``{"address", "memory_limit" (bytes, per worker), "pids" (worker address -> pid)}``."""
+    import json
+
+    from conftest import REPO
+
+    tmp = tmp_path_factory.mktemp("dask")
+    sched_file = tmp / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    bindir = f"{sys.prefix}/bin"
+    logs = open(tmp / "dask.log", "w")
+    procs = [subprocess.Popen([f"{bindir}/dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=logs, env=env)]
+    procs.append(subprocess.Popen([f"{bindir}/dask", "worker", "--scheduler-file", str(sched_file),
+                                   "--nthreads", "1", "--nworkers", "2", "--memory-limit", DASK_WORKER_MEMORY,
+                                   "--dashboard-address", ":0", "--local-directory", str(tmp / "dw")],
+                                  stdout=subprocess.DEVNULL, stderr=logs, env=env))
+    from distributed import Client
+
+    def up():
+        for p in procs:
+            assert p.poll() is None, f"dask process exited with {p.returncode}: {(tmp / 'dask.log').read_text()[-800:]}"
+        try:
+            addr = json.loads(sched_file.read_text())["address"]
+            with Client(addr, timeout=5) as c:
+                return addr if len(c.scheduler_info()["workers"]) == 2 else None
+        except (OSError, ValueError, KeyError):  # file not (fully) written yet; not up yet
+            return None
+
+    client = None
+    try:
+        addr = _wait_for(up, "dask cluster did not start", limit_s=90)
+        assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0"), addr
+        client = Client(addr, timeout=10, set_as_default=False)
+        limits = {w["memory_limit"] for w in client.scheduler_info()["workers"].values()}
+        assert len(limits) == 1, limits
+        yield {"address": addr, "memory_limit": limits.pop(), "client": client, "log": tmp / "dask.log",
+               "pids": client.run(os.getpid)}
+    finally:
+        if client is not None:
+            client.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+
+
 # --------------------------------------------------------------------------- an outage
 class OutageProxy:
     """A TCP proxy on loopback in front of ``target`` (host, port) that can be taken down
