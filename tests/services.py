@@ -110,9 +110,9 @@ def dask_cluster(s3_server, tmp_path_factory):
     finally:
         if client is not None:
             client.close()
-        for p in procs:
+        for p in reversed(procs):     # the workers first, while their scheduler is up
             p.terminate()
-        for p in procs:
+        for p in reversed(procs):
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -127,7 +127,8 @@ class OutageProxy:
     refuses new ones (its listening socket is closed), as a restarting or unreachable
     server does. ``down_after(n, seconds)`` takes it down once ``n`` more HTTP requests
     have passed (counted from their request lines), for ``seconds`` (None: until
-    :meth:`up`), so an outage lands mid-operation without any timing on the test's side.
+    :meth:`up`), so an outage lands mid-operation without any timing on the test's side
+    (``match``: count only requests for some keys, e.g. the first chunk write).
     A thread per connection direction; :meth:`close` stops it all."""
 
     _REQUEST = re.compile(rb"^(GET|PUT|POST|HEAD|DELETE) /")
@@ -146,6 +147,7 @@ class OutageProxy:
         self._listener.listen(64)
         self._budget: int | None = None      # requests left before the planned outage
         self._outage_s: float | None = None
+        self._match = None
         self.requests = 0                    # requests forwarded so far
         self.outages = 0                     # times it went down
         self._closed = False
@@ -156,9 +158,12 @@ class OutageProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def down_after(self, n: int, seconds: float | None) -> None:
+    def down_after(self, n: int, seconds: float | None, match: bytes | None = None) -> None:
+        """Go down at the request after the next ``n`` (of those whose request line
+        matches the regex ``match``, if given; that request is dropped)."""
         with self._lock:
             self._budget, self._outage_s = n, seconds
+            self._match = re.compile(match) if match else None
 
     def down(self) -> None:
         import socket
@@ -229,7 +234,7 @@ class OutageProxy:
             if upstream and data and self._REQUEST.match(data):
                 with self._lock:
                     self.requests += 1
-                    if self._budget is not None:
+                    if self._budget is not None and (self._match is None or self._match.match(data)):
                         self._budget -= 1
                         fire = self._budget < 0
                     else:
