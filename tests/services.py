@@ -29,9 +29,11 @@ def s3_server(tmp_path_factory):
     os.environ.update(env)
     import s3fs
 
+    _forget_filesystems()   # one made for an earlier module's server would point there
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("kma")
     yield env
+    _forget_filesystems()
     proc.terminate()
     proc.wait(timeout=30)
     for k, v in old.items():
@@ -39,6 +41,17 @@ def s3_server(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _forget_filesystems() -> None:
+    """Drop the S3 filesystems this process cached (fsspec keys its cache by options, not
+    by the AWS_* environment they were built from) and the stores unpickled from URLs."""
+    import s3fs
+
+    from pipeline.storage import remote
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    remote._reopen.cache_clear()
 
 
 def _listening_port(log, proc) -> int | None:

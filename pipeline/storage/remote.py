@@ -222,12 +222,30 @@ def missing_bucket(store: RemoteStore) -> str | None:
     return None
 
 
+class _DroppedConnectionNoise(logging.Filter):
+    """aiohttp writes a request body in a task of its own; when the connection drops
+    under it (the outage :class:`RemoteStore` retries), asyncio logs that task's error
+    with a traceback ("Task exception was never retrieved"). The request itself fails
+    and is retried: drop that line, keep every other asyncio error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("never retrieved" in str(record.msg) and exc is not None and is_transient(exc))
+
+
+def _quiet_dropped_connections() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DroppedConnectionNoise) for f in logger.filters):
+        logger.addFilter(_DroppedConnectionNoise())
+
+
 def open_remote(url: str, *, read_only: bool = False) -> RemoteStore:
     """A :class:`RemoteStore` for ``url`` built from this process' environment (its
     filesystem, its credentials). Raises ``ImportError``/``ValueError`` for an unknown
     protocol or a missing library (the caller names the store)."""
     from zarr.storage import FsspecStore
 
+    _quiet_dropped_connections()
     inner = FsspecStore.from_url(url, read_only=read_only, storage_options=storage_options(url))
     return RemoteStore(inner, url, read_only)
 
