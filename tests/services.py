@@ -122,6 +122,10 @@ def dask_cluster(s3_server, tmp_path_factory):
                "pids": client.run(os.getpid)}
     finally:
         if client is not None:
+            try:
+                client.shutdown()     # scheduler and workers close at once (SIGTERM: 8 s of nanny grace)
+            except Exception:  # noqa: BLE001 - already down: the signals below do it
+                pass
             client.close()
         for p in reversed(procs):     # the workers first, while their scheduler is up
             p.terminate()
