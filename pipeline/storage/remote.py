@@ -118,7 +118,7 @@ class RemoteStore(WrapperStore):
         return _reopen, (self.url, self._ro)
 
     def _with_store(self, store):
-        return type(self)(store, self.url, self._ro)
+        return type(self)(store, self.url, bool(store.read_only))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RemoteStore) and self.url == other.url and self._ro == other._ro
