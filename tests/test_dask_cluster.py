@@ -215,3 +215,16 @@ def test_scheduler_ray_runs_the_graph_on_ray(tmp_path, monkeypatch):
     for ra, rb in zip(a, b):
         assert (ra["layer"], ra["window"]) == (rb["layer"], rb["window"])
         np.testing.assert_allclose(ra["eigenvalues"], rb["eigenvalues"], atol=1e-10)
+
+
+def test_scheduler_ray_address_unreachable_is_one_line(tmp_path, capsys):
+    """``--scheduler ray:HOST:PORT`` connects as ``kma sweep --ray-address`` does: a Ray
+    address that refuses is one line, exit 2, before the store is opened."""
+    from pipeline.cli import main
+
+    with refusing_port() as held:
+        addr = f"127.0.0.1:{held.getsockname()[1]}"
+        rc = main(["analyze", "--store", str(tmp_path / "nowhere"), "--no-mlflow", "--scheduler", f"ray:{addr}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"kma: error: Ray at {addr}: unreachable (Connection refused)"], err
+    assert not (tmp_path / "nowhere").exists()
