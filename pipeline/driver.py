@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 
 from .config import SweepConfig, expand
@@ -360,9 +359,11 @@ def _test_interrupt(summary: SweepSummary) -> None:
     interrupts it at a known point (no race with polling the store). Unset: nothing."""
     after = os.environ.get("KMA_TEST_INTERRUPT_AFTER")
     if after and len(summary.trained) + len(summary.failed) >= int(after):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1.0)  # the handler raises here; under load it was seen to arrive late
-        raise KeyboardInterrupt  # (or never: a sweep then finished every run, CI flaked)
+        # raise_signal sends it to this (the main) thread, so the handler runs at once;
+        # os.kill let any of Ray's threads take it, and the main thread then slept on while
+        # the next task finished (a flaky test). The raise below is only a backstop.
+        signal.raise_signal(signal.SIGINT)
+        raise KeyboardInterrupt
 
 
 def _raise_interrupt(signum, frame):
