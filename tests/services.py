@@ -163,7 +163,7 @@ def ray_cluster(tmp_path_factory, s3_server):
                 p.terminate()
             except psutil.Error:
                 pass
-        _, alive = psutil.wait_procs(list(procs), timeout=20)
+        _, alive = psutil.wait_procs(list(procs), timeout=5)
         for p in alive:
             try:
                 p.kill()
