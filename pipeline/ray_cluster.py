@@ -176,10 +176,10 @@ def record_failure(store, variant, res: dict) -> None:
                                       capacity=variant.snapshot_capacity(), dtype=variant.snapshot.dtype,
                                       extra={"sweep": variant.sweep, "failure": failure})
             writer.abort(line)
-        elif status is not None:
-            store.mark_failed(rid, line)  # a run left running by a task that died for good
+        elif status is not None:  # left running: its task died for good; failed: the task said why
+            store.mark_failed(rid, f"task died: {line}" if status == "running" else line)
             if store.status(rid) == "failed":
-                store.open_run(rid).group.update_attributes({"failure": failure, "error": line[:500]})
+                store.open_run(rid).group.update_attributes({"failure": failure})
     except Exception as e:  # noqa: BLE001 - the summary still names the cause
         log.warning("run %s: could not record its failure in the store (%s)", rid, e)
 

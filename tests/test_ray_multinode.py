@@ -251,6 +251,12 @@ def test_failure_on_one_node_named_with_its_node(ray_cluster, tmp_path, tracking
     failure = run.attrs["failure"]
     assert failure["node_id"] == node2 and "credentials" in failure["message"].lower(), failure
     assert run.attrs["error"] in line
+    assert _training_runs(tracking_uri, "nocreds") == {rid: 1}  # registered, as FAILED
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    [rec] = client.search_runs([client.get_experiment_by_name("nocreds").experiment_id])
+    assert rec.info.status == "FAILED" and rec.data.tags["kma.status"] == "failed"
 
 
 def test_local_store_refused_on_two_nodes_unless_shared(ray_cluster, tmp_path, tracking_uri):
