@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError, plural
-from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources,
+from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, is_local, ray_failure, record_failure)
 from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
                           no_reset_at_exit, quiet_local_auth_notice)
@@ -178,7 +178,9 @@ def run_sweep(
         check_custom_resources(None, variants, source, "a local Ray (custom resources need a cluster: --ray-address)")
     elif is_local(store_url) and not shared_store:  # before the store is created: nothing done
         check_store_shared(init_ray(address, console), store_url, shared_store, address)
-    tracker = Tracker(absolute_tracking_uri(tracking_uri_for(tracking_uri, _existing_store(store_url))))
+    uri = absolute_tracking_uri(tracking_uri_for(tracking_uri, _existing_store(store_url)))
+    check_not_job_scratch(store_url, uri)
+    tracker = Tracker(uri)
     store = TrajectoryStore(store_url)
     store.check_writable()
     store.remember_tracking_uri(tracker.uri)  # later commands from anywhere find this MLflow

@@ -7,7 +7,9 @@ their cause and node, custom resources that exist.
   different folder on every node (``ray job submit`` even runs the driver inside the
   head's working directory). On a cluster of more than one live node a local store path
   is refused (:func:`check_store_shared`) unless the user says every node mounts it at
-  the same path (``kma sweep --shared-store``): use an ``s3://`` (fsspec) store.
+  the same path (``kma sweep --shared-store``): use an ``s3://`` (fsspec) store. A store
+  or SQLite file inside Ray's temporary copy of a job's working directory (``ray job
+  submit --working-dir``) is refused everywhere (:func:`check_not_job_scratch`).
 - **Failures.** :func:`run_on_node` is the body of a sweep's Ray task: it calls
   :func:`pipeline.training.runner.run_variant` and turns any exception that escapes it
   (a store a node cannot reach: missing credentials, say) into a ``failed`` result
@@ -61,6 +63,24 @@ def absolute_tracking_uri(uri: str) -> str:
     if path.startswith("/"):
         return uri
     return prefix + str(Path(path).expanduser().absolute())
+
+
+RAY_SCRATCH = "runtime_resources"  # Ray unpacks a job's --working-dir under <session>/runtime_resources/
+
+
+def check_not_job_scratch(store_url: str, tracking_uri: str) -> None:
+    """Refuse a local store or SQLite file inside Ray's temporary copy of a job's working
+    directory (``ray job submit --working-dir .`` runs the driver there, so a relative
+    ``--store``, the default ``kma-store`` and ``./mlflow.db`` would land in it): Ray
+    deletes it with the session, and no other node has it."""
+    sqlite = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
+    for what, path in (("store", store_url if is_local(store_url) else None), ("MLflow database", sqlite)):
+        if path and RAY_SCRATCH in Path(path).parts:
+            flag = "--store" if what == "store" else "--tracking-uri"
+            raise KMAError(
+                f"{what} {path} is inside Ray's temporary copy of the job's working directory, deleted "
+                f"with the Ray session: give {flag} an absolute path outside it"
+                + (" or an s3:// store" if what == "store" else " or a tracking server (http://...)"))
 
 
 def alive_nodes(ray) -> list[dict]:

@@ -58,3 +58,20 @@ def test_ray_errors_described_by_their_cause():
     assert failure_line(got) == "ValueError: bad value (node 10.0.0.2)"
     assert failure_line({"type": "OSError", "message": "m", "node_ip": "h", "node_id": "0123456789"}) == \
         "OSError: m (node h, id 01234567)"
+
+
+def test_store_or_database_in_a_jobs_scratch_copy_refused(tiny_config, tmp_path, kma_env):
+    """``ray job submit --working-dir .`` runs the driver in Ray's temporary copy of the
+    folder (``<session>/runtime_resources/working_dir_files/_ray_pkg_*``): the default
+    store and ``./mlflow.db`` would be deleted with the session. Refused, nothing written."""
+    scratch = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    scratch.mkdir(parents=True)
+    cfg = tiny_config()
+    for args, what in ((["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], "store"),
+                       (["--store", tmp_path / "s"], "MLflow database")):
+        r = subprocess.run(kma_cmd("sweep", cfg, *args), cwd=scratch, capture_output=True, text=True,
+                           env=kma_env, timeout=300)
+        assert r.returncode == 2, r.stderr
+        [line] = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert line.startswith(f"kma: error: {what} {scratch}/") and "temporary copy" in line, line
+        assert list(scratch.iterdir()) == [] and not (tmp_path / "s").exists()
