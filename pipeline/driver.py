@@ -25,7 +25,7 @@ from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError, plural
 from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources, check_not_job_scratch,
-                          check_store_shared, failure_line, is_local, ray_failure, record_failure)
+                          check_store_shared, failure_line, ray_failure, record_failure)
 from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
                           no_reset_at_exit, quiet_local_auth_notice)
 from .storage.lease import LeaseKeeper
@@ -176,8 +176,6 @@ def run_sweep(
     if not address:  # a local Ray gets this machine's cores: check before starting it
         capacity.check_fits(variants, sizes, [capacity.local_machine()], "this machine", source)
         check_custom_resources(None, variants, source, "a local Ray (custom resources need a cluster: --ray-address)")
-    elif is_local(store_url) and not shared_store:  # before the store is created: nothing done
-        check_store_shared(init_ray(address, console), store_url, shared_store, address)
     uri = absolute_tracking_uri(tracking_uri_for(tracking_uri, _existing_store(store_url)))
     check_not_job_scratch(store_url, uri)
     tracker = Tracker(uri)
@@ -215,6 +213,7 @@ def run_sweep(
                     capacity.check_fits(todo, sizes, capacity.ray_machines(ray),
                                         f"the Ray cluster at {address}", source)
                     check_custom_resources(ray, todo, source, f"the Ray cluster at {address}")
+                    check_store_shared(ray, store_url, shared_store, address)  # several nodes: not a local path
 
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
                        check=check_cluster)

@@ -152,11 +152,11 @@ def run_on_node(variant: dict, store_url: str) -> dict:
     try:
         res = run_variant(variant, store_url, callbacks=hook_callbacks(variant))
     except Exception as e:  # noqa: BLE001 - reported to the driver as the run's failure
-        log.exception("run %s failed on node %s", variant.get("sweep"), node)
-        failure = {"type": type(e).__name__, "message": _first_line(e) or type(e).__name__, **node}
         from .config import Variant
 
         rid = Variant.model_validate(variant).run_id
+        log.exception("run %s failed on node %s", rid, node)
+        failure = {"type": type(e).__name__, "message": _first_line(e) or type(e).__name__, **node}
         return {"run_id": rid, "status": "failed", "failure": failure, "error": failure_line(failure),
                 "node": node}
     for one in res.get("attempts") or [res]:

@@ -260,8 +260,8 @@ def test_failure_on_one_node_named_with_its_node(ray_cluster, tmp_path, tracking
 
 
 def test_local_store_refused_on_two_nodes_unless_shared(ray_cluster, tmp_path, tracking_uri):
-    """A relative store path on a two-node cluster is refused in one line (exit 2, nothing
-    created); with ``--shared-store`` (every node mounts it: here the same disk) the path
+    """A relative store path on a two-node cluster is refused in one line (exit 2, no run
+    written); with ``--shared-store`` (every node mounts it: here the same disk) the path
     and a relative SQLite URI are made absolute on the driver, so both nodes write into
     the driver's folder, not into their own working directories."""
     cfg, ids = _config(tmp_path, "localstore", seeds=[5])
@@ -272,7 +272,8 @@ def test_local_store_refused_on_two_nodes_unless_shared(ray_cluster, tmp_path, t
     line = _one_line_error(r.stderr)
     assert f"store {here / 'runs-here'} is a local path" in line and "2 nodes" in line, line
     assert "s3://" in line and "--shared-store" in line, line
-    assert not (here / "runs-here").exists() and not (here / "here.db").exists()
+    # (the store and MLflow are checked, and created, before Ray is asked: no run in them)
+    assert TrajectoryStore(str(here / "runs-here"), read_only=True).runs() == []
 
     _reset_hook(ray_cluster)
     r = _sweep(ray_cluster, cfg, "--store", "runs-here", "--tracking-uri", "sqlite:///here.db", "--shared-store",
