@@ -13,6 +13,7 @@ from conftest import kma_cmd
 from pipeline import config
 from pipeline.errors import KMAError
 from pipeline.ray_cluster import absolute_store, absolute_tracking_uri, failure_line, ray_failure
+from services import s3_server  # noqa: F401
 
 
 def test_local_paths_made_absolute_urls_kept(tmp_path, monkeypatch):
@@ -75,3 +76,38 @@ def test_store_or_database_in_a_jobs_scratch_copy_refused(tiny_config, tmp_path,
         [line] = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert line.startswith(f"kma: error: {what} {scratch}/") and "temporary copy" in line, line
         assert list(scratch.iterdir()) == [] and not (tmp_path / "s").exists()
+
+
+def test_lease_claim_on_s3_is_a_conditional_write(s3_server, monkeypatch):
+    """Two drivers on different machines racing for one run on S3: the claim is a
+    conditional PUT (If-None-Match), so the second cannot replace the first's lease even
+    inside the window where both saw no lease (simulated: the second's first look finds
+    none, and zarr's existence check answers "absent"; with zarr's check-then-write both
+    would hold the run)."""
+    import json
+
+    from zarr.storage import FsspecStore
+
+    from pipeline.storage import lease
+    from pipeline.storage.store import TrajectoryStore
+
+    store = TrajectoryStore("s3://kma/lease-race")
+    rid = "mlp-d1-w8-tanh-kaiming-adam-s0-0123456789"
+    first, second = lease.LeaseKeeper(store, "a"), lease.LeaseKeeper(store, "b")
+    assert first.claim(rid) is None
+
+    async def absent(self, key):
+        return False
+
+    real_read, looks = lease.read, []
+
+    def first_look_finds_none(st, r):
+        looks.append(r)
+        return None if len(looks) == 1 else real_read(st, r)
+
+    monkeypatch.setattr(FsspecStore, "exists", absent)
+    monkeypatch.setattr(lease, "read", first_look_finds_none)
+    holder = second.claim(rid)
+    assert len(looks) == 2  # looked, wrote (conditionally), read back
+    assert holder is not None and holder.owner == first.owner and rid not in second.held
+    assert json.loads(store.get_bytes(f"leases/{rid}.json"))["owner"] == first.owner
