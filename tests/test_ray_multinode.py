@@ -202,9 +202,11 @@ def test_driver_killed_mid_sweep(ray_cluster, tmp_path, tracking_uri):
     try:
         _wait_for(lambda: _reports(hook, cut) and _training_runs(tracking_uri, "driverkill").get(done) or None,
                   "one run did not finish while the other was held", limit_s=300)
-    finally:
+    except AssertionError:
         driver.kill()
-        driver.communicate(timeout=60)
+        raise AssertionError(f"{_reports(hook)}; the driver said: {driver.communicate(timeout=60)[1][-3000:]}")
+    driver.kill()
+    driver.communicate(timeout=60)
     worker = psutil.Process(next(iter(_reports(hook, cut))))
     worker.wait(timeout=120)  # Ray ends a dead driver's tasks
     (hook / f"{cut}.hold").unlink()
