@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -99,6 +100,13 @@ def _training_runs(uri, experiment) -> dict[str, int]:
     for m in client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'training'") if exp else []:
         counts[m.data.tags["kma.run_id"]] = counts.get(m.data.tags["kma.run_id"], 0) + 1
     return counts
+
+
+def _status(store_url: str, run_id: str) -> str | None:
+    try:
+        return TrajectoryStore(store_url, read_only=True).status(run_id)
+    except Exception:  # noqa: BLE001 - no store yet
+        return None
 
 
 def _one_line_error(stderr: str) -> str:
@@ -200,8 +208,11 @@ def test_driver_killed_mid_sweep(ray_cluster, tmp_path, tracking_uri):
                                "--ray-address", ray_cluster.gcs], env=_env(ray_cluster),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: _reports(hook, cut) and _training_runs(tracking_uri, "driverkill").get(done) or None,
+        _wait_for(lambda: _reports(hook, cut) and _status(store_url, done) == "complete" or None,
                   "one run did not finish while the other was held", limit_s=300)
+        # registered right after: polled once a second (SQLite: the driver is its writer)
+        _wait_for(lambda: _training_runs(tracking_uri, "driverkill").get(done) or time.sleep(1.0),
+                  "the finished run was not registered", limit_s=300)
     except AssertionError:
         driver.kill()
         raise AssertionError(f"{_reports(hook)}; the driver said: {driver.communicate(timeout=60)[1][-3000:]}")
