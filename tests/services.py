@@ -29,9 +29,13 @@ def s3_server(tmp_path_factory):
     os.environ.update(env)
     import s3fs
 
+    # s3fs caches its filesystems by their arguments, not by the endpoint in the
+    # environment: a store opened in this process would reach the previous module's server
+    s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("kma")
     yield env
+    s3fs.S3FileSystem.clear_instance_cache()
     proc.terminate()
     proc.wait(timeout=30)
     for k, v in old.items():
