@@ -5,7 +5,7 @@
         --store s3://kma/store --tracking-uri http://mlflow:5000
 
 It takes exactly the arguments of ``kma sweep`` (config, KEY=VALUE overrides, --store,
---tracking-uri, --ray-address, --max-parallel, --no-analyze, --yes). A job has no
+--tracking-uri, --ray-address, --max-parallel, --no-analyze, --yes, --shared-store). A job has no
 terminal: a grid above 10,000 variants is refused in one line unless --yes is given. Locally it starts its own
 Ray; inside a Ray job the cluster's address comes from ``RAY_ADDRESS``. The steps —
 validate the config, preflight every variant, one Ray task per unfinished variant,

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "does not fit)")
     p.add_argument("-y", "--yes", action="store_true",
                    help=f"train a grid above {10_000:,} variants without asking")
+    p.add_argument("--shared-store", action="store_true",
+                   help="the local --store path is on a filesystem every Ray node mounts at the same "
+                        "path (NFS); without it a local store is refused on a multi-node cluster")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-analyze", dest="analyze", action="store_false", default=None,
                    help="skip the default analysis after training")
@@ -238,6 +241,7 @@ def cmd_sweep(args, console) -> int:
         analyze=args.analyze,
         console=console,
         source=str(args.config),
+        shared_store=args.shared_store,
     )
     return 1 if summary.failed or summary.analysis_failed else 0
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError, plural
+from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources, check_not_job_scratch,
+                          check_store_shared, failure_line, ray_failure, record_failure)
 from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
                           no_reset_at_exit, quiet_local_auth_notice)
 from .storage.lease import LeaseKeeper
@@ -131,9 +133,9 @@ def _check_tcp(address: str, timeout: float = 5.0) -> None:
 def _train_remote():
     import ray
 
-    from .training.runner import run_variant
+    from .ray_cluster import run_on_node  # run_variant, its failures named with their node
 
-    return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_variant)
+    return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_on_node)
 
 
 def run_sweep(
@@ -146,15 +148,18 @@ def run_sweep(
     analyze: bool | None = None,
     console: Console | None = None,
     source: str = "config",
+    shared_store: bool = False,
 ) -> SweepSummary:
     """Train every unfinished variant of ``cfg``, register all of them, then analyse.
 
     Everything checkable is refused before Ray starts: model sizes, and (for a local
     Ray) each variant's resources against this machine; a cluster's nodes are checked
     after connecting, before anything is submitted. ``source`` names the config in errors.
+    A local store path is made absolute here, before any task is shipped, and refused on a
+    cluster of several nodes unless ``shared_store`` (:mod:`pipeline.ray_cluster`).
     """
     console = console or Console()
-    store_url = store_url or cfg.store or DEFAULT_STORE
+    store_url = absolute_store(store_url or cfg.store or DEFAULT_STORE)
     if max_parallel is not None and max_parallel < 1:
         raise KMAError("--max-parallel must be >= 1")
     check_shareable(store_url)
@@ -169,7 +174,10 @@ def run_sweep(
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if not address:  # a local Ray gets this machine's cores: check before starting it
         capacity.check_fits(variants, sizes, [capacity.local_machine()], "this machine", source)
-    tracker = Tracker(tracking_uri_for(tracking_uri, _existing_store(store_url)))
+        check_custom_resources(None, variants, source, "a local Ray (custom resources need a cluster: --ray-address)")
+    uri = absolute_tracking_uri(tracking_uri_for(tracking_uri, _existing_store(store_url)))
+    check_not_job_scratch(store_url, uri)
+    tracker = Tracker(uri)
     store = TrajectoryStore(store_url)
     store.check_writable()
     store.remember_tracking_uri(tracker.uri)  # later commands from anywhere find this MLflow
@@ -203,6 +211,8 @@ def run_sweep(
                 if address:
                     capacity.check_fits(todo, sizes, capacity.ray_machines(ray),
                                         f"the Ray cluster at {address}", source)
+                    check_custom_resources(ray, todo, source, f"the Ray cluster at {address}")
+                    check_store_shared(ray, store_url, shared_store, address)  # several nodes: not a local path
 
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
                        check=check_cluster)
@@ -273,7 +283,8 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 num_gpus = v.resources.num_gpus if gpus >= v.resources.num_gpus else 0
                 if v.resources.num_gpus and not num_gpus:
                     log.warning("no GPU in the Ray cluster: %s runs on CPU", v.run_id)
-                ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus).remote(
+                custom = {"resources": v.resources.custom} if v.resources.custom else {}
+                ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus, **custom).remote(
                     v.model_dump(mode="json"), store.url
                 )
                 pending[ref] = v
@@ -286,7 +297,12 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 try:
                     res = ray.get(ref)
                 except RayError as e:  # the worker died more often than retries allow
-                    res = {"run_id": v.run_id, "status": "failed", "error": str(e).splitlines()[0]}
+                    failure = ray_failure(e)
+                    res = {"run_id": v.run_id, "status": "failed", "failure": failure,
+                           "error": failure_line(failure)}
+                for one in res.get("attempts") or [res]:
+                    if one.get("status") == "failed":  # the cause and node into the store's record
+                        record_failure(store, v, one)
                 _record(res, store, tracker, summary)
                 if leases is not None:
                     leases.release(v.run_id)

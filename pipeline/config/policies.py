@@ -57,6 +57,19 @@ class OnBadInit(_Strict):
 class Resources(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Ray custom resources each variant's task needs ({"node2": 1}: only on nodes started with
+    # `ray start --resources '{"node2": 1}'`); execution-only like the rest (never in a run id)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v):
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{name}: a Ray built-in resource; set num_cpus/num_gpus instead")
+            if not amount > 0:
+                raise ValueError(f"{name}: must be > 0")
+        return v
 
 
 class PruneConfig(_Strict):

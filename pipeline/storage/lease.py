@@ -21,7 +21,7 @@ Lease writes are idempotent (the holder rewrites its own document), and a lease 
 outside ``runs/<run_id>/``, so a Ray task that retries and wipes its unfinished run
 keeps the claim. Claiming writes with create-if-absent and reads the lease back, so two
 sweeps racing for one free run agree on a single holder on stores with atomic create
-(local disk); heartbeats are wall-clock, so hosts sharing a store need synchronised clocks.
+(local disk; S3 through a conditional PUT, :func:`_create`); heartbeats are wall-clock, so hosts sharing a store need synchronised clocks.
 """
 
 from __future__ import annotations
@@ -109,6 +109,28 @@ def is_live(store, run_id: str) -> bool:
     return lease is not None and lease.live()
 
 
+def _create(store, key: str, data: bytes) -> None:
+    """Write ``key`` only if absent. On S3 a conditional PUT (``If-None-Match: *``, AWS S3
+    since 2024, MinIO, moto): atomic, so two drivers on different machines racing for one
+    run cannot both win; elsewhere zarr's create-if-absent (atomic on local disk, a check
+    then a write on other object stores: the read-back in :meth:`LeaseKeeper.claim` then
+    narrows the race to a few milliseconds)."""
+    from zarr.core.sync import sync
+
+    zstore = store._zstore
+    fs = getattr(zstore, "fs", None)
+    if fs is not None and "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+        path = f"{zstore.path.rstrip('/')}/{key}"
+        try:
+            sync(fs._pipe_file(path, data, mode="create"))
+            return
+        except FileExistsError:
+            return  # another holder wrote it first: claim() reads it back
+        except Exception as e:  # noqa: BLE001 - a store without conditional writes: the plain way
+            log.debug("conditional write of %s refused (%s); create-if-absent instead", key, e)
+    store.set_bytes(key, data, exclusive=True)
+
+
 class LeaseKeeper:
     """The claims one process holds, with a heartbeat thread renewing them.
 
@@ -142,7 +164,10 @@ class LeaseKeeper:
                 self.store.delete_key(key)
             except FileNotFoundError:
                 pass
-        self.store.set_bytes(key, self._doc(), exclusive=current is None or current.owner != self.owner)
+        if current is None or current.owner != self.owner:
+            _create(self.store, key, self._doc())
+        else:
+            self.store.set_bytes(key, self._doc())
         after = read(self.store, run_id)
         if after is not None and after.owner != self.owner and after.live():
             return after  # another sweep won the race
