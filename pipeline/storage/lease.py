@@ -118,6 +118,8 @@ def _create(store, key: str, data: bytes) -> None:
     from zarr.core.sync import sync
 
     zstore = store._zstore
+    while not hasattr(zstore, "fs") and hasattr(zstore, "_store"):  # RemoteStore wraps FsspecStore
+        zstore = zstore._store
     fs = getattr(zstore, "fs", None)
     if fs is not None and "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
         path = f"{zstore.path.rstrip('/')}/{key}"
