@@ -238,7 +238,7 @@ def cmd_sweep(args, console) -> int:
         console=console,
         source=str(args.config),
     )
-    return 1 if summary.failed or summary.analysis_failed else 0
+    return 1 if summary.failed or summary.analysis_failed or summary.tracking_down else 0
 
 
 def _confirm_grid(n: int, args, console) -> None:
