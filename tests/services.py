@@ -238,14 +238,17 @@ class MlflowServer:
         except OSError:
             return None
 
-    def stop(self) -> None:
-        """Stop the server and everything it started (its own process group)."""
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server and everything it started (its own process group): SIGTERM, and
+        SIGKILL if it is still there after a few seconds (uvicorn's graceful shutdown can
+        take tens of seconds); ``kill=True``: SIGKILL at once (a crash)."""
         import signal
 
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if not kill:
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=0 if kill else 5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import TINY, kma_cmd
-from services import MlflowServer, mlflow_server, postgres_server, s3_server  # noqa: F401
+from services import mlflow_server, postgres_server, s3_server  # noqa: F401
 
 pytest.importorskip("s3fs")
 psycopg2 = pytest.importorskip("psycopg2")
@@ -27,10 +27,11 @@ STORE = "s3://kma/pg-sweep"
 ANALYSIS = {"enabled": True, "window": 6, "stride": 3}
 
 
-def _config(tmp, name: str):
-    """The tiny 2-variant sweep with its default analysis on (6-snapshot windows)."""
+def _config(tmp, name: str, analysis: bool):
+    """The tiny 2-variant sweep, with or without its default analysis (6-snapshot windows)."""
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "name": name, "epochs": 8, "analysis": ANALYSIS}))
+    path.write_text(yaml.safe_dump({**TINY, "name": name, "epochs": 8,
+                                    "analysis": ANALYSIS if analysis else {"enabled": False}}))
     return path
 
 
@@ -73,7 +74,7 @@ def pg_sweep(mlflow_server, s3_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pg-sweep")
     cwd = tmp / "job-cwd"
     cwd.mkdir()
-    r = subprocess.run(kma_cmd("sweep", _config(tmp, "pgsweep"), "--store", STORE,
+    r = subprocess.run(kma_cmd("sweep", _config(tmp, "pgsweep", analysis=False), "--store", STORE,
                                "--tracking-uri", mlflow_server.uri),
                        capture_output=True, text=True, env=_env(s3_server), cwd=cwd, timeout=400)
     return {"r": r, "cwd": cwd, "tmp": tmp, "env": _env(s3_server)}
@@ -92,9 +93,8 @@ def test_sweep_registers_in_postgres_with_artifacts_on_s3(pg_sweep, mlflow_serve
     assert store.tracking_uri == mlflow_server.uri   # later commands find this server
 
     recs = _records(mlflow_server.uri, "pgsweep")
-    training = {k[1]: v for k, v in recs.items() if k[0] == "training"}
-    analyses = {k[1]: v for k, v in recs.items() if k[0] == "analysis"}
-    assert set(training) == set(analyses) == {i.run_id for i in runs}
+    assert set(recs) == {("training", i.run_id, None) for i in runs}, set(recs)
+    training = {k[1]: v for k, v in recs.items()}
     assert all(len(v) == 1 for v in recs.values()), "duplicate MLflow records"
     client = MlflowClient(mlflow_server.uri)
     for rid, (rec,) in training.items():
@@ -108,58 +108,56 @@ def test_sweep_registers_in_postgres_with_artifacts_on_s3(pg_sweep, mlflow_serve
         assert [a.path for a in client.list_artifacts(rec.info.run_id)] == ["config.yaml"]
         assert f"mlflow-artifacts/{rec.info.experiment_id}/{rec.info.run_id}/artifacts/config.yaml" \
             in _s3_keys("mlflow-artifacts")
-        (child,) = analyses[rid]
-        assert child.data.tags["mlflow.parentRunId"] == rec.info.run_id
-        figs = [a.path for a in client.list_artifacts(child.info.run_id)]
-        assert any(f.endswith(".png") for f in figs), figs
-        keys = _s3_keys(f"mlflow-artifacts/{child.info.experiment_id}/{child.info.run_id}")
-        assert sorted(k.rsplit("/", 1)[1] for k in keys) == sorted(figs)
 
     # the records live in PostgreSQL (not in a file the server fell back to)
     with psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user="kma", dbname="mlflow") as con:
         with con.cursor() as cur:
             cur.execute("select count(*) from runs r join experiments e using (experiment_id) "
                         "where e.name = 'pgsweep' and r.lifecycle_stage = 'active'")
-            assert cur.fetchone()[0] == 4
+            assert cur.fetchone()[0] == 2
     # nothing in the job's working directory, nor in the server's
     assert list(pg_sweep["cwd"].iterdir()) == []
     assert list(mlflow_server.workdir.iterdir()) == []
 
 
 def test_analyze_registers_on_the_server(pg_sweep, mlflow_server):
-    """``kma analyze`` with other parameters: a second analysis record per run, its
-    figures on S3 via the server; the tracking URI comes from the store (no flag)."""
+    """``kma analyze``: one analysis record per run, a child of its training record, with
+    its figures on S3 via the server; the tracking URI comes from the store (no flag)."""
+    from mlflow.tracking import MlflowClient
+
     assert pg_sweep["r"].returncode == 0
     cwd = pg_sweep["tmp"] / "analyze-cwd"
     cwd.mkdir()
-    r = subprocess.run(kma_cmd("analyze", "--store", STORE, "--window", "4", "--stride", "4"),
+    r = subprocess.run(kma_cmd("analyze", "--store", STORE, "--window", "6", "--stride", "3"),
                        capture_output=True, text=True, env=pg_sweep["env"], cwd=cwd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = _records(mlflow_server.uri, "pgsweep")
-    by_run: dict = {}
-    for (kind, rid, aid), v in recs.items():
-        assert len(v) == 1, f"duplicate record {kind} {rid} {aid}"
-        if kind == "analysis":
-            by_run.setdefault(rid, set()).add(aid)
-    assert len(by_run) == 2 and all(len(aids) == 2 for aids in by_run.values())
-    assert list(cwd.iterdir()) == []
+    assert all(len(v) == 1 for v in recs.values()), "duplicate MLflow records"
+    assert sorted(k[0] for k in recs) == ["analysis", "analysis", "training", "training"]
+    client = MlflowClient(mlflow_server.uri)
+    for (kind, rid, _), (child,) in recs.items():
+        if kind != "analysis":
+            continue
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == recs[("training", rid, None)][0].info.run_id
+        figs = [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert any(f.endswith(".png") for f in figs), figs
+        keys = _s3_keys(f"mlflow-artifacts/{child.info.experiment_id}/{child.info.run_id}")
+        assert sorted(k.rsplit("/", 1)[1] for k in keys) == sorted(figs)
+    assert list(cwd.iterdir()) == [] and list(mlflow_server.workdir.iterdir()) == []
 
 
-def test_mlflow_server_down_during_a_sweep(postgres_server, s3_server, tmp_path):
-    """The server stops answering after the sweep has started: training goes on and is
-    kept in the store, the sweep ends with one line (exit 1, no traceback); once the
-    server is back, ``kma sync`` registers everything, a second sync and a re-run of the
-    sweep add nothing."""
-    import s3fs
-
-    s3fs.S3FileSystem(skip_instance_cache=True).makedirs("mlflow-fault", exist_ok=True)
-    server = MlflowServer(postgres_server.create_database("mlflow_fault"), "s3://mlflow-fault",
-                          tmp_path / "server-cwd").start()
+def test_mlflow_server_down_during_a_sweep(mlflow_server, s3_server, tmp_path):
+    """The server is killed after the sweep has started: training goes on and is kept in
+    the store, the sweep ends with one line (exit 1, no traceback); once
+    the server is back (same port), ``kma sync`` registers everything, and a second sync
+    adds nothing. (Last in the module: it stops the module's server and restarts it.)"""
+    server = mlflow_server
     store = "s3://kma/fault-sweep"
     env = _env(s3_server)
     cwd = tmp_path / "job-cwd"
     cwd.mkdir()
-    cfg = _config(tmp_path, "faultsweep")
+    cfg = _config(tmp_path, "faultsweep", analysis=False)
     proc = None
     try:
         proc = subprocess.Popen(kma_cmd("sweep", cfg, "--store", store, "--tracking-uri", server.uri),
@@ -170,7 +168,7 @@ def test_mlflow_server_down_during_a_sweep(postgres_server, s3_server, tmp_path)
             if "to train;" in line:
                 break
         assert "2 to train" in "".join(lines), "".join(lines)
-        server.stop()   # before any result: Ray has not even started yet
+        server.stop(kill=True)   # before any result: Ray has not even started yet
         rest = proc.stderr.read()
         proc.stdout.read()
         assert proc.wait(timeout=400) == 1, "".join(lines) + rest
@@ -178,14 +176,13 @@ def test_mlflow_server_down_during_a_sweep(postgres_server, s3_server, tmp_path)
         assert "Traceback" not in err, err
         last = [ln for ln in err.splitlines() if ln.strip()][-1]
         assert last.startswith(f"kma: error: MLflow server {server.uri} stopped answering ("), last
-        assert "2 runs trained and kept in the store with their analyses but not registered" in last
+        assert "2 runs trained and kept in the store but not registered" in last
         assert f"kma sync --store {store} --tracking-uri {server.uri}" in last
 
         from pipeline.storage.store import TrajectoryStore
 
         st = TrajectoryStore(store, read_only=True)
         assert {i.status for i in st.runs()} == {"complete"} and len(st.runs()) == 2
-        assert all(len(st.open_run(i.run_id).list_analyses()) == 1 for i in st.runs())
         assert list(cwd.iterdir()) == []
 
         server.start()   # back, on the same port
@@ -194,17 +191,15 @@ def test_mlflow_server_down_during_a_sweep(postgres_server, s3_server, tmp_path)
                            cwd=cwd, timeout=300)   # the URI recorded in the store
         assert r.returncode == 0, r.stderr[-3000:]
         recs = _records(server.uri, "faultsweep")
-        assert sorted(k[0] for k in recs) == ["analysis", "analysis", "training", "training"]
+        assert set(recs) == {("training", i.run_id, None) for i in st.runs()}
         assert all(len(v) == 1 and v[0].info.status == "FINISHED" for v in recs.values())
         before = {k: v[0].info.run_id for k, v in recs.items()}
 
-        r = subprocess.run(kma_cmd("sync", "--store", store), capture_output=True, text=True, env=env,
-                           cwd=cwd, timeout=300)
-        assert r.returncode == 0 and "0 runs and 0 analysis records written" in r.stderr, r.stderr
-        r = subprocess.run(kma_cmd("sweep", cfg, "--store", store, "--tracking-uri", server.uri),
-                           capture_output=True, text=True, env=env, cwd=cwd, timeout=400)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "trained 0, skipped 2" in r.stderr and "newly registered in MLflow 0" in r.stderr
+        from pipeline.console import Console
+        from pipeline.sync import sync_store
+
+        again = sync_store(store, console=Console(quiet=True))   # a second sync: nothing to write
+        assert again.runs == [] and again.analyses == [] and again.unchanged == 2 and not again.skipped
         after = _records(server.uri, "faultsweep")
         assert {k: v[0].info.run_id for k, v in after.items()} == before
         assert all(len(v) == 1 for v in after.values())
@@ -212,7 +207,8 @@ def test_mlflow_server_down_during_a_sweep(postgres_server, s3_server, tmp_path)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
-        server.stop()
+        if server.proc is None:
+            server.start()
 
 
 if __name__ == "__main__":  # pragma: no cover
