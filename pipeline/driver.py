@@ -236,10 +236,12 @@ def run_sweep(
         console.error(f"  failed: {rid}: {err.splitlines()[0] if err else 'unknown error'}")
     if tracker.down:
         summary.tracking_down = tracker.down
+        what = (f"{plural(len(summary.unregistered), 'run')} trained and kept in the store"
+                + (" with their analyses" if want_analysis else "") if summary.unregistered
+                else "analyses kept in the store")   # it went away after the runs were registered
         console.error(
             f"kma: error: MLflow server {tracker.uri} stopped answering ({tracker.down[:160]}): "
-            f"{plural(len(summary.unregistered), 'run')} trained and kept in the store"
-            + (" with their analyses" if want_analysis else "") + " but not registered; once it is back: "
+            f"{what} but not registered; once it is back: "
             f"kma sync --store {store.location} --tracking-uri {tracker.uri}")
     return summary
 
