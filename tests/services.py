@@ -71,7 +71,7 @@ def need(what: str):
     does), where it must be there, elsewhere a skip naming what is missing."""
     if os.environ.get("CI"):
         pytest.fail(f"{what}; CI must provide it (.ci/run installs it)", pytrace=False)
-    pytest.skip(what)
+    pytest.skip(what, allow_module_level=True)
 
 
 def _pg_bindir() -> str | None:

@@ -16,10 +16,13 @@ import pytest
 import yaml
 
 from conftest import TINY, kma_cmd
-from services import mlflow_server, postgres_server, s3_server  # noqa: F401
+from services import mlflow_server, need, postgres_server, s3_server  # noqa: F401
 
-pytest.importorskip("s3fs")
-psycopg2 = pytest.importorskip("psycopg2")
+try:
+    import psycopg2   # the [test] extra installs it (and s3fs)
+    import s3fs  # noqa: F401
+except ImportError as e:
+    need(f"{e.name} is not installed (pip install -e '.[test]')")
 
 pytestmark = pytest.mark.slow
 
