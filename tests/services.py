@@ -60,8 +60,9 @@ def _wait_for(probe, what, limit_s=60.0):
 
 # ----------------------------------------------------------------- PostgreSQL + mlflow server
 # Debian's PostgreSQL (`apt-get install postgresql`; .ci/run installs it when missing).
-# initdb and postgres refuse to run as root: run as root (as CI does), the fixture runs
-# them as the `postgres` system user the Debian package creates, in a temp dir it owns.
+# initdb and postgres refuse to run as root: when the tests run as root (as CI does), the
+# fixture runs them as the `postgres` system user the Debian package creates, in a temp
+# dir that user owns.
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 PG_SUPERUSER = "kma"
 
@@ -108,14 +109,16 @@ class PostgresServer:
         if self.bindir is None:
             need("PostgreSQL is not installed (no initdb: apt-get install postgresql)")
         self.as_user: list[str] = []
-        self.dir = tempfile.mkdtemp(prefix="kma-pg-")   # /tmp: readable by the postgres user
+        pw = None
         if os.geteuid() == 0:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
                 need("running as root and there is no 'postgres' user to run PostgreSQL as")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.dir = tempfile.mkdtemp(prefix="kma-pg-")   # in /tmp: reachable by the postgres user
+        if pw is not None:
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self.data = f"{self.dir}/data"
         self.log = f"{self.dir}/postgres.log"
         self.proc = None
@@ -182,9 +185,9 @@ class PostgresServer:
 @pytest.fixture(scope="module")
 def postgres_server():
     """A real PostgreSQL (Debian's) on loopback, with a database ``mlflow``."""
-    pg = PostgresServer().start()
+    pg = PostgresServer()
     try:
-        yield pg
+        yield pg.start()
     finally:
         pg.stop()
 
