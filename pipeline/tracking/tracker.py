@@ -46,9 +46,21 @@ DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written
 _MAX_PARAM = 6000
 
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"   # set by Ray in the driver of a `ray job submit`
+
+
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory, except in
+    the driver of a Ray job, whose working directory is Ray's temporary copy of
+    ``--working-dir`` (shared by jobs with the same files, gone with the cluster): there a
+    tracking URI must be given."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get(RAY_JOB_ENV):
+        raise KMAError(f"no MLflow tracking URI: this Ray job's working directory {Path.cwd()} is Ray's "
+                       "temporary copy of --working-dir; pass --tracking-uri http://SERVER:5000 (or an "
+                       "absolute sqlite:////shared/path/mlflow.db), or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def tracking_uri_for(explicit: str | None, store=None) -> str:

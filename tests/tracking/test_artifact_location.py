@@ -55,3 +55,27 @@ def test_relative_sqlite_uri_artifacts_beside_the_database(tmp_path, monkeypatch
     again = Tracker(uri)
     assert not register_run(again, TrajectoryStore(store_url), v.run_id)   # the same record
     assert os.listdir(elsewhere) == []
+
+
+def test_no_default_database_in_a_ray_jobs_scratch_dir(tmp_path, monkeypatch):
+    """In the driver of ``ray job submit`` (Ray sets RAY_JOB_CONFIG_JSON_ENV_VAR there) no
+    ``./mlflow.db`` is made in Ray's copy of the working dir: one line asks for a URI; one
+    given explicitly, by the environment or by the store is used as always."""
+    import pytest
+
+    from pipeline.errors import KMAError
+    from pipeline.tracking.tracker import RAY_JOB_ENV
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(RAY_JOB_ENV, '{"runtime_env": {}}')
+    with pytest.raises(KMAError, match=r"^no MLflow tracking URI: this Ray job's working directory .* "
+                                        r"pass --tracking-uri") as e:
+        tracking_uri_for(None, None)
+    assert "\n" not in str(e.value) and os.listdir(tmp_path) == []
+    assert tracking_uri_for("http://mlflow:5000", None) == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri_for(None, None) == "http://mlflow:5000"
+    monkeypatch.delenv(RAY_JOB_ENV)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri_for(None, None) == f"sqlite:///{tmp_path}/mlflow.db"
