@@ -30,9 +30,13 @@ def s3_server(tmp_path_factory):
     os.environ.update(env)
     import s3fs
 
+    # fsspec caches S3FileSystem instances by their (empty) options: one made in an earlier
+    # module would still point at that module's server, stopped since
+    s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("kma")
     yield env
+    s3fs.S3FileSystem.clear_instance_cache()
     proc.terminate()
     proc.wait(timeout=30)
     for k, v in old.items():
