@@ -243,7 +243,7 @@ def cmd_sweep(args, console) -> int:
         source=str(args.config),
         shared_store=args.shared_store,
     )
-    return 1 if summary.failed or summary.analysis_failed else 0
+    return 1 if summary.failed or summary.analysis_failed or summary.tracking_down else 0
 
 
 def _confirm_grid(n: int, args, console) -> None:

@@ -32,7 +32,7 @@ from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
 from .training.restart import attempt_ids, variant_done
-from .tracking.tracker import Tracker, tracking_uri_for
+from .tracking.tracker import Tracker, TrackingUnavailable, tracking_uri_for
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class SweepSummary:
     registered: list[str] = field(default_factory=list)
     analyzed: list[str] = field(default_factory=list)
     analysis_failed: dict[str, str] = field(default_factory=dict)
+    unregistered: list[str] = field(default_factory=list)  # kept in the store, MLflow unreachable
+    tracking_down: str | None = None                       # the unreachable server's line
 
 
 def _existing_store(url: str):
@@ -203,8 +205,7 @@ def run_sweep(
                 break
             console.info(f"  held: {rid}: being trained by {who}")
         for rid in (a for v in summary.skipped for a in attempt_ids(store, v)):
-            if register_run(tracker, store, rid):  # finished earlier but perhaps never registered
-                summary.registered.append(rid)
+            _register(tracker, store, rid, summary)  # finished earlier but perhaps never registered
 
         if todo:
             def check_cluster(ray):
@@ -227,8 +228,9 @@ def run_sweep(
                          if store.status(rid) in FINISHED
                          and params.analysis_id not in store.open_run(rid).list_analyses()]
         todo_analysis = _skip_short_diverged(store, todo_analysis, params, console)
-        if todo_analysis:
-            report = analyze_runs(store, todo_analysis, params, tracker=tracker, console=console)
+        if todo_analysis:   # with MLflow gone: stored only (kma sync registers them later)
+            report = analyze_runs(store, todo_analysis, params, console=console,
+                                  tracker=None if tracker.down else tracker)
             summary.analyzed = [r for r, err in report.items() if err is None]
             summary.analysis_failed = {r: err for r, err in report.items() if err is not None}
 
@@ -241,7 +243,26 @@ def run_sweep(
     )
     for rid, err in summary.failed.items():
         console.error(f"  failed: {rid}: {err.splitlines()[0] if err else 'unknown error'}")
+    if tracker.down:
+        summary.tracking_down = tracker.down
+        what = (f"{plural(len(summary.unregistered), 'run')} trained and kept in the store"
+                + (" with their analyses" if want_analysis else "") if summary.unregistered
+                else "analyses kept in the store")   # it went away after the runs were registered
+        console.error(
+            f"kma: error: MLflow server {tracker.uri} stopped answering ({tracker.down[:160]}): "
+            f"{what} but not registered; once it is back: "
+            f"kma sync --store {store.location} --tracking-uri {tracker.uri}")
     return summary
+
+
+def _register(tracker, store, rid: str, summary: SweepSummary) -> None:
+    """Register one stored run; a tracking server that stopped answering leaves it for
+    ``kma sync`` (the run is in the store) and the sweep goes on training."""
+    try:
+        if register_run(tracker, store, rid):
+            summary.registered.append(rid)
+    except TrackingUnavailable:
+        summary.unregistered.append(rid)
 
 
 def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
@@ -365,8 +386,7 @@ def _record_one(res: dict, store, tracker, summary: SweepSummary) -> None:
         summary.trained.append(rid)
         if status == "diverged":
             summary.diverged.append(rid)
-    if register_run(tracker, store, rid):
-        summary.registered.append(rid)
+    _register(tracker, store, rid, summary)
 
 
 def _test_interrupt(summary: SweepSummary) -> None:

@@ -46,9 +46,21 @@ DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written
 _MAX_PARAM = 6000
 
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"   # set by Ray in the driver of a `ray job submit`
+
+
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else a SQLite file in the working directory, except in
+    the driver of a Ray job, whose working directory is Ray's temporary copy of
+    ``--working-dir`` (shared by jobs with the same files, gone with the cluster): there a
+    tracking URI must be given."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if os.environ.get(RAY_JOB_ENV):
+        raise KMAError(f"no MLflow tracking URI: this Ray job's working directory {Path.cwd()} is Ray's "
+                       "temporary copy of --working-dir; pass --tracking-uri http://SERVER:5000 (or an "
+                       "absolute sqlite:////shared/path/mlflow.db), or set MLFLOW_TRACKING_URI")
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def tracking_uri_for(explicit: str | None, store=None) -> str:
@@ -63,6 +75,18 @@ def tracking_uri_for(explicit: str | None, store=None) -> str:
     return recorded or default_tracking_uri()
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute against this process's working
+    directory (``sqlite:///mlflow.db`` → ``sqlite:////cwd/mlflow.db``): the URI a sweep
+    records in its store and the folder its artifacts go to then name the same file from
+    any directory, and a job's scratch working directory (``ray job submit``'s) is never
+    where a later command looks. Other URIs are returned unchanged."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////") or ":memory:" in uri:
+        return uri
+    path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where new experiments keep their artifacts: ``$KMA_ARTIFACT_ROOT`` if set, else the
     folder ``mlartifacts`` beside a SQLite database file, else None (a tracking server's
@@ -71,7 +95,7 @@ def artifact_root(tracking_uri: str) -> str | None:
         root = os.environ["KMA_ARTIFACT_ROOT"]
         return str(Path(root).resolve()) if "://" not in root else root.rstrip("/")
     if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db = Path(absolute_tracking_uri(tracking_uri).removeprefix("sqlite:///").partition("?")[0])
         return str(db.resolve().parent / "mlartifacts")
     return None
 
@@ -83,12 +107,24 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
 
 
+class TrackingUnavailable(KMAError):
+    """The tracking server stopped answering after the command had started: what was
+    trained or analysed is in the store, and ``kma sync`` registers it once it is back."""
+
+    exit_code = 1
+
+
 class Tracker:
-    """Registers runs and analyses in one MLflow tracking server or database."""
+    """Registers runs and analyses in one MLflow tracking server or database.
+
+    A server that stops answering midway (connection refused or timed out, a 5xx reply
+    after MLflow's retries) turns every later call into :class:`TrackingUnavailable` at
+    once, without waiting on retries again: ``down`` holds the first failure's line."""
 
     def __init__(self, tracking_uri: str | None = None):
-        self.uri = tracking_uri or default_tracking_uri()
+        self.uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
         self.artifact_root = artifact_root(self.uri)
+        self.down: str | None = None
         _check_reachable(self.uri)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         from mlflow.tracking import MlflowClient
@@ -99,6 +135,8 @@ class Tracker:
                 self.client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - any backend failure is the user's URI
             raise KMAError(f"MLflow at {self.uri}: cannot use it ({_first_line(e)})") from None
+        if self.uri.startswith(("http://", "https://")):
+            self.client = _Guarded(self.client, self)
         self._experiments: dict[str, str] = {}
 
     # -- experiments and lookup ----------------------------------------------------
@@ -350,3 +388,53 @@ def _check_reachable(uri: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise KMAError(f"MLflow server {uri} is unreachable ({reason})") from None
+
+
+class _Guarded:
+    """An MlflowClient whose calls raise :class:`TrackingUnavailable` (one line) when the
+    server stops answering, and at once for every call after the first such failure."""
+
+    def __init__(self, client, tracker: Tracker):
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            t = self._tracker
+            if t.down is None:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - only an unreachable server is caught
+                    if not _server_gone(e):
+                        raise
+                    t.down = _first_line(_root_cause(e))
+                    log.warning("MLflow server %s stopped answering: %s", t.uri, t.down)
+            raise TrackingUnavailable(f"MLflow server {t.uri} is unreachable ({t.down[:200]}); what was "
+                                      "trained or analysed is kept in the store: `kma sync` registers it "
+                                      "once the server is back") from None
+
+        return call
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    while (nxt := e.__cause__ or e.__context__) is not None and nxt is not e:
+        e = nxt
+    return e
+
+
+def _server_gone(e: BaseException) -> bool:
+    """A refused or timed-out connection anywhere in the chain, or a 5xx reply."""
+    import re
+
+    import requests
+
+    seen = e
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             ConnectionError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return bool(re.search(r"failed with error code 5\d\d|Max retries exceeded|Connection refused", str(e)))
