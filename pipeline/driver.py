@@ -1,7 +1,8 @@
 """The sweep driver shared by ``kma sweep`` and ``jobs/sweep.py``.
 
-One Ray task per variant (resources from the config, retried when its worker dies),
-at most ``max_parallel`` in flight; variants whose run is already finished in the store
+One Ray task per variant (resources from the config, retried when its worker dies), or
+per pack of variants under ``pack: auto`` (:mod:`pipeline.training.packing`), at most
+``max_parallel`` tasks in flight; variants whose run is already finished in the store
 are skipped. The driver alone registers results in MLflow, reading them back from the
 store (the source of truth), so a retried task can never produce a duplicate record.
 
@@ -137,6 +138,15 @@ def _train_remote():
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_variant)
 
 
+def _train_pack_remote():
+    """A packed task (issue 14): several variants of one architecture in one process."""
+    import ray
+
+    from .training.packing import run_pack_task
+
+    return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_pack_task)
+
+
 def run_sweep(
     cfg: SweepConfig,
     *,
@@ -205,8 +215,10 @@ def run_sweep(
                     capacity.check_fits(todo, sizes, capacity.ray_machines(ray),
                                         f"the Ray cluster at {address}", source)
 
+            from .training.packing import plan_packs
+
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
-                       check=check_cluster)
+                       check=check_cluster, packs=plan_packs(todo, cfg.pack, cfg.pack_max))
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
@@ -250,7 +262,10 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     return keep
 
 
-def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None):
+def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None,
+               packs=None):
+    """``packs``: the tasks, lists of variants (issue 14); default one task per variant.
+    ``max_parallel`` counts tasks."""
     ray = init_ray(ray_address, console)
     from ray.exceptions import RayError
 
@@ -258,9 +273,9 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
         check(ray)
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    train = _train_remote()
-    cap = max_parallel or len(todo)
-    queue = list(todo)
+    train, train_pack = _train_remote(), _train_pack_remote()
+    queue = list(packs) if packs is not None else [[v] for v in todo]
+    cap = max_parallel or len(queue)
     pending: dict = {}
     progress = console.progress(todo[0].sweep, len(todo))
     # SIGTERM (ray job stop, kill) and SIGHUP (closed terminal) end the sweep like Ctrl-C
@@ -270,30 +285,38 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     try:
         while queue or pending:
             while queue and len(pending) < cap:
-                v = queue.pop(0)
+                members = queue.pop(0)
+                v = members[0]
                 num_gpus = v.resources.num_gpus if gpus >= v.resources.num_gpus else 0
                 if v.resources.num_gpus and not num_gpus:
                     log.warning("no GPU in the Ray cluster: %s runs on CPU", v.run_id)
-                ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus).remote(
-                    v.model_dump(mode="json"), store.url
-                )
-                pending[ref] = v
-            started = _started(ray, pending)
-            progress.update(running=started, queued=len(pending) - started)
+                if len(members) == 1:
+                    ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus).remote(
+                        v.model_dump(mode="json"), store.url
+                    )
+                else:  # one packed task holds the resources of one variant
+                    ref = train_pack.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus).remote(
+                        [m.model_dump(mode="json") for m in members], store.url)
+                pending[ref] = members
+            running, queued = _in_runs(pending, _started(ray, pending))
+            progress.update(running=running, queued=queued)
             _test_interrupt(summary)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
-                v = pending.pop(ref)
+                members = pending.pop(ref)
                 try:
                     res = ray.get(ref)
                 except RayError as e:  # the worker died more often than retries allow
-                    res = {"run_id": v.run_id, "status": "failed", "error": str(e).splitlines()[0]}
+                    failed = [{"run_id": v.run_id, "status": "failed", "error": str(e).splitlines()[0]}
+                              for v in members]
+                    res = failed[0] if len(failed) == 1 else {"attempts": failed}
                 _record(res, store, tracker, summary)
                 if leases is not None:
-                    leases.release(v.run_id)
-                started = _started(ray, pending)
-                progress.update(done=len(summary.trained), failed=len(summary.failed), running=started,
-                                queued=len(pending) - started)
+                    for v in members:
+                        leases.release(v.run_id)
+                running, queued = _in_runs(pending, _started(ray, pending))
+                progress.update(done=len(summary.trained), failed=len(summary.failed), running=running,
+                                queued=queued)
         progress.close()
     except KeyboardInterrupt:
         progress.close()
@@ -309,6 +332,13 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             signal.signal(sig, handler)
 
 
+def _in_runs(pending: dict, started: int) -> tuple[int, int]:
+    """(running, queued) in runs: the first ``started`` tasks in submission order are
+    taken as the running ones (a packed task counts its members)."""
+    sizes = [len(vs) for vs in pending.values()]
+    return sum(sizes[:started]), sum(sizes[started:])
+
+
 def _started(ray, pending: dict) -> int:
     """How many of the in-flight tasks Ray has started (the rest wait in its queue for
     resources): the CPUs (GPUs) the cluster has in use, counted in tasks, as Ray reports
@@ -321,8 +351,8 @@ def _started(ray, pending: dict) -> int:
     except Exception:  # noqa: BLE001 - a progress count never fails the sweep
         return len(pending)
     counts = []
-    for kind, need in (("CPU", min(v.resources.num_cpus for v in pending.values())),
-                       ("GPU", min(v.resources.num_gpus for v in pending.values()))):
+    for kind, need in (("CPU", min(vs[0].resources.num_cpus for vs in pending.values())),
+                       ("GPU", min(vs[0].resources.num_gpus for vs in pending.values()))):
         if need > 0 and total.get(kind):
             counts.append(int((total[kind] - free.get(kind, 0.0)) / need + 1e-6))
     return min([len(pending), *counts])
