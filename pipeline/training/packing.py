@@ -21,8 +21,8 @@ import torch
 from ..config import Variant
 from ..errors import KMAError
 from ..storage.store import FINISHED, TrajectoryStore
-from .packed import (PACKABLE_FAMILIES, PACKABLE_LOSSES, PACKABLE_OPTIMIZERS, PackedOptimizer,
-                     build_packed, train_packed)
+from .packed import (PACKABLE_ACTIVATIONS, PACKABLE_FAMILIES, PACKABLE_LOSSES, PACKABLE_OPTIMIZERS,
+                     PackedOptimizer, build_packed, train_packed)
 from .runner import _summary, pick_device, summary_of_stored
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def why_unpacked(v: Variant) -> str | None:
         return f"family {v.family} is not packed"
     if not isinstance(v.loss, str) or v.loss not in PACKABLE_LOSSES:
         return "the loss is not one of " + ", ".join(PACKABLE_LOSSES)
+    if v.activation not in PACKABLE_ACTIVATIONS:
+        return f"activation {v.activation} is not packed"
     if v.optimizer not in PACKABLE_OPTIMIZERS:
         return f"optimizer {v.optimizer} is not packed"
     if getattr(v, "attempt", 0):
@@ -131,7 +133,7 @@ def _train_members(todo: list[Variant], store, t0) -> dict:
                 dtype=v.snapshot.dtype,
                 extra={"device": device, "sweep": v.sweep, "t_start": time.time(),
                        "packed": {"members": len(todo), "index": len(writers)}}))
-        optimizer = PackedOptimizer(v0.optimizer, model.params, [v.lr for v in todo],
+        optimizer = PackedOptimizer(v0.optimizer, model.flat, model.grad, [v.lr for v in todo],
                                     momentum=v0.momentum if v0.optimizer == "sgd" else 0.0,
                                     weight_decay=v0.weight_decay)
         results = train_packed(
