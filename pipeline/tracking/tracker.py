@@ -270,9 +270,18 @@ class Tracker:
             self.client.log_batch(rid, params=items[i : i + 100])
 
     def log_series(self, rid: str, series: dict[str, list]) -> None:
-        """Per-epoch metrics with ``step`` = epoch index (1-based)."""
-        self.log_metrics(rid, ((name, v, step) for name, values in series.items()
-                               for step, v in enumerate(values, start=1)))
+        """Per-epoch metrics with ``step`` = epoch index (1-based). On a database backend
+        every point but each key's last goes in with one insert (:mod:`.bulk`); the last
+        points go through ``log_batch``, which keeps MLflow's latest values."""
+        from .bulk import insert_history
+
+        points = [(name, v, step) for name, values in series.items()
+                  for step, v in enumerate(values, start=1) if v is not None]
+        last = {name: i for i, (name, _, _) in enumerate(points)}      # each key's last point
+        head = [p for i, p in enumerate(points) if i not in last.values()] if len(points) > 2 * len(last) else []
+        if head and insert_history(self.client, rid, head, int(time.time() * 1000)):
+            points = [points[i] for i in last.values()]
+        self.log_metrics(rid, points)
 
     def log_metrics(self, rid: str, points) -> None:
         """``(key, value, step)`` points, in batches; None values are skipped."""
