@@ -275,6 +275,10 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     gpus = ray.cluster_resources().get("GPU", 0)
     train, train_pack = _train_remote(), _train_pack_remote()
     queue = list(packs) if packs is not None else [[v] for v in todo]
+    if packs is not None:   # idle CPUs (GPUs) take a share of a pack rather than wait
+        from .training.packing import spread
+
+        queue = spread(queue, _slots(ray, todo[0], max_parallel))
     cap = max_parallel or len(queue)
     pending: dict = {}
     progress = console.progress(todo[0].sweep, len(todo))
@@ -330,6 +334,18 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _slots(ray, v, max_parallel) -> int:
+    """How many tasks of ``v``'s resources the cluster runs at once (at most ``max_parallel``)."""
+    try:
+        total = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 - unknown: assume one at a time
+        return 1
+    kind, need = ("GPU", v.resources.num_gpus) if v.resources.num_gpus and total.get("GPU") else (
+        "CPU", v.resources.num_cpus)
+    n = int(total.get(kind, 1) / need + 1e-6) if need > 0 else 1
+    return max(1, min(n, max_parallel or n))
 
 
 def _in_runs(pending: dict, started: int) -> tuple[int, int]:

@@ -43,6 +43,8 @@ def parse(argv=None):
     p.add_argument("--pack-max", type=int, default=32)
     p.add_argument("--modes", default="auto,off")
     p.add_argument("--out", default="bench-out/sweep_packed.json")
+    p.add_argument("--gpus-auto", type=float, default=0.0, help="resources.num_gpus of a packed task")
+    p.add_argument("--gpus-off", type=float, default=0.0, help="resources.num_gpus of an unpacked task")
     p.add_argument("--fresh-db", action="store_true", help="create the MLflow database inside the timing")
     return p.parse_args(argv)
 
@@ -51,7 +53,8 @@ def overrides(a, mode: str) -> list[str]:
     return [f"name=bench_{mode}", f"epochs={a.epochs}", f"model.depth={a.depth}",
             f"model.width={a.width}", "init=[kaiming,xavier]",
             "optimizer.lr=[0.001,0.002,0.003,0.005]", f"seeds={a.seeds}",
-            f"pack={mode}", f"pack_max={a.pack_max}"]
+            f"pack={mode}", f"pack_max={a.pack_max}",
+            f"resources.num_gpus={a.gpus_auto if mode == 'auto' else a.gpus_off}"]
 
 
 def run_mode(a, mode: str, tmp: Path) -> dict:

@@ -28,6 +28,7 @@ from .runner import _summary, pick_device, summary_of_stored
 log = logging.getLogger(__name__)
 
 DEFAULT_PACK_MAX = 32
+MIN_MEMBERS = 4   # spread() never splits a pack below this many members
 
 
 def why_unpacked(v: Variant) -> str | None:
@@ -79,14 +80,33 @@ def plan_packs(variants: list[Variant], pack: str = "auto", pack_max: int = DEFA
         if len(t) <= pack_max:
             out.append(t)
             continue
-        k = -(-len(t) // pack_max)           # packs, sizes differing by at most one
-        size, extra = divmod(len(t), k)
-        start = 0
-        for i in range(k):
-            stop = start + size + (1 if i < extra else 0)
-            out.append(t[start:stop])
-            start = stop
+        out.extend(_split(t, -(-len(t) // pack_max)))
     return out
+
+
+def _split(members: list, k: int) -> list[list]:
+    """``members`` in ``k`` consecutive packs whose sizes differ by at most one."""
+    size, extra = divmod(len(members), k)
+    out, start = [], 0
+    for i in range(k):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(members[start:stop])
+        start = stop
+    return out
+
+
+def spread(tasks: list[list], slots: int, min_members: int = MIN_MEMBERS) -> list[list]:
+    """``tasks`` re-split so that ``slots`` tasks can run at once where there are fewer
+    tasks than that: the largest pack is split evenly in two (both halves at least
+    ``min_members``) until there are ``slots`` tasks or no pack can be split. With enough
+    tasks to fill the slots nothing changes (a larger pack costs less per member)."""
+    tasks = [list(t) for t in tasks]
+    while len(tasks) < slots:
+        big = max(range(len(tasks)), key=lambda i: len(tasks[i]), default=None)
+        if big is None or len(tasks[big]) < 2 * min_members:
+            break
+        tasks[big:big + 1] = _split(tasks[big], 2)
+    return tasks
 
 
 def run_pack_task(variants: list, store_url: str) -> dict:

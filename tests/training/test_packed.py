@@ -155,3 +155,16 @@ def test_pack_options_are_execution_only_and_validated(tiny_config):
     for bad in (["pack=maybe"], ["pack_max=0"]):
         with pytest.raises(ConfigError, match="pack"):
             config.load(path, bad)
+
+
+def test_spread_fills_idle_slots_but_keeps_packs_large():
+    from pipeline.training.packing import spread
+
+    vs = _variants(seeds=[0, 1, 2, 3])                      # one architecture: 32 variants
+    packs = plan_packs(vs, "auto", 32)
+    assert [len(p) for p in packs] == [32]
+    assert [len(p) for p in spread(packs, 2)] == [16, 16]
+    assert sorted(len(p) for p in spread(packs, 3)) == [8, 8, 16]
+    assert [len(p) for p in spread(packs, 64)] == [4] * 8      # never below 4 members
+    assert [len(p) for p in spread(packs, 1)] == [32]
+    assert sorted(v.run_id for p in spread(packs, 5) for v in p) == sorted(v.run_id for v in vs)
