@@ -1,6 +1,8 @@
-"""Packed forward+backward: hand-written baddbmm (pipeline.training.packed.PackedMLP)
-against torch.func (stack_module_state + functional_call + vmap), one training step's
-loss.backward() on a (M, B, 1) batch of the demo MLP (depth 2, width 32, tanh).
+"""Packed forward+backward of one training step on a (M, B, 1) batch of the demo MLP
+(depth 2, width 32, tanh, mse): the hand-written baddbmm forward and backward into one
+flat gradient buffer (pipeline.training.packed.PackedMLP, what packed tasks run), the
+same forward with autograd's backward, and torch.func (stack_module_state +
+functional_call + vmap) with autograd.
 
 Command::
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.training.models import build_model  # noqa: E402
-from pipeline.training.packed import PackedMLP, stack_models  # noqa: E402
+from pipeline.training.packed import PackedMLP, member_losses, stack_models  # noqa: E402
 
 
 def main(argv=None):
@@ -38,12 +40,20 @@ def main(argv=None):
     x = torch.randn(a.members, a.batch, 1)
     y = torch.randn(a.members, a.batch, 1)
 
-    packed = PackedMLP(stack_models(models), a.depth, "tanh")
+    shapes = [(n, tuple(t.shape)) for n, t in models[0].named_parameters()]
+    packed = PackedMLP(stack_models(models), shapes, a.depth, "tanh")
+    ones = torch.ones(a.members)
+
+    def step_hand():
+        keep = []
+        _, dpred = member_losses(["mse"] * a.members, packed.forward(x, keep), y, ones)
+        packed.backward(dpred, keep)
+
+    auto = PackedMLP(stack_models(models).requires_grad_(True), shapes, a.depth, "tanh")
 
     def step_bmm():
-        for t in packed.params.values():
-            t.grad = None
-        F.mse_loss(packed(x), y, reduction="none").flatten(1).mean(1).sum().backward()
+        auto.flat.grad = None
+        F.mse_loss(auto(x), y, reduction="none").flatten(1).mean(1).sum().backward()
 
     from torch.func import functional_call, stack_module_state
 
@@ -61,7 +71,7 @@ def main(argv=None):
         F.mse_loss(vm(params, buffers, x), y, reduction="none").flatten(1).mean(1).sum().backward()
 
     out = {}
-    for name, fn in (("bmm", step_bmm), ("vmap", step_vmap)):
+    for name, fn in (("hand", step_hand), ("bmm", step_bmm), ("vmap", step_vmap)):
         for _ in range(20):
             fn()
         t = time.perf_counter()
@@ -69,7 +79,9 @@ def main(argv=None):
             fn()
         out[name] = (time.perf_counter() - t) / a.reps * 1e3
     print(f"members {a.members} width {a.width} depth {a.depth} batch {a.batch}: "
-          f"bmm {out['bmm']:.3f} ms/step, vmap {out['vmap']:.3f} ms/step, vmap/bmm {out['vmap'] / out['bmm']:.2f}")
+          f"hand-written {out['hand']:.3f} ms/step, baddbmm+autograd {out['bmm']:.3f} ms/step, "
+          f"vmap+autograd {out['vmap']:.3f} ms/step; autograd/hand {out['bmm'] / out['hand']:.2f}, "
+          f"vmap/hand {out['vmap'] / out['hand']:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ a writer sets: a run is ``complete`` only after its weights and metrics are writ
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import queue
 import subprocess
 import threading
@@ -33,8 +34,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit of the source tree, when there is one."""
+    """Package version plus the git commit of the source tree, when there is one (asked
+    once per process: the code a process runs does not change under it)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -168,3 +168,17 @@ def test_spread_fills_idle_slots_but_keeps_packs_large():
     assert [len(p) for p in spread(packs, 64)] == [4] * 8      # never below 4 members
     assert [len(p) for p in spread(packs, 1)] == [32]
     assert sorted(v.run_id for p in spread(packs, 5) for v in p) == sorted(v.run_id for v in vs)
+
+
+def test_some_layers_over_several_chunk_rows(tmp_path):
+    """snapshot.layers names two layers (the snapshot is a column subset of the packed
+    parameters) and 70 epochs fill more than one chunk row (64 snapshots) of the store."""
+    vs = _variants(seeds=[0], loss="mse", init="kaiming", epochs=70,
+                   snapshot={"every": 1, "unit": "epoch", "layers": ["layers.1", "out"]})
+    assert len(vs) == 2
+    for v in vs:
+        run_variant(v, str(tmp_path / "a"))
+    run_pack(vs, str(tmp_path / "b"))
+    _assert_same_runs(vs, str(tmp_path / "a"), str(tmp_path / "b"))
+    run = TrajectoryStore(str(tmp_path / "b")).open_run(vs[0].run_id)
+    assert run.n_snapshots == 71 and run.layout.layers == ["layers.1", "out"]
