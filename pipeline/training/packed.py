@@ -148,7 +148,7 @@ class PackedMLP:
         for k in range(self.depth, -1, -1):
             a_in, _ = keep[k]
             self._gw[k].copy_(torch.bmm(delta.transpose(1, 2), a_in))
-            torch.sum(delta, 1, out=self._gb[k]) if self._gb[k].is_contiguous() else self._gb[k].copy_(delta.sum(1))
+            self._gb[k].copy_(delta.sum(1))
             if k == 0:
                 break
             da = torch.bmm(delta, self._w[k])
@@ -350,8 +350,8 @@ def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
         bury()
 
     snapshot(0, "at initialization", 0)
-    for m in dead:
-        messages[m] = "initial weights are not finite"
+    for m in (~alive).nonzero().flatten().tolist():
+        messages[m] = "initial weights are not finite"   # as the unpacked loop says it
     grad_scale = alive.to(device=device, dtype=torch.float32)
     for epoch in range(1, epochs + 1):
         if not bool(alive.any()):
