@@ -182,3 +182,9 @@ def test_some_layers_over_several_chunk_rows(tmp_path):
     _assert_same_runs(vs, str(tmp_path / "a"), str(tmp_path / "b"))
     run = TrajectoryStore(str(tmp_path / "b")).open_run(vs[0].run_id)
     assert run.n_snapshots == 71 and run.layout.layers == ["layers.1", "out"]
+
+
+def test_wide_variants_are_not_packed():
+    wide = _variants(model={"depth": 1, "width": 512, "activation": "tanh"}, seeds=[0], loss="mse")
+    assert "width 512" in why_unpacked(wide[0]) and all(len(p) == 1 for p in plan_packs(wide))
+    assert why_unpacked(_variants(model={"depth": 1, "width": 256, "activation": "tanh"})[0]) is None
