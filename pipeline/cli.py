@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster address, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
                         "else start a local Ray on this machine's cores)")
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
-                   help="at most N variants submitted at once (default: all; Ray queues what "
-                        "does not fit)")
+                   help="at most N tasks submitted at once, a packed task of several variants "
+                        "counting one (default: all; Ray queues what does not fit)")
     p.add_argument("-y", "--yes", action="store_true",
                    help=f"train a grid above {10_000:,} variants without asking")
     p.add_argument("--shared-store", action="store_true",

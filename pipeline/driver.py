@@ -1,7 +1,8 @@
 """The sweep driver shared by ``kma sweep`` and ``jobs/sweep.py``.
 
-One Ray task per variant (resources from the config, retried when its worker dies),
-at most ``max_parallel`` in flight; variants whose run is already finished in the store
+One Ray task per variant (resources from the config, retried when its worker dies), or
+per pack of variants under ``pack: auto`` (:mod:`pipeline.training.packing`), at most
+``max_parallel`` tasks in flight; variants whose run is already finished in the store
 are skipped. The driver alone registers results in MLflow, reading them back from the
 store (the source of truth), so a retried task can never produce a duplicate record.
 
@@ -140,6 +141,15 @@ def _train_remote():
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_on_node)
 
 
+def _train_pack_remote():
+    """A packed task (issue 14): several variants of one architecture in one process."""
+    import ray
+
+    from .training.packing import run_pack_task
+
+    return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_pack_task)
+
+
 def run_sweep(
     cfg: SweepConfig,
     *,
@@ -215,8 +225,10 @@ def run_sweep(
                     check_custom_resources(ray, todo, source, f"the Ray cluster at {address}")
                     check_store_shared(ray, store_url, shared_store, address)  # several nodes: not a local path
 
+            from .training.packing import plan_packs
+
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
-                       check=check_cluster)
+                       check=check_cluster, packs=plan_packs(todo, cfg.pack, cfg.pack_max))
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
@@ -280,7 +292,10 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
     return keep
 
 
-def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None):
+def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None,
+               packs=None):
+    """``packs``: the tasks, lists of variants (issue 14); default one task per variant.
+    ``max_parallel`` counts tasks."""
     ray = init_ray(ray_address, console)
     from ray.exceptions import RayError
 
@@ -288,9 +303,13 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
         check(ray)
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    train = _train_remote()
-    cap = max_parallel or len(todo)
-    queue = list(todo)
+    train, train_pack = _train_remote(), _train_pack_remote()
+    queue = list(packs) if packs is not None else [[v] for v in todo]
+    if packs is not None:   # idle CPUs (GPUs) take a share of a pack rather than wait
+        from .training.packing import spread
+
+        queue = spread(queue, _slots(ray, todo[0], max_parallel))
+    cap = max_parallel or len(queue)
     pending: dict = {}
     progress = console.progress(todo[0].sweep, len(todo))
     # SIGTERM (ray job stop, kill) and SIGHUP (closed terminal) end the sweep like Ctrl-C
@@ -300,36 +319,44 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     try:
         while queue or pending:
             while queue and len(pending) < cap:
-                v = queue.pop(0)
+                members = queue.pop(0)
+                v = members[0]
                 num_gpus = v.resources.num_gpus if gpus >= v.resources.num_gpus else 0
                 if v.resources.num_gpus and not num_gpus:
                     log.warning("no GPU in the Ray cluster: %s runs on CPU", v.run_id)
                 custom = {"resources": v.resources.custom} if v.resources.custom else {}
-                ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus, **custom).remote(
-                    v.model_dump(mode="json"), store.url
-                )
-                pending[ref] = v
-            started = _started(ray, pending)
-            progress.update(running=started, queued=len(pending) - started)
+                if len(members) == 1:
+                    ref = train.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus, **custom).remote(
+                        v.model_dump(mode="json"), store.url
+                    )
+                else:  # one packed task holds the resources of one variant
+                    ref = train_pack.options(num_cpus=v.resources.num_cpus, num_gpus=num_gpus, **custom).remote(
+                        [m.model_dump(mode="json") for m in members], store.url)
+                pending[ref] = members
+            running, queued = _in_runs(pending, _started(ray, pending))
+            progress.update(running=running, queued=queued)
             _test_interrupt(summary)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
-                v = pending.pop(ref)
+                members = pending.pop(ref)
                 try:
                     res = ray.get(ref)
                 except RayError as e:  # the worker died more often than retries allow
                     failure = ray_failure(e)
-                    res = {"run_id": v.run_id, "status": "failed", "failure": failure,
-                           "error": failure_line(failure)}
+                    failed = [{"run_id": v.run_id, "status": "failed", "failure": failure,
+                               "error": failure_line(failure)} for v in members]
+                    res = failed[0] if len(failed) == 1 else {"attempts": failed}
+                by_id = {v.run_id: v for v in members}
                 for one in res.get("attempts") or [res]:
                     if one.get("status") == "failed":  # the cause and node into the store's record
-                        record_failure(store, v, one)
+                        record_failure(store, by_id.get(one.get("run_id"), members[0]), one)
                 _record(res, store, tracker, summary)
                 if leases is not None:
-                    leases.release(v.run_id)
-                started = _started(ray, pending)
-                progress.update(done=len(summary.trained), failed=len(summary.failed), running=started,
-                                queued=len(pending) - started)
+                    for v in members:
+                        leases.release(v.run_id)
+                running, queued = _in_runs(pending, _started(ray, pending))
+                progress.update(done=len(summary.trained), failed=len(summary.failed), running=running,
+                                queued=queued)
         progress.close()
     except KeyboardInterrupt:
         progress.close()
@@ -345,6 +372,25 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             signal.signal(sig, handler)
 
 
+def _slots(ray, v, max_parallel) -> int:
+    """How many tasks of ``v``'s resources the cluster runs at once (at most ``max_parallel``)."""
+    try:
+        total = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 - unknown: assume one at a time
+        return 1
+    kind, need = ("GPU", v.resources.num_gpus) if v.resources.num_gpus and total.get("GPU") else (
+        "CPU", v.resources.num_cpus)
+    n = int(total.get(kind, 1) / need + 1e-6) if need > 0 else 1
+    return max(1, min(n, max_parallel or n))
+
+
+def _in_runs(pending: dict, started: int) -> tuple[int, int]:
+    """(running, queued) in runs: the first ``started`` tasks in submission order are
+    taken as the running ones (a packed task counts its members)."""
+    sizes = [len(vs) for vs in pending.values()]
+    return sum(sizes[:started]), sum(sizes[started:])
+
+
 def _started(ray, pending: dict) -> int:
     """How many of the in-flight tasks Ray has started (the rest wait in its queue for
     resources): the CPUs (GPUs) the cluster has in use, counted in tasks, as Ray reports
@@ -357,8 +403,8 @@ def _started(ray, pending: dict) -> int:
     except Exception:  # noqa: BLE001 - a progress count never fails the sweep
         return len(pending)
     counts = []
-    for kind, need in (("CPU", min(v.resources.num_cpus for v in pending.values())),
-                       ("GPU", min(v.resources.num_gpus for v in pending.values()))):
+    for kind, need in (("CPU", min(vs[0].resources.num_cpus for vs in pending.values())),
+                       ("GPU", min(vs[0].resources.num_gpus for vs in pending.values()))):
         if need > 0 and total.get(kind):
             counts.append(int((total[kind] - free.get(kind, 0.0)) / need + 1e-6))
     return min([len(pending), *counts])

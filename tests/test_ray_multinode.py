@@ -41,8 +41,9 @@ def tracking_uri(tmp_path_factory):
 
 
 def _config(tmp_path, name, **updates) -> tuple[Path, list[str]]:
-    """A tiny sweep YAML and its variants' run ids (in grid order)."""
-    data = {**TINY, "name": name, "epochs": EPOCHS, **updates}
+    """A tiny sweep YAML and its variants' run ids (in grid order). One task per variant
+    (``pack: off``): these tests place, hold and kill single variants' tasks."""
+    data = {**TINY, "name": name, "epochs": EPOCHS, "pack": "off", **updates}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, [v.run_id for v in config.expand(config.load(path))]

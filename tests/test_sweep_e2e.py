@@ -29,7 +29,7 @@ def _training_runs(uri, experiment):
     return client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'training'") if exp else []
 
 
-def _clean_log(r, total):
+def _clean_log(r, total, per_task=1):
     """What a sweep writes without a terminal: plain lines only (no escape sequence, no
     Ray or library warning such as Ray's token-authentication notice); progress lines
     that never count more runs as running than Ray has CPUs (the rest are queued), and
@@ -47,7 +47,7 @@ def _clean_log(r, total):
         assert m, line
         fin, tot, done, running, queued, failed = map(int, m.groups())
         assert tot == total and fin == done + failed and done + running + queued + failed == total, line
-        assert running <= (os.cpu_count() or 1), line  # one CPU per variant
+        assert running <= (os.cpu_count() or 1) * per_task, line  # one CPU per (packed) task
     assert progress[-1].startswith(f"[tiny] {total}/{total} finished")
     assert sum(ln.startswith(f"[tiny] {total}/{total}") for ln in progress) == 1, progress
 
@@ -68,7 +68,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     assert r.returncode == 0, r.stderr
     assert "4 to train" in r.stderr and "finished: 4 done" in r.stderr
     assert "held" not in r.stderr
-    _clean_log(r, total=4)
+    _clean_log(r, total=4, per_task=2)   # packed (issue 14): 2 seeds per depth
     assert not list((store / "leases").iterdir())  # every claim released after its run was recorded
 
     st = TrajectoryStore(str(store))
@@ -77,6 +77,11 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     assert len(runs) == 4 and {i.status for i in runs.values()} == {"complete"}
     assert {i.n_snapshots for i in runs.values()} == {13}
     finished = {rid: st.open_run(rid).attrs["finished"] for rid in runs}
+    # pack: auto trained each depth's two seeds as one packed task, each its own run
+    assert sorted(st.open_run(rid).attrs["packed"]["index"] for rid in runs) == [0, 0, 1, 1]
+    listed = subprocess.run(kma_cmd("runs", "--store", store), capture_output=True, text=True,
+                            env=kma_env, timeout=120)
+    assert listed.returncode == 0 and all(rid in listed.stdout for rid in runs), listed.stdout
 
     mruns = _training_runs(uri, "tiny")
     assert sorted(m.data.tags["kma.run_id"] for m in mruns) == sorted(runs)

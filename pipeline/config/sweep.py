@@ -13,10 +13,10 @@ import hashlib
 import itertools
 import json
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from .analysis import AnalysisParams
@@ -84,6 +84,10 @@ class SweepConfig(_Strict):
     prune: PruneConfig | None = None            # issue 13: absent = off
     accelerate: AccelerateConfig | None = None  # issue 13: absent = off
     freeze: FreezeConfig | None = None          # issue 13: absent = off
+    # issue 14: train variants of one architecture packed, pack_max per task (never in a run id)
+    pack: Annotated[Literal["auto", "off"], BeforeValidator(  # YAML reads a bare off as False
+        lambda v: ("auto" if v else "off") if isinstance(v, bool) else v)] = Field("auto", json_schema_extra=EXECUTION_ONLY)
+    pack_max: int = Field(32, ge=1, json_schema_extra=EXECUTION_ONLY)
 
     @field_validator("name")
     @classmethod

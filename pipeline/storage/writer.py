@@ -9,6 +9,7 @@ a writer sets: a run is ``complete`` only after its weights and metrics are writ
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import queue
 import subprocess
 import threading
@@ -33,8 +34,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit of the source tree, when there is one."""
+    """Package version plus the git commit of the source tree, when there is one (asked
+    once per process: the code a process runs does not change under it)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -149,6 +152,27 @@ class RunWriter:
             self._flush()
 
     __call__ = append  # a writer is a snapshot sink
+
+    def append_rows(self, rows, epochs, steps) -> None:
+        """Append ``k`` snapshots at once: ``rows`` ``(k, layout.size)`` float32 numpy
+        (any strides, e.g. one member's rows of a packed task's buffer), copied straight
+        into the chunk buffer; ``epochs``, ``steps``: ``k`` ints each."""
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        k = rows.shape[0]
+        if rows.shape[1:] != (self.layout.size,) or len(epochs) != k or len(steps) != k:
+            raise ValueError(f"rows have shape {rows.shape}, expected (k, {self.layout.size}) with k epochs and steps")
+        i = 0
+        while i < k:
+            take = min(k - i, self.t_chunk - self._fill)
+            target = self._buf[self._fill:self._fill + take]
+            target[...] = _f32_to_bf16(rows[i:i + take]) if self.dtype == "bfloat16" else rows[i:i + take]
+            self._fill += take
+            i += take
+            if self._fill == self.t_chunk:
+                self._flush()
+        self.epochs.extend(int(e) for e in epochs)
+        self.steps.extend(int(s) for s in steps)
 
     def _flush(self) -> None:
         if self._fill == 0:

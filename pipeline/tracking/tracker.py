@@ -233,8 +233,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name or run_id,
                                      tags=tags, start_time=start_ms)
         rid = run.info.run_id
-        self.log_params(rid, params)
-        self.log_series(rid, metrics)
+        self.log_series(rid, metrics, params=params)
         self.client.log_text(rid, config_yaml, "config.yaml")
         # terminated last: a record still RUNNING is one an interruption left half-written
         # bad_init: ended on purpose by the bad-initialization policy (KILLED, not FAILED)
@@ -307,10 +306,28 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(rid, params=items[i : i + 100])
 
-    def log_series(self, rid: str, series: dict[str, list]) -> None:
-        """Per-epoch metrics with ``step`` = epoch index (1-based)."""
-        self.log_metrics(rid, ((name, v, step) for name, values in series.items()
-                               for step, v in enumerate(values, start=1)))
+    def log_series(self, rid: str, series: dict[str, list], params: dict[str, Any] | None = None) -> None:
+        """Per-epoch metrics with ``step`` = epoch index (1-based), and ``params``. On a
+        database backend every point but each key's last goes in with one insert
+        (:mod:`.bulk`); the last points go through ``log_batch`` (which keeps MLflow's
+        latest values), in one call with up to 100 params when they fit."""
+        from mlflow.entities import Metric, Param
+
+        from .bulk import insert_history
+
+        now = int(time.time() * 1000)
+        points = [(name, v, step) for name, values in series.items()
+                  for step, v in enumerate(values, start=1) if v is not None]
+        last = set({name: i for i, (name, _, _) in enumerate(points)}.values())   # each key's last point
+        head = [p for i, p in enumerate(points) if i not in last] if len(points) > 2 * len(last) else []
+        if head and insert_history(self.client, rid, head, now):
+            points = [p for i, p in enumerate(points) if i in last]
+        items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items())]
+        if len(items) <= 100 and len(points) + len(items) <= 1000:   # MLflow's log_batch limits
+            self.client.log_batch(rid, params=items, metrics=[Metric(k, float(v), now, int(s)) for k, v, s in points])
+            return
+        self.log_params(rid, params or {})
+        self.log_metrics(rid, points)
 
     def log_metrics(self, rid: str, points) -> None:
         """``(key, value, step)`` points, in batches; None values are skipped."""

@@ -1,0 +1,59 @@
+"""Writing a run's metric history into an MLflow database in one statement.
+
+MLflow's ``log_batch`` builds one ORM object per metric point (~0.2 ms each on SQLite,
+measured: 3 s for a run of 2,000 epochs × 6 metrics); a sweep's registration then costs
+more than its training. Where the tracking URI is a database (MLflow's
+``SqlAlchemyStore``: SQLite, PostgreSQL, MySQL), :func:`insert_history` writes the points
+into MLflow's ``metrics`` table with one ``executemany`` in one transaction (~5 µs a
+point). It never touches ``latest_metrics``: the caller logs each key's last point
+through the client (which maintains it). Any other backend (an ``mlflow server``) or any
+error returns False and the caller uses ``log_batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+_MAX_FLOAT = 1.7976931348623157e308
+
+
+def _row(run_id: str, key: str, value: float, timestamp: int, step: int) -> tuple:
+    """As MLflow's ``SqlAlchemyStore.sanitize_metric_value`` stores it: NaN as 0 with
+    ``is_nan``, ±inf as ±max float."""
+    if math.isnan(value):
+        return (run_id, key, 0.0, timestamp, step, True)
+    if math.isinf(value):
+        value = _MAX_FLOAT if value > 0 else -_MAX_FLOAT
+    return (run_id, key, value, timestamp, step, False)
+
+
+def insert_history(client, run_id: str, points: list[tuple[str, float, int]], timestamp: int) -> bool:
+    """Insert ``(key, value, step)`` points of the (new, active) MLflow run ``run_id``;
+    True when written, False when this backend needs ``log_batch`` (nothing written)."""
+    if not points:
+        return True
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:   # pragma: no cover - an MLflow without it
+        return False
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if not isinstance(store, SqlAlchemyStore):
+        return False
+    rows = [_row(run_id, k, float(v), timestamp, int(s)) for k, v, s in points]
+    try:
+        with store.ManagedSessionMaker() as session:
+            conn = session.connection()
+            mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
+            if mark is None:
+                return False
+            sql = f"INSERT INTO metrics ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
+            conn.exec_driver_sql(sql, rows)
+    except Exception as e:  # noqa: BLE001 - rolled back; the caller logs through log_batch
+        log.info("bulk metric insert into MLflow failed (%s); using log_batch", e)
+        return False
+    return True
