@@ -144,7 +144,7 @@ def test_secrets_are_referenced_not_inlined():
 
 def test_mlflow_and_psycopg2_pinned_alike_in_extra_and_image():
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
-    pins = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)==(.+)", x).groups() for x in extra if "==" in x)
+    pins = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(.+)", x).groups() for x in extra if "==" in x)
     docker = (INFRA / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", docker, re.M))
     assert pins["mlflow"] == args["MLFLOW_VERSION"]

@@ -1,7 +1,9 @@
 """A sweep on a real two-node Ray cluster on loopback (``ray start`` head + a second node
 with its own working directory, token authentication on), trajectories on the moto S3
-server, MLflow on a SQLite file at an absolute path (:func:`tracking_uri`: the one place
-to point these tests at another tracking server).
+server, MLflow a PostgreSQL-backed ``mlflow server`` with artifacts on S3
+(:func:`tracking_uri`); the first test's trajectories are then analysed on a
+dask.distributed cluster and with Dask-on-Ray on the same two-node cluster: the issue's
+whole chain in one test.
 
 The tasks are found and held mid-training by the test hook of
 :mod:`pipeline.ray_cluster` (``$KMA_TEST_TASK_HOOK``, set on both nodes by the fixture):
@@ -27,7 +29,7 @@ import yaml
 from conftest import TINY, kma_cmd
 from pipeline import config
 from pipeline.storage.store import TrajectoryStore
-from services import _wait_for, ray_cluster, s3_server  # noqa: F401
+from services import _wait_for, dask_cluster, mlflow_server, postgres_server, ray_cluster, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +37,10 @@ EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    """The MLflow the sweeps register in: a SQLite file at an absolute path."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def tracking_uri(mlflow_server):
+    """The MLflow the sweeps register in: a cluster's tracking server, ``mlflow server``
+    on PostgreSQL with its artifacts on the S3 server (tests/services.py)."""
+    return mlflow_server.uri
 
 
 def _config(tmp_path, name, **updates) -> tuple[Path, list[str]]:
@@ -136,7 +139,7 @@ def test_token_missing_is_named(ray_cluster, tmp_path):
     assert ray_cluster.gcs in line and "token" in line.lower(), line
 
 
-def test_job_on_two_nodes_second_sweep_and_worker_kill(ray_cluster, tmp_path, tracking_uri):
+def test_job_on_two_nodes_second_sweep_and_worker_kill(ray_cluster, tmp_path, tracking_uri, dask_cluster):
     """``ray job submit -- kma sweep`` on the S3 store: tasks run on both nodes; a second
     sweep of the same variants started meanwhile (another driver) trains nothing and
     names the runs the live sweep holds; a worker SIGKILLed mid-epoch is retried by Ray
@@ -195,6 +198,31 @@ def test_job_on_two_nodes_second_sweep_and_worker_kill(ray_cluster, tmp_path, tr
     got = st.open_run(victim)
     np.testing.assert_array_equal(got.weights(), ref.weights())
     assert got.metrics == ref.metrics
+
+    # the job's trajectories analysed on dask.distributed (two memory-limited workers),
+    # registered on the PostgreSQL-backed server, and again with Dask-on-Ray on the same
+    # two-node Ray cluster: the same spectra
+    out = {}
+    for name, sched, more in (("dask", dask_cluster["address"], ["--tracking-uri", tracking_uri]),
+                              ("ray", f"ray:{ray_cluster.gcs}", ["--no-mlflow"])):
+        r = subprocess.run([*_kma(), "analyze", "--store", store_url, "--scheduler", sched, "--window", "all",
+                            "--json", str(tmp_path / f"{name}.json"), *more],
+                           env=_env(ray_cluster), capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        assert "Traceback" not in r.stderr, (name, r.stderr[-3000:])
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["runs"]
+    assert len(out["dask"]) == len(out["ray"]) > 0
+    assert {e["run_id"] for e in out["dask"]} == set(ids)
+    for a, b in zip(out["dask"], out["ray"]):
+        assert (a["run_id"], a["layer"], a["window"]) == (b["run_id"], b["layer"], b["window"])
+        za, zb = (np.sort_complex(np.round(np.array(e["eigenvalues"]) @ [1, 1j], 6)) for e in (a, b))
+        np.testing.assert_allclose(za, zb, atol=1e-5)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("twonode")
+    analyses = client.search_runs([exp.experiment_id], "tags.`kma.kind` = 'analysis'")
+    assert {m.data.tags["kma.run_id"] for m in analyses} == set(ids)
 
 
 def test_driver_killed_mid_sweep(ray_cluster, tmp_path, tracking_uri):
