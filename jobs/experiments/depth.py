@@ -2,7 +2,7 @@
 recommends?
 
     nice -n 10 python jobs/experiments/depth.py [--store DIR] [--tracking-uri URI]
-        [--figure docs/figures/depth.png] [--config configs/depth.yaml]
+        [--figure docs/pages/figures/depth.png] [--config configs/depth.yaml]
 
 For each target (a multiscale task with a known set of frequencies) it asks the depth
 rule (:mod:`pipeline.apps.depth`, on the task's training samples, as ``kma depth CONFIG``

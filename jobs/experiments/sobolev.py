@@ -4,7 +4,7 @@ buried in noise 3x its standard deviation, and on the same signal without noise.
 Command (about 8-10 minutes of CPU on 2 cores; the sweeps run through ``kma sweep``: real
 Ray, Zarr store, MLflow)::
 
-    nice -n 10 python jobs/experiments/sobolev.py [--dir kma-sobolev] [--figure docs/sobolev.png]
+    nice -n 10 python jobs/experiments/sobolev.py [--dir kma-sobolev] [--figure docs/pages/figures/sobolev.png]
 
 1. ``kma sweep configs/sobolev.yaml`` (noise 2.5 = 3.09 x the signal's std) and the same
    sweep with ``task.noise=0.0 name=sobolev_clean``, into ``DIR/store`` and

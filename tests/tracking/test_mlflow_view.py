@@ -1,7 +1,7 @@
 """What a researcher finds in the MLflow UI, checked through the tracking API on a real
 SQLite MLflow: a tiny real sweep (4 variants: depth 1/2 × init kaiming/small_variance,
 trained into a real Zarr store, registered and analysed as the sweep driver does).
-The searches are the ones README.md's "Comparing runs in the MLflow UI" tells people
+The searches are the ones docs/pages/mlflow.md tells people
 to type; the test fails if the README stops quoting them."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _search(uri, flt):
 
 
 def test_readme_quotes_the_searches():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "pages" / "mlflow.md").read_text()
     for q in (TRAINING, DEPTH2, ANALYSES, SMALL_INIT):
         assert q in readme, q
 
