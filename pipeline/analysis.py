@@ -428,13 +428,13 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
 
 def resolve_scheduler(name, console=None):
     """The scheduler ``--scheduler NAME`` asks for: a local Dask scheduler's name, a
-    dask.distributed ``Client`` (``tcp://``), or :class:`pipeline.dask_ray.RayScheduler`
+    dask.distributed ``Client`` (``tcp://``), or :class:`pipeline.runtime.dask_ray.RayScheduler`
     (``ray``, ``ray:ADDRESS``: Dask-on-Ray). A callable is a Dask ``get`` and is used as is."""
     if callable(name):
         return name
     if name in (None, "", "threads", "threading"):
         return "threads"
-    from .dask_ray import RayScheduler, parse_ray_scheduler
+    from .runtime.dask_ray import RayScheduler, parse_ray_scheduler
 
     address = parse_ray_scheduler(name)
     if address is not False:

@@ -26,7 +26,7 @@ from .console import Console
 from .errors import KMAError, plural
 from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, ray_failure, record_failure)
-from .ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
+from .runtime.ray_connect import (RAY_AUTH_MODE, AuthFailed, auth_line, fd2_captured, is_auth_error,
                           no_reset_at_exit, quiet_local_auth_notice)
 from .storage.lease import LeaseKeeper
 from .storage.runids import check_run_id

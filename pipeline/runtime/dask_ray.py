@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import KMAError
+from ..errors import KMAError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class RayScheduler:
         except ImportError as e:  # pragma: no cover - ray[default] is a dependency
             raise KMAError(f"--scheduler ray: Ray's Dask scheduler is not available ({e}); "
                            "install kma[cluster]") from None
-        from .console import Console
-        from .driver import init_ray
+        from ..console import Console
+        from ..driver import init_ray
 
         self._get = ray_dask_get
         self._started = not ray.is_initialized()

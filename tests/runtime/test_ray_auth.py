@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from pipeline import ray_connect as rc
+from pipeline.runtime import ray_connect as rc
 
 
 class _Collect(logging.Handler):
@@ -95,7 +95,7 @@ def test_no_escape_sequence_after_the_summary_on_a_terminal():
     """Ray initialises colorama, whose exit handler writes ESC[0m to a terminal after the
     sweep's last line; the driver unregisters it (checked against Ray's own module)."""
     pytest.importorskip("ray")
-    load = "import ray.autoscaler._private.cli_logger; from pipeline import ray_connect as rc; "
+    load = "import ray.autoscaler._private.cli_logger; from pipeline.runtime import ray_connect as rc; "
     control = _on_a_terminal(load + "print('summary')")
     assert control.endswith(b"summary\r\n\x1b[0m\n") or control.endswith(b"summary\r\n\x1b[0m"), control[-40:]
     fixed = _on_a_terminal(load + "rc.no_reset_at_exit(); print('summary')")
