@@ -55,7 +55,7 @@ class RayScheduler:
             raise KMAError(f"--scheduler ray: Ray's Dask scheduler is not available ({e}); "
                            "install kma[cluster]") from None
         from ..console import Console
-        from ..driver import init_ray
+        from .ray_connect import init_ray
 
         self._get = ray_dask_get
         self._started = not ray.is_initialized()

@@ -1,4 +1,5 @@
-"""Ray as KMA meets it when it connects, kept apart from the sweep driver.
+"""Ray as KMA meets it when it connects: :func:`init_ray` connects to a cluster or starts
+a local one, for the sweep and for Dask-on-Ray alike.
 
 - Ray (2.59+) starts a local cluster with token authentication on and logs a notice on
   every start; :func:`quiet_local_auth_notice` drops that one notice (Ray's secure
@@ -18,7 +19,9 @@ import os
 import sys
 from contextlib import contextmanager
 
-__all__ = ["RAY_AUTH_MODE", "AUTH_LOGGER", "LocalAuthNotice", "quiet_local_auth_notice", "AuthFailed",
+from ..errors import KMAError
+
+__all__ = ["init_ray", "RAY_AUTH_MODE", "AUTH_LOGGER", "LocalAuthNotice", "quiet_local_auth_notice", "AuthFailed",
            "auth_line", "fd2_captured", "is_auth_error", "no_reset_at_exit"]
 
 
@@ -93,3 +96,67 @@ def is_auth_error(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return isinstance(e, AuthFailed) or type(e).__name__ == "AuthenticationError" or (
         "unauthenticated" in text) or ("token" in text and "auth" in text)
+
+
+def init_ray(address: str | None, console):
+    """Connect to a Ray cluster, or start a local one when no address is given."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address and address != "auto":
+        _check_tcp(address)
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    try:
+        if address:
+            console.info(f"connecting to Ray at {address}")
+            os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "10")
+            # Ray's C++ client logs a failed attempt (a missing token among them) on the
+            # process's stderr once a second and then raises a bare "Failed to connect":
+            # hold those lines back, read the cause from them, pass them on if it connects
+            with fd2_captured() as captured:
+                try:
+                    ray.init(address=address, **kwargs)
+                except Exception:  # noqa: BLE001 - re-raised, with the cause when it is the token
+                    if "Unauthenticated" in captured() or "InvalidAuthToken" in captured():
+                        raise AuthFailed(auth_line(captured())) from None
+                    raise
+                held = captured()
+            sys.stderr.write(held)
+        else:
+            # Ray (2.59+) turns token authentication on for a cluster ray.init starts and
+            # warns on every start that it did: KMA's own local cluster keeps that secure
+            # default without the notice (a RAY_AUTH_MODE the user set is Ray's to apply)
+            quiet_local_auth_notice()
+            # "local": always a new cluster of its own, never one `ray start` left running
+            ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+    except Exception as e:  # noqa: BLE001 - ray.init's failures are the user's address or setup
+        if not isinstance(e, (ConnectionError, RuntimeError, ValueError, TimeoutError)) \
+                and not is_auth_error(e):
+            raise
+        where = address or "a local Ray"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if address and is_auth_error(e):
+            raise KMAError(
+                f"Ray at {address}: the cluster requires token authentication and refused this client "
+                f"({msg[:120]}); set {RAY_AUTH_MODE}=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) "
+                "to the cluster's token") from None
+        raise KMAError(f"Ray at {where}: cannot connect ({msg[:200]})") from None
+    no_reset_at_exit()
+    return ray
+
+
+def _check_tcp(address: str, timeout: float = 5.0) -> None:
+    """Ray itself retries an unreachable address for minutes: fail fast instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    hostport = urlparse(address).netloc if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise KMAError(f"Ray address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise KMAError(f"Ray at {address}: unreachable ({e.strerror or e})") from None
