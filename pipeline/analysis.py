@@ -23,19 +23,15 @@ import numpy as np
 from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
 from .console import Console, DaskProgress
 from .errors import KMAError, plural
-from .koopman import ENGINE_VERSION, KoopmanDMD, WindowResult
-from .koopman.core import dtype_roundoff, unit_circle_verdicts
+from .koopman import KoopmanDMD, WindowResult
+from .koopman.core import dtype_roundoff
 from .storage.remote import StoreUnreachable
 from .storage.runids import check_run_id, is_valid
 from .storage.store import Run, TrajectoryStore
+from .results import is_outdated, list_analyses, load_results, outdated_analyses  # noqa: F401 - re-exported
 from .sync import analysis_times
 
 log = logging.getLogger(__name__)
-
-def is_outdated(params: dict) -> bool:
-    """A stored analysis' ``params`` come from an older engine (no ``engine`` key: 1)."""
-    return int(params.get("engine", 1)) < ENGINE_VERSION
-
 
 # --------------------------------------------------------------------------- one run
 def check_analyzable(run: Run) -> None:
@@ -166,6 +162,10 @@ def _pad(rows: list[np.ndarray], dtype) -> np.ndarray:
     return out
 
 
+def _or_nan(x, r):
+    return np.full(r.residuals.size, np.nan) if x is None else x
+
+
 def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict | None = None,
                   t_start: float | None = None, verdict: dict | None = None) -> str:
     """Store the spectra under ``runs/<id>/analyses/<analysis_id>`` (:meth:`Run.write_analysis`:
@@ -200,44 +200,6 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
         attrs["verdict"] = verdict
     run.write_analysis(aid, params.key(), layers, modes=modes, attrs=attrs)
     return aid
-
-
-def _or_nan(x, r):
-    return np.full(r.residuals.size, np.nan) if x is None else x
-
-
-def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
-    """Read back a stored analysis as :class:`WindowResult` rows."""
-    attrs, layers = run.read_analysis(analysis_id)   # StoreError (a KMAError) if absent
-    out = []
-    for layer in attrs["layers"]:
-        a = layers[layer]
-        eig, amp, res, sv = (a[k] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
-        floors, kap, info = (a.get(k) for k in ("residual_floors", "conditions", "informative"))
-        for i, (w, k) in enumerate(zip(a["windows"], a["rank"])):
-            n = int(np.isfinite(res[i]).sum())
-            lam = eig[i, :n, 0] + 1j * eig[i, :n, 1]
-            extra = {}
-            if kap is not None:      # engine >= 2 (older analyses: residuals only)
-                extra = dict(residual_floors=floors[i, :n], conditions=kap[i, :n],
-                             unit_circle=unit_circle_verdicts(lam, kap[i, :n] * res[i, :n]),
-                             informative=bool(info[i]))
-            out.append(WindowResult(
-                layer, (int(w[0]), int(w[1])), lam, amp[i, :n, 0] + 1j * amp[i, :n, 1],
-                res[i, :n], sv[i][np.isfinite(sv[i])], int(k), **extra))
-    return out
-
-
-def list_analyses(run: Run, *, outdated: bool = True) -> list[str]:
-    """Ids of the run's completely written analyses (an interrupted one is not listed);
-    ``outdated=False`` leaves out those of an older engine (:func:`is_outdated`)."""
-    return [aid for aid, key in run.list_analyses().items() if outdated or not is_outdated(key)]
-
-
-def outdated_analyses(run: Run) -> list[str]:
-    """Complete analyses of the run made by an older engine: kept, listed as outdated;
-    ``kma analyze`` with the same options stores a current one beside them."""
-    return [aid for aid, key in run.list_analyses().items() if is_outdated(key)]
 
 
 def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float,

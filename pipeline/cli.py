@@ -182,6 +182,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def signal_from_config(path, overrides=None) -> tuple:
+    """The training samples of a sweep config's task on its grid: ``(y (n_points,),
+    dx, source)``.
+
+    The task is built as a sweep builds it for the first replica (``seeds[0]``; same
+    seed, same train/validation split, noise included). Grid points held out for
+    validation are filled by linear interpolation between the neighbouring training
+    samples (``source["filled"]`` counts them).
+    """
+    import numpy as np
+
+    from . import config
+    from .training.tasks import build_task
+
+    cfg = config.load(path, overrides)
+    variant = config.expand(cfg)[0]
+    task = build_task(variant.task.name, seed=variant.torch_seed,
+                      **variant.task.model_dump(exclude={"name"}))
+    if task.grid is None or task.in_dim != 1 or task.out_dim != 1:
+        raise KMAError(f"{path}: task {variant.task.name!r} does not live on a 1-D grid; "
+                       "kma depth needs a grid task (multiscale) or --signal FILE.npy")
+    grid = task.grid[:, 0].double().numpy()
+    dx = float(grid[1] - grid[0])
+    pos = (task.x_train[:, 0].double().numpy() - grid[0]) / dx
+    idx = np.rint(pos).astype(np.int64)
+    if np.abs(pos - idx).max() > 1e-3 or idx.min() < 0 or idx.max() >= grid.size:
+        raise KMAError(f"{path}: the task's training inputs are not on its grid")
+    vals = task.y_train[:, 0].double().numpy()
+    total = np.bincount(idx, weights=vals, minlength=grid.size)
+    count = np.bincount(idx, minlength=grid.size)
+    have = count > 0
+    y = np.interp(np.arange(grid.size), np.flatnonzero(have), total[have] / count[have])
+    source = {"config": str(path), "task": variant.task.model_dump(mode="json"),
+              "replica_seed": variant.seed, "task_seed": variant.torch_seed,
+              "samples": "training samples as the sweep builds them (noise included)",
+              "n_train": int(task.n_train), "filled": int((~have).sum())}
+    return y.astype(np.float32), dx, source
+
+
 def cmd_depth(args, console) -> int:
     from .apps import depth
     from .outputs import write_text_atomic
@@ -203,7 +242,7 @@ def cmd_depth(args, console) -> int:
     if args.signal is not None:
         y, dx, source = depth.load_signal(args.signal), args.dx, {"signal": str(args.signal)}
     else:
-        y, dx, source = depth.signal_from_config(args.config, args.overrides)
+        y, dx, source = signal_from_config(args.config, args.overrides)
     result = depth.recommend_depth(y, dx, decay=args.decay)
     result.source = source
     print(depth.report(result))
@@ -330,7 +369,7 @@ def cmd_runs(args, console) -> int:
 
 
 def _analyses_json(store, run_id) -> dict:
-    from .analysis import list_analyses, outdated_analyses
+    from .results import list_analyses, outdated_analyses
 
     try:
         run = store.open_run(run_id)
@@ -361,7 +400,7 @@ def _verdict_cells(store, run_id) -> tuple[str, str]:
 
 def _analyses_cell(store, run_id) -> str:
     """``N`` analyses, ``(M outdated: ids)`` when an older engine made some of them."""
-    from .analysis import list_analyses, outdated_analyses
+    from .results import list_analyses, outdated_analyses
 
     try:
         run = store.open_run(run_id)

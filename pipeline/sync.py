@@ -193,7 +193,8 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
 def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: str, analysis_id: str) -> bool:
     """Register a stored analysis as a child run unless a complete record exists.
     Returns True if a record was written."""
-    from .analysis import RELIABLE_RESIDUAL, load_results
+    from .config import RELIABLE_RESIDUAL
+    from .results import load_results
 
     run = store.open_run(run_id)
     experiment, _ = _experiment_and_params(run)

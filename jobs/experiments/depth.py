@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import cli, config
-from pipeline.apps.depth import recommend_depth, signal_from_config
+from pipeline.apps.depth import recommend_depth
 from pipeline.storage.store import TrajectoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     rows = []
     for label, freqs, amps in TARGETS:
         over = [f"task.frequencies={json.dumps(freqs)}", f"task.amplitudes={json.dumps(amps)}"]
-        y, dx, _ = signal_from_config(args.config, over)
+        y, dx, _ = cli.signal_from_config(args.config, over)
         rec = recommend_depth(y, dx)
         print(f"{label}: kma depth -> {rec.depth} {[round(s, 4) for s in rec.scales]}; training ...",
               flush=True)

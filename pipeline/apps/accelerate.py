@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import RELIABLE_RESIDUAL
+from ..koopman.core import RELIABLE_RESIDUAL
 from .prune import window_fit
 
 __all__ = ["koopman_jump", "Accelerator"]

@@ -29,7 +29,8 @@ Noise must not invent scales. Three gates, each reported in the evidence:
    any of ``M = n/2`` frequencies with probability at most ``α = 0.01``. The Fourier
    cross-check uses the same floor with ``σ̂`` from the median periodogram.
 
-Pure math on arrays here; :func:`signal_from_config` builds a sweep config's task.
+Pure math on arrays here; :func:`pipeline.cli.signal_from_config` builds a sweep config's
+task and gives its samples (``kma depth CONFIG``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 from ..errors import KMAError
 from ..koopman.core import U64, choose_rank, dmd, dtype_roundoff, noise_cut
 
-__all__ = ["DepthResult", "recommend_depth", "filter_scales", "load_signal", "signal_from_config",
+__all__ = ["DepthResult", "recommend_depth", "filter_scales", "load_signal",
            "MIN_SAMPLES", "DECAY", "REL_AMPLITUDE", "RESIDUAL_TOL"]
 
 log = logging.getLogger(__name__)
@@ -264,43 +265,6 @@ def load_signal(path) -> np.ndarray:
         return check_signal(y)
     except KMAError as e:
         raise KMAError(f"--signal {path}: {e}") from None
-
-
-def signal_from_config(path, overrides=None) -> tuple[np.ndarray, float, dict]:
-    """The training samples of a sweep config's task on its grid: ``(y (n_points,),
-    dx, source)``.
-
-    The task is built as a sweep builds it for the first replica (``seeds[0]``; same
-    seed, same train/validation split, noise included). Grid points held out for
-    validation are filled by linear interpolation between the neighbouring training
-    samples (``source["filled"]`` counts them).
-    """
-    from .. import config
-    from ..training.tasks import build_task
-
-    cfg = config.load(path, overrides)
-    variant = config.expand(cfg)[0]
-    task = build_task(variant.task.name, seed=variant.torch_seed,
-                      **variant.task.model_dump(exclude={"name"}))
-    if task.grid is None or task.in_dim != 1 or task.out_dim != 1:
-        raise KMAError(f"{path}: task {variant.task.name!r} does not live on a 1-D grid; "
-                       "kma depth needs a grid task (multiscale) or --signal FILE.npy")
-    grid = task.grid[:, 0].double().numpy()
-    dx = float(grid[1] - grid[0])
-    pos = (task.x_train[:, 0].double().numpy() - grid[0]) / dx
-    idx = np.rint(pos).astype(np.int64)
-    if np.abs(pos - idx).max() > 1e-3 or idx.min() < 0 or idx.max() >= grid.size:
-        raise KMAError(f"{path}: the task's training inputs are not on its grid")
-    vals = task.y_train[:, 0].double().numpy()
-    total = np.bincount(idx, weights=vals, minlength=grid.size)
-    count = np.bincount(idx, minlength=grid.size)
-    have = count > 0
-    y = np.interp(np.arange(grid.size), np.flatnonzero(have), total[have] / count[have])
-    source = {"config": str(path), "task": variant.task.model_dump(mode="json"),
-              "replica_seed": variant.seed, "task_seed": variant.torch_seed,
-              "samples": "training samples as the sweep builds them (noise included)",
-              "n_train": int(task.n_train), "filled": int((~have).sum())}
-    return y.astype(np.float32), dx, source
 
 
 def report(result: DepthResult) -> str:

@@ -49,7 +49,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..config import RELIABLE_RESIDUAL
+from ..koopman.core import RELIABLE_RESIDUAL
 from .prune import window_fit
 
 __all__ = ["remaining_motion", "converged_mask", "Freezer"]

@@ -158,7 +158,7 @@ def latest(run) -> tuple[str | None, dict | None]:
     """``(analysis id, verdict)`` of the run's most recent current analysis that stores a
     verdict (``(None, None)`` when none does): what ``kma runs`` shows, read from the
     store, never recomputed."""
-    from ..analysis import list_analyses
+    from ..results import list_analyses
 
     best = (None, None, "")
     for aid in list_analyses(run, outdated=False):

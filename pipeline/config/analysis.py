@@ -1,4 +1,5 @@
-"""What an analysis computes (:class:`AnalysisParams`), and the certification threshold."""
+"""What an analysis computes (:class:`AnalysisParams`); its certification threshold is the
+engine's (:data:`pipeline.koopman.core.RELIABLE_RESIDUAL`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ from typing import Literal
 from pydantic import ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..koopman.core import RELIABLE_RESIDUAL  # noqa: F401 - the analysis' default, re-exported
 from .base import _Strict
-
-
-# A Ritz pair is reliable when its window's residuals are informative and the first-order
-# bound on its eigenvalue's error, κ · residual (condition number times the certified
-# data residual of the unit Ritz vector), is at most this: an absolute distance in the
-# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (README).
-RELIABLE_RESIDUAL = 1e-2
 
 _RANK_ARGS = ("rank", "tol", "threshold")
 

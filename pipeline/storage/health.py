@@ -21,37 +21,9 @@ inside that one file write, or stores written by older versions, leave it.)
 from __future__ import annotations
 
 from ..errors import KMAError, RunNotFound, StoreError
-from .store import FINISHED, INTERRUPTED, STATUSES, TrajectoryStore
+from .store import CUT_SHORT, FINISHED, INTERRUPTED, STATUSES, TrajectoryStore, cut_short
 
 _REQUIRED = ("status", "layout", "n_snapshots", "config")
-# what is said of a run whose creation was cut short (kma runs --json "error", kma analyze)
-CUT_SHORT = "interrupted while being created, nothing stored; run its sweep again to train it"
-# keys of an empty run: its group and array metadata, zarr's temporary files
-_EMPTY = ("zarr.json", "weights/zarr.json")
-
-
-def cut_short(store: TrajectoryStore, run_id: str) -> bool:
-    """Whether ``runs/<run_id>/`` is a creation cut short: no data under it and no group
-    metadata, or group metadata without any attribute (see the module docstring)."""
-    from zarr.core.sync import sync
-
-    prefix = f"runs/{run_id}/"
-
-    async def _keys():
-        return [k.removeprefix(prefix) async for k in store._zstore.list_prefix(prefix)]
-
-    try:
-        keys = sync(_keys())
-    except Exception:  # noqa: BLE001 - an unlistable prefix is not known to be empty
-        return False
-    if any(k not in _EMPTY and not k.endswith(".partial") for k in keys):
-        return False  # data, or metadata a creation does not write: damage, not this
-    if "zarr.json" not in keys:
-        return True
-    try:
-        return not dict(store._group(run_id, checked=False).attrs)
-    except KMAError:  # unreadable: a kill leaves no such zarr.json (writes are atomic)
-        return False
 
 
 def shown_status(store: TrajectoryStore, run_id: str) -> str | None:

@@ -20,7 +20,7 @@ repeat), and each run has exactly one writer (its own array: no shared chunks).
 Metadata is written whole: a run's group with all its attributes in one write, every
 later attribute change in one write (zarr's ``attrs.update`` would rewrite ``zarr.json``
 once per key), and a wipe removes the group's ``zarr.json`` last; so a process killed at
-any point leaves a whole run or one :func:`pipeline.storage.health.cut_short` recognises.
+any point leaves a whole run or one :func:`cut_short` recognises.
 The writer (:class:`RunWriter`, the new run's array) is :mod:`pipeline.storage.writer`;
 a run's analysis verbs (``Run.write_analysis``, ...) are :mod:`pipeline.storage.analyses`.
 
@@ -277,8 +277,7 @@ class TrajectoryStore:
     def runs(self) -> list[RunInfo]:
         """Every run prefix, with its status; a ``running`` run that no live sweep holds
         (see :mod:`pipeline.storage.lease`) is reported as ``interrupted``, and so is one
-        whose creation was cut short (:func:`pipeline.storage.health.cut_short`)."""
-        from .health import CUT_SHORT, cut_short
+        whose creation was cut short (:func:`cut_short`)."""
         from .lease import is_live
 
         out = []
@@ -476,3 +475,35 @@ class TrajectoryStore:
     def _require_writable(self):
         if self.read_only:
             raise StoreError(f"store {self.url}: opened read-only")
+
+
+# what is said of a run whose creation was cut short (kma runs --json "error", kma analyze)
+CUT_SHORT = "interrupted while being created, nothing stored; run its sweep again to train it"
+
+
+# keys of an empty run: its group and array metadata, zarr's temporary files
+_EMPTY = ("zarr.json", "weights/zarr.json")
+
+
+def cut_short(store: TrajectoryStore, run_id: str) -> bool:
+    """Whether ``runs/<run_id>/`` is a creation cut short: no data under it and no group
+    metadata, or group metadata without any attribute (see the module docstring)."""
+    from zarr.core.sync import sync
+
+    prefix = f"runs/{run_id}/"
+
+    async def _keys():
+        return [k.removeprefix(prefix) async for k in store._zstore.list_prefix(prefix)]
+
+    try:
+        keys = sync(_keys())
+    except Exception:  # noqa: BLE001 - an unlistable prefix is not known to be empty
+        return False
+    if any(k not in _EMPTY and not k.endswith(".partial") for k in keys):
+        return False  # data, or metadata a creation does not write: damage, not this
+    if "zarr.json" not in keys:
+        return True
+    try:
+        return not dict(store._group(run_id, checked=False).attrs)
+    except KMAError:  # unreadable: a kill leaves no such zarr.json (writes are atomic)
+        return False

@@ -60,7 +60,7 @@ def new_run(store, run_id: str, layout: Layout, *, config: dict | None, capacity
     # The group's metadata, with every attribute, is ONE write (and the first key of
     # the run): a process killed at any point of creation leaves either no run, a
     # whole "running" one, or (local disk, killed inside that write) a folder with
-    # nothing in it but zarr's temporary file, which health.cut_short recognises.
+    # nothing in it but zarr's temporary file, which store.cut_short recognises.
     attrs = {
         "status": "running",
         "run_id": run_id,

@@ -231,3 +231,5 @@ def blobs(
         n_redundant=0, n_classes=n_classes, n_clusters_per_class=1, random_state=seed,
     )
     return _classification(x, y, n_classes, val_fraction, seed, (n_features,))
+
+
