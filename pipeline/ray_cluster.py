@@ -146,15 +146,15 @@ def _first_line(text: str) -> str:
 def run_on_node(variant: dict, store_url: str) -> dict:
     """Ray task body: train ``variant`` (:func:`~pipeline.training.runner.run_variant`);
     its result gains ``node``, and a failure ``failure`` and a one-line ``error``."""
+    from .config import Variant
     from .training.runner import run_variant
 
     node = node_of_task()
+    variant = Variant.model_validate(variant) if isinstance(variant, dict) else variant
     try:
         res = run_variant(variant, store_url, callbacks=hook_callbacks(variant))
     except Exception as e:  # noqa: BLE001 - reported to the driver as the run's failure
-        from .config import Variant
-
-        rid = Variant.model_validate(variant).run_id
+        rid = variant.run_id
         log.exception("run %s failed on node %s", rid, node)
         failure = {"type": type(e).__name__, "message": _first_line(e) or type(e).__name__, **node}
         return {"run_id": rid, "status": "failed", "failure": failure, "error": failure_line(failure),
@@ -192,7 +192,9 @@ def record_failure(store, variant, res: dict) -> None:
     try:
         status = store.status(rid)
         if status is None and rid == variant.run_id:
-            writer = store.create_run(rid, _layout(variant), config=variant.model_dump(mode="json"),
+            from .training.runner import variant_layout
+
+            writer = store.create_run(rid, variant_layout(variant), config=variant.model_dump(mode="json"),
                                       capacity=variant.snapshot_capacity(), dtype=variant.snapshot.dtype,
                                       extra={"sweep": variant.sweep, "failure": failure})
             writer.abort(line)
@@ -202,22 +204,6 @@ def record_failure(store, variant, res: dict) -> None:
                 store.open_run(rid).group.update_attributes({"failure": failure})
     except Exception as e:  # noqa: BLE001 - the summary still names the cause
         log.warning("run %s: could not record its failure in the store (%s)", rid, e)
-
-
-def _layout(variant):
-    """The variant's snapshot layout, from its model built on the ``meta`` device."""
-    import torch
-
-    from .storage.layout import Layout
-    from .training.models import build_model
-    from .training.tasks import build_task
-
-    task = build_task(variant.task.name, seed=0, **variant.task.model_dump(exclude={"name"}))
-    with torch.device("meta"):
-        model = build_model(variant.family, task.in_dim, task.out_dim, variant.depth, variant.width,
-                            variant.activation)
-    layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
-    return layout if variant.snapshot.layers == "all" else layout.select(variant.snapshot.layers)
 
 
 # --------------------------------------------------------------------------- test hook
@@ -237,10 +223,21 @@ class TaskHook:
             time.sleep(0.2)
 
 
-def hook_callbacks(variant: dict) -> tuple:
+def hook_callbacks(variant) -> tuple:
     folder = os.environ.get(HOOK_ENV)
     if not folder:
         return ()
-    from .config import Variant
+    return (TaskHook(folder, variant.run_id),)
 
-    return (TaskHook(folder, Variant.model_validate(variant).run_id),)
+
+def run_pack_task(variants: list, store_url: str) -> dict:
+    """Ray task body of a packed task: one variant unpacked, several packed (summaries of
+    every member under ``"attempts"``, which the driver records one by one)."""
+    from .config import Variant
+    from .training.packing import run_pack
+    from .training.runner import run_variant
+
+    variants = [Variant.model_validate(v) if isinstance(v, dict) else v for v in variants]
+    if len(variants) == 1:
+        return run_variant(variants[0], store_url)
+    return run_pack(variants, store_url)

@@ -86,3 +86,27 @@ def test_a_new_nested_key_follows_the_same_rule():
 def test_resources_never_enter_the_run_id():
     v = _demo()[0]
     assert v.model_copy(update={"resources": Resources(num_cpus=4.0, num_gpus=0.5)}).run_id == v.run_id
+
+
+# Computed with the code of main before the training options were registered in one place
+# (each option alone on the demo sweep; the first two variants): a run's id with an option
+# set must not move when the option's declaration does.
+OPTION_IDS = {
+    "stop": ({"when": "converged", "window": 6, "every": 2},
+             ["mlp-d2-w32-tanh-kaiming-adam-s0-741a75506a", "mlp-d2-w32-tanh-small_variance-adam-s0-799531d9ae"]),
+    "on_bad_init": ({"action": "restart", "max_restarts": 1},
+                    ["mlp-d2-w32-tanh-kaiming-adam-s0-cc41242e08", "mlp-d2-w32-tanh-small_variance-adam-s0-462cfc399d"]),
+    "prune": ({"method": "koopman", "sparsity": 0.5, "after": 8},
+              ["mlp-d2-w32-tanh-kaiming-adam-s0-b00620b629", "mlp-d2-w32-tanh-small_variance-adam-s0-386440ce55"]),
+    "accelerate": ({"window": 5, "every": 4, "horizon": 10},
+                   ["mlp-d2-w32-tanh-kaiming-adam-s0-245d414b4d", "mlp-d2-w32-tanh-small_variance-adam-s0-38764c2254"]),
+    "freeze": ({"after": 8, "every": 4},
+               ["mlp-d2-w32-tanh-kaiming-adam-s0-282f5a719a", "mlp-d2-w32-tanh-small_variance-adam-s0-e22cd2680c"]),
+}
+
+
+def test_run_ids_with_a_training_option_are_pinned():
+    data = config.load(ROOT / "configs" / "demo.yaml", names=False).model_dump(mode="json")
+    for option, (value, ids) in OPTION_IDS.items():
+        variants = config.expand(config.validate({**data, option: value}, names=False))
+        assert [v.run_id for v in variants[:2]] == ids, option

@@ -16,27 +16,38 @@ from __future__ import annotations
 EVAL_BATCH = 1024  # training samples the accelerator's loss check uses (the first ones)
 
 
+def _pruner(cfg, model, optimizer, task, loss_fn, layout, device):
+    from .prune import Pruner
+
+    return Pruner(model, optimizer, layout, cfg)
+
+
+def _accelerator(cfg, model, optimizer, task, loss_fn, layout, device):
+    from .accelerate import Accelerator, batch_loss
+
+    x = task.x_train[:EVAL_BATCH].to(device)
+    y = task.y_train[:EVAL_BATCH].to(device)
+    return Accelerator(model, optimizer, layout, cfg, batch_loss(model, loss_fn, x, y))
+
+
+def _freezer(cfg, model, optimizer, task, loss_fn, layout, device):
+    from .freeze import Freezer
+
+    return Freezer(model, optimizer, layout, cfg)
+
+
+# The training options that are training callbacks: option name -> builder
+# ``(config, model, optimizer, task, loss_fn, layout, device) -> callback``, in the order
+# the callbacks run (freeze last: its step post-hook restores frozen weights after the
+# others). The options themselves are declared in pipeline.config.policies.TrainingOptions.
+HOOKS = {"prune": _pruner, "accelerate": _accelerator, "freeze": _freezer}
+
+
 def training_hooks(variant, model, optimizer, task, loss_fn, layout, device) -> list:
-    """Callbacks for ``variant.prune`` / ``accelerate`` / ``freeze`` (empty when all are off)."""
-    hooks = []
-    prune = getattr(variant, "prune", None)
-    accelerate = getattr(variant, "accelerate", None)
-    if prune is not None:
-        from .prune import Pruner
-
-        hooks.append(Pruner(model, optimizer, layout, prune))
-    if accelerate is not None:
-        from .accelerate import Accelerator, batch_loss
-
-        x = task.x_train[:EVAL_BATCH].to(device)
-        y = task.y_train[:EVAL_BATCH].to(device)
-        hooks.append(Accelerator(model, optimizer, layout, accelerate, batch_loss(model, loss_fn, x, y)))
-    freeze = getattr(variant, "freeze", None)
-    if freeze is not None:   # last: its step post-hook restores frozen weights after the others
-        from .freeze import Freezer
-
-        hooks.append(Freezer(model, optimizer, layout, freeze))
-    return hooks
+    """Callbacks for the variant's options in :data:`HOOKS` (empty when all are off)."""
+    options = variant.options()
+    return [build(options[name], model, optimizer, task, loss_fn, layout, device)
+            for name, build in HOOKS.items() if name in options]
 
 
 def hook_records(hooks) -> dict:
@@ -55,4 +66,4 @@ def hook_records(hooks) -> dict:
     return out
 
 
-__all__ = ["training_hooks", "hook_records", "EVAL_BATCH"]
+__all__ = ["HOOKS", "training_hooks", "hook_records", "EVAL_BATCH"]

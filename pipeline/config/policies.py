@@ -1,5 +1,6 @@
-"""Per-variant policies of a sweep: snapshots, resources, spectral stopping, bad
-initializations, pruning and acceleration (each absent = off, unless it has defaults)."""
+"""Per-variant policies of a sweep: snapshots, resources, and the training options
+(spectral stopping, bad initializations, pruning, acceleration, freezing; each absent =
+off), declared once in :class:`TrainingOptions`."""
 
 from __future__ import annotations
 
@@ -134,3 +135,54 @@ class FreezeConfig(_Strict):
             raise ValueError(f"window ({self.window}) must be <= after ({self.after}): "
                              "the DMD needs that many snapshots before the first freeze")
         return self
+
+
+def training_option(*, packed: bool = False) -> dict:
+    """``Field(json_schema_extra=training_option(...))``: a field of :class:`TrainingOptions`.
+    ``packed``: the packed trainer runs it (a variant with an option it does not run
+    trains unpacked, one task of its own: never packed with the option ignored)."""
+    return {"training_option": True, "packed": packed}
+
+
+class TrainingOptions(_Strict):
+    """The training options a sweep (and each of its variants) may carry; absent = off, so
+    a run without them keeps its id, and a set one enters the id.
+
+    Each option is declared here once, with its config model and whether the packed trainer
+    runs it; :class:`~pipeline.config.SweepConfig` and :class:`~pipeline.config.Variant`
+    inherit the fields, :func:`~pipeline.config.expand` copies them, the packing planner
+    (:func:`pipeline.training.packing.why_unpacked`) asks :meth:`unpacked_options`, and the
+    wiring is :data:`pipeline.apps.hooks.HOOKS` (training callbacks) or the runner's
+    (``stop``, ``on_bad_init``: :data:`pipeline.training.runner.RUNNER_OPTIONS`).
+    Adding an option: its model and one field here, its builder in one of those two places.
+    """
+
+    stop: StopPolicy | None = Field(None, json_schema_extra=training_option())
+    on_bad_init: OnBadInit | None = Field(None, json_schema_extra=training_option())
+    prune: PruneConfig | None = Field(None, json_schema_extra=training_option())
+    accelerate: AccelerateConfig | None = Field(None, json_schema_extra=training_option())
+    freeze: FreezeConfig | None = Field(None, json_schema_extra=training_option())
+
+    @model_validator(mode="after")
+    def _prune_or_accelerate(self):
+        if self.prune is not None and self.accelerate is not None:
+            raise ValueError("prune and accelerate together are not supported; set one of them")
+        return self
+
+    @classmethod
+    def option_fields(cls) -> dict:
+        """``{name: training_option(...) flags}`` of every training option the model declares."""
+        return {name: f.json_schema_extra for name, f in cls.model_fields.items()
+                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("training_option")}
+
+    def options(self) -> dict:
+        """``{name: config}`` of the training options that are set."""
+        return {name: getattr(self, name) for name in self.option_fields() if getattr(self, name) is not None}
+
+    def unpacked_options(self) -> list[str]:
+        """The training options set here that the packed trainer does not run."""
+        flags = self.option_fields()
+        return [name for name in self.options() if not flags[name]["packed"]]
+
+
+TRAINING_OPTIONS = tuple(TrainingOptions.model_fields)

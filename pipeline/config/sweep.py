@@ -16,14 +16,14 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from ..errors import ConfigError
 from .analysis import AnalysisParams
-from .base import IntGrid, NameGrid, _as_list, _Strict
+from .base import IntGrid, NameGrid, _as_list
 from .grids import ModelGrid, OptimizerGrid
 from .losses import LossGrid, LossValue, loss_label
-from .policies import AccelerateConfig, FreezeConfig, OnBadInit, PruneConfig, Resources, SnapshotPolicy, StopPolicy
+from .policies import TRAINING_OPTIONS, Resources, SnapshotPolicy, TrainingOptions
 from .tasks import MultiscaleTask, TaskConfig
 
 MAX_GRID = 10_000  # variants above which a sweep asks for confirmation (or --yes)
@@ -62,7 +62,7 @@ def identity(model: BaseModel) -> dict:
     return out
 
 
-class SweepConfig(_Strict):
+class SweepConfig(TrainingOptions):
     """A whole sweep (one YAML file)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -79,12 +79,8 @@ class SweepConfig(_Strict):
     resources: Resources = Field(default_factory=Resources)
     analysis: AnalysisParams = Field(default_factory=AnalysisParams)
     store: str | None = None  # default store URL (the command line wins)
-    stop: StopPolicy | None = None  # spectral stopping (issue 11); absent = off
-    on_bad_init: OnBadInit | None = None  # restart policy (absent: off)
-    prune: PruneConfig | None = None            # issue 13: absent = off
-    accelerate: AccelerateConfig | None = None  # issue 13: absent = off
-    freeze: FreezeConfig | None = None          # issue 13: absent = off
-    # issue 14: train variants of one architecture packed, pack_max per task (never in a run id)
+    # the training options (stop, on_bad_init, prune, accelerate, freeze): TrainingOptions
+    # train variants of one architecture packed, pack_max per task (never in a run id)
     pack: Annotated[Literal["auto", "off"], BeforeValidator(  # YAML reads a bare off as False
         lambda v: ("auto" if v else "off") if isinstance(v, bool) else v)] = Field("auto", json_schema_extra=EXECUTION_ONLY)
     pack_max: int = Field(32, ge=1, json_schema_extra=EXECUTION_ONLY)
@@ -107,15 +103,9 @@ class SweepConfig(_Strict):
             raise ValueError("replica seeds must be >= 0")
         return v
 
-    @model_validator(mode="after")
-    def _prune_or_accelerate(self):
-        if self.prune is not None and self.accelerate is not None:
-            raise ValueError("prune and accelerate together are not supported; set one of them")
-        return self
-
 
 # --------------------------------------------------------------------------- variant
-class Variant(_Strict):
+class Variant(TrainingOptions):
     """One fully resolved training configuration (no grids left).
 
     Its run id hashes :func:`identity`: every field below is required, so each enters;
@@ -141,12 +131,8 @@ class Variant(_Strict):
     batch_size: int
     snapshot: SnapshotPolicy
     resources: Resources = Field(json_schema_extra=EXECUTION_ONLY)
-    stop: StopPolicy | None = None  # enters the run id only when set
-    on_bad_init: OnBadInit | None = None  # in the id only when set
     attempt: int = Field(0, ge=0)  # restart attempt (pipeline.training.restart); stored under <id>-r<attempt>
-    prune: PruneConfig | None = None
-    accelerate: AccelerateConfig | None = None
-    freeze: FreezeConfig | None = None
+    # the training options (TrainingOptions): each enters the run id only when set
 
     def identity(self) -> dict:
         """The content that defines the run (see :func:`identity`)."""
@@ -219,11 +205,7 @@ def expand(cfg: SweepConfig) -> list[Variant]:
                 batch_size=cfg.batch_size,
                 snapshot=cfg.snapshot,
                 resources=cfg.resources,
-                stop=cfg.stop,
-                on_bad_init=cfg.on_bad_init,
-                prune=cfg.prune,
-                accelerate=cfg.accelerate,
-                freeze=cfg.freeze,
+                **{name: getattr(cfg, name) for name in TRAINING_OPTIONS},
             )
         )
     ids = [v.run_id for v in variants]

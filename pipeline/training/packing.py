@@ -1,11 +1,11 @@
-"""Which variants train packed, and the body of a packed Ray task (issue 14).
+"""Which variants train packed, and how a pack trains.
 
 ``pack: auto`` (the default) groups a sweep's variants by :func:`pack_key` (everything
 but initialization, seed, learning rate and loss) into packs of at most ``pack_max``
 members, split evenly (32 members as 16 + 16 with ``pack_max: 16``, 20 as 10 + 10 with
 ``pack_max: 16``); one pack is one Ray task holding the variant's ``resources`` once.
-Variants with options that change one member's control flow (``stop``, ``on_bad_init``,
-``prune``, ``accelerate``, ``freeze``), a full-batch H^-s loss (a mapping), a family
+Variants with a training option the packed trainer does not run (each option says so where
+it is declared, :class:`~pipeline.config.policies.TrainingOptions`; today: all of them), a full-batch H^-s loss (a mapping), a family
 other than ``mlp`` (``cnn``, ``hier``), a width above :data:`MAX_PACKED_WIDTH`, an
 activation without a written-out derivative, or an optimizer other than sgd/adam/adamw
 are not packed: they run as before, one task each (see :func:`why_unpacked`).
@@ -18,15 +18,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Variant
 from ..errors import KMAError
 from ..storage.store import FINISHED, TrajectoryStore
 from .packed import (PACKABLE_ACTIVATIONS, PACKABLE_FAMILIES, PACKABLE_LOSSES, PACKABLE_OPTIMIZERS,
                      PackedOptimizer, build_packed, train_packed)
 from .runner import _summary, pick_device, summary_of_stored
+
+if TYPE_CHECKING:  # a type only: the workflows validate configs, training takes them
+    from ..config import Variant
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +40,14 @@ MAX_PACKED_WIDTH = 256   # wider MLPs train unpacked: 1.5x at 256 measured, memo
 
 def why_unpacked(v: Variant) -> str | None:
     """Why ``v`` cannot be packed (None when it can)."""
-    for opt in ("stop", "on_bad_init", "prune", "accelerate", "freeze"):
-        if getattr(v, opt, None) is not None:
-            return f"{opt} changes one member's control flow"
+    for opt in v.unpacked_options():   # the packed trainer runs no training option yet
+        return f"{opt} changes one member's control flow"
     if v.family not in PACKABLE_FAMILIES:
         return f"family {v.family} is not packed"
     if not isinstance(v.loss, str) or v.loss not in PACKABLE_LOSSES:
         return "the loss is not one of " + ", ".join(PACKABLE_LOSSES)
     if v.width > MAX_PACKED_WIDTH:
-        return (f"width {v.width} > {MAX_PACKED_WIDTH}: packing gains little there (README: Packed "
+        return (f"width {v.width} > {MAX_PACKED_WIDTH}: packing gains little there (docs: Packed "
                 "variants) and a pack holds every member's weights and optimizer state")
     if v.activation not in PACKABLE_ACTIVATIONS:
         return f"activation {v.activation} is not packed"
@@ -114,17 +116,6 @@ def spread(tasks: list[list], slots: int, min_members: int = MIN_MEMBERS) -> lis
             break
         tasks[big:big + 1] = _split(tasks[big], 2)
     return tasks
-
-
-def run_pack_task(variants: list, store_url: str) -> dict:
-    """The body of one sweep task: one variant unpacked, several packed (summaries of
-    every member under ``"attempts"``, which the driver records one by one)."""
-    from .runner import run_variant
-
-    variants = [Variant.model_validate(v) if isinstance(v, dict) else v for v in variants]
-    if len(variants) == 1:
-        return run_variant(variants[0], store_url)
-    return run_pack(variants, store_url)
 
 
 def run_pack(variants: list[Variant], store_url: str) -> dict:

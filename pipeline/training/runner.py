@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Variant
 from ..errors import KMAError
 from .inits import apply_init
 from ..storage.layout import Layout
@@ -26,10 +26,17 @@ from .optim import build_optimizer
 from ..storage.store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .loop import train
-from .restart import init_seed
+from .restart import BAD_INIT, BadInitMonitor, attempt_id, attempt_variant, init_seed
 from ..apps.hooks import hook_records, training_hooks
 
+if TYPE_CHECKING:  # a type only: the workflows validate configs, training takes them
+    from ..config import Variant
+
 log = logging.getLogger(__name__)
+
+# The training options the runner wires itself (the others are training callbacks:
+# pipeline.apps.hooks.HOOKS): ``stop`` (stop_monitor), ``on_bad_init`` (run_with_policy).
+RUNNER_OPTIONS = ("stop", "on_bad_init")
 
 
 def pick_device(num_gpus: float) -> str:
@@ -50,6 +57,17 @@ def build_parts(variant: Variant, device: str = "cpu"):
     if variant.snapshot.layers != "all":
         layout = layout.select(variant.snapshot.layers)
     return task, model, layout
+
+
+def variant_layout(variant: Variant):
+    """The variant's snapshot :class:`~pipeline.storage.layout.Layout`, from its model built
+    on the ``meta`` device (no memory, no compute)."""
+    task = build_task(variant.task.name, seed=0, **variant.task.model_dump(exclude={"name"}))
+    with torch.device("meta"):
+        model = build_model(variant.family, task.in_dim, task.out_dim, variant.depth, variant.width,
+                            variant.activation)
+    layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+    return layout if variant.snapshot.layers == "all" else layout.select(variant.snapshot.layers)
 
 
 def preflight(variants: list[Variant]) -> dict[str, tuple[int, int]]:
@@ -79,15 +97,12 @@ def preflight(variants: list[Variant]) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def run_variant(variant: Variant | dict, store_url: str, callbacks=()) -> dict:
+def run_variant(variant: Variant, store_url: str, callbacks=()) -> dict:
     """Train ``variant`` and stream its trajectory into ``store_url``.
 
     Returns ``{"run_id", "status", "metrics", "n_snapshots", "seconds", "error"}``.
     """
-    variant = Variant.model_validate(variant) if isinstance(variant, dict) else variant
     if variant.on_bad_init is not None:  # the detector watches; a restart trains linked attempts
-        from .restart import run_with_policy
-
         return run_with_policy(variant, store_url, callbacks)
     return train_attempt(variant, variant.run_id, store_url, callbacks)
 
@@ -200,3 +215,39 @@ def _summary(run_id, status, metrics, n_snapshots, seconds, error=None) -> dict:
         "seconds": float(seconds),
         "error": error,
     }
+
+
+def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
+    """Train ``variant`` and, as its ``on_bad_init`` policy says, its restart attempts.
+
+    Returns attempt 0's summary (as :func:`run_variant`) with
+    ``"attempts"``: the summaries of every attempt of the chain, in order (attempts
+    already finished in the store are read back, not retrained).
+    """
+    policy = variant.on_bad_init
+    root = variant.run_id
+    last = policy.max_restarts if policy.action == "restart" else 0
+    store = TrajectoryStore(store_url)
+    groups = variant_layout(variant).layer_ranges()
+    summaries: list[dict] = []
+    for k in range(last + 1):
+        rid = attempt_id(root, k)
+        if store.status(rid) in FINISHED:          # a re-run: this attempt is done
+            run = store.open_run(rid)
+            summaries.append(summary_of_stored(run))
+            if run.status == BAD_INIT and run.attrs.get("restarted_as"):
+                continue
+            break
+        v = attempt_variant(variant, k)
+        monitor = BadInitMonitor(policy.after, groups, policy.action)
+        next_id = attempt_id(root, k + 1) if k < last else None
+        links = {"variant_run_id": root, "attempt": k}
+        if k:
+            links["restart_of"] = attempt_id(root, k - 1)
+        summary = train_attempt(v, rid, store_url, [*callbacks, monitor], attrs=links,
+                                judge=lambda result, m=monitor, n=next_id: m.judge(result, n))
+        summaries.append(summary)
+        if summary["status"] != BAD_INIT or next_id is None:
+            break
+        log.info("run %s: bad initialization; restarting as %s", rid, next_id)
+    return {**summaries[0], "attempts": summaries}

@@ -17,7 +17,8 @@ import pytest
 
 from pipeline import config
 from pipeline.storage.store import TrajectoryStore
-from pipeline.training.packing import plan_packs, run_pack, run_pack_task, why_unpacked
+from pipeline.ray_cluster import run_pack_task
+from pipeline.training.packing import plan_packs, run_pack, why_unpacked
 from pipeline.training.runner import run_variant
 
 ATOL = 1e-5
