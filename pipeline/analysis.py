@@ -204,7 +204,7 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
 
 def result_records(run_id: str, aid: str, results: list[WindowResult], residual_tol: float,
                    finite_prefix: int | None = None) -> list[dict]:
-    """The ``--json`` rows (contract in the README). ``reliable``: see
+    """The ``--json`` rows (contract in docs/pages/commands.md). ``reliable``: see
     :data:`RELIABLE_RESIDUAL`; ``finite_prefix``: a diverged run's snapshots analysed."""
     rows = []
     for r in results:

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=_window_arg, default="auto", metavar="W|auto|all",
                    help="window width W in snapshots; 'auto' (default): W = max(6, ceil(T/8)), "
                         "stride ceil(W/2); 'all': the whole run as one window. A window ending at "
-                        "the last snapshot is always added (README 'Windows')")
+                        "the last snapshot is always added (docs: Commands, Windows)")
     p.add_argument("--stride", type=int, default=None, metavar="S",
                    help="window stride S (default: W; needs an explicit --window)")
     p.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
     parser.subcommands["sync"] = p
 
-    # -- kma depth (issue 12): a-priori depth from the target's spectrum
+    # -- kma depth: a-priori depth from the target's spectrum
     p = sub.add_parser("depth", help="scales of a target signal and the depth they call for (before training)")
     p.add_argument("config", nargs="?", default=None,
                    help="sweep YAML whose task lives on a grid (multiscale): its training samples are analysed")
@@ -376,7 +376,7 @@ def _analyses_json(store, run_id) -> dict:
         out = {"analyses": list_analyses(run), "outdated_analyses": outdated_analyses(run)}
     except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
         return {}
-    try:  # the verdict stored with the most recent current analysis (issue 11)
+    try:  # the verdict stored with the most recent current analysis
         from .apps import verdicts
 
         aid, v = verdicts.latest(run)

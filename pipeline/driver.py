@@ -76,7 +76,7 @@ def _train_remote():
 
 
 def _train_pack_remote():
-    """A packed task (issue 14): several variants of one architecture in one process."""
+    """A packed task: several variants of one architecture in one process."""
     import ray
 
     from .ray_cluster import run_pack_task
@@ -228,7 +228,7 @@ def _skip_short_diverged(store, run_ids, params, console) -> list[str]:
 
 def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases=None, check=None,
                packs=None):
-    """``packs``: the tasks, lists of variants (issue 14); default one task per variant.
+    """``packs``: the tasks, lists of variants; default one task per variant.
     ``max_parallel`` counts tasks."""
     ray = init_ray(ray_address, console)
     from ray.exceptions import RayError

@@ -18,7 +18,7 @@ import numpy as np
 def reliable_mask(result, residual_tol: float) -> np.ndarray:
     """Boolean (r,): which Ritz pairs of one window are certified — the engine's own
     rule, :meth:`pipeline.koopman.WindowResult.reliable` (κ · residual ≤ ``residual_tol``
-    in a window whose residuals are informative; see the README's "Certified spectra")."""
+    in a window whose residuals are informative; see docs/pages/numerics.md#certified-spectra)."""
     return np.asarray(result.reliable(residual_tol), dtype=bool)
 
 

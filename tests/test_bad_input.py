@@ -1,6 +1,6 @@
 """Bad input and faults: one line ``kma: error: ...``, the right exit code, nothing lost.
 
-Each test here backs a row of the README's "Bad input and faults" table. Refusals are
+Each test here backs a row of the "Bad input and faults" table (docs/pages/faults.md). Refusals are
 checked by calling the command line's ``main()`` in this process: they happen before
 Ray starts, and the tests assert that nothing (store, MLflow database) was created.
 Faults during analysis use a real Zarr store on disk; a write error is made by putting

@@ -1,7 +1,7 @@
-"""Run ids survive new config keys (issue 9): the rule is pinned on the demo sweep.
+"""Run ids survive new config keys: the rule is pinned on the demo sweep.
 
 A key at its default is left out of a variant's identity (so each key the next issues
-add keeps every existing run id), execution-only keys never enter it, and the keys
+adds keeps every existing run id), execution-only keys never enter it, and the keys
 hashed before the rule keep entering as they did.
 """
 
@@ -14,7 +14,7 @@ from pipeline.config import EXECUTION_ONLY, Resources, SnapshotPolicy, Variant, 
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Computed with the code of main before issue 9's identity rule (commit 0e54e5c):
+# Computed with the code before the identity rule (commit 0e54e5c):
 # a change here would make every re-run retrain the demo.
 DEMO_IDS = [
     "mlp-d2-w32-tanh-kaiming-adam-s0-7e7b2ef2c7",

@@ -1,4 +1,4 @@
-"""Certified spectra (issue 8): accuracy against a dense float64 reference, not speed.
+"""Certified spectra: accuracy against a dense float64 reference, not speed.
 
 Command::
 

@@ -8,7 +8,7 @@ them to float16 and bfloat16 as ``snapshot.dtype`` would, and compresses every c
 with zstd (level 3) and Blosc (zstd + byte shuffle, lz4 + bit shuffle), one thread. The
 store itself writes chunks uncompressed (``compressors=None``); this says what a codec
 would save. Prints one row per dtype × codec: raw MB, ratio (raw / compressed), and MB/s
-of compression per core. The "README: Scale on paper" numbers come from this script.
+of compression per core. The numbers of docs/pages/cluster.md#scale-on-paper come from this script.
 """
 
 from __future__ import annotations

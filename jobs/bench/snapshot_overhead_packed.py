@@ -1,4 +1,4 @@
-"""Snapshot overhead of a PACKED task (issue 14), as a fraction of its training time.
+"""Snapshot overhead of a PACKED task, as a fraction of its training time.
 
 Command::
 

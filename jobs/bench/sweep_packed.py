@@ -1,4 +1,4 @@
-"""Whole-sweep wall time, packed variants against one Ray task per variant (issue 14).
+"""Whole-sweep wall time, packed variants against one Ray task per variant.
 
 Command::
 

@@ -27,7 +27,7 @@ false alarm), and a run is flagged when any feature of the rule passes its thres
 
     python jobs/experiments/badinit_study.py --store /tmp/kma-badinit [--train-seeds 0,1] [--ks 4,6,8]
 
-Prints markdown tables (README "Bad initializations") and writes the per-run evidence to
+Prints markdown tables (docs/pages/badinit.md) and writes the per-run evidence to
 ``bench-out/badinit_study.json``.
 """
 

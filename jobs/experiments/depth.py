@@ -1,4 +1,4 @@
-"""The depth experiment (issue 12): does training error fall at the depth `kma depth`
+"""The depth experiment: does training error fall at the depth `kma depth`
 recommends?
 
     nice -n 10 python jobs/experiments/depth.py [--store DIR] [--tracking-uri URI]

@@ -1,4 +1,4 @@
-"""Pruning and acceleration experiments (issue 13): the README's tables.
+"""Pruning and acceleration experiments : the tables of docs/pages/pruning.md.
 
 Command (about 10-15 minutes on 2 busy cores)::
 

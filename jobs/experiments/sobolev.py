@@ -1,4 +1,4 @@
-"""The Sobolev experiment (issue 12): H^-s losses against MSE on a multi-scale signal
+"""The Sobolev experiment: H^-s losses against MSE on a multi-scale signal
 buried in noise 3x its standard deviation, and on the same signal without noise.
 
 Command (about 8-10 minutes of CPU on 2 cores; the sweeps run through ``kma sweep``: real

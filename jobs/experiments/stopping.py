@@ -6,7 +6,7 @@ budget). Patience-based early stopping is computed from the full-budget run's
 ``val_loss`` history (stop after ``--patience`` epochs without a new best; its loss is
 the full run's at that epoch, its wall time the full run's pro rata), not trained
 separately: same trajectory, so the comparison isolates the stopping rule. Prints the
-README table.
+table of docs/pages/convergence.md#spectral-stopping.
 
     nice -n 10 python jobs/experiments/stopping.py configs/stopping.yaml [KEY=VALUE ...]
         [--patience 10] [--store DIR]

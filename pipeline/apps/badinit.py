@@ -1,6 +1,6 @@
 """Bad initializations, recognised from the first few snapshots of a training run.
 
-The spectral signature (README "Bad initializations"): the Koopman/DMD spectrum of the
+The spectral signature (docs/pages/badinit.md): the Koopman/DMD spectrum of the
 first ``K`` snapshots ``Y[:K]`` (``K × P``, one window, the whole network and every
 layer; the same small-matrix core as every analysis, :class:`pipeline.koopman.KoopmanDMD`
 on an in-memory array). A good initialization starts far from the origin, in a generic
@@ -25,7 +25,7 @@ bad one shows one of three marks:
 
 What it does not see: a saturating initialization (``large_variance`` on ``tanh``)
 whose weights are large and move little, like a good initialization trained with a
-small learning rate (README: the spectrum loses to activation statistics there).
+small learning rate (docs/pages/badinit.md: the spectrum loses to activation statistics there).
 
 :func:`detect` works on any ``(K, P)`` array; :func:`first_snapshots` reads the first
 ``K`` snapshots of a stored (trained or ingested) run; :func:`detect_run` does both.
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["detect", "detect_run", "first_snapshots", "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
            "COLLAPSED_RANK", "MIN_SNAPSHOTS"]
 
-DEFAULT_SNAPSHOTS = 6     # K: the initial weights and five epochs (README "Bad initializations")
+DEFAULT_SNAPSHOTS = 6     # K: the initial weights and five epochs (docs/pages/badinit.md)
 MIN_SNAPSHOTS = 4         # fewer leave no room to tell a collapsed layer (rank <= 2) from K - 1
 GROWTH_TOL = 0.05         # max |λ| − 1 of the whole network (chosen on the study's training seeds)
 COLLAPSED_RANK = 2        # a layer confined to at most this many directions is collapsed

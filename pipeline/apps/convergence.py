@@ -2,7 +2,7 @@
 
 "The existence of eigenvalues clustering around 1 determines when to terminate the
 learning process" (Manojlović et al. 2020, arXiv 2006.11765). This module makes that
-rule precise (README, "Convergence verdicts"); the numbers were chosen by measurement
+rule precise (docs/pages/convergence.md#convergence-verdicts); the numbers were chosen by measurement
 (``jobs/experiments/convergence_study.py``).
 
 A **window holds** when, in the whole network's spectrum of that window (layer ``"all"``):
@@ -48,7 +48,7 @@ VERDICT_CUT = "gavish-donoho"   # the truncation every verdict's spectra use
 
 @dataclass(frozen=True)
 class Criterion:
-    """The convergence rule's numbers (defaults measured, README "Convergence verdicts").
+    """The convergence rule's numbers (defaults measured, docs/pages/convergence.md#convergence-verdicts).
 
     delta : |λ − 1| ≤ delta is "at 1"; |λ| > 1 + delta is "growing".
     share : amplitude share the certified pairs at 1 must carry.

@@ -30,7 +30,7 @@ class AnalysisParams(_Strict):
     rank: int | None = None
     tol: float | None = None
     threshold: Literal["gavish-donoho"] | None = None
-    window: int | Literal["auto", "all"] = "auto"   # README "Windows"
+    window: int | Literal["auto", "all"] = "auto"   # docs/pages/commands.md#windows
     stride: int | None = None
     per_layer: bool = True
     modes: bool = False

@@ -16,7 +16,7 @@ class _Strict(BaseModel):
     # strict: "32" is not an integer, 1 is not True; a non-finite float is refused
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    # The fields a run id hashed when the identity rule was set (issue 9): they always
+    # The fields a run id hashed when the identity rule was set: they always
     # enter the identity, at their defaults too, so that the ids of existing runs stay.
     # A field added later enters only when it differs from its default (see identity()).
     ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset()

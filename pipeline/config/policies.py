@@ -31,7 +31,7 @@ class SnapshotPolicy(_Strict):
 
 
 class StopPolicy(_Strict):
-    """Spectral stopping (issue 11): every ``every`` snapshots, once ``window`` are held,
+    """Spectral stopping: every ``every`` snapshots, once ``window`` are held,
     the whole network's spectrum of the last ``window`` snapshots is computed in the
     training task and the convergence criterion of :mod:`pipeline.apps.convergence`
     applied; the variant stops when it holds. Absent (None) = off."""
@@ -44,7 +44,7 @@ class StopPolicy(_Strict):
 class OnBadInit(_Strict):
     """``on_bad_init:``: what a variant does when the detector of
     :mod:`pipeline.apps.badinit` finds its initialization bad after ``after`` snapshots
-    (README "Bad initializations"). ``restart``: end the attempt (status ``bad_init``) and
+    (docs/pages/badinit.md). ``restart``: end the attempt (status ``bad_init``) and
     train attempt ``<run id>-r1``, ``-r2``, ... (at most ``max_restarts``) with a new
     initialization seed and, when given, the ``fallback_init`` scheme; ``stop``: end the
     variant with status ``bad_init``; ``continue``: only record the verdict."""

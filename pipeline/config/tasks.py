@@ -23,7 +23,7 @@ class MultiscaleTask(_Strict):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     # "split": a random val_fraction of the grid's points is held out (noise-free);
     # "fresh_noise": train on the whole grid, validate on the same grid with a fresh draw
-    # of the noise (keeps the uniform grid an H^-s loss needs; README "Negative Sobolev losses")
+    # of the noise (keeps the uniform grid an H^-s loss needs; docs/pages/sobolev.md)
     val: Literal["split", "fresh_noise"] = "split"
 
     @model_validator(mode="after")

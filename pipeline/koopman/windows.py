@@ -48,7 +48,7 @@ __all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resoluti
 
 _U64 = np.finfo(np.float64).eps / 2
 
-# The automatic window rule (README "Windows"): W = max(6, ceil(T/8)) snapshots, stride
+# The automatic window rule (docs/pages/commands.md#windows): W = max(6, ceil(T/8)) snapshots, stride
 # ceil(W/2), the trajectory's end always covered: at most ~16 windows, whatever T.
 AUTO_WINDOWS_PER_RUN = 8
 AUTO_MIN_WINDOW = 6
@@ -287,7 +287,7 @@ def gram_resolution(Gw, a: int, n: int) -> float:
     ``ε² = 4 u64 (√n + W) √W D²``. Singular values and column components of the factor
     below ``ε`` are not resolved. Measured against a dense float64 SVD of the same
     float32 windows, ``ε`` was 3–20× the actual error of the singular values
-    (README, "Certified spectra").
+    (docs/pages/numerics.md#certified-spectra).
     """
     W = Gw.shape[0] - (0 if a == 0 else 1)
     diag = np.maximum(np.diagonal(Gw), 0.0)

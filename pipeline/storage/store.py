@@ -90,7 +90,7 @@ def _probe(store, url: str) -> None:
         hint = ""
         if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
             hint = ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the "
-                    "node an instance role (README: Credentials on a cluster)")
+                    "node an instance role (docs: Running on a cluster, Credentials on a cluster)")
         raise StoreError(f"store {url}: cannot reach it ({type(e).__name__}: {first}){hint}") from None
 
 

@@ -1,4 +1,4 @@
-"""Packed variants: train M variants of one architecture as one batched model (issue 14).
+"""Packed variants: train M variants of one architecture as one batched model.
 
 Members share the architecture and the schedule (family ``mlp``, depth, width,
 activation, task parameters, batch size, epochs, snapshot policy, optimizer type,

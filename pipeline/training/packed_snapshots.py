@@ -1,4 +1,4 @@
-"""Snapshots of a packed task (issue 14): one copy of the packed parameters per snapshot,
+"""Snapshots of a packed task: one copy of the packed parameters per snapshot,
 split into the members' store writers in blocks.
 
 Each snapshot copies the packed parameters ``flat`` ``(M, P)`` (or the snapshot's

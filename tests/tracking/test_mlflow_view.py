@@ -2,7 +2,7 @@
 SQLite MLflow: a tiny real sweep (4 variants: depth 1/2 × init kaiming/small_variance,
 trained into a real Zarr store, registered and analysed as the sweep driver does).
 The searches are the ones docs/pages/mlflow.md tells people
-to type; the test fails if the README stops quoting them."""
+to type; the test fails if that page stops quoting them."""
 
 from __future__ import annotations
 
