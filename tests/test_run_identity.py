@@ -1,7 +1,7 @@
 """Run ids survive new config keys: the rule is pinned on the demo sweep.
 
-A key at its default is left out of a variant's identity (so each key the next issues
-adds keeps every existing run id), execution-only keys never enter it, and the keys
+A key at its default is left out of a variant's identity (so each key added later
+keeps every existing run id), execution-only keys never enter it, and the keys
 hashed before the rule keep entering as they did.
 """
 
