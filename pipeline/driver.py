@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from .config import SweepConfig, expand
 from .console import Console
 from .errors import KMAError, plural
-from .ray_cluster import (absolute_store, absolute_tracking_uri, check_custom_resources, check_not_job_scratch,
+from .ray_cluster import (check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, ray_failure, record_failure)
 from .runtime.ray_connect import init_ray
 from .storage.lease import LeaseKeeper
+from .storage.location import StoreLocation
 from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
 from .training.restart import attempt_ids, variant_done
 from .tracking.tracker import Tracker, TrackingUnavailable, tracking_uri_for
+from .tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def run_sweep(
     cluster of several nodes unless ``shared_store`` (:mod:`pipeline.ray_cluster`).
     """
     console = console or Console()
-    store_url = absolute_store(store_url or cfg.store or DEFAULT_STORE)
+    store_url = StoreLocation(store_url or cfg.store or DEFAULT_STORE).absolute()
     if max_parallel is not None and max_parallel < 1:
         raise KMAError("--max-parallel must be >= 1")
     check_shareable(store_url)
@@ -121,7 +123,7 @@ def run_sweep(
     if not address:  # a local Ray gets this machine's cores: check before starting it
         capacity.check_fits(variants, sizes, [capacity.local_machine()], "this machine", source)
         check_custom_resources(None, variants, source, "a local Ray (custom resources need a cluster: --ray-address)")
-    uri = absolute_tracking_uri(tracking_uri_for(tracking_uri, _existing_store(store_url)))
+    uri = TrackingURI(tracking_uri_for(tracking_uri, _existing_store(store_url))).absolute()
     check_not_job_scratch(store_url, uri)
     tracker = Tracker(uri)
     store = TrajectoryStore(store_url)

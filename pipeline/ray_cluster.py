@@ -2,7 +2,8 @@
 their cause and node, custom resources that exist.
 
 - **Paths.** A local store path or SQLite tracking path is made absolute on the driver
-  (:func:`absolute_store`, :func:`absolute_tracking_uri`) before any task is shipped: a
+  (:class:`~pipeline.storage.location.StoreLocation`,
+  :class:`~pipeline.tracking.uri.TrackingURI`) before any task is shipped: a
   Ray task runs in its node's own working directory, so a relative path would mean a
   different folder on every node (``ray job submit`` even runs the driver inside the
   head's working directory). On a cluster of more than one live node a local store path
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 
 from .errors import KMAError
+from .storage.location import StoreLocation
+from .tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +44,6 @@ HOOK_AFTER = 3  # snapshots before the hook reports and holds
 
 
 # --------------------------------------------------------------------------- paths
-def is_local(url: str) -> bool:
-    """A path on this machine's filesystem (no scheme, or ``file://``)."""
-    return "://" not in str(url) or str(url).startswith("file://")
-
-
-def absolute_store(url: str) -> str:
-    """``url`` with a local path made absolute against the driver's working directory
-    (``~`` expanded); URLs unchanged."""
-    if not is_local(url):
-        return str(url)
-    return str(Path(str(url).removeprefix("file://")).expanduser().absolute())
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A relative SQLite tracking URI (``sqlite:///mlflow.db``) made absolute; others unchanged."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or ":memory:" in uri:
-        return uri
-    path = uri.removeprefix(prefix)
-    if path.startswith("/"):
-        return uri
-    return prefix + str(Path(path).expanduser().absolute())
-
-
 RAY_SCRATCH = "runtime_resources"  # Ray unpacks a job's --working-dir under <session>/runtime_resources/
 
 
@@ -73,8 +52,9 @@ def check_not_job_scratch(store_url: str, tracking_uri: str) -> None:
     directory (``ray job submit --working-dir .`` runs the driver there, so a relative
     ``--store``, the default ``kma-store`` and ``./mlflow.db`` would land in it): Ray
     deletes it with the session, and no other node has it."""
-    sqlite = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
-    for what, path in (("store", store_url if is_local(store_url) else None), ("MLflow database", sqlite)):
+    store = StoreLocation(store_url)
+    for what, path in (("store", store.path if store.is_local else None),
+                       ("MLflow database", TrackingURI(tracking_uri).sqlite_path)):
         if path and RAY_SCRATCH in Path(path).parts:
             flag = "--store" if what == "store" else "--tracking-uri"
             raise KMAError(
@@ -92,7 +72,7 @@ def check_store_shared(ray, store_url: str, shared: bool, address: str) -> None:
     """Refuse a local store path on a cluster of more than one live node (each node
     would write its runs to its own disk), unless ``shared`` (``--shared-store``: every
     node mounts that path, e.g. NFS)."""
-    if shared or not is_local(store_url):
+    if shared or not StoreLocation(store_url).is_local:
         return
     n = len(alive_nodes(ray))
     if n > 1:

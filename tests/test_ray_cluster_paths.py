@@ -12,16 +12,18 @@ import pytest
 from conftest import kma_cmd
 from pipeline import config
 from pipeline.errors import KMAError
-from pipeline.ray_cluster import absolute_store, absolute_tracking_uri, failure_line, ray_failure
+from pipeline.ray_cluster import failure_line, ray_failure
+from pipeline.storage.location import StoreLocation
+from pipeline.tracking.uri import absolute_tracking_uri
 from services import s3_server  # noqa: F401
 
 
 def test_local_paths_made_absolute_urls_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert absolute_store("kma-store") == str(tmp_path / "kma-store")
-    assert absolute_store("file://rel/s") == str(tmp_path / "rel" / "s")
-    assert absolute_store("/abs/s") == "/abs/s"
-    assert absolute_store("s3://bucket/p") == "s3://bucket/p"
+    assert StoreLocation("kma-store").absolute() == str(tmp_path / "kma-store")
+    assert StoreLocation("file://rel/s").absolute() == str(tmp_path / "rel" / "s")
+    assert StoreLocation("/abs/s").absolute() == "/abs/s"
+    assert StoreLocation("s3://bucket/p").absolute() == "s3://bucket/p"
     assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert absolute_tracking_uri(f"sqlite:///{tmp_path}/x.db") == f"sqlite:///{tmp_path}/x.db"
     for uri in ("sqlite:///:memory:", "http://mlflow:5000", "postgresql://u@h/db"):

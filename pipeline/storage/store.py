@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ import numpy as np
 from ..errors import KMAError, RunNotFound, StoreError
 from .analyses import RunAnalyses
 from .layout import Layout
+from .location import StoreLocation, has_password
 from .runids import check_run_id, is_valid
 # the writer's names, re-exported: `from pipeline.storage.store import FINISHED` etc. keep working
 from .writer import (BUFFER_BYTES, FINISHED, INTERRUPTED, STATUSES, _P_CHUNK, RunWriter,  # noqa: F401
@@ -55,10 +55,11 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
     import zarr.storage
 
     url = str(url)
-    if "://" not in url or url.startswith("file://"):
+    location = StoreLocation(url)
+    if location.is_local:
         # absolute: zarr's LocalStore.list_prefix strips its root with str.replace, which
         # mangles keys under a relative root ("s/runs/a" -> "runa"): chunks look missing
-        path = Path(url.removeprefix("file://")).expanduser().absolute()
+        path = location.path
         if not read_only and create:
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -99,15 +100,6 @@ def check_shareable(url: str) -> None:
     if str(url).startswith("memory://"):
         raise StoreError(f"store {url}: a memory:// store lives in one process; "
                          "Ray tasks need a path or object store")
-
-
-def canonical_url(url: str) -> str:
-    """The store's location as recorded elsewhere (MLflow tags): local paths absolute,
-    URLs without a trailing slash."""
-    url = str(url)
-    if "://" not in url or url.startswith("file://"):
-        return str(Path(url.removeprefix("file://")).expanduser().resolve())
-    return url.rstrip("/")
 
 
 @dataclass
@@ -240,7 +232,7 @@ class TrajectoryStore:
         import zarr
 
         self.url = str(url)
-        self.location = canonical_url(self.url)
+        self.location = StoreLocation(self.url).canonical()
         self.read_only = read_only
         self._zstore = make_store(self.url, read_only=read_only, create=create)
         try:
@@ -447,14 +439,7 @@ class TrajectoryStore:
 
     def remember_tracking_uri(self, uri: str) -> None:
         """Record ``uri`` for later commands (never one that carries a password)."""
-        from urllib.parse import urlsplit
-
-        if self.read_only or not uri or self.tracking_uri == uri:
-            return
-        try:
-            if urlsplit(uri).password:
-                return
-        except ValueError:
+        if self.read_only or not uri or self.tracking_uri == uri or has_password(uri):
             return
         self.root.attrs["tracking_uri"] = uri
 

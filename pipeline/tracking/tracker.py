@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KMAError
+from ..storage.location import StoreLocation
+from .uri import TrackingURI, absolute_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +77,6 @@ def tracking_uri_for(explicit: str | None, store=None) -> str:
     return recorded or default_tracking_uri()
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """``uri`` with a relative SQLite path made absolute against this process's working
-    directory (``sqlite:///mlflow.db`` → ``sqlite:////cwd/mlflow.db``): the URI a sweep
-    records in its store and the folder its artifacts go to then name the same file from
-    any directory, and a job's scratch working directory (``ray job submit``'s) is never
-    where a later command looks. Other URIs are returned unchanged."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////") or ":memory:" in uri:
-        return uri
-    path, sep, query = uri.removeprefix("sqlite:///").partition("?")
-    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
-
-
 def artifact_root(tracking_uri: str) -> str | None:
     """Where new experiments keep their artifacts: ``$KMA_ARTIFACT_ROOT`` if set, else the
     folder ``mlartifacts`` beside a SQLite database file, else None (a tracking server's
@@ -94,8 +84,8 @@ def artifact_root(tracking_uri: str) -> str | None:
     if os.environ.get("KMA_ARTIFACT_ROOT"):
         root = os.environ["KMA_ARTIFACT_ROOT"]
         return str(Path(root).resolve()) if "://" not in root else root.rstrip("/")
-    if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
-        db = Path(absolute_tracking_uri(tracking_uri).removeprefix("sqlite:///").partition("?")[0])
+    db = TrackingURI(tracking_uri).sqlite_path
+    if db is not None:
         return str(db.resolve().parent / "mlartifacts")
     return None
 
@@ -346,11 +336,9 @@ def quote_filter_value(value: str) -> str:
 
 def _store_of(trajectory_uri: str, run_id: str) -> str:
     """The store location a run's trajectory URI lies in (absolute for local paths)."""
-    from ..storage.store import canonical_url
-
     tail = f"/runs/{run_id}"
     base = trajectory_uri[: -len(tail)] if trajectory_uri.endswith(tail) else trajectory_uri
-    return canonical_url(base) if base else ""
+    return StoreLocation(base).canonical() if base else ""
 
 
 def _same_store(tags: dict, store: str, run_id: str) -> bool:

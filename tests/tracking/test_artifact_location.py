@@ -11,7 +11,8 @@ from pathlib import Path
 from pipeline import config
 from pipeline.storage.store import TrajectoryStore
 from pipeline.sync import register_run
-from pipeline.tracking.tracker import Tracker, absolute_tracking_uri, tracking_uri_for
+from pipeline.tracking.tracker import Tracker, tracking_uri_for
+from pipeline.tracking.uri import absolute_tracking_uri
 from pipeline.training.runner import run_variant
 
 
