@@ -110,26 +110,10 @@ def is_live(store, run_id: str) -> bool:
 
 
 def _create(store, key: str, data: bytes) -> None:
-    """Write ``key`` only if absent. On S3 a conditional PUT (``If-None-Match: *``, AWS S3
-    since 2024, MinIO, moto): atomic, so two drivers on different machines racing for one
-    run cannot both win; elsewhere zarr's create-if-absent (atomic on local disk, a check
-    then a write on other object stores: the read-back in :meth:`LeaseKeeper.claim` then
-    narrows the race to a few milliseconds)."""
-    from zarr.core.sync import sync
-
-    zstore = store._zstore
-    while not hasattr(zstore, "fs") and hasattr(zstore, "_store"):  # RemoteStore wraps FsspecStore
-        zstore = zstore._store
-    fs = getattr(zstore, "fs", None)
-    if fs is not None and "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
-        path = f"{zstore.path.rstrip('/')}/{key}"
-        try:
-            sync(fs._pipe_file(path, data, mode="create"))
-            return
-        except FileExistsError:
-            return  # another holder wrote it first: claim() reads it back
-        except Exception as e:  # noqa: BLE001 - a store without conditional writes: the plain way
-            log.debug("conditional write of %s refused (%s); create-if-absent instead", key, e)
+    """Write ``key`` only if absent: the store's create-if-absent, atomic on local disk and
+    on S3 (a conditional PUT, :meth:`pipeline.storage.remote.RemoteStore.set_if_not_exists`),
+    a check then a write on other object stores (the read-back in
+    :meth:`LeaseKeeper.claim` then narrows the race to a few milliseconds)."""
     store.set_bytes(key, data, exclusive=True)
 
 

@@ -171,7 +171,26 @@ class RemoteStore(WrapperStore):
         await self._retry(f"a write of {key}", lambda: self._store.set(key, value))
 
     async def set_if_not_exists(self, key, value):
-        return await self._retry(f"a write of {key}", lambda: self._store.set_if_not_exists(key, value))
+        return await self._retry(f"a write of {key}", lambda: self._create(key, value))
+
+    async def _create(self, key, value):
+        """Write ``key`` only if absent. On S3 a conditional PUT (``If-None-Match: *``, AWS
+        S3 since 2024, MinIO, moto): atomic, so two writers on different machines cannot
+        both create it; elsewhere (and where the endpoint refuses conditional writes)
+        zarr's create-if-absent, a check then a write on object stores."""
+        fs = getattr(self._store, "fs", None)
+        protocols = getattr(fs, "protocol", ())
+        if "s3" in (protocols if isinstance(protocols, (tuple, list)) else (protocols,)):
+            try:
+                await fs._pipe_file(f"{self._store.path.rstrip('/')}/{key}", value.to_bytes(), mode="create")
+                return
+            except FileExistsError:
+                return  # another writer created it first
+            except Exception as e:  # noqa: BLE001 - transient: retried; refused: the plain way
+                if is_transient(e):
+                    raise
+                log.debug("conditional write of %s refused (%s); create-if-absent instead", key, e)
+        await self._store.set_if_not_exists(key, value)
 
     async def _set_many(self, values):
         for key, value in values:
