@@ -306,9 +306,8 @@ def analysis_params(args):
     """The analysis model from ``kma analyze``'s flags (validated here, once)."""
     from .config import AnalysisParams
 
-    return AnalysisParams.from_flags(method=args.method, rank=args.rank, tol=args.tol, threshold=args.threshold,
-                                     window=args.window, stride=args.stride, per_layer=args.per_layer,
-                                     modes=args.modes, seed=args.seed)
+    return AnalysisParams.from_flags(**{k: getattr(args, k) for k in AnalysisParams.model_fields
+                                        if hasattr(args, k)})
 
 
 def cmd_analyze(args, console) -> int:

@@ -14,6 +14,8 @@ from ..koopman.core import RELIABLE_RESIDUAL  # noqa: F401 - the analysis' defau
 from .base import _Strict
 
 _RANK_ARGS = ("rank", "tol", "threshold")
+# parameters that only one method reads: left out of the other methods' analysis keys
+_METHOD_ONLY = {"randomized": ("seed", "oversample", "n_power_iter")}
 
 
 class AnalysisParams(_Strict):
@@ -114,9 +116,10 @@ class AnalysisParams(_Strict):
 
         d = self.model_dump(exclude={"enabled", "modes"})
         d["engine"] = ENGINE_VERSION
-        if self.method != "randomized":
-            for k in ("seed", "oversample", "n_power_iter"):
-                d.pop(k)
+        for method, names in _METHOD_ONLY.items():
+            if self.method != method:
+                for k in names:
+                    d.pop(k)
         return d
 
     def min_snapshots(self) -> int:
@@ -133,12 +136,12 @@ class AnalysisParams(_Strict):
         return f"{self.method}-{w}{'-layers' if self.per_layer else ''}-e{ENGINE_VERSION}-{digest}"
 
     def estimator(self, scheduler=None, unit_roundoff=None):
-        """A :class:`~pipeline.koopman.KoopmanDMD` with these parameters (unfitted)."""
+        """A :class:`~pipeline.koopman.KoopmanDMD` with these parameters (unfitted): every
+        field the estimator takes is passed by its name, none listed twice."""
+        import inspect
+
         from ..koopman import KoopmanDMD
 
-        return KoopmanDMD(
-            method=self.method, rank=self.rank, tol=self.tol, threshold=self.threshold,
-            window=self.window, stride=self.stride, per_layer=self.per_layer,
-            oversample=self.oversample, n_power_iter=self.n_power_iter, seed=self.seed,
-            scheduler=scheduler, unit_roundoff=unit_roundoff,
-        )
+        takes = inspect.signature(KoopmanDMD).parameters
+        return KoopmanDMD(**{k: v for k, v in self if k in takes},
+                          scheduler=scheduler, unit_roundoff=unit_roundoff)
