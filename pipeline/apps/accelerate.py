@@ -29,7 +29,6 @@ Shapes: snapshots are flat ``(P,)`` float32 vectors of the run's
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 
 from ..koopman.core import RELIABLE_RESIDUAL
 from .prune import window_fit
+from .snapshots import SnapshotWindow
 
 __all__ = ["koopman_jump", "Accelerator"]
 
@@ -114,15 +114,15 @@ class Accelerator:
         self.model, self.optimizer, self.layout = model, optimizer, layout
         self.params = dict(model.named_parameters())
         self.check_loss = check_loss
-        self.buffer: deque = deque(maxlen=cfg.window)
+        self.buffer = SnapshotWindow(cfg.window)
         self.seen = 0
         self.events: list[dict] = []
         self.log: list[dict] = []
 
     def on_snapshot(self, flat, epoch: int, step: int) -> None:
         self.seen += 1
-        self.buffer.append(np.asarray(flat, dtype=np.float32).copy())
-        if len(self.buffer) == self.cfg.window and self.seen % self.cfg.every == 0:
+        self.buffer.append(flat)
+        if self.buffer.full and self.seen % self.cfg.every == 0:
             self.attempt(epoch, step)
 
     def on_epoch_end(self, epoch: int, history) -> None:
@@ -130,8 +130,8 @@ class Accelerator:
 
     def attempt(self, epoch: int, step: int) -> bool:
         """Try one jump from the held window; True if it was kept."""
-        x_last = self.buffer[-1]
-        delta, info = koopman_jump(np.stack(self.buffer), self.cfg.horizon, self.cfg.rank,
+        x_last = self.buffer.last
+        delta, info = koopman_jump(self.buffer.array(), self.cfg.horizon, self.cfg.rank,
                                    getattr(self.cfg, "residual_tol", RELIABLE_RESIDUAL))
         record = {"snapshot": self.seen, "epoch": int(epoch), "step": int(step),
                   "n_certified": info["n_certified"], "rank": info["rank"]}

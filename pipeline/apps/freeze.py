@@ -44,13 +44,13 @@ Shapes: snapshots are flat ``(P,)`` float32 vectors of the run's
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import numpy as np
 import torch
 
 from ..koopman.core import RELIABLE_RESIDUAL
 from .prune import window_fit
+from .snapshots import SnapshotWindow
 
 __all__ = ["remaining_motion", "converged_mask", "Freezer"]
 
@@ -145,7 +145,7 @@ class Freezer:
         self.cfg = cfg
         self.model, self.optimizer, self.layout = model, optimizer, layout
         self.params = dict(model.named_parameters())
-        self.buffer: deque = deque(maxlen=cfg.window)
+        self.buffer = SnapshotWindow(cfg.window)
         self.seen = 0
         self.frozen_ = np.zeros(layout.size, bool)
         self.frozen_at_ = np.full(layout.size, -1, np.int64)
@@ -158,11 +158,11 @@ class Freezer:
 
     def on_snapshot(self, flat, epoch: int, step: int) -> None:
         self.seen += 1
-        self.buffer.append(np.asarray(flat, dtype=np.float32).copy())
+        self.buffer.append(flat)
         every = self.cfg.every
         due = self.seen == self.cfg.after or (
             every is not None and self.seen > self.cfg.after and (self.seen - self.cfg.after) % every == 0)
-        if due and len(self.buffer) == self.cfg.window:
+        if due and self.buffer.full:
             self.decide(epoch, step)
 
     def on_epoch_end(self, epoch: int, history) -> None:
@@ -170,7 +170,7 @@ class Freezer:
 
     def decide(self, epoch: int, step: int) -> int:
         """Freeze the weights the held window says have converged; the number newly frozen."""
-        Y = np.stack(self.buffer)
+        Y = self.buffer.array()
         horizon = self.cfg.horizon or self.cfg.window
         motion, info = remaining_motion(Y, horizon, self.cfg.rank, self.cfg.residual_tol)
         record = {"snapshot": self.seen, "epoch": int(epoch), "step": int(step), **info}

@@ -28,12 +28,12 @@ Shapes: a snapshot is the flat ``(P,)`` float32 vector of the run's
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import numpy as np
 import torch
 
 from ..koopman import KoopmanDMD
+from .snapshots import SnapshotWindow
 
 __all__ = ["koopman_endpoint", "prune_mask", "prunable_ranges", "Pruner"]
 
@@ -157,7 +157,7 @@ class Pruner:
         self.model, self.optimizer, self.layout = model, optimizer, layout
         self.params = dict(model.named_parameters())
         self.ranges = prunable_ranges(layout)
-        self.buffer: deque = deque(maxlen=cfg.window)
+        self.buffer = SnapshotWindow(cfg.window)
         self.seen = 0
         self.keep_ = None
         self.masks: dict[str, torch.Tensor] = {}
@@ -172,7 +172,7 @@ class Pruner:
             return
         x = np.asarray(flat, dtype=np.float32)
         if self.cfg.method == "koopman":
-            self.buffer.append(x.copy())
+            self.buffer.append(x)
         if self.seen == self.cfg.after:
             self.prune(x, epoch, step)
 
@@ -185,7 +185,7 @@ class Pruner:
         if self.cfg.method == "magnitude":
             return np.abs(x.astype(np.float64)), {"method": "magnitude"}
         try:
-            end, info = koopman_endpoint(np.stack(self.buffer), self.cfg.rank)
+            end, info = koopman_endpoint(self.buffer.array(), self.cfg.rank)
             return end, {"method": "koopman", **info}
         except ValueError as e:        # nothing to rank (all-zero window): say so, fall back
             log.warning("koopman pruning: %s; pruning by magnitude", e)

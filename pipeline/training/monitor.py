@@ -20,12 +20,12 @@ handed over (float32, as stored).
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ..apps.snapshots import SnapshotWindow
 from ..koopman import KoopmanDMD
 
 
@@ -72,7 +72,7 @@ class SpectrumMonitor:
         self.threshold = threshold
         self.stop_when = stop_when
         self.criterion = criterion
-        self.buffer: deque = deque(maxlen=window)
+        self.buffer = SnapshotWindow(window)
         self.history: list[SpectrumRecord] = []
         self.epochs: list[int] = []          # epoch of every snapshot seen
         self.stop_point: dict | None = None
@@ -85,11 +85,11 @@ class SpectrumMonitor:
         self._stop = False
 
     def on_snapshot(self, flat, epoch: int, step: int) -> None:
-        self.buffer.append(np.asarray(flat, dtype=np.float32).copy())
+        self.buffer.append(flat)
         self.epochs.append(int(epoch))
         self._seen += 1
-        if len(self.buffer) == self.window and (self._seen - self.window) % self.every == 0:
-            Y = np.stack(self.buffer)  # (W, P) in memory
+        if self.buffer.full and (self._seen - self.window) % self.every == 0:
+            Y = self.buffer.array()  # (W, P) in memory
             est = KoopmanDMD(rank=self.rank, tol=self.tol, threshold=self.threshold).fit(Y)
             a = self._seen - self.window
             r = dataclasses.replace(est.results_[0], window=(a, self._seen))

@@ -27,6 +27,7 @@ import logging
 
 import numpy as np
 
+from ..apps.snapshots import SnapshotWindow
 from ..storage.store import FINISHED
 
 log = logging.getLogger(__name__)
@@ -100,21 +101,20 @@ class BadInitMonitor:
 
     def __init__(self, after: int, groups, action: str):
         self.after, self.groups, self.action = int(after), groups, action
-        self.rows: list[np.ndarray] = []
+        self.rows = SnapshotWindow(after)
         self.verdict: dict | None = None
         self.at: dict | None = None
 
     def on_snapshot(self, flat, epoch: int, step: int) -> None:
         if self.verdict is not None:
             return
-        x = flat.numpy() if hasattr(flat, "numpy") else np.asarray(flat)
-        self.rows.append(np.array(x, dtype=np.float32, copy=True))
-        if len(self.rows) == self.after:
+        self.rows.append(flat)
+        if self.rows.full:
             from ..apps.badinit import detect
 
-            self.verdict = detect(np.stack(self.rows), self.groups, snapshots=self.after)
+            self.verdict = detect(self.rows.array(), self.groups, snapshots=self.after)
             self.at = {"snapshot": self.after - 1, "epoch": int(epoch), "step": int(step)}
-            self.rows = []
+            self.rows.clear()
             log.info("bad-init verdict after %d snapshots: %s", self.after,
                      "bad (" + ", ".join(self.verdict["bad_init_reasons"]) + ")" if self.verdict["bad_init"]
                      else "good")
