@@ -14,6 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# A Ritz pair is reliable when its window's residuals are informative and the first-order
+# bound on its eigenvalue's error, κ · residual (condition number times the certified
+# data residual of the unit Ritz vector), is at most this: an absolute distance in the
+# λ-plane, where the eigenvalues a verdict reads sit near the unit circle
+# (docs/pages/numerics.md#certified-spectra). The default of every ``residual_tol``.
+RELIABLE_RESIDUAL = 1e-2
+
 
 def reliable_mask(result, residual_tol: float) -> np.ndarray:
     """Boolean (r,): which Ritz pairs of one window are certified — the engine's own

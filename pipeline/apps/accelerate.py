@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..koopman.core import RELIABLE_RESIDUAL
+from ..spectra import RELIABLE_RESIDUAL
 from .prune import window_fit
 from .snapshots import SnapshotWindow
 

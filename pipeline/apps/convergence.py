@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..koopman.core import RELIABLE_RESIDUAL
+from ..spectra import RELIABLE_RESIDUAL
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import logging
 import numpy as np
 import torch
 
-from ..koopman.core import RELIABLE_RESIDUAL
+from ..spectra import RELIABLE_RESIDUAL
 from .prune import window_fit
 from .snapshots import SnapshotWindow
 

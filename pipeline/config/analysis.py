@@ -1,5 +1,5 @@
 """What an analysis computes (:class:`AnalysisParams`); its certification threshold is the
-engine's (:data:`pipeline.koopman.core.RELIABLE_RESIDUAL`)."""
+one of :func:`pipeline.spectra.reliable_mask` (:data:`pipeline.spectra.RELIABLE_RESIDUAL`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..koopman.core import RELIABLE_RESIDUAL  # noqa: F401 - the analysis' default, re-exported
+from ..spectra import RELIABLE_RESIDUAL  # noqa: F401 - the analysis' default, re-exported
 from .base import _Strict
 
 _RANK_ARGS = ("rank", "tol", "threshold")

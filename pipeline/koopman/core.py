@@ -64,12 +64,6 @@ log = logging.getLogger(__name__)
 _THRESHOLDS = ("gavish-donoho",)
 _EPS = np.finfo(np.float64).eps
 U64 = _EPS / 2
-
-# A Ritz pair is reliable when its window's residuals are informative and the first-order
-# bound on its eigenvalue's error, κ · residual (condition number times the certified
-# data residual of the unit Ritz vector), is at most this: an absolute distance in the
-# λ-plane, where the eigenvalues a verdict reads sit near the unit circle (docs: numerics).
-RELIABLE_RESIDUAL = 1e-2
 NOISE_SAFETY = 2.0     # the cut sits this far above the estimated noise edge
 
 
