@@ -15,11 +15,18 @@ A fresh SQLite database is created under a file lock, so that two commands start
 once on the same new file do not race through MLflow's schema migration.
 
 Where things go in the UI: each experiment is created with the tag
-``mlflow.experimentKind = custom_model_development`` (MLflow 3 opens it on its runs, not on
-a GenAI traces page) and with its artifact location next to the tracking database
+``mlflow.experimentKind = custom_model_development`` and with its artifact location next to the tracking database
 (``sqlite:////x/mlflow.db`` → ``/x/mlartifacts/<experiment>``), or under
 ``$KMA_ARTIFACT_ROOT``; for a tracking server the server's artifact store decides. Never
 MLflow's default ``./mlruns`` of the current directory.
+
+Which view the UI opens is not the tag's to decide in MLflow 3.17/3.18: the sidebar's
+global "GenAI | Model training" switch is (``WorkflowTypeContext``: the URL's
+``workflowType`` query parameter, else the browser's local storage, else GenAI), and the
+experiment kind is derived from it (``useExperimentKind`` ignores the tag while
+``shouldEnableWorkflowBasedNavigation()`` is on, which it always is). So every link kma
+prints (:func:`experiment_url`) carries ``?workflowType=machine_learning``: it opens on
+the runs table in any browser.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ TAG_STORE = "kma.store"
 TAG_URI = "kma.trajectory_uri"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
+WORKFLOW_QUERY = "workflowType=machine_learning"   # MLflow UI: the model-training view (see above)
+LOCAL_UI = "http://127.0.0.1:5000"   # where `mlflow ui` serves by default
 DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written record
 _MAX_PARAM = 6000
 
@@ -98,6 +107,22 @@ def artifact_root(tracking_uri: str) -> str | None:
         db = Path(absolute_tracking_uri(tracking_uri).removeprefix("sqlite:///").partition("?")[0])
         return str(db.resolve().parent / "mlartifacts")
     return None
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, ui: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs: on the tracking server itself for an
+    HTTP URI, else on ``ui`` (default: ``mlflow ui``'s http://127.0.0.1:5000), in the
+    model-training view (``?workflowType=machine_learning``: MLflow 3.17 would open a
+    GenAI overview otherwise)."""
+    base = ui or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{WORKFLOW_QUERY}"
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves the UI for a database URI (None for a tracking server)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def _slug(name: str) -> str:

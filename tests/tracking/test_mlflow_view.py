@@ -6,6 +6,13 @@ to type; the test fails if the README stops quoting them."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 import yaml
@@ -17,9 +24,11 @@ from pipeline.console import Console
 from pipeline.training.runner import run_variant
 from pipeline.storage.store import TrajectoryStore
 from pipeline.sync import register_run, short_name
-from pipeline.tracking.tracker import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root
+from pipeline.tracking.tracker import (EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root,
+                                       experiment_url)
 
 from conftest import REPO, TINY
+from services import need
 
 EPOCHS = 8
 PARAMS = AnalysisParams(window=4, stride=2)
@@ -161,3 +170,69 @@ def test_artifact_root(tmp_path, monkeypatch):
     assert artifact_root(f"sqlite:///{tmp_path}/mlflow.db") == "s3://bucket/artifacts"
     monkeypatch.setenv("KMA_ARTIFACT_ROOT", "arts")
     assert artifact_root("http://mlflow:5000") == f"{tmp_path}/arts"
+
+
+# ------------------------------------------------------------------ the UI in a real browser
+GENAI_MARKS = ("Detect Issues", "Token Usage", "Tokens per Trace", "Latency")   # the GenAI overview's panels
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(sweep):
+    """``mlflow ui`` on the sweep's SQLite database, on a port the OS picks (``--port 0``
+    with one worker: uvicorn binds it and logs the real port)."""
+    log = sweep["tmp"] / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([f"{sys.prefix}/bin/mlflow", "ui", "--backend-store-uri", sweep["uri"],
+                                 "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=sweep["cwd"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240   # a start-up wait: ~10 s idle, ~50 s on a loaded 2-core box
+        while not (m := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())):
+            assert proc.poll() is None, f"mlflow ui exited: {log.read_text()[-800:]}"
+            assert time.monotonic() < deadline, f"mlflow ui did not start: {log.read_text()[-800:]}"
+            time.sleep(0.2)
+        yield m.group(1)
+    finally:
+        os.killpg(proc.pid, 15)   # its own session: uvicorn and MLflow's job runner with it
+        proc.wait(timeout=30)
+
+
+def _chromium(url: str, tmp, *extra: str) -> str:
+    """The DOM headless Chromium renders for ``url`` (a fresh profile: what a newcomer sees)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        need("Debian's chromium is not installed (apt-get install chromium)")
+    profile = tmp / f"profile-{time.monotonic_ns()}"
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--window-size=1600,1000",
+                          *extra, url], capture_output=True, text=True, timeout=240)
+    shutil.rmtree(profile, ignore_errors=True)
+    return out.stdout
+
+
+def test_the_printed_url_opens_the_runs_table_in_a_browser(sweep, mlflow_ui):
+    """The link kma prints, loaded in a fresh headless Chromium against a real ``mlflow ui``:
+    the rendered page lists the four training runs by name (analyses folded under them)
+    and none of the GenAI overview's panels. Without ``?workflowType=machine_learning``
+    MLflow 3.17.2 renders the GenAI overview for this very experiment, tag or no tag."""
+    exp = MlflowClient(sweep["uri"]).get_experiment_by_name("tiny")
+    url = experiment_url(sweep["uri"], exp.experiment_id, ui=mlflow_ui)
+    assert url == f"{mlflow_ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    names = sorted(r.info.run_name for r in _search(sweep["uri"], TRAINING))
+    dom = ""
+    for _ in range(2):   # a second look if the page was still loading when the budget ran out
+        dom = _chromium(url, sweep["tmp"], "--dump-dom")
+        if all(n in dom for n in names):
+            break
+    missing = [n for n in names if n not in dom]
+    assert not missing, f"run names not rendered: {missing}; page text: {re.sub(r'<[^>]+>', ' ', dom)[-1500:]}"
+    assert "Runs" in dom
+    assert not [m for m in GENAI_MARKS if m in dom]
+    analyses = [r.info.run_name for r in _search(sweep["uri"], ANALYSES)]
+    assert analyses and not [a for a in analyses if a in dom]   # children stay folded: one row per variant
+    shot = sweep["tmp"] / "runs.png"
+    _chromium(url, sweep["tmp"], f"--screenshot={shot}")
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("KMA_UI_SHOT"):   # to look at it: KMA_UI_SHOT=/tmp/runs.png pytest ...
+        shutil.copy(shot, os.environ["KMA_UI_SHOT"])
