@@ -61,6 +61,32 @@ def test_window_metrics_one_point_per_window_at_the_end_epoch():
     assert [v for _, v in m["all/min_dist_to_1"]] == pytest.approx([0.0] * 3)
 
 
+def test_window_metrics_log_distances_and_roles_line_up_across_depths():
+    """log10 of ||λ|max − 1| and of min |λ − 1| per window, checked against numpy on the
+    certified λ; roles first/hidden/last exist at depth 3 and at depth 2 (no hidden
+    there), and ``hidden`` pools every hidden layer's certified λ."""
+    tol = [1e-8, 1e-8]
+    deep = [_row("all", (0, 20), [1.02, 0.5], tol), _row("layers.0", (0, 20), [1.5, 0.2], tol),
+            _row("layers.1", (0, 20), [1.001, 0.3], tol), _row("layers.2", (0, 20), [0.9, 0.1], tol),
+            _row("out", (0, 20), [0.999, 0.4], tol)]
+    shallow = [_row("all", (0, 20), [1.02, 0.5], tol), _row("layers.0", (0, 20), [1.5, 0.2], tol),
+               _row("out", (0, 20), [0.999, 0.4], tol)]
+    m = window_metrics(RunSpectra.build(deep, label="d3", residual_tol=TOL, snapshot_epochs=EPOCHS))
+    s = window_metrics(RunSpectra.build(shallow, label="d1", residual_tol=TOL, snapshot_epochs=EPOCHS))
+    assert m["all/log10_gap_max_abs"] == [(19, pytest.approx(np.log10(0.02)))]
+    assert m["first/max_abs_reliable"] == [(19, pytest.approx(1.5))]
+    assert m["last/log10_gap_max_abs"] == [(19, pytest.approx(np.log10(0.001)))]
+    assert m["hidden/max_abs_reliable"] == [(19, pytest.approx(1.001))]          # pooled layers.1, layers.2
+    assert m["hidden/n_reliable"] == [(19, 4.0)]
+    assert m["hidden/log10_min_dist_to_1"] == [(19, pytest.approx(np.log10(0.001)))]
+    assert m["first/max_abs_reliable"] == s["first/max_abs_reliable"]            # same key at both depths
+    assert m["last/max_abs_reliable"] == s["last/max_abs_reliable"]
+    assert not any(k.startswith("hidden/") for k in s)
+    on_circle = window_metrics(RunSpectra.build([_row("all", (0, 20), [1.0], [0.0])], label="x",
+                                                residual_tol=TOL, snapshot_epochs=EPOCHS))
+    assert on_circle["all/log10_gap_max_abs"] == [(19, -12.0)]                   # floored, not -inf
+
+
 def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
     sp = _spectra()
     fig = plots.spectrum_figure(sp)
