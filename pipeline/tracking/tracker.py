@@ -323,6 +323,25 @@ class Tracker:
         self.client.set_terminated(rid, "FINISHED", end_time=end_ms)
         return rid
 
+    def summarize_on_training(self, experiment: str, run_id: str, store: str, *, tags: dict[str, str],
+                              metrics: dict[str, tuple[int, float]]) -> str | None:
+        """Copy an analysis' summary onto the run's training record, so that one row per
+        variant holds config → loss → verdict (the table and parallel coordinates read
+        each metric's latest value: a later analysis' values supersede). ``metrics``:
+        ``{name: (step, value)}``. Returns the training record's id (None if it has none)."""
+        from mlflow.entities import Metric, RunTag
+
+        found = [r for r in self.find(experiment, run_id, store=store) if r.info.status in DONE]
+        if not found:
+            return None
+        rid = found[-1].info.run_id
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, (step, v) in sorted(metrics.items())]
+        items = [RunTag(k, _param_value(v)) for k, v in sorted(tags.items())]
+        for i in range(0, max(len(batch), len(items), 1), 100):
+            self.client.log_batch(rid, metrics=batch[i : i + 100], tags=items[i : i + 100])
+        return rid
+
     # -- helpers -----------------------------------------------------------------------
     def log_params(self, rid: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -140,6 +140,38 @@ def test_depth_and_init_filters_find_training_runs_and_their_analyses(sweep):
                                                            if r.data.params["init"] == "small_variance")
 
 
+def test_one_row_per_variant_holds_config_loss_and_verdict(sweep):
+    """Each training record carries its latest analysis' verdict (tags and metrics) and the
+    last window's spectral summaries, equal to the analysis run's own latest values, so the
+    training search alone is the table (and the parallel-coordinates input) of
+    config → loss → verdict; the analysis id is named and explained."""
+    client = MlflowClient(sweep["uri"])
+    analyses = {a.data.tags["mlflow.parentRunId"]: a for a in _search(sweep["uri"], ANALYSES)}
+    training = _search(sweep["uri"], TRAINING)
+    assert len(training) == 4 and set(analyses) == {t.info.run_id for t in training}
+    for t in training:
+        a = analyses[t.info.run_id]
+        tags, m = t.data.tags, t.data.metrics
+        assert {"depth", "init", "width", "lr", "seed"} <= set(t.data.params)
+        assert "val_loss" in m and "train_loss" in m
+        for key in ("kma.converged", "kma.bad_init", "kma.convergence_reason"):
+            assert tags[key] == a.data.tags[key], key
+        assert m["verdict/converged"] == a.data.metrics["verdict/converged"] == (tags["kma.converged"] == "yes")
+        assert tags["kma.latest_analysis"] == a.data.tags["kma.analysis_id"] == PARAMS.analysis_id
+        assert tags["kma.analysis_about"] == a.data.tags["kma.analysis_about"]
+        assert tags["kma.analysis_about"].startswith("method qr, windows of 4 snapshots every 2, per layer")
+        for key in ("all/n_reliable", "all/rank", "all/median_residual", "first/rank", "last/rank"):
+            assert m[key] == pytest.approx(a.data.metrics[key]), key
+            [point] = client.get_metric_history(t.info.run_id, key)   # one point: the last window's
+            assert point.step == max(h.step for h in client.get_metric_history(a.info.run_id, key))
+        for key in ("all/max_abs_reliable", "all/log10_gap_max_abs", "last/log10_min_dist_to_1"):
+            # present where a λ was certified (8 epochs may certify none): then equal
+            assert m.get(key) == pytest.approx(a.data.metrics.get(key)), key
+        assert not any(k.startswith("layers.") for k in m)   # per-layer history stays on the analysis
+        depth = int(t.data.params["depth"])
+        assert ("hidden/rank" in m) == (depth >= 2)   # depth 1: layers.0 and out, no hidden layer
+
+
 def test_spectral_metrics_per_window_on_the_epoch_axis(sweep):
     """One point per window, step = the epoch of the window's last snapshot: the same
     axis as the training metrics (step = epoch), so the UI overlays them."""
