@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="depth", metavar="KEY",
                    help="flattened config key to group by (default depth; width, init, seed, "
                         "lr, ...)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="average runs trained with different budgets or tasks (epochs, batch_size, "
+                        "task.*, snapshot.*) into one group; refused by default, naming what differs")
     p.add_argument("--out", default="kma-compare", metavar="DIR",
                    help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
                         "(default: ./kma-compare)")
@@ -391,6 +394,7 @@ def cmd_compare(args, console) -> int:
     store = TrajectoryStore(args.store, read_only=True)
     rows = compare.collect(store, args.runs, args.analysis,
                            by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
+    compare.check_not_mixed(store, rows, args.by, args.allow_mixed, console)
     text = compare.table(rows, by=args.by)
     console.table(*compare.table_data(rows, by=args.by), justify=compare.JUSTIFY)
     for msg in missing.values():  # not an error: another analysis is never mixed in

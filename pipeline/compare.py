@@ -298,3 +298,35 @@ def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, fil
     tracker.client.set_terminated(rid, "FINISHED")
     log.info("comparison %s registered in MLflow experiment %s as %s", out.name, experiment, rid)
     return rid
+
+
+# ------------------------------------------------------------------ no silent mixing
+BUDGET_KEYS = ("epochs", "batch_size")   # with every task.* and snapshot.* key: what a mean must not mix
+
+
+def mixed_keys(store: TrajectoryStore, rows: list[dict], by: str) -> dict[str, list[str]]:
+    """The training budget and task keys (``epochs``, ``batch_size``, ``task.*``,
+    ``snapshot.*``) whose values differ among the compared runs, ``{key: [values]}``
+    (``by`` itself excepted: differing there is the comparison)."""
+    seen: dict[str, set] = {}
+    for r in rows:
+        for k, v in _flat_config(store.open_run(r["run_id"])).items():
+            if k != by and (k in BUDGET_KEYS or k.startswith(("task.", "snapshot."))):
+                seen.setdefault(k, set()).add(str(v))
+    return {k: sorted(vs, key=lambda s: (len(s), s)) for k, vs in sorted(seen.items()) if len(vs) > 1}
+
+
+def check_not_mixed(store: TrajectoryStore, rows: list[dict], by: str, allow: bool, console=None) -> None:
+    """Refuse (KMAError) to average runs trained with different budgets or on different
+    tasks into one group mean, naming what differs; ``allow`` (``--allow-mixed``) turns
+    the refusal into a warning."""
+    mixed = mixed_keys(store, rows, by)
+    if not mixed:
+        return
+    what = "; ".join(f"{k}: {', '.join(v[:6])}{' …' if len(v) > 6 else ''}" for k, v in mixed.items())
+    if not allow:
+        raise KMAError(f"these runs differ in budget or task ({what}): their group means would mix them; "
+                       "compare one setting at a time (--sweep NAME, --run ID), group by it "
+                       f"(--by {next(iter(mixed))}), or pass --allow-mixed")
+    if console is not None:
+        console.error(f"kma: warning: group means mix runs that differ in budget or task ({what})")

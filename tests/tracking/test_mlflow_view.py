@@ -153,6 +153,7 @@ def test_one_row_per_variant_holds_config_loss_and_verdict(sweep):
         a = analyses[t.info.run_id]
         tags, m = t.data.tags, t.data.metrics
         assert {"depth", "init", "width", "lr", "seed"} <= set(t.data.params)
+        assert "None" not in t.data.params.values() and "stop" not in t.data.params   # absent options: no column
         assert "val_loss" in m and "train_loss" in m
         for key in ("kma.converged", "kma.bad_init", "kma.convergence_reason"):
             assert tags[key] == a.data.tags[key], key
