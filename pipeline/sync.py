@@ -48,16 +48,18 @@ def _experiment_and_params(run) -> tuple[str, dict]:
 
 def short_name(run) -> str:
     """What the MLflow UI shows for a run: the grid coordinates a sweep compares first
-    (depth, width, init, seed) and six hex digits of the run id's digest, which keep
-    variants differing elsewhere (lr, loss, ...) apart: ``d3-w32-kaiming-s0-21b4b0``.
-    A run that is not a sweep variant shows its run id."""
+    (depth, width, init, seed), its budget in epochs (a config re-run with other epochs
+    lands in the same experiment: told apart at a glance) and six hex digits of the run
+    id's digest, which keep variants differing elsewhere (lr, loss, task, ...) apart:
+    ``d3-w32-kaiming-s0-e60-21b4b0``. A run that is not a sweep variant shows its run id."""
     c = run.config if isinstance(run.config, dict) else {}
     if not all(k in c for k in ("depth", "width", "init", "seed")):
         return run.run_id
     root = str(run.attrs.get("variant_run_id") or run.run_id)   # a restart attempt: its variant's
     digest = root.rsplit("-", 1)[-1]
     attempt = f"-r{run.attrs['attempt']}" if run.attrs.get("attempt") else ""
-    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{digest[:6]}{attempt}"
+    epochs = f"e{c['epochs']}-" if "epochs" in c else ""
+    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{epochs}{digest[:6]}{attempt}"
 
 
 def explain_analysis_id(aid: str) -> str:

@@ -104,7 +104,7 @@ def test_training_runs_carry_training_times_and_readable_names(sweep):
         assert r.info.end_time > r.info.start_time
         assert r.info.run_name == short_name(stored) == r.data.tags["kma.variant"]
         c = stored.config
-        assert r.info.run_name.startswith(f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-")
+        assert r.info.run_name.startswith(f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-e{EPOCHS}-")
         assert len(r.info.run_name) < len(stored.run_id)
         names.add(r.info.run_name)
     assert len(names) == 4
