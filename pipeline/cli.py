@@ -321,7 +321,8 @@ def cmd_runs(args, console) -> int:
             for i, r, (conv, bad) in zip(ids, runs, verdict_cells)]
     console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "CONVERGED", "BAD_INIT",
                          "ANALYSES"], rows,
-                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
+                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"}, fold=("UPDATED", "ANALYSES"))
+    _explain_analyses(store, runs)
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     restarts = [r for r in runs if r.restart_of]
@@ -330,6 +331,23 @@ def cmd_runs(args, console) -> int:
         for r in restarts:
             print(f"  {shown(r.restart_of)} -> {shown(r.run_id)}")
     return 0
+
+
+def _explain_analyses(store, runs) -> None:
+    """Below ``kma runs``' table: what each verdict's analysis id means."""
+    from .apps import verdicts
+    from .sync import explain_analysis_id
+
+    aids = set()
+    for r in runs:
+        try:
+            aid, _ = verdicts.latest(store.open_run(r.run_id))
+        except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+            continue
+        if aid:
+            aids.add(aid)
+    for aid in sorted(aids):
+        print(f"verdicts from analysis {aid}: {explain_analysis_id(aid)}")
 
 
 def _analyses_json(store, run_id) -> dict:
