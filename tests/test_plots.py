@@ -204,13 +204,32 @@ def test_group_figures_name_groups_runs_and_analysis():
 
     fig = plots.group_moduli_figure(groups, by="depth")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["depth=2: d2-a", "depth=2: d2-b", "depth=3: d3-a"]
-    a1 = fig.axes[0]
-    colours = [ln.get_color() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
-    styles = [ln.get_linestyle() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
-    assert colours[0] == colours[1] != colours[2] and styles[0] != styles[1]
+    assert labels == ["depth=2 (2 runs)", "depth=3 (1 run)", "median of the group's runs",
+                      "band: min–max of the runs", "one run"]   # a key for every mark
+    a1, a2 = fig.axes[:2]
+    assert a1.get_yscale() == a2.get_yscale() == "log"
+    # per group: its colour on thin run lines and a thick median, the same in both panels
+    for ax in (a1, a2):
+        thick = [ln for ln in ax.get_lines() if ln.get_linewidth() > 2]
+        assert [ln.get_color() for ln in thick] == [plots.group_colour(0), plots.group_colour(1)]
+        assert len([ln for ln in ax.get_lines() if ln.get_linewidth() < 1]) == 3   # one per run
+    # the median of depth 2 (λ = 3.0 at every window in both runs): ||λ|max − 1| = 2
+    np.testing.assert_allclose([ln for ln in a1.get_lines() if ln.get_linewidth() > 2][0].get_ydata(), 2.0)
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    assert all(not legend_box.overlaps(ax.get_window_extent()) for ax in (a1, a2))   # outside the data
     assert "qr-w20s10-x" in fig._suptitle.get_text()
     plots._plt().close(fig)
+
+
+def test_group_band_median_and_percentiles():
+    runs = [(np.array([1.0, 2.0]), np.array([v, 10 * v])) for v in (1.0, 2.0, 3.0, 4.0, 100.0)]
+    x, med, lo, hi, what = plots._group_band(runs)
+    assert x.tolist() == [1.0, 2.0] and med.tolist() == [3.0, 30.0] and what == "10–90 %"
+    np.testing.assert_allclose(lo, np.percentile([1, 2, 3, 4, 100], 10) * np.array([1, 10]))
+    x, med, lo, hi, what = plots._group_band(runs[:2] + [(np.array([3.0]), np.array([7.0]))])
+    assert x.tolist() == [1.0, 2.0, 3.0] and med.tolist() == [1.5, 15.0, 7.0] and what == "min–max"
+    assert lo.tolist() == [1.0, 10.0, 7.0] and hi.tolist() == [2.0, 20.0, 7.0]
 
 
 def test_analysis_figures_written(tmp_path):
