@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
                         "(default: ./kma-compare)")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in the sweep's "
-                        "experiment (kma-compare when the runs come from several); off when not given")
+                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in experiment "
+                        "<sweep>-comparisons (kma-compare when the runs come from several); off when not given")
     parser.subcommands["compare"] = p
 
     p = sub.add_parser("runs", help="list the runs in a store")

@@ -266,10 +266,11 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
 
 
 def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:
-    """The sweep's experiment when all compared runs come from one sweep, else
-    ``kma-compare``."""
+    """``<sweep>-comparisons`` when all compared runs come from one sweep, else
+    ``kma-compare``: comparison records kept apart from the sweep's training runs, so its
+    runs table holds one row per variant and nothing else."""
     sweeps = {store.open_run(r["run_id"]).attrs.get("sweep") for r in rows}
-    return str(sweeps.pop()) if len(sweeps) == 1 and None not in sweeps else "kma-compare"
+    return f"{sweeps.pop()}-comparisons" if len(sweeps) == 1 and None not in sweeps else "kma-compare"
 
 
 def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, files: list[Path],

@@ -152,7 +152,8 @@ def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
         rc, _lines, err = _kma(capsys, *args)
         assert rc == 0, err
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("cmp")  # the runs' sweep
+    exp = client.get_experiment_by_name("cmp-comparisons")  # the runs' sweep's, apart from its training runs
+    assert client.get_experiment_by_name("cmp") is None
     [run] = client.search_runs([exp.experiment_id], filter_string="tags.`kma.kind` = 'comparison'")
     assert run.info.run_name == f"compare depth {aid}" and run.info.status == "FINISHED"
     assert run.data.params["analysis_id"] == aid and run.data.params["n_runs"] == "2"
