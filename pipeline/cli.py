@@ -147,12 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="depth", metavar="KEY",
                    help="flattened config key to group by (default depth; width, init, seed, "
                         "lr, ...)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="average runs trained with different budgets or tasks (epochs, batch_size, "
+                        "task.*, snapshot.*) into one group; refused by default, naming what differs")
     p.add_argument("--out", default="kma-compare", metavar="DIR",
                    help="parent folder; each comparison goes to <out>/<by>-<analysis>-<hash of run ids>/ "
                         "(default: ./kma-compare)")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in the sweep's "
-                        "experiment (kma-compare when the runs come from several); off when not given")
+                   help="also log the comparison as an MLflow run 'compare <by> <analysis>' in experiment "
+                        "<sweep>-comparisons (kma-compare when the runs come from several); off when not given")
     parser.subcommands["compare"] = p
 
     p = sub.add_parser("runs", help="list the runs in a store")
@@ -356,7 +359,8 @@ def cmd_runs(args, console) -> int:
             for i, r, (conv, bad) in zip(ids, runs, verdict_cells)]
     console.table(None, ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "CONVERGED", "BAD_INIT",
                          "ANALYSES"], rows,
-                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"})
+                  justify={"SNAPSHOTS": "right", "PARAMETERS": "right"}, fold=("UPDATED", "ANALYSES"))
+    _explain_analyses(store, runs)
     if not all(r.id_ok for r in runs):
         print("* id from before the run-id rule: readable, but cannot be written or replaced")
     restarts = [r for r in runs if r.restart_of]
@@ -365,6 +369,23 @@ def cmd_runs(args, console) -> int:
         for r in restarts:
             print(f"  {shown(r.restart_of)} -> {shown(r.run_id)}")
     return 0
+
+
+def _explain_analyses(store, runs) -> None:
+    """Below ``kma runs``' table: what each verdict's analysis id means."""
+    from .apps import verdicts
+    from .sync import explain_analysis_id
+
+    aids = set()
+    for r in runs:
+        try:
+            aid, _ = verdicts.latest(store.open_run(r.run_id))
+        except Exception:  # noqa: BLE001  -- a listing never fails on one unreadable run
+            continue
+        if aid:
+            aids.add(aid)
+    for aid in sorted(aids):
+        print(f"verdicts from analysis {aid}: {explain_analysis_id(aid)}")
 
 
 def _analyses_json(store, run_id) -> dict:
@@ -429,6 +450,7 @@ def cmd_compare(args, console) -> int:
     store = TrajectoryStore(args.store, read_only=True)
     rows = compare.collect(store, args.runs, args.analysis,
                            by=args.by, sweep=args.sweep, skipped=skipped, missing=missing)
+    compare.check_not_mixed(store, rows, args.by, args.allow_mixed, console)
     text = compare.table(rows, by=args.by)
     console.table(*compare.table_data(rows, by=args.by), justify=compare.JUSTIFY)
     for msg in missing.values():  # not an error: another analysis is never mixed in

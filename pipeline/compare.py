@@ -266,10 +266,11 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
 
 
 def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:
-    """The sweep's experiment when all compared runs come from one sweep, else
-    ``kma-compare``."""
+    """``<sweep>-comparisons`` when all compared runs come from one sweep, else
+    ``kma-compare``: comparison records kept apart from the sweep's training runs, so its
+    runs table holds one row per variant and nothing else."""
     sweeps = {store.open_run(r["run_id"]).attrs.get("sweep") for r in rows}
-    return str(sweeps.pop()) if len(sweeps) == 1 and None not in sweeps else "kma-compare"
+    return f"{sweeps.pop()}-comparisons" if len(sweeps) == 1 and None not in sweeps else "kma-compare"
 
 
 def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, files: list[Path],
@@ -298,3 +299,35 @@ def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, fil
     tracker.client.set_terminated(rid, "FINISHED")
     log.info("comparison %s registered in MLflow experiment %s as %s", out.name, experiment, rid)
     return rid
+
+
+# ------------------------------------------------------------------ no silent mixing
+BUDGET_KEYS = ("epochs", "batch_size")   # with every task.* and snapshot.* key: what a mean must not mix
+
+
+def mixed_keys(store: TrajectoryStore, rows: list[dict], by: str) -> dict[str, list[str]]:
+    """The training budget and task keys (``epochs``, ``batch_size``, ``task.*``,
+    ``snapshot.*``) whose values differ among the compared runs, ``{key: [values]}``
+    (``by`` itself excepted: differing there is the comparison)."""
+    seen: dict[str, set] = {}
+    for r in rows:
+        for k, v in _flat_config(store.open_run(r["run_id"])).items():
+            if k != by and (k in BUDGET_KEYS or k.startswith(("task.", "snapshot."))):
+                seen.setdefault(k, set()).add(str(v))
+    return {k: sorted(vs, key=lambda s: (len(s), s)) for k, vs in sorted(seen.items()) if len(vs) > 1}
+
+
+def check_not_mixed(store: TrajectoryStore, rows: list[dict], by: str, allow: bool, console=None) -> None:
+    """Refuse (KMAError) to average runs trained with different budgets or on different
+    tasks into one group mean, naming what differs; ``allow`` (``--allow-mixed``) turns
+    the refusal into a warning."""
+    mixed = mixed_keys(store, rows, by)
+    if not mixed:
+        return
+    what = "; ".join(f"{k}: {', '.join(v[:6])}{' …' if len(v) > 6 else ''}" for k, v in mixed.items())
+    if not allow:
+        raise KMAError(f"these runs differ in budget or task ({what}): their group means would mix them; "
+                       "compare one setting at a time (--sweep NAME, --run ID), group by it "
+                       f"(--by {next(iter(mixed))}), or pass --allow-mixed")
+    if console is not None:
+        console.error(f"kma: warning: group means mix runs that differ in budget or task ({what})")

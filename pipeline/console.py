@@ -32,16 +32,43 @@ def _isatty(stream) -> bool:
         return False
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence], *, justify=None, styled: bool):
+# on a terminal, headers wider than their values give way (the plain text keeps the full names)
+SHORT_HEADERS = {"SNAPSHOTS": "SNAPS", "PARAMETERS": "PARAMS", "CONVERGED": "CONV", "BAD_INIT": "BAD",
+                 "VAL_ACCURACY": "VAL_ACC", "TRAIN_LOSS": "TRAIN", "VAL_LOSS": "VAL"}
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence], *, justify=None, styled: bool,
+           fold: Sequence[str] = (), width: int | None = None):
+    """A rich table. ``styled`` (a terminal): columns with no value in any row are left
+    out, long headers are shortened (:data:`SHORT_HEADERS`), and when the terminal is too
+    narrow only the first column and those in ``fold`` (ids, paths) wrap onto further
+    lines; every other column keeps its full width, so no value is cut to "…"."""
     from rich import box
     from rich.table import Table
 
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    keep = list(range(len(columns)))
+    if styled:
+        keep = [j for j in keep if any(r[j].strip() for r in cells)] or keep
     t = Table(box=box.SIMPLE_HEAD if styled else None, show_edge=False, pad_edge=False,
               header_style="bold" if styled else None, show_header=True, padding=(0, 2, 0, 0))
-    for c in columns:
-        t.add_column(c, justify=(justify or {}).get(c, "left"), no_wrap=True)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    heads = {j: SHORT_HEADERS.get(columns[j], columns[j]) if styled else columns[j] for j in keep}
+    natural = {j: max([len(heads[j]), *(len(r[j]) for r in cells)]) for j in keep}
+    folding = [j for n, j in enumerate(keep) if styled and (n == 0 or columns[j] in fold)]
+    fixed = sum(natural[j] + 2 for j in keep if j not in folding) + (len(keep) - 1)   # + the box's dividers
+    share = None
+    if width and folding and fixed + sum(natural[j] + 2 for j in folding) > width:
+        share = max(6, (width - fixed) // len(folding) - 2)   # what the folded columns get, each
+    for j in keep:
+        c = columns[j]
+        if j in folding:
+            w = min(natural[j], share) if share else None
+            t.add_column(heads[j], justify=(justify or {}).get(c, "left"), overflow="fold", width=w)
+        else:
+            t.add_column(heads[j], justify=(justify or {}).get(c, "left"), no_wrap=True,
+                         min_width=natural[j] if styled else None)
+    for r in cells:
+        t.add_row(*(r[j] for j in keep))
     return t
 
 
@@ -102,7 +129,7 @@ class Console:
 
     # -- tables (stdout) ---------------------------------------------------------
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence], *,
-              justify: dict | None = None, file=None) -> None:
+              justify: dict | None = None, file=None, fold: Sequence[str] = ()) -> None:
         """Print a table on ``file`` (stdout): a ``rich`` table on a terminal, else
         :func:`table_text` (with ``title`` as its first line)."""
         out = file or sys.stdout
@@ -112,7 +139,7 @@ class Console:
             rc = RichConsole(file=out, highlight=False, emoji=False, markup=False)
             if title:
                 rc.print(title, style="bold")
-            rc.print(_table(columns, rows, justify=justify, styled=True))
+            rc.print(_table(columns, rows, justify=justify, styled=True, fold=fold, width=rc.width))
         else:
             text = table_text(columns, rows, justify=justify)
             print((title + "\n" if title else "") + text, file=out, flush=True)

@@ -191,6 +191,8 @@ def run_sweep(
     )
     for rid, err in summary.failed.items():
         console.error(f"  failed: {rid}: {err.splitlines()[0] if err else 'unknown error'}")
+    if not tracker.down:
+        _next_steps(cfg.name, store, variants, tracker, console)
     if tracker.down:
         summary.tracking_down = tracker.down
         what = (f"{plural(len(summary.unregistered), 'run')} trained and kept in the store"
@@ -201,6 +203,42 @@ def run_sweep(
             f"{what} but not registered; once it is back: "
             f"kma sync --store {store.location} --tracking-uri {tracker.uri}")
     return summary
+
+
+def verdict_counts(store, run_ids) -> dict[str, int]:
+    """How the runs' latest stored verdicts read: ``converged``, ``not converged``,
+    ``bad init`` (of the assessed), ``not analysed`` (finished runs without a verdict)."""
+    from .apps import verdicts
+
+    counts = {"converged": 0, "not converged": 0, "bad init": 0, "not analysed": 0}
+    for rid in run_ids:
+        try:
+            _, v = verdicts.latest(store.open_run(rid))
+        except (KMAError, KeyError, ValueError, OSError):
+            v = None
+        if v is None:
+            counts["not analysed"] += 1
+            continue
+        counts["converged" if v.get("converged_at") is not None else "not converged"] += 1
+        counts["bad init"] += bool(v.get("bad_init"))
+    return counts
+
+
+def _next_steps(name: str, store, variants, tracker, console: Console) -> None:
+    """The sweep's last lines: its verdict counts, then where to look next (the MLflow
+    runs table, ``kma compare``)."""
+    from .tracking.tracker import experiment_url, ui_command
+
+    finished = [rid for v in variants for rid in attempt_ids(store, v.run_id) if store.status(rid) in FINISHED]
+    counts = verdict_counts(store, finished)
+    console.info("verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k == "converged"))
+    try:
+        url = experiment_url(tracker.uri, tracker.experiment_id(name))
+    except Exception:  # noqa: BLE001 - the link is a courtesy; the sweep's outcome stands
+        return
+    serve = ui_command(tracker.uri)
+    console.info("next: " + (f"{serve}, then open " if serve else "open ") + url)
+    console.info(f"      kma compare --store {store.location} --sweep {name} --by depth")
 
 
 def _register(tracker, store, rid: str, summary: SweepSummary) -> None:

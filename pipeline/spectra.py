@@ -112,24 +112,69 @@ class RunSpectra:
         return float(np.clip(self.end[i] / self.total, 0.0, 1.0))
 
 
+LOG_FLOOR = 1e-12   # log10 metrics: a distance below this (exactly on the circle) counts as 1e-12
+ROLES = ("first", "hidden", "last")
+
+
+def layer_roles(layers) -> dict[str, str]:
+    """Each layer's role, so that runs of different depths line up in a chart: the first
+    and the last layer (in network order: ``layers.0``, ``layers.1``, ..., then ``out``),
+    and the ``hidden`` ones between them. ``all`` and a network of one layer get none."""
+    import re
+
+    def order(name):
+        m = re.fullmatch(r"layers\.(\d+)", name)
+        return (0, int(m.group(1)), "") if m else (1, 0, name)
+
+    named = sorted((n for n in dict.fromkeys(layers) if n != "all"), key=order)
+    if len(named) < 2:
+        return {}
+    return {n: "first" if i == 0 else "last" if i == len(named) - 1 else "hidden" for i, n in enumerate(named)}
+
+
+def _stats(r_rank: float, lam: np.ndarray, n_ok: int, residuals: np.ndarray) -> dict[str, float | None]:
+    gap = float(abs(np.abs(lam).max() - 1.0)) if lam.size else None
+    dist = float(np.abs(lam - 1).min()) if lam.size else None
+    return {
+        "rank": float(r_rank),
+        "n_reliable": float(n_ok),
+        "max_abs_reliable": float(np.abs(lam).max()) if lam.size else None,
+        "median_abs_reliable": float(np.median(np.abs(lam))) if lam.size else None,
+        "min_dist_to_1": dist,
+        "median_residual": float(np.median(residuals)) if residuals.size else None,
+        # distances to the unit circle and to 1 on a log scale: 1.001 and 1.06 apart in a chart
+        "log10_gap_max_abs": float(np.log10(max(gap, LOG_FLOOR))) if gap is not None else None,
+        "log10_min_dist_to_1": float(np.log10(max(dist, LOG_FLOOR))) if dist is not None else None,
+    }
+
+
 def window_metrics(spectra: RunSpectra) -> dict[str, list[tuple[int, float]]]:
-    """MLflow metrics ``{"<layer>/<name>": [(epoch, value), ...]}``, one point per window
+    """MLflow metrics ``{"<key>/<name>": [(epoch, value), ...]}``, one point per window
     (step = the epoch of the window's last snapshot): ``n_reliable``, ``rank``,
     ``max_abs_reliable``, ``median_abs_reliable``, ``min_dist_to_1`` (closest reliable λ
-    to 1) and ``median_residual``. Values that do not exist (no reliable λ) are left out."""
+    to 1), ``median_residual``, and on a log scale ``log10_gap_max_abs`` (log10 of
+    ||λ|max − 1|, the largest certified modulus' distance to the unit circle) and
+    ``log10_min_dist_to_1``. ``<key>`` is each layer (``all``, ``layers.0``, ..., ``out``)
+    and each role (:func:`layer_roles`: ``first``, ``hidden`` — every hidden layer's
+    certified λ pooled — and ``last``), which exist at every depth. Values that do not
+    exist (no reliable λ) are left out."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for i, r in enumerate(spectra.results):
-        ok = spectra.reliable[i]
-        lam = r.eigenvalues[ok]
-        vals = {
-            "rank": float(r.rank),
-            "n_reliable": float(ok.sum()),
-            "max_abs_reliable": float(np.abs(lam).max()) if lam.size else None,
-            "median_abs_reliable": float(np.median(np.abs(lam))) if lam.size else None,
-            "min_dist_to_1": float(np.abs(lam - 1).min()) if lam.size else None,
-            "median_residual": float(np.median(r.residuals)) if r.residuals.size else None,
-        }
+
+    def put(key, end, vals):
         for k, v in vals.items():
             if v is not None and np.isfinite(v):
-                out.setdefault(f"{r.layer}/{k}", []).append((int(spectra.end[i]), v))
+                out.setdefault(f"{key}/{k}", []).append((int(end), v))
+
+    roles = layer_roles(r.layer for r in spectra.results)
+    pooled: dict[tuple, list[int]] = {}
+    for i, r in enumerate(spectra.results):
+        ok = spectra.reliable[i]
+        put(r.layer, spectra.end[i], _stats(r.rank, r.eigenvalues[ok], int(ok.sum()), r.residuals))
+        if r.layer in roles:
+            pooled.setdefault((tuple(r.window), roles[r.layer]), []).append(i)
+    for (_, role), idx in sorted(pooled.items(), key=lambda kv: (spectra.end[kv[1][0]], ROLES.index(kv[0][1]))):
+        lam = np.concatenate([spectra.results[i].eigenvalues[spectra.reliable[i]] for i in idx])
+        res = np.concatenate([np.asarray(spectra.results[i].residuals) for i in idx])
+        put(role, spectra.end[idx[0]], _stats(sum(spectra.results[i].rank for i in idx), lam,
+                                             sum(int(spectra.reliable[i].sum()) for i in idx), res))
     return out

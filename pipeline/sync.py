@@ -28,6 +28,11 @@ from .tracking.tracker import Tracker, tracking_uri_for
 log = logging.getLogger(__name__)
 
 REGISTERED = (*FINISHED, "failed")  # stored statuses that get an MLflow record
+# one row per variant: the training record carries the latest analysis' verdict and these
+# keys' last-window spectral summaries (the per-window history stays on the analysis run)
+SUMMARY_KEYS = ("all", "first", "hidden", "last")
+LATEST_ANALYSIS = "kma.latest_analysis"          # on a training record: the analysis it summarises
+ANALYSIS_ABOUT = "kma.analysis_about"            # the analysis id in words (explain_analysis_id)
 
 
 def _experiment_and_params(run) -> tuple[str, dict]:
@@ -43,16 +48,34 @@ def _experiment_and_params(run) -> tuple[str, dict]:
 
 def short_name(run) -> str:
     """What the MLflow UI shows for a run: the grid coordinates a sweep compares first
-    (depth, width, init, seed) and six hex digits of the run id's digest, which keep
-    variants differing elsewhere (lr, loss, ...) apart: ``d3-w32-kaiming-s0-21b4b0``.
-    A run that is not a sweep variant shows its run id."""
+    (depth, width, init, seed), its budget in epochs (a config re-run with other epochs
+    lands in the same experiment: told apart at a glance) and six hex digits of the run
+    id's digest, which keep variants differing elsewhere (lr, loss, task, ...) apart:
+    ``d3-w32-kaiming-s0-e60-21b4b0``. A run that is not a sweep variant shows its run id."""
     c = run.config if isinstance(run.config, dict) else {}
     if not all(k in c for k in ("depth", "width", "init", "seed")):
         return run.run_id
     root = str(run.attrs.get("variant_run_id") or run.run_id)   # a restart attempt: its variant's
     digest = root.rsplit("-", 1)[-1]
     attempt = f"-r{run.attrs['attempt']}" if run.attrs.get("attempt") else ""
-    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{digest[:6]}{attempt}"
+    epochs = f"e{c['epochs']}-" if "epochs" in c else ""
+    return f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-{epochs}{digest[:6]}{attempt}"
+
+
+def explain_analysis_id(aid: str) -> str:
+    """An analysis id in words: ``qr-w20s10-layers-e3-cf3ed14a`` → "method qr, windows of
+    20 snapshots every 10, per layer, engine version 3, settings digest cf3ed14a" (the
+    digest: of every analysis setting, so two ids differ when any setting does)."""
+    import re
+
+    m = re.fullmatch(r"(?P<m>[a-z0-9_]+)-w(?P<w>[^-s]+?)(?:s(?P<s>\d+))?(?P<l>-layers)?-e(?P<e>\d+)-(?P<d>[0-9a-f]+)", aid)
+    if not m:
+        return f"analysis {aid}"
+    w = m["w"]
+    win = (f"windows of {w} snapshots every {m['s']}" if w.isdigit() and m["s"] else
+           f"windows of {w} snapshots" if w.isdigit() else f"window {w}")
+    return (f"method {m['m']}, {win}, " + ("per layer, " if m["l"] else "whole network, ")
+            + f"engine version {m['e']}, settings digest {m['d']}")
 
 
 def training_times(run) -> tuple[int | None, int | None]:
@@ -173,21 +196,48 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
                                 analysis_id=analysis_id)
     params = {**variant_params, "run_id": run.run_id, "n_parameters": run.layout.size,
               **{f"analysis.{k}": v for k, v in key.items()}, "n_snapshots": n_snapshots}
-    return tracker.register_analysis(
+    metrics = window_metrics(spectra)
+    verdict_tags = verdicts.mlflow_tags(verdict)
+    rid = tracker.register_analysis(
         experiment=experiment,
         run_id=run.run_id,
         analysis_id=analysis_id,
         params=params,
-        metrics={**window_metrics(spectra), **verdicts.mlflow_metrics(verdict)},
+        metrics={**metrics, **verdicts.mlflow_metrics(verdict)},
         artifacts=figs,
         tags={**_variant_tags(run, experiment), "kma.trajectory_uri": run.uri,
-              **verdicts.mlflow_tags(verdict)},
+              ANALYSIS_ABOUT: explain_analysis_id(analysis_id), **verdict_tags},
         store=store,
         replace=replace,
         run_name=f"{short_name(run)}/{analysis_id}",
         start_ms=times[0],
         end_ms=times[1],
     )
+    if analysis_id == latest_analysis(run):
+        summary = {k: series[-1] for k, series in metrics.items() if k.split("/")[0] in SUMMARY_KEYS}
+        summary.update({k: v[-1] for k, v in verdicts.mlflow_metrics(verdict).items()})
+        tracker.summarize_on_training(
+            experiment, run.run_id, store or _store_location(run), metrics=summary,
+            tags={**verdict_tags, LATEST_ANALYSIS: analysis_id, ANALYSIS_ABOUT: explain_analysis_id(analysis_id)})
+    return rid
+
+
+def latest_analysis(run) -> str | None:
+    """The run's most recently written current analysis (None if it has none)."""
+    from .analysis import list_analyses
+
+    aids = list_analyses(run, outdated=False)
+    def when(aid):
+        info = run.analysis_info(aid)
+        return float(info.get("t_end") or 0.0), str(info.get("created", ""))
+
+    return max(aids, key=when, default=None)
+
+
+def _store_location(run) -> str:
+    from .tracking.tracker import _store_of
+
+    return _store_of(run.uri, run.run_id)
 
 
 def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: str, analysis_id: str) -> bool:

@@ -15,13 +15,13 @@ from pipeline.storage.store import TrajectoryStore
 from conftest import kma_cmd
 
 
-def _linear_run(store, run_id, lam, depth, T=30, P=400, seed=0, init="kaiming"):
+def _linear_run(store, run_id, lam, depth, T=30, P=400, seed=0, init="kaiming", **config):
     """x_t = Re(Σ λ_j^t v_j) for the given eigenvalues: reliable spectrum known."""
     rng = np.random.default_rng(seed)
     V = np.linalg.qr(rng.standard_normal((P, len(lam))))[0]
     X = np.stack([V @ (np.asarray(lam) ** t) for t in range(T)]).astype(np.float32)
     layout = Layout.from_named_shapes([("a.weight", (P // 2,)), ("b.weight", (P - P // 2,))])
-    w = store.create_run(run_id, layout, config={"depth": depth, "init": init, "optim": {"lr": 0.1}},
+    w = store.create_run(run_id, layout, config={"depth": depth, "init": init, "optim": {"lr": 0.1}, **config},
                          extra={"sweep": "cmp"})
     for t, x in enumerate(X):  # one snapshot per epoch
         w.append(x, epoch=t)
@@ -152,7 +152,8 @@ def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
         rc, _lines, err = _kma(capsys, *args)
         assert rc == 0, err
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("cmp")  # the runs' sweep
+    exp = client.get_experiment_by_name("cmp-comparisons")  # the runs' sweep's, apart from its training runs
+    assert client.get_experiment_by_name("cmp") is None
     [run] = client.search_runs([exp.experiment_id], filter_string="tags.`kma.kind` = 'comparison'")
     assert run.info.run_name == f"compare depth {aid}" and run.info.status == "FINISHED"
     assert run.data.params["analysis_id"] == aid and run.data.params["n_runs"] == "2"
@@ -160,3 +161,26 @@ def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
         "group_convergence.png", "group_moduli.png", "group_spectrum.png", "table.txt"]
     assert str(tmp_path) in run.info.artifact_uri  # beside the database, not in ./mlruns
+
+
+def test_compare_refuses_to_mix_budgets_and_tasks_unless_asked(tmp_path, capsys):
+    """Re-running a config with other epochs (or on another task) puts both in one store:
+    their group means are refused, naming what differs, unless --allow-mixed; grouping by
+    the differing key itself is a comparison, not a mix."""
+    store = TrajectoryStore(str(tmp_path / "s"))
+    _linear_run(store, "short", [0.5, 0.6, 0.7], depth=2, epochs=60, task={"name": "multiscale", "n_points": 64})
+    _linear_run(store, "long", [0.95, 0.9, 0.85], depth=2, epochs=200, task={"name": "multiscale", "n_points": 128})
+    assert analyze_runs(store, None, AnalysisParams(window=10, stride=10), console=Console(quiet=True)) == {
+        "short": None, "long": None}
+    assert compare.mixed_keys(store, compare.collect(store, by="depth"), "depth") == {
+        "epochs": ["60", "200"], "task.n_points": ["64", "128"]}
+    rc, out, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o")
+    assert rc == 2 and out == [] and len(err) == 1
+    assert err[0].startswith("kma: error: these runs differ in budget or task (epochs: 60, 200; task.n_points: 64, 128)")
+    assert "--allow-mixed" in err[0] and not (tmp_path / "o").exists()
+    rc, out, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o", "--allow-mixed")
+    assert rc == 0 and "2 runs by depth" in out[0]
+    assert any(e.startswith("kma: warning: group means mix runs that differ in budget or task (epochs: 60, 200")
+               for e in err)
+    rc, out, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o2", "--by", "epochs")
+    assert rc == 2 and "task.n_points: 64, 128" in err[0] and "epochs" not in err[0].split("(")[1].split(")")[0]

@@ -13,6 +13,8 @@ import pytest
 from pipeline.console import Console, DaskProgress, table_text
 from pipeline.errors import plural
 
+ESC_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 ESC = "\x1b"
 
 
@@ -100,6 +102,32 @@ def test_tables_plain_and_on_a_terminal():
     term = FakeTerminal()
     Console().table("title line", ["RUN", "STATUS"], [["a", "ok"]], file=term)
     assert ESC in term.getvalue() and "title line" in term.getvalue() and "─" in term.getvalue()
+
+
+def test_a_terminal_table_fits_80_columns_without_cutting_values():
+    """`kma runs` on an 80-column terminal: the id and the timestamp wrap onto further
+    lines, every other value keeps its width (no "…"), long headers are shortened and a
+    column empty in every row is left out."""
+    from rich.console import Console as RichConsole
+
+    from pipeline.console import _table
+
+    ids = ["mlp-d2-w32-tanh-small_variance-adam-s0-e33b718d7a", "mlp-d12-w512-relu-kaiming-sgd-s1-fc3a95ef41"]
+    rows = [[i, "complete", 201, 1234567, "2026-12-06T04:10:33.123456+00:00", "12 (ep 120)", "no", "", "2"]
+            for i in ids]
+    cols = ["RUN", "STATUS", "SNAPSHOTS", "PARAMETERS", "UPDATED", "CONVERGED", "BAD_INIT", "VAL_ACCURACY",
+            "ANALYSES"]
+    buf = io.StringIO()
+    RichConsole(file=buf, width=80, color_system=None, force_terminal=True).print(
+        _table(cols, rows, styled=True, fold=("UPDATED",), width=80))
+    lines = ESC_RE.sub("", buf.getvalue()).splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    text = "\n".join(lines)
+    assert "…" not in text and "VAL_ACC" not in text
+    for v in ("complete", "1234567", "12 (ep 120)", "SNAPS", "PARAMS", "CONV", "BAD", "ANALYSES"):
+        assert v in text, v
+    joined = "".join(ln.split()[0] if ln.split() else "" for ln in lines)   # the folded first column
+    assert all(i in joined for i in ids), joined
 
 
 def test_dask_progress_counts_the_tasks_of_a_real_computation():

@@ -61,6 +61,32 @@ def test_window_metrics_one_point_per_window_at_the_end_epoch():
     assert [v for _, v in m["all/min_dist_to_1"]] == pytest.approx([0.0] * 3)
 
 
+def test_window_metrics_log_distances_and_roles_line_up_across_depths():
+    """log10 of ||λ|max − 1| and of min |λ − 1| per window, checked against numpy on the
+    certified λ; roles first/hidden/last exist at depth 3 and at depth 2 (no hidden
+    there), and ``hidden`` pools every hidden layer's certified λ."""
+    tol = [1e-8, 1e-8]
+    deep = [_row("all", (0, 20), [1.02, 0.5], tol), _row("layers.0", (0, 20), [1.5, 0.2], tol),
+            _row("layers.1", (0, 20), [1.001, 0.3], tol), _row("layers.2", (0, 20), [0.9, 0.1], tol),
+            _row("out", (0, 20), [0.999, 0.4], tol)]
+    shallow = [_row("all", (0, 20), [1.02, 0.5], tol), _row("layers.0", (0, 20), [1.5, 0.2], tol),
+               _row("out", (0, 20), [0.999, 0.4], tol)]
+    m = window_metrics(RunSpectra.build(deep, label="d3", residual_tol=TOL, snapshot_epochs=EPOCHS))
+    s = window_metrics(RunSpectra.build(shallow, label="d1", residual_tol=TOL, snapshot_epochs=EPOCHS))
+    assert m["all/log10_gap_max_abs"] == [(19, pytest.approx(np.log10(0.02)))]
+    assert m["first/max_abs_reliable"] == [(19, pytest.approx(1.5))]
+    assert m["last/log10_gap_max_abs"] == [(19, pytest.approx(np.log10(0.001)))]
+    assert m["hidden/max_abs_reliable"] == [(19, pytest.approx(1.001))]          # pooled layers.1, layers.2
+    assert m["hidden/n_reliable"] == [(19, 4.0)]
+    assert m["hidden/log10_min_dist_to_1"] == [(19, pytest.approx(np.log10(0.001)))]
+    assert m["first/max_abs_reliable"] == s["first/max_abs_reliable"]            # same key at both depths
+    assert m["last/max_abs_reliable"] == s["last/max_abs_reliable"]
+    assert not any(k.startswith("hidden/") for k in s)
+    on_circle = window_metrics(RunSpectra.build([_row("all", (0, 20), [1.0], [0.0])], label="x",
+                                                residual_tol=TOL, snapshot_epochs=EPOCHS))
+    assert on_circle["all/log10_gap_max_abs"] == [(19, -12.0)]                   # floored, not -inf
+
+
 def test_spectrum_one_panel_per_layer_fixed_axes_time_colours():
     sp = _spectra()
     fig = plots.spectrum_figure(sp)
@@ -178,13 +204,32 @@ def test_group_figures_name_groups_runs_and_analysis():
 
     fig = plots.group_moduli_figure(groups, by="depth")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["depth=2: d2-a", "depth=2: d2-b", "depth=3: d3-a"]
-    a1 = fig.axes[0]
-    colours = [ln.get_color() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
-    styles = [ln.get_linestyle() for ln in a1.get_lines() if ln.get_label().startswith("depth=")]
-    assert colours[0] == colours[1] != colours[2] and styles[0] != styles[1]
+    assert labels == ["depth=2 (2 runs)", "depth=3 (1 run)", "median of the group's runs",
+                      "band: min–max of the runs", "one run"]   # a key for every mark
+    a1, a2 = fig.axes[:2]
+    assert a1.get_yscale() == a2.get_yscale() == "log"
+    # per group: its colour on thin run lines and a thick median, the same in both panels
+    for ax in (a1, a2):
+        thick = [ln for ln in ax.get_lines() if ln.get_linewidth() > 2]
+        assert [ln.get_color() for ln in thick] == [plots.group_colour(0), plots.group_colour(1)]
+        assert len([ln for ln in ax.get_lines() if ln.get_linewidth() < 1]) == 3   # one per run
+    # the median of depth 2 (λ = 3.0 at every window in both runs): ||λ|max − 1| = 2
+    np.testing.assert_allclose([ln for ln in a1.get_lines() if ln.get_linewidth() > 2][0].get_ydata(), 2.0)
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    assert all(not legend_box.overlaps(ax.get_window_extent()) for ax in (a1, a2))   # outside the data
     assert "qr-w20s10-x" in fig._suptitle.get_text()
     plots._plt().close(fig)
+
+
+def test_group_band_median_and_percentiles():
+    runs = [(np.array([1.0, 2.0]), np.array([v, 10 * v])) for v in (1.0, 2.0, 3.0, 4.0, 100.0)]
+    x, med, lo, hi, what = plots._group_band(runs)
+    assert x.tolist() == [1.0, 2.0] and med.tolist() == [3.0, 30.0] and what == "10–90 %"
+    np.testing.assert_allclose(lo, np.percentile([1, 2, 3, 4, 100], 10) * np.array([1, 10]))
+    x, med, lo, hi, what = plots._group_band(runs[:2] + [(np.array([3.0]), np.array([7.0]))])
+    assert x.tolist() == [1.0, 2.0, 3.0] and med.tolist() == [1.5, 15.0, 7.0] and what == "min–max"
+    assert lo.tolist() == [1.0, 10.0, 7.0] and hi.tolist() == [2.0, 20.0, 7.0]
 
 
 def test_analysis_figures_written(tmp_path):

@@ -105,6 +105,16 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     parents = {m.info.run_id for m in mruns}
     assert {a.data.tags["mlflow.parentRunId"] for a in analyses} == parents
 
+    # the last lines: verdict counts (all four analysed), then where to look next
+    import re
+
+    tail = r.stderr.strip().splitlines()[-3:]
+    m = re.fullmatch(r"verdicts: (\d+) converged(?:, (\d+) not converged)?(?:, \d+ bad init)?", tail[0])
+    assert m and sum(int(g or 0) for g in m.groups()) == 4, tail
+    assert tail[1] == (f"next: mlflow ui --backend-store-uri {uri}, then open "
+                       f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    assert tail[2].split() == ["kma", "compare", "--store", str(store.resolve()), "--sweep", "tiny", "--by", "depth"]
+
     # second run: nothing trained, nothing registered, nothing re-analysed
     r = _sweep(cfg, store, uri, kma_env)
     assert r.returncode == 0, r.stderr

@@ -221,8 +221,10 @@ def resolved_dict(cfg: SweepConfig) -> dict:
 def variant_params(variant: "Variant") -> dict[str, Any]:
     """A variant's MLflow params: its fields flattened (``loss.name``, ``loss.s``, ...);
     a loss given by a mapping also logs its label as ``loss`` (``sobolev(s=1)``), so
-    runs group by ``loss`` alike whatever form their loss takes."""
-    params = flatten_dict(variant.model_dump(mode="json"))
+    runs group by ``loss`` alike whatever form their loss takes. Options left out (None:
+    no ``accelerate``, ``freeze``, ``prune``, ``stop``, ``on_bad_init``) are not logged,
+    so the UI shows no column of "None"s."""
+    params = {k: v for k, v in flatten_dict(variant.model_dump(mode="json")).items() if v is not None}
     if not isinstance(variant.loss, str):
         params["loss"] = loss_label(variant.loss)
     return params

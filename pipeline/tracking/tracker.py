@@ -15,11 +15,18 @@ A fresh SQLite database is created under a file lock, so that two commands start
 once on the same new file do not race through MLflow's schema migration.
 
 Where things go in the UI: each experiment is created with the tag
-``mlflow.experimentKind = custom_model_development`` (MLflow 3 opens it on its runs, not on
-a GenAI traces page) and with its artifact location next to the tracking database
+``mlflow.experimentKind = custom_model_development`` and with its artifact location next to the tracking database
 (``sqlite:////x/mlflow.db`` → ``/x/mlartifacts/<experiment>``), or under
 ``$KMA_ARTIFACT_ROOT``; for a tracking server the server's artifact store decides. Never
 MLflow's default ``./mlruns`` of the current directory.
+
+Which view the UI opens is not the tag's to decide in MLflow 3.17/3.18: the sidebar's
+global "GenAI | Model training" switch is (``WorkflowTypeContext``: the URL's
+``workflowType`` query parameter, else the browser's local storage, else GenAI), and the
+experiment kind is derived from it (``useExperimentKind`` ignores the tag while
+``shouldEnableWorkflowBasedNavigation()`` is on, which it always is). So every link kma
+prints (:func:`experiment_url`) carries ``?workflowType=machine_learning``: it opens on
+the runs table in any browser.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ TAG_STORE = "kma.store"
 TAG_URI = "kma.trajectory_uri"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
+WORKFLOW_QUERY = "workflowType=machine_learning"   # MLflow UI: the model-training view (see above)
+LOCAL_UI = "http://127.0.0.1:5000"   # where `mlflow ui` serves by default
 DONE = ("FINISHED", "FAILED", "KILLED")  # MLflow states of a completely written record
 _MAX_PARAM = 6000
 
@@ -88,6 +97,22 @@ def artifact_root(tracking_uri: str) -> str | None:
     if db is not None:
         return str(db.resolve().parent / "mlartifacts")
     return None
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, ui: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs: on the tracking server itself for an
+    HTTP URI, else on ``ui`` (default: ``mlflow ui``'s http://127.0.0.1:5000), in the
+    model-training view (``?workflowType=machine_learning``: MLflow 3.17 would open a
+    GenAI overview otherwise)."""
+    base = ui or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{WORKFLOW_QUERY}"
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves the UI for a database URI (None for a tracking server)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def _slug(name: str) -> str:
@@ -286,6 +311,25 @@ class Tracker:
         for path in artifacts:
             self.client.log_artifact(rid, str(path))
         self.client.set_terminated(rid, "FINISHED", end_time=end_ms)
+        return rid
+
+    def summarize_on_training(self, experiment: str, run_id: str, store: str, *, tags: dict[str, str],
+                              metrics: dict[str, tuple[int, float]]) -> str | None:
+        """Copy an analysis' summary onto the run's training record, so that one row per
+        variant holds config → loss → verdict (the table and parallel coordinates read
+        each metric's latest value: a later analysis' values supersede). ``metrics``:
+        ``{name: (step, value)}``. Returns the training record's id (None if it has none)."""
+        from mlflow.entities import Metric, RunTag
+
+        found = [r for r in self.find(experiment, run_id, store=store) if r.info.status in DONE]
+        if not found:
+            return None
+        rid = found[-1].info.run_id
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, (step, v) in sorted(metrics.items())]
+        items = [RunTag(k, _param_value(v)) for k, v in sorted(tags.items())]
+        for i in range(0, max(len(batch), len(items), 1), 100):
+            self.client.log_batch(rid, metrics=batch[i : i + 100], tags=items[i : i + 100])
         return rid
 
     # -- helpers -----------------------------------------------------------------------

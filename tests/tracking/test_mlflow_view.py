@@ -6,6 +6,13 @@ to type; the test fails if that page stops quoting them."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 import yaml
@@ -17,9 +24,11 @@ from pipeline.console import Console
 from pipeline.training.runner import run_variant
 from pipeline.storage.store import TrajectoryStore
 from pipeline.sync import register_run, short_name
-from pipeline.tracking.tracker import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root
+from pipeline.tracking.tracker import (EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root,
+                                       experiment_url)
 
 from conftest import REPO, TINY
+from services import need
 
 EPOCHS = 8
 PARAMS = AnalysisParams(window=4, stride=2)
@@ -95,7 +104,7 @@ def test_training_runs_carry_training_times_and_readable_names(sweep):
         assert r.info.end_time > r.info.start_time
         assert r.info.run_name == short_name(stored) == r.data.tags["kma.variant"]
         c = stored.config
-        assert r.info.run_name.startswith(f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-")
+        assert r.info.run_name.startswith(f"d{c['depth']}-w{c['width']}-{c['init']}-s{c['seed']}-e{EPOCHS}-")
         assert len(r.info.run_name) < len(stored.run_id)
         names.add(r.info.run_name)
     assert len(names) == 4
@@ -131,6 +140,39 @@ def test_depth_and_init_filters_find_training_runs_and_their_analyses(sweep):
                                                            if r.data.params["init"] == "small_variance")
 
 
+def test_one_row_per_variant_holds_config_loss_and_verdict(sweep):
+    """Each training record carries its latest analysis' verdict (tags and metrics) and the
+    last window's spectral summaries, equal to the analysis run's own latest values, so the
+    training search alone is the table (and the parallel-coordinates input) of
+    config → loss → verdict; the analysis id is named and explained."""
+    client = MlflowClient(sweep["uri"])
+    analyses = {a.data.tags["mlflow.parentRunId"]: a for a in _search(sweep["uri"], ANALYSES)}
+    training = _search(sweep["uri"], TRAINING)
+    assert len(training) == 4 and set(analyses) == {t.info.run_id for t in training}
+    for t in training:
+        a = analyses[t.info.run_id]
+        tags, m = t.data.tags, t.data.metrics
+        assert {"depth", "init", "width", "lr", "seed"} <= set(t.data.params)
+        assert "None" not in t.data.params.values() and "stop" not in t.data.params   # absent options: no column
+        assert "val_loss" in m and "train_loss" in m
+        for key in ("kma.converged", "kma.bad_init", "kma.convergence_reason"):
+            assert tags[key] == a.data.tags[key], key
+        assert m["verdict/converged"] == a.data.metrics["verdict/converged"] == (tags["kma.converged"] == "yes")
+        assert tags["kma.latest_analysis"] == a.data.tags["kma.analysis_id"] == PARAMS.analysis_id
+        assert tags["kma.analysis_about"] == a.data.tags["kma.analysis_about"]
+        assert tags["kma.analysis_about"].startswith("method qr, windows of 4 snapshots every 2, per layer")
+        for key in ("all/n_reliable", "all/rank", "all/median_residual", "first/rank", "last/rank"):
+            assert m[key] == pytest.approx(a.data.metrics[key]), key
+            [point] = client.get_metric_history(t.info.run_id, key)   # one point: the last window's
+            assert point.step == max(h.step for h in client.get_metric_history(a.info.run_id, key))
+        for key in ("all/max_abs_reliable", "all/log10_gap_max_abs", "last/log10_min_dist_to_1"):
+            # present where a λ was certified (8 epochs may certify none): then equal
+            assert m.get(key) == pytest.approx(a.data.metrics.get(key)), key
+        assert not any(k.startswith("layers.") for k in m)   # per-layer history stays on the analysis
+        depth = int(t.data.params["depth"])
+        assert ("hidden/rank" in m) == (depth >= 2)   # depth 1: layers.0 and out, no hidden layer
+
+
 def test_spectral_metrics_per_window_on_the_epoch_axis(sweep):
     """One point per window, step = the epoch of the window's last snapshot: the same
     axis as the training metrics (step = epoch), so the UI overlays them."""
@@ -161,3 +203,69 @@ def test_artifact_root(tmp_path, monkeypatch):
     assert artifact_root(f"sqlite:///{tmp_path}/mlflow.db") == "s3://bucket/artifacts"
     monkeypatch.setenv("KMA_ARTIFACT_ROOT", "arts")
     assert artifact_root("http://mlflow:5000") == f"{tmp_path}/arts"
+
+
+# ------------------------------------------------------------------ the UI in a real browser
+GENAI_MARKS = ("Detect Issues", "Token Usage", "Tokens per Trace", "Latency")   # the GenAI overview's panels
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(sweep):
+    """``mlflow ui`` on the sweep's SQLite database, on a port the OS picks (``--port 0``
+    with one worker: uvicorn binds it and logs the real port)."""
+    log = sweep["tmp"] / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([f"{sys.prefix}/bin/mlflow", "ui", "--backend-store-uri", sweep["uri"],
+                                 "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=sweep["cwd"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240   # a start-up wait: ~10 s idle, ~50 s on a loaded 2-core box
+        while not (m := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())):
+            assert proc.poll() is None, f"mlflow ui exited: {log.read_text()[-800:]}"
+            assert time.monotonic() < deadline, f"mlflow ui did not start: {log.read_text()[-800:]}"
+            time.sleep(0.2)
+        yield m.group(1)
+    finally:
+        os.killpg(proc.pid, 15)   # its own session: uvicorn and MLflow's job runner with it
+        proc.wait(timeout=30)
+
+
+def _chromium(url: str, tmp, *extra: str) -> str:
+    """The DOM headless Chromium renders for ``url`` (a fresh profile: what a newcomer sees)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        need("Debian's chromium is not installed (apt-get install chromium)")
+    profile = tmp / f"profile-{time.monotonic_ns()}"
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--window-size=1600,1000",
+                          *extra, url], capture_output=True, text=True, timeout=240)
+    shutil.rmtree(profile, ignore_errors=True)
+    return out.stdout
+
+
+def test_the_printed_url_opens_the_runs_table_in_a_browser(sweep, mlflow_ui):
+    """The link kma prints, loaded in a fresh headless Chromium against a real ``mlflow ui``:
+    the rendered page lists the four training runs by name (analyses folded under them)
+    and none of the GenAI overview's panels. Without ``?workflowType=machine_learning``
+    MLflow 3.17.2 renders the GenAI overview for this very experiment, tag or no tag."""
+    exp = MlflowClient(sweep["uri"]).get_experiment_by_name("tiny")
+    url = experiment_url(sweep["uri"], exp.experiment_id, ui=mlflow_ui)
+    assert url == f"{mlflow_ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    names = sorted(r.info.run_name for r in _search(sweep["uri"], TRAINING))
+    dom = ""
+    for _ in range(2):   # a second look if the page was still loading when the budget ran out
+        dom = _chromium(url, sweep["tmp"], "--dump-dom")
+        if all(n in dom for n in names):
+            break
+    missing = [n for n in names if n not in dom]
+    assert not missing, f"run names not rendered: {missing}; page text: {re.sub(r'<[^>]+>', ' ', dom)[-1500:]}"
+    assert "Runs" in dom
+    assert not [m for m in GENAI_MARKS if m in dom]
+    analyses = [r.info.run_name for r in _search(sweep["uri"], ANALYSES)]
+    assert analyses and not [a for a in analyses if a in dom]   # children stay folded: one row per variant
+    shot = sweep["tmp"] / "runs.png"
+    _chromium(url, sweep["tmp"], f"--screenshot={shot}")
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("KMA_UI_SHOT"):   # to look at it: KMA_UI_SHOT=/tmp/runs.png pytest ...
+        shutil.copy(shot, os.environ["KMA_UI_SHOT"])
