@@ -246,8 +246,7 @@ def permutation_test(D, idx_a, idx_b, n_perm: int = 999, seed: int = 0) -> float
         return float(np.mean(t >= t_obs - tol))
     rng = np.random.default_rng(seed)
     Z = np.zeros((n_perm, n))
-    for k in range(n_perm):
-        Z[k, rng.permutation(n)[:len(a)]] = 1
+    np.put_along_axis(Z, np.argsort(rng.random((n_perm, n)), axis=1)[:, :len(a)], 1.0, axis=1)
     t = _statistics(S, Z)
     return float((1 + np.sum(t >= t_obs - tol)) / (1 + n_perm))
 
@@ -284,6 +283,28 @@ def group_pairs(D, labels, order=None, alpha: float = 0.05, n_perm: int = 999, s
     for rec, ph in zip(out, holm([r["p_value"] for r in out])):
         rec["p_holm"] = ph
     return out
+
+
+def classes(groups, pairs) -> list[list[str]]:
+    """Classes of groups that train alike: connected components of the graph whose edges
+    are the ``equivalent`` pairs (a pair without a p-value joins nothing). Equivalence by
+    a test is not transitive (a ~ b and b ~ c with a, c told apart is possible); a class
+    says "linked by pairs that could not be told apart", not "all alike"."""
+    parent = {g: g for g in groups}
+
+    def root(g):
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for p in pairs:
+        if p.get("equivalent"):
+            parent[root(p["a"])] = root(p["b"])
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        out.setdefault(root(g), []).append(g)
+    return list(out.values())
 
 
 def classical_mds(D, dims: int = 2) -> np.ndarray:
@@ -369,8 +390,10 @@ def distances(spectra_list, n_bins: int | None = None, n_quantiles: int = N_QUAN
 def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_perm: int = 999,
             seed: int = 0, n_bins: int | None = None) -> dict:
     """The ``dynamics`` section of ``kma compare --json``: ``{"metric", "runs",
-    "group_of", "distance" (the whole network's; N × N lists), "pairs", "alpha",
-    "n_bins", "by_role": {role: {"distance", "pairs"}}}``."""
+    "group_of", "groups", "role", "distance" (the whole network's, or the first role's
+    when the analysis has no ``all``; N × N lists), "pairs" (:func:`group_pairs`),
+    "classes" (:func:`classes`), "alpha", "n_bins", "by_role": {role: {"distance",
+    "pairs"}}}``; runs in the order given."""
     n_bins = n_bins or default_bins(spectra_list)
     D = distances(spectra_list, n_bins=n_bins)
     head = "all" if "all" in D else next(iter(D))
@@ -381,8 +404,9 @@ def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_pe
                  for k, v in p.items()} for p in pairs]
 
     def as_lists(M):
-        return [[round(float(x), 10) for x in row] for row in M]
+        return np.round(M, 10).tolist()
 
+    pairs = clean(group_pairs(D[head], labels, order, alpha=alpha, n_perm=n_perm, seed=seed))
     return {
         "metric": METRIC,
         "runs": list(run_ids),
@@ -390,7 +414,8 @@ def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_pe
         "groups": order,
         "role": head,
         "distance": as_lists(D[head]),
-        "pairs": clean(group_pairs(D[head], labels, order, alpha=alpha, n_perm=n_perm, seed=seed)),
+        "pairs": pairs,
+        "classes": classes([g for g in order if g in set(labels)], pairs),
         "alpha": alpha,
         "n_bins": n_bins,
         "by_role": {role: {"distance": as_lists(M),

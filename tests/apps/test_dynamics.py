@@ -240,3 +240,37 @@ def test_section_contract(stored):
     assert pair["within_b"] is None and pair["between"] > pair["within_a"]
     assert pair["p_value"] == pytest.approx(1 / 4) and pair["equivalent"] is True  # 4 labellings: no power
     assert set(sec["by_role"]) == {"first", "hidden", "last"}
+    assert sec["classes"] == [["a", "b"]]
+
+
+def test_classes_are_components_of_equivalent_pairs():
+    pairs = [{"a": "x", "b": "y", "equivalent": True}, {"a": "y", "b": "z", "equivalent": False},
+             {"a": "z", "b": "w", "equivalent": None}, {"a": "x", "b": "z", "equivalent": False}]
+    assert dyn.classes(["x", "y", "z", "w"], pairs) == [["x", "y"], ["z"], ["w"]]
+
+
+def test_figures_read_at_few_and_many_runs(tmp_path):
+    from pipeline.apps import dynamics_plots as dp
+    from pipeline import plots
+
+    for n in (8, 120):
+        rng = np.random.default_rng(n)
+        X = rng.normal(size=(n, 2)) + np.repeat(np.arange(4), n // 4)[:, None] * 3
+        labels = [f"g{k}" for k in np.repeat(np.arange(4), n // 4)]
+        sec = {"metric": dyn.METRIC, "role": "all", "n_bins": 3, "runs": [f"run{k:03d}" for k in range(n)],
+               "group_of": {f"run{k:03d}": g for k, g in enumerate(labels)}, "groups": ["g0", "g1", "g2", "g3"],
+               "distance": np.linalg.norm(X[:, None] - X[None], axis=-1).tolist()}
+        fig = dp.matrix_figure(sec, by="init", analysis_id="qr-x")
+        ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        # few runs: every run named; many: the groups, with their sizes
+        assert ticks == ([f"run{k:03d} ({g})" for k, g in enumerate(labels)] if n == 8 else
+                         [f"init={g} ({n // 4})" for g in ("g0", "g1", "g2", "g3")])
+        assert "qr-x" in fig.axes[0].get_title() and f"{n} runs by init" in fig.axes[0].get_title()
+        plots._plt().close(fig)
+        fig = dp.embedding_figure(sec, by="init")
+        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+            f"init={g} ({n // 4})" for g in ("g0", "g1", "g2", "g3")]
+        plots._plt().close(fig)
+        files = dp.save_figures(sec, tmp_path / str(n), by="init")
+        assert [f.name for f in files] == ["dynamics_matrix.png", "dynamics_mds.png"]
+        assert all(f.stat().st_size > 10_000 for f in files)
