@@ -404,7 +404,7 @@ def cmd_compare(args, console) -> int:
         console.error(f"kma: error: {msg}")
     out = compare.folder(args.out, rows, args.by)
     section = compare.dynamics(rows)
-    report = json.dumps(compare.json_report(rows, args.by, section), indent=1) + "\n"
+    report = json.dumps(compare.json_report(rows, args.by, section), indent=1 if len(rows) <= 50 else None) + "\n"
     try:
         figs = compare.figures(rows, out, args.by, section)
         write_text_atomic(out / "table.txt", text + "\n", "--out")

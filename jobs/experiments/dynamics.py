@@ -8,6 +8,7 @@ distances (whole network and per layer role), the permutation p-value and whethe
 groups come out equivalent.
 
     nice -n 10 python jobs/experiments/dynamics.py --out /tmp/dyn [--seeds 0 1] [--only optimizer sanity]
+        [--replicas 8]   # runs per group (the configs' 4): stores <name><replicas>-s<seed>
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--replicas", type=int, default=None, help="runs per group (default: the config's seeds)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -50,11 +52,13 @@ def main(argv=None) -> int:
     rows = []
     for name in args.only:
         for seed in args.seeds:
-            store = out / f"{name}-s{seed}"
+            tag = f"{name}{args.replicas or ''}-s{seed}"
+            store = out / tag
             if not (store / "runs").exists():
-                kma("sweep", REPO / "configs" / "dynamics" / f"{name}.yaml", f"seed={seed}", "--store", store,
+                more = [f"seeds={args.replicas}"] if args.replicas else []
+                kma("sweep", REPO / "configs" / "dynamics" / f"{name}.yaml", f"seed={seed}", *more, "--store", store,
                     "--tracking-uri", uri, cwd=out)
-            path = out / f"{name}-s{seed}.json"
+            path = out / f"{tag}.json"
             kma("compare", "--store", store, "--by", CONFIGS[name], "--json", path, "--out", out / "compare",
                 cwd=out)
             dyn = json.loads(path.read_text())["dynamics"]

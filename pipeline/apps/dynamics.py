@@ -12,28 +12,31 @@ The metric, ``spectral-w1``
 ---------------------------
 A window's certified spectrum is a probability measure on the plane,
 ``μ = Σ_i w_i δ_{λ_i}``, over the certified Ritz values ``λ_i`` with weights
-``w_i = |a_i| / Σ_j |a_j|`` (normalised mode amplitudes). Eigenvalues of a real
-training map come in conjugate pairs, so each is described by its rate ``ρ = min(|λ|,
-RHO_MAX)`` (decay per snapshot; above ``RHO_MAX`` everything is "diverging" alike) and
-its frequency ``θ = |arg λ| / π`` in [0, 1]. The distance of two windows is
+``w_i ∝ |a_i| · |λ_i − 1|``: mode ``i``'s amplitude in the update ``x_{t+1} − x_t``
+(plain amplitudes put almost all the mass on the fixed point λ = 1 that every converging
+training map has; only when nothing else is certified is the measure a point mass
+there). Eigenvalues of a real training map come in conjugate pairs, so each is described
+by its rate ``ρ = min(|λ|, RHO_MAX)`` (decay per snapshot; above ``RHO_MAX`` everything
+is "diverging" alike) and its frequency ``θ = |arg λ| / π`` in [0, 1]. The distance of
+two windows is
 
     d(μ, ν) = W1(ρ_μ, ρ_ν) + W1(θ_μ, θ_ν)
 
 (1-D Wasserstein-1 distances of the marginals: the L1 distance of the quantile
-functions, evaluated by the midpoint rule on ``N_QUANTILES`` levels, :func:`quantiles`); a window with nothing certified is "unknown" and lies
-``MISSING`` from any window that has something (half the largest ``d``, so ``d`` stays a
-metric), 0 from another unknown one. Two runs are compared on ``n_bins`` windows aligned
-by fraction of training (:func:`align`), and their distance is the mean of ``d`` over
-those bins — per layer role (``all`` = the whole network, ``first``, ``hidden``,
-``last``: :func:`layer_roles`), so that networks of different depths compare.
+functions, evaluated by the midpoint rule on ``N_QUANTILES`` levels, :func:`quantiles`).
+A window with nothing certified is unknown and is not compared. Two runs are compared on
+``n_bins`` windows aligned by fraction of training (:func:`align`); their distance is the
+mean of ``d`` over the bins known to both (:func:`pairwise`) — per layer role (``all`` =
+the whole network, ``first``, ``hidden``, ``last``: :func:`layer_roles`), so that networks
+of different depths compare.
 
 Invariances (by construction, tested in ``tests/apps/test_dynamics.py`` on stored
 trajectories): any fixed linear change of coordinates ``x → c·Q x`` (``Q`` orthogonal)
 leaves the DMD eigenvalues unchanged and scales all amplitudes by ``c``, so the distance
 ignores the scale of the weights, a permutation of hidden units (a permutation matrix),
 and the number of parameters when the same dynamics are embedded in more of them. It is
-not invariant to the speed of training in epochs (windows are aligned by fraction of
-training) nor to the snapshot interval (``λ`` is per snapshot).
+not invariant to the speed of training (a larger step size moves the rates) nor to the
+snapshot interval (``λ`` is per snapshot).
 
 Why the marginals and not the 2-D Wasserstein distance: both coordinates have a meaning
 of their own (rate, frequency); their 1-D W1 is closed-form and embeds each window as
@@ -368,14 +371,14 @@ def default_bins(spectra_list) -> int:
 
 
 def distances(spectra_list, n_bins: int | None = None, n_quantiles: int = N_QUANTILES) -> dict[str, np.ndarray]:
-    """``{role: D (N, N)}`` for the runs' :class:`~pipeline.spectra.RunSpectra`, roles
-    that at least one run has. ``n_bins`` defaults to the fewest whole-network windows
+    """``{role: D (N, N)}`` for the runs' :class:`~pipeline.spectra.RunSpectra`: ``all``
+    and the roles that at least one run has. ``n_bins`` defaults to the fewest whole-network windows
     of any run (at least 1)."""
     roles = [run_roles(s) for s in spectra_list]
     n_bins = n_bins or default_bins(spectra_list)
     out = {}
     for role in ROLES:
-        if not any(role in r for r in roles):
+        if role != "all" and not any(role in r for r in roles):
             continue
         E = np.zeros((len(spectra_list), n_bins, 2 * n_quantiles))
         P = np.zeros((len(spectra_list), n_bins), bool)
@@ -390,21 +393,20 @@ def distances(spectra_list, n_bins: int | None = None, n_quantiles: int = N_QUAN
 def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_perm: int = 999,
             seed: int = 0, n_bins: int | None = None) -> dict:
     """The ``dynamics`` section of ``kma compare --json``: ``{"metric", "runs",
-    "group_of", "groups", "role", "distance" (the whole network's, or the first role's
-    when the analysis has no ``all``; N × N lists), "pairs" (:func:`group_pairs`),
+    "group_of", "groups", "role" (``all``), "distance" (the whole network's; N × N lists), "pairs" (:func:`group_pairs`),
     "classes" (:func:`classes`), "alpha", "n_bins", "by_role": {role: {"distance",
     "pairs"}}}``; runs in the order given."""
     n_bins = n_bins or default_bins(spectra_list)
     D = distances(spectra_list, n_bins=n_bins)
-    head = "all" if "all" in D else next(iter(D))
+    head = "all"
     order = list(order) if order is not None else sorted(set(labels))
 
     def clean(pairs):
-        return [{k: (None if v is None else (round(v, 10) if isinstance(v, float) else v))
+        return [{k: (None if v is None else (round(v, 8) if isinstance(v, float) else v))
                  for k, v in p.items()} for p in pairs]
 
     def as_lists(M):
-        return np.round(M, 10).tolist()
+        return np.round(M, 8).tolist()
 
     pairs = clean(group_pairs(D[head], labels, order, alpha=alpha, n_perm=n_perm, seed=seed))
     return {
