@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="also log the comparison as an MLflow run 'compare <by> <analysis>' in experiment "
                         "<sweep>-comparisons (kma-compare when the runs come from several); off when not given")
+    p.add_argument("--json", dest="json_path", default=None, metavar="PATH",
+                   help="also write the comparison as JSON: the table's rows and the 'dynamics' section "
+                        "(distances between the runs' training dynamics, seed-to-seed test per pair of groups)")
     parser.subcommands["compare"] = p
 
     p = sub.add_parser("runs", help="list the runs in a store")
@@ -440,11 +443,13 @@ def cmd_sync(args, console) -> int:
 
 def cmd_compare(args, console) -> int:
     from . import compare
-    from .outputs import check_dir, write_text_atomic
+    from .outputs import check_dir, check_file, write_text_atomic
     from .storage.store import TrajectoryStore
 
     _check_run_args(args.store, args.runs)
     check_dir(args.out, "--out")
+    if args.json_path:
+        check_file(args.json_path, "--json")
     skipped: dict[str, str] = {}
     missing: dict[str, str] = {}
     store = TrajectoryStore(args.store, read_only=True)
@@ -458,19 +463,24 @@ def cmd_compare(args, console) -> int:
     for msg in skipped.values():
         console.error(f"kma: error: {msg}")
     out = compare.folder(args.out, rows, args.by)
+    section = compare.dynamics(rows)
+    report = json.dumps(compare.json_report(rows, args.by, section), indent=1 if len(rows) <= 50 else None) + "\n"
     try:
-        figs = compare.figures(rows, out, args.by)
+        figs = compare.figures(rows, out, args.by, section)
         write_text_atomic(out / "table.txt", text + "\n", "--out")
+        write_text_atomic(out / "dynamics.json", report, "--out")
     except OSError as e:
         console.error(f"kma: error: --out {args.out}: cannot write the figures ({e.strerror or e})")
         return 1
-    console.info(f"comparison: {out}/ (table.txt, " + ", ".join(f.name for f in figs) + ")")
+    if args.json_path:
+        write_text_atomic(args.json_path, report, "--json")
+    console.info(f"comparison: {out}/ (table.txt, dynamics.json, " + ", ".join(f.name for f in figs) + ")")
     if args.tracking_uri:
         from .tracking.tracker import Tracker
 
         experiment = compare.experiment_of(store, rows)
         compare.register(Tracker(args.tracking_uri), experiment, rows, args.by, out,
-                         [out / "table.txt", *figs], store.location)
+                         [out / "table.txt", out / "dynamics.json", *figs], store.location)
         console.info(f"MLflow: run 'compare {args.by} {rows[0]['analysis_id']}' in experiment {experiment}")
     return 1 if skipped else 0
 

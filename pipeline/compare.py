@@ -245,13 +245,40 @@ def groups(rows: list[dict]) -> dict[str, list]:
     return out
 
 
-def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
+def dynamics(rows: list[dict], alpha: float = 0.05, n_perm: int = 999, seed: int = 0) -> dict:
+    """The ``dynamics`` section of ``kma compare --json``: distances between the runs'
+    training dynamics from their certified spectra and, per pair of groups, the
+    seed-to-seed permutation test (:mod:`pipeline.apps.dynamics`). Runs in group order,
+    then by id; groups named as in the table."""
+    from .apps import dynamics as dyn
+
+    order = _group_order(r["group"] for r in rows)
+    ranked = sorted(rows, key=lambda r: (order.index(r["group"]), r["run_id"]))
+    return dyn.section([r["run_id"] for r in ranked], [r["group"] for r in ranked],
+                       [r["spectra"] for r in ranked], order=order, alpha=alpha, n_perm=n_perm, seed=seed)
+
+
+def json_report(rows: list[dict], by: str, section: dict) -> dict:
+    """``kma compare --json``: ``{"by", "analysis_id", "rows": [table row per run],
+    "dynamics": section}`` (NaN cells as null)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return None if not np.isfinite(v) else float(v)
+        return v if v is None or isinstance(v, (str, int, bool)) else str(v)
+
+    table_rows = [{c: cell(r.get(c)) for c in COLUMNS} for r in sorted(rows, key=lambda r: r["run_id"])]
+    return {"by": by, "analysis_id": rows[0]["analysis_id"], "rows": table_rows, "dynamics": section}
+
+
+def figures(rows: list[dict], out: Path, by: str, section: dict | None = None) -> list[Path]:
     """``group_spectrum.png`` (Ritz values per group on the unit circle, coloured by
     position in training) and ``group_moduli.png`` (largest certified |λ| and distance to
-    1 over training, a line per run), written into ``out``; both titles name the analysis."""
+    1 over training, a line per run), written into ``out``; both titles name the analysis.
+    With the dynamics ``section`` also ``dynamics_matrix.png`` and ``dynamics_mds.png``
+    (:mod:`pipeline.apps.dynamics_plots`)."""
     from . import plots
 
-    from .apps import verdict_plots
+    from .apps import dynamics_plots, verdict_plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,10 +286,13 @@ def figures(rows: list[dict], out: Path, by: str) -> list[Path]:
     order = _group_order(r["group"] for r in rows)
     vg = {k: [(r["spectra"].label, r["verdict"]) for r in sorted(rows, key=lambda r: r["run_id"])
               if r["group"] == k] for k in order}
-    return [plots.save(plots.group_spectrum_figure(g, by=by), out / "group_spectrum.png"),
-            plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png"),
-            verdict_plots.save_group_figure(vg, out / "group_convergence.png", by=by,
-                                            analysis_id=rows[0]["analysis_id"])]
+    files = [plots.save(plots.group_spectrum_figure(g, by=by), out / "group_spectrum.png"),
+             plots.save(plots.group_moduli_figure(g, by=by), out / "group_moduli.png"),
+             verdict_plots.save_group_figure(vg, out / "group_convergence.png", by=by,
+                                             analysis_id=rows[0]["analysis_id"])]
+    if section is not None:
+        files += dynamics_plots.save_figures(section, out, by=by, analysis_id=rows[0]["analysis_id"])
+    return files
 
 
 def experiment_of(store: TrajectoryStore, rows: list[dict]) -> str:

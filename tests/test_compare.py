@@ -74,7 +74,9 @@ def test_compare_groups_and_figures(two_runs, tmp_path, kma_env):
     assert r.stdout.splitlines()[0] == f"analysis {aid} · 2 runs by depth"
     [folder] = (tmp_path / "figs").iterdir()
     assert folder.name.startswith(f"depth-{aid}-") and folder == compare.folder(tmp_path / "figs", list(rows.values()), "depth")
-    assert sorted(p.name for p in folder.iterdir()) == ["group_convergence.png", "group_moduli.png", "group_spectrum.png", "table.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "dynamics.json", "dynamics_matrix.png", "dynamics_mds.png", "group_convergence.png", "group_moduli.png",
+        "group_spectrum.png", "table.txt"]
     assert (folder / "table.txt").read_text().splitlines()[0] == f"analysis {aid} · 2 runs by depth"
 
 
@@ -159,7 +161,8 @@ def test_compare_registers_a_comparison_run(two_runs, tmp_path, capsys):
     assert run.data.params["analysis_id"] == aid and run.data.params["n_runs"] == "2"
     assert run.data.tags["kma.runs"] == "fast,slow"
     assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
-        "group_convergence.png", "group_moduli.png", "group_spectrum.png", "table.txt"]
+        "dynamics.json", "dynamics_matrix.png", "dynamics_mds.png", "group_convergence.png", "group_moduli.png",
+        "group_spectrum.png", "table.txt"]
     assert str(tmp_path) in run.info.artifact_uri  # beside the database, not in ./mlruns
 
 
@@ -184,3 +187,46 @@ def test_compare_refuses_to_mix_budgets_and_tasks_unless_asked(tmp_path, capsys)
                for e in err)
     rc, out, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o2", "--by", "epochs")
     assert rc == 2 and "task.n_points: 64, 128" in err[0] and "epochs" not in err[0].split("(")[1].split(")")[0]
+def test_compare_json_dynamics_section(tmp_path, capsys):
+    """Three configurations × 4 seeds of linear dynamics: seeds (random embeddings of the
+    same eigenvalues) come out equivalent, other eigenvalues do not; the JSON contract."""
+    import json
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    slow, fast = [0.95, 0.9, 0.85], [0.5, 0.6, 0.7]
+    for seed in range(4):   # init only labels: kaiming and orthogonal runs share their dynamics
+        _linear_run(store, f"k{seed}", slow, depth=2, seed=seed, init="kaiming")
+        _linear_run(store, f"o{seed}", slow, depth=2, seed=10 + seed, init="orthogonal")
+        _linear_run(store, f"z{seed}", fast, depth=2, seed=20 + seed, init="zeros")
+    analyze_runs(store, None, AnalysisParams(window=10, stride=10), console=Console(quiet=True))
+    path = tmp_path / "out" / "cmp.json"
+    rc, lines, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o",
+                          "--by", "init", "--json", path)
+    assert rc == 0, err
+    report = json.loads(path.read_text())
+    dyn = report["dynamics"]
+    assert dyn["metric"] == "spectral-w1" and report["by"] == "init"
+    assert dyn["runs"] == [f"k{i}" for i in range(4)] + [f"o{i}" for i in range(4)] + [f"z{i}" for i in range(4)]
+    assert dyn["group_of"] == {r: {"k": "kaiming", "o": "orthogonal", "z": "zeros"}[r[0]] for r in dyn["runs"]}
+    D = np.array(dyn["distance"])
+    assert D.shape == (12, 12) and np.array_equal(D, D.T) and not np.diag(D).any()
+    pairs = {(p["a"], p["b"]): p for p in dyn["pairs"]}
+    assert set(pairs) == {("kaiming", "orthogonal"), ("kaiming", "zeros"), ("orthogonal", "zeros")}
+    for p in pairs.values():
+        assert set(p) >= {"a", "b", "within_a", "within_b", "between", "p_value", "equivalent"}
+    assert pairs["kaiming", "orthogonal"]["equivalent"] is True and pairs["kaiming", "orthogonal"]["p_value"] > 0.05
+    for key in (("kaiming", "zeros"), ("orthogonal", "zeros")):
+        p = pairs[key]
+        assert p["equivalent"] is False and p["p_value"] == pytest.approx(2 / 70)   # the smallest at 4 + 4 runs
+        assert p["between"] > 10 * max(p["within_a"], p["within_b"])
+    # the same section rides along in the comparison folder
+    [folder] = (tmp_path / "o").iterdir()
+    assert json.loads((folder / "dynamics.json").read_text())["dynamics"] == dyn
+
+
+def test_compare_json_bad_path_is_one_line(two_runs, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    rc, lines, err = _kma(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o",
+                          "--json", tmp_path / "afile" / "x.json")
+    assert rc == 2 and lines == [] and len(err) == 1 and err[0].startswith("kma: error: --json "), err
+    assert not (tmp_path / "o").exists()
