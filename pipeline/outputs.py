@@ -31,9 +31,34 @@ def _check_creatable(p: Path, flag: str) -> None:
         raise KMAError(f"{flag} {p}: cannot write in {base} (permission denied or read-only)")
 
 
+def _check_outside_store(p: Path, flag: str) -> None:
+    """An output never lands inside a Zarr store: it would replace a run's (or the
+    store's) metadata, or mix foreign files into the store."""
+    from .storage.safety import store_holding
+
+    store = store_holding(p)
+    if store is not None:
+        raise KMAError(f"{flag} {p}: is inside the Zarr store {store}; write outputs outside the store")
+
+
+def _check_name_lengths(p: Path, flag: str) -> None:
+    """A path the system can name: no component over NAME_MAX, the whole under PATH_MAX."""
+    shown = str(p) if len(str(p)) <= 120 else str(p)[:60] + "..." + str(p)[-40:]
+    if len(os.fsencode(str(p.absolute()))) >= 4096:
+        raise KMAError(f"{flag} {shown}: path too long ({len(str(p.absolute()))} characters; "
+                       "the limit is 4095)")
+    for part in p.parts:
+        if len(os.fsencode(part)) > 255:
+            raise KMAError(f"{flag} {shown}: a name in the path is too long ({len(part)} characters; "
+                           "the limit is 255)")
+
+
 def check_file(path: str | os.PathLike, flag: str) -> None:
-    """A file ``path`` can be written: not a folder, and its folder exists or can be made."""
+    """A file ``path`` can be written: not a folder, not inside a store, and its folder
+    exists or can be made."""
     p = Path(path)
+    _check_name_lengths(p, flag)
+    _check_outside_store(p, flag)
     if p.is_dir():
         raise KMAError(f"{flag} {p}: is a folder; give a file name")
     if p.exists() and not os.access(p, os.W_OK):
@@ -42,8 +67,10 @@ def check_file(path: str | os.PathLike, flag: str) -> None:
 
 
 def check_dir(path: str | os.PathLike, flag: str) -> None:
-    """Files can be written into folder ``path`` (which may not exist yet)."""
+    """Files can be written into folder ``path`` (which may not exist yet), outside any store."""
     p = Path(path)
+    _check_name_lengths(p, flag)
+    _check_outside_store(p, flag)
     if p.exists() and not p.is_dir():
         raise KMAError(f"{flag} {p}: is a file; give a folder")
     _check_creatable(p, flag)

@@ -36,6 +36,8 @@ def cut_short(store: TrajectoryStore, run_id: str) -> bool:
     from zarr.core.sync import sync
 
     prefix = f"runs/{run_id}/"
+    if store.link_problem(run_id):  # never listed through a link out of the store
+        return False
 
     async def _keys():
         return [k.removeprefix(prefix) async for k in store._zstore.list_prefix(prefix)]
@@ -97,6 +99,36 @@ def metadata_problem(store: TrajectoryStore, run_id: str) -> str | None:
         return f"damaged metadata: unreadable layout ({type(e).__name__})"
     if not isinstance(attrs["config"], dict):
         return "damaged metadata: config is not a mapping"
+    return schema_problem(store, run_id, attrs)
+
+
+def schema_problem(store: TrajectoryStore, run_id: str, attrs: dict) -> str | None:
+    """Why a run's attributes disagree with its weights array (valid JSON, wrong shape):
+    ``n_snapshots`` beyond the rows the array holds, a parameter count other than the
+    layout's, no weights array under a run with snapshots; None if they agree."""
+    from .layout import Layout
+
+    try:
+        n = int(attrs.get("n_snapshots", 0))
+        size = Layout.from_records(attrs["layout"]).size if "layout" in attrs else None
+    except Exception as e:  # noqa: BLE001 - malformed values: said by the caller's checks
+        return f"damaged metadata: unreadable layout or n_snapshots ({type(e).__name__})"
+    if isinstance(attrs.get("n_snapshots"), bool) or n < 0:
+        return f"damaged metadata: n_snapshots is {str(attrs.get('n_snapshots'))[:40]!r}, not a count"
+    try:
+        weights = store.root[f"runs/{run_id}/weights"]
+    except KeyError:
+        return f"damaged metadata: n_snapshots is {n} but there is no weights array" if n else None
+    except Exception as e:  # noqa: BLE001 - unreadable array metadata
+        return f"damaged metadata: runs/{run_id}/weights/zarr.json is unreadable ({type(e).__name__})"
+    shape = getattr(weights, "shape", None)
+    if shape is None or len(shape) != 2:
+        return f"damaged metadata: runs/{run_id}/weights is not a 2-D array"
+    if n > shape[0]:
+        return f"damaged metadata: n_snapshots is {n} but the weights array holds {shape[0]} rows"
+    if size is not None and shape[1] != size:
+        return (f"damaged metadata: the layout has {size} parameters but the weights array "
+                f"{shape[1]} columns")
     return None
 
 

@@ -278,11 +278,15 @@ class TrajectoryStore:
         """Every run prefix, with its status; a ``running`` run that no live sweep holds
         (see :mod:`pipeline.storage.lease`) is reported as ``interrupted``, and so is one
         whose creation was cut short (:func:`pipeline.storage.health.cut_short`)."""
-        from .health import CUT_SHORT, cut_short
+        from .health import CUT_SHORT, cut_short, schema_problem
         from .lease import is_live
 
         out = []
         for rid in self.run_ids():
+            link = self.link_problem(rid)
+            if link:  # never read through it; a sweep refuses to wipe it (one line)
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid), link))
+                continue
             try:
                 attrs = dict(self._group(rid, checked=False).attrs)
             except StoreError:
@@ -302,6 +306,11 @@ class TrajectoryStore:
                 continue
             # every writer sets a status at once: a run without one is damaged, not running
             status = attrs.get("status", "corrupt")
+            problem = schema_problem(self, rid, attrs)
+            if problem:  # valid JSON of the wrong shape: never listed complete nor registered
+                out.append(RunInfo(rid, "corrupt", 0, n_params, attrs.get("created"), attrs.get("updated"),
+                                   is_valid(rid), problem))
+                continue
             # a restart attempt is trained under its variant's lease (pipeline.training.restart)
             if status == "running" and not is_live(self, str(attrs.get("variant_run_id") or rid)):
                 status = INTERRUPTED
@@ -310,16 +319,53 @@ class TrajectoryStore:
                                attrs.get("restart_of") if isinstance(attrs.get("restart_of"), str) else None))
         return out
 
+    # -- links out of the store -----------------------------------------------------
+    def link_problem(self, run_id: str) -> str | None:
+        """Why ``runs/<run_id>/`` must not be read or written through, or None: on a local
+        store, ``runs/``, the run's folder, or anything under it that is a symbolic link
+        (a link can point out of the store: deleting or writing through it would touch
+        files elsewhere). Object stores have no links."""
+        from .safety import local_link
+
+        root = getattr(self._zstore, "root", None)
+        if root is None:
+            return None
+        return local_link(Path(root), ("runs", run_id))
+
+    def _refuse_links(self, run_id: str) -> None:
+        problem = self.link_problem(run_id)
+        if problem:
+            raise StoreError(f"run {run_id}: {problem}; refusing to read or write through it "
+                             "(remove the link by hand)")
+
     # -- reading -------------------------------------------------------------------
     def _group(self, run_id: str, *, checked: bool = True):
         if checked:  # an id outside the rule names a run only if the store lists it
             check_run_id(run_id, listed=self.run_ids)
+        self._refuse_links(run_id)
         try:
-            return self.root[f"runs/{run_id}"]
+            node = self.root[f"runs/{run_id}"]
         except KeyError:
+            kind = self._node_type(run_id)
+            if kind is not None:  # zarr.json is there but is not a group's
+                raise StoreError(f"run {run_id}: runs/{run_id}/zarr.json is not a run's group metadata "
+                                 f"(node_type {kind[:40]!r})") from None
             raise RunNotFound(f"run {run_id}: not in store {self.url}") from None
         except Exception as e:  # noqa: BLE001 - unreadable metadata
             raise StoreError(f"run {run_id}: unreadable metadata ({e})") from None
+        if not hasattr(node, "group_keys"):  # zarr.json says node_type "array"
+            raise StoreError(f"run {run_id}: runs/{run_id}/zarr.json describes an array, not a run's group")
+        return node
+
+    def _node_type(self, run_id: str) -> str | None:
+        """``node_type`` of ``runs/<run_id>/zarr.json`` as stored, or None (absent, not JSON)."""
+        import json
+
+        try:
+            raw = self.get_bytes(f"runs/{run_id}/zarr.json")
+            return None if raw is None else str(json.loads(raw).get("node_type"))
+        except Exception:  # noqa: BLE001 - unreadable: the caller's "not found" stands
+            return None
 
     def open_run(self, run_id: str) -> Run:
         return Run(self, run_id, self._group(run_id))
@@ -393,6 +439,7 @@ class TrajectoryStore:
 
         # defence in depth: only ever a single valid component under runs/
         check_run_id(run_id)
+        self._refuse_links(run_id)  # never list or delete through a link out of the store
         prefix = f"runs/{run_id}/"
         try:
             group = self.root[f"runs/{run_id}"]
