@@ -41,16 +41,26 @@ def _check_outside_store(p: Path, flag: str) -> None:
         raise KMAError(f"{flag} {p}: is inside the Zarr store {store}; write outputs outside the store")
 
 
-def _check_name_lengths(p: Path, flag: str) -> None:
-    """A path the system can name: no component over NAME_MAX, the whole under PATH_MAX."""
-    shown = str(p) if len(str(p)) <= 120 else str(p)[:60] + "..." + str(p)[-40:]
+def shown_path(p) -> str:
+    """A path short enough for one line (a 4,000-character one keeps its two ends)."""
+    text = str(p)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(text):,} characters)"
+
+
+def check_path_length(p, what: str) -> None:
+    """A path the system can name: no component over NAME_MAX (255 bytes), the whole under
+    PATH_MAX (4,096): else one :class:`KMAError` line naming ``what``, instead of an
+    ENAMETOOLONG traceback from whatever touches it first."""
+    p = Path(p)
     if len(os.fsencode(str(p.absolute()))) >= 4096:
-        raise KMAError(f"{flag} {shown}: path too long ({len(str(p.absolute()))} characters; "
-                       "the limit is 4095)")
+        raise KMAError(f"{what} {shown_path(p)}: path too long (the limit is 4,095 bytes)")
     for part in p.parts:
         if len(os.fsencode(part)) > 255:
-            raise KMAError(f"{flag} {shown}: a name in the path is too long ({len(part)} characters; "
+            raise KMAError(f"{what} {shown_path(p)}: a name in the path is too long ({len(part)} characters; "
                            "the limit is 255)")
+
+
+_check_name_lengths = check_path_length
 
 
 def check_file(path: str | os.PathLike, flag: str) -> None:

@@ -259,7 +259,10 @@ def fourier_scales(y0, dx, *, decay=DECAY, rel_amplitude=REL_AMPLITUDE) -> dict:
 def load_signal(path) -> np.ndarray:
     """A 1-D array from a ``.npy`` file, checked (:func:`check_signal`); every problem is
     a :class:`KMAError` naming the file."""
+    from ..outputs import check_path_length
+
     p = Path(path)
+    check_path_length(p, "--signal")
     if not p.is_file():
         raise KMAError(f"--signal {path}: no such file")
     _check_npy_size(p, path)

@@ -99,6 +99,8 @@ def metadata_problem(store: TrajectoryStore, run_id: str) -> str | None:
         return f"damaged metadata: unreadable layout ({type(e).__name__})"
     if not isinstance(attrs["config"], dict):
         return "damaged metadata: config is not a mapping"
+    if attrs["status"] not in FINISHED:
+        return None   # an unfinished run (a wipe cut short, too) is redone, never read as data
     return schema_problem(store, run_id, attrs)
 
 

@@ -59,6 +59,9 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         # absolute: zarr's LocalStore.list_prefix strips its root with str.replace, which
         # mangles keys under a relative root ("s/runs/a" -> "runa"): chunks look missing
         path = Path(url.removeprefix("file://")).expanduser().absolute()
+        from ..outputs import check_path_length
+
+        check_path_length(path, "store")
         if not read_only and create:
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -306,7 +309,7 @@ class TrajectoryStore:
                 continue
             # every writer sets a status at once: a run without one is damaged, not running
             status = attrs.get("status", "corrupt")
-            problem = schema_problem(self, rid, attrs)
+            problem = schema_problem(self, rid, attrs) if status in FINISHED else None
             if problem:  # valid JSON of the wrong shape: never listed complete nor registered
                 out.append(RunInfo(rid, "corrupt", 0, n_params, attrs.get("created"), attrs.get("updated"),
                                    is_valid(rid), problem))

@@ -429,6 +429,9 @@ def _check_sqlite_file(uri: str, path: Path) -> None:
     database (MLflow would add its ~70 tables to it)."""
     import sqlite3
 
+    from ..outputs import check_path_length
+
+    check_path_length(path, "MLflow SQLite file")
     parent = path.parent
     if not parent.is_dir():
         raise KMAError(f"MLflow at {uri}: directory {parent} does not exist")
