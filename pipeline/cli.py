@@ -201,6 +201,10 @@ def cmd_depth(args, console) -> int:
         from .outputs import check_file
 
         check_file(args.json_path, "--json")
+        from pathlib import Path
+
+        if args.signal is not None and Path(args.json_path).resolve() == Path(args.signal).resolve():
+            raise KMAError(f"--json {args.json_path}: is the --signal file itself; give another name")
     if args.signal is not None:
         y, dx, source = depth.load_signal(args.signal), args.dx, {"signal": str(args.signal)}
     else:

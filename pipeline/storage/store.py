@@ -32,6 +32,7 @@ escape to. Ids outside the rule already in a store stay listable and readable.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,11 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
 
         check_path_length(path, "store")
         if not read_only and create:
+            from .safety import store_holding
+
+            holder = None if (path / "zarr.json").is_file() else store_holding(path)
+            if holder is not None:   # a new store inside another's runs would be wiped with them
+                raise StoreError(f"store {url}: inside the Zarr store {holder}; give a folder outside it")
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -259,6 +265,9 @@ class TrajectoryStore:
             raise StoreError(f"store {self.url}: permission denied") from None
         except OSError as e:
             raise StoreError(f"store {self.url}: {e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - the root's zarr.json is an array's, or not JSON
+            raise StoreError(f"store {self.url}: its root zarr.json is not a KMA store's group metadata "
+                             f"({type(e).__name__}); nothing read or written") from None
 
     # -- listing -------------------------------------------------------------------
     def run_ids(self) -> list[str]:
@@ -334,6 +343,18 @@ class TrajectoryStore:
         if root is None:
             return None
         return local_link(Path(root), ("runs", run_id))
+
+    def _refuse_key_links(self, key: str) -> None:
+        """A small document's key (``leases/<id>.json``) is not reached through a link."""
+        root = getattr(self._zstore, "root", None)
+        if root is None:
+            return
+        path = Path(root)
+        for part in key.split("/"):
+            path = path / part
+            if path.is_symlink():
+                raise StoreError(f"store {self.url}: {path.relative_to(root).as_posix()} is a symbolic link "
+                                 f"(to {os.readlink(path)[:200]}); refusing to write or delete through it")
 
     def _refuse_links(self, run_id: str) -> None:
         problem = self.link_problem(run_id)
@@ -478,6 +499,7 @@ class TrajectoryStore:
         from zarr.core.sync import sync
 
         self._require_writable()
+        self._refuse_key_links(key)
         buf = default_buffer_prototype().buffer.from_bytes(data)
         sync(self._zstore.set_if_not_exists(key, buf) if exclusive else self._zstore.set(key, buf))
 
@@ -485,6 +507,7 @@ class TrajectoryStore:
         from zarr.core.sync import sync
 
         self._require_writable()
+        self._refuse_key_links(key)
         sync(self._zstore.delete(key))
 
     # -- the MLflow database this store's runs were registered in ------------------------
@@ -494,7 +517,19 @@ class TrajectoryStore:
         ``kma analyze``/``kma sync`` default to it, so running them from another directory
         finds the same MLflow instead of creating ``./mlflow.db``."""
         uri = self.root.attrs.get("tracking_uri")
-        return uri if isinstance(uri, str) and uri else None
+        if not isinstance(uri, str) or not uri:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            forged = bool(urlsplit(uri).password)
+        except ValueError:
+            forged = True
+        if forged:  # never recorded by kma (remember_tracking_uri refuses them): not followed
+            log.warning("store %s records a tracking URI kma never writes (with a password); ignored",
+                        self.url)
+            return None
+        return uri
 
     def remember_tracking_uri(self, uri: str) -> None:
         """Record ``uri`` for later commands (never one that carries a password)."""

@@ -395,6 +395,9 @@ def _check_reachable(uri: str) -> None:
     path cannot be a tracking database (a folder; a file of another application)."""
     from ..secrets import mask_url
 
+    if "://" not in uri and not uri.startswith("databricks"):   # MLflow: a folder of its retired file store
+        raise KMAError(f"tracking URI {uri}: not a tracking URI; give sqlite:///{uri} (a SQLite file) "
+                       "or http://HOST:5000 (a tracking server)")
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///") and ":memory:" not in uri:
             _check_sqlite_file(uri, Path(uri.removeprefix("sqlite:///").partition("?")[0]))
