@@ -235,3 +235,74 @@ def test_a_flipped_bit_in_a_chunk_is_named(tmp_path, capsys, mapped, monkeypatch
     assert rc == 1 and len(errors) == 1 and "run r:" in errors[0], lines
     assert "checksum" in errors[0].lower(), errors
     assert TrajectoryStore(str(store_path)).open_run("ok").list_analyses()
+
+
+# ------------------------------------------------------------------ the fault round's own finds
+def test_a_new_store_inside_another_is_refused(tmp_path, capsys):
+    """A tired ``--store S/runs/r`` made a store inside a run (wiped with it later)."""
+    import torch
+
+    store_path = tmp_path / "s"
+    _run(TrajectoryStore(str(store_path)))
+    ckpt = tmp_path / "c.pt"
+    torch.save({"a.weight": torch.zeros(3)}, ckpt)
+    before = _files(store_path)
+    rc, lines = _kma(capsys, "ingest", ckpt, ckpt, "--store", store_path / "runs/r/sub", "--run-id", "x")
+    assert rc == 2 and len(lines) == 1 and f"inside the Zarr store {store_path}" in lines[0], lines
+    assert _files(store_path) == before
+
+
+@pytest.mark.parametrize("root", ["array", "garbled"])
+def test_a_forged_store_root_is_one_line(tmp_path, capsys, root):
+    store_path = tmp_path / "s"
+    _run(TrajectoryStore(str(store_path)))
+    if root == "array":
+        (store_path / "zarr.json").write_bytes((store_path / "runs/r/weights/zarr.json").read_bytes())
+    else:
+        (store_path / "zarr.json").write_text("{garbled")
+    for args in (["runs"], ["analyze", "--no-mlflow"]):
+        rc, lines = _kma(capsys, *args, "--store", store_path)
+        assert rc == 2 and len(lines) == 1 and "root zarr.json is not a KMA store" in lines[0], lines
+
+
+def test_lease_keys_are_never_written_through_a_link(tmp_path):
+    """``leases/`` a link to a folder elsewhere: a claim is refused, nothing written there."""
+    from pipeline.storage.lease import LeaseKeeper
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    _run(store)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    os.symlink(out, tmp_path / "s/leases")
+    with pytest.raises(StoreError, match="leases is a symbolic link"):
+        with LeaseKeeper(store, "sw") as keeper:
+            keeper.claim("r9")
+    assert _files(out) == ["keep.txt"]
+
+
+def test_a_forged_recorded_tracking_uri_is_not_followed(tmp_path, monkeypatch):
+    """kma never records a URI with a password: one in the store's root was put there by
+    someone else (registrations would go to their server); it is ignored."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = TrajectoryStore(str(tmp_path / "s"))
+    store.root.attrs["tracking_uri"] = "http://attacker:x@127.0.0.1:9"
+    assert TrajectoryStore(str(tmp_path / "s")).tracking_uri is None
+    store.root.attrs["tracking_uri"] = "http://mlflow.internal:5000"
+    assert TrajectoryStore(str(tmp_path / "s")).tracking_uri == "http://mlflow.internal:5000"
+
+
+def test_tired_user_outputs(tmp_path, capsys):
+    """``--tracking-uri mlflow.db`` (no scheme) and ``depth --json`` naming its own
+    ``--signal``: one line each, nothing created or overwritten."""
+    store_path = tmp_path / "s"
+    _run(TrajectoryStore(str(store_path)))
+    rc, lines = _kma(capsys, "sync", "--store", store_path, "--tracking-uri", "mlflow.db")
+    assert rc == 2 and "not a tracking URI; give sqlite:///mlflow.db" in lines[0], lines
+    x = np.linspace(0, 1, 256, endpoint=False)
+    sig = tmp_path / "sig.npy"
+    np.save(sig, np.sin(2 * np.pi * 4 * x))
+    before = sig.read_bytes()
+    rc, lines = _kma(capsys, "depth", "--signal", sig, "--json", tmp_path / "." / "sig.npy")
+    assert rc == 2 and "is the --signal file itself" in lines[0], lines
+    assert sig.read_bytes() == before
