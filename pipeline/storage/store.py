@@ -78,6 +78,12 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         return zarr.storage.LocalStore(path, read_only=read_only)
     from .remote import open_remote
 
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc:   # a key in the URL would be recorded (MLflow tags, the store's attributes)
+        from ..secrets import mask_url
+
+        raise StoreError(f"store {mask_url(url)}: credentials in the URL are not supported; set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead")
     try:  # retries, credentials from this process' environment, pickled as its URL only
         store = open_remote(url, read_only=read_only)
     except (ImportError, ValueError) as e:

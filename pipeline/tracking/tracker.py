@@ -322,7 +322,7 @@ class Tracker:
                   for step, v in enumerate(values, start=1) if v is not None]
         last = set({name: i for i, (name, _, _) in enumerate(points)}.values())   # each key's last point
         head = [p for i, p in enumerate(points) if i not in last] if len(points) > 2 * len(last) else []
-        if head and insert_history(self.client, rid, head, now):
+        if head and guarded_call(self, insert_history, self.client, rid, head, now):
             points = [p for i, p in enumerate(points) if i in last]
         items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items())]
         if len(items) <= 100 and len(points) + len(items) <= 1000:   # MLflow's log_batch limits
@@ -477,20 +477,26 @@ class _Guarded:
             return attr
 
         def call(*args, **kwargs):
-            t = self._tracker
-            if t.down is None:
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - only an unreachable server is caught
-                    if not (_db_locked(e) if t.uri.startswith("sqlite:") else _server_gone(e)):
-                        raise
-                    t.down = _first_line(_root_cause(e))
-                    log.warning("%s stopped answering: %s", mlflow_name(t.uri), t.down)
-            raise TrackingUnavailable(f"{mlflow_name(t.uri)} is unreachable ({t.down[:200]}); what was "
-                                      "trained or analysed is kept in the store: `kma sync` registers it "
-                                      "once it is back") from None
+            return guarded_call(self._tracker, attr, *args, **kwargs)
 
         return call
+
+
+def guarded_call(t: "Tracker", fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, but a server that stopped answering (a SQLite database
+    locked by another process) sets ``t.down`` and raises :class:`TrackingUnavailable`,
+    at once for every call after the first such failure."""
+    if t.down is None:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only an unreachable server is caught
+            if not (_db_locked(e) if t.uri.startswith("sqlite:") else _server_gone(e)):
+                raise
+            t.down = _first_line(_root_cause(e))
+            log.warning("%s stopped answering: %s", mlflow_name(t.uri), t.down)
+    raise TrackingUnavailable(f"{mlflow_name(t.uri)} is unreachable ({t.down[:200]}); what was "
+                              "trained or analysed is kept in the store: `kma sync` registers it "
+                              "once it is back") from None
 
 
 def mlflow_name(uri: str) -> str:

@@ -62,7 +62,7 @@ def test_a_database_locked_mid_sweep_leaves_runs_for_sync(tmp_path, tiny_config,
     w = store.create_run(v.run_id, LAYOUT, config=v.model_dump(mode="json"), extra={"sweep": v.sweep})
     for i in range(3):
         w.append(np.full(LAYOUT.size, i, np.float32), epoch=i)
-    w.finish("complete", metrics={"train_loss": [1.0, 0.5]})
+    w.finish("complete", metrics={"train_loss": [1.0 / (k + 1) for k in range(12)]})   # a bulk insert
 
     holder = sqlite3.connect(db, timeout=0)
     holder.execute("BEGIN EXCLUSIVE")
