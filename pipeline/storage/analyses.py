@@ -93,6 +93,8 @@ class RunAnalyses:
         for other in (analysis_id, analysis_id + _NEXT):   # the successor is whole: drop the rest
             if other != slot:
                 self._delete_slot(other, quiet=True)
+        if slot != analysis_id:
+            self._settle(slot, analysis_id)
 
     def delete_analysis(self, analysis_id: str, *, quiet: bool = False) -> None:
         """Remove an analysis, both its slots (``quiet``: a failure is only logged)."""
@@ -108,6 +110,24 @@ class RunAnalyses:
             if not quiet:
                 raise
             log.debug("run %s: could not remove analysis %s", self.run_id, slot)
+
+    def _settle(self, slot: str, analysis_id: str) -> None:
+        """On a local store, rename the complete ``<id>.next`` to ``<id>`` (one atomic
+        rename, the old one already gone), so that a rewritten analysis is found at its
+        usual path; elsewhere (object stores: no rename) it stays in ``.next``, which
+        every reader takes. A failure leaves it where it is (still complete, still read)."""
+        import os
+        from pathlib import Path
+
+        root = getattr(getattr(self.store, "_zstore", None), "root", None)
+        if root is None:
+            return
+        base = Path(root) / self.group.path / "analyses"
+        try:
+            if not (base / analysis_id).exists():
+                os.rename(base / slot, base / analysis_id)
+        except OSError as e:
+            log.debug("run %s: analysis %s stays in %s (%s)", self.run_id, analysis_id, slot, e)
 
     def _analysis_group(self, analysis_id: str):
         try:
