@@ -9,6 +9,7 @@ failure. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -245,6 +246,10 @@ def cmd_depth(args, console) -> int:
         from .outputs import check_file
 
         check_file(args.json_path, "--json")
+        from pathlib import Path
+
+        if args.signal is not None and Path(args.json_path).resolve() == Path(args.signal).resolve():
+            raise KMAError(f"--json {args.json_path}: is the --signal file itself; give another name")
     if args.signal is not None:
         y, dx, source = depth.load_signal(args.signal), args.dx, {"signal": str(args.signal)}
     else:
@@ -353,7 +358,9 @@ def cmd_runs(args, console) -> int:
         print(json.dumps([{**r.__dict__, **_analyses_json(store, r.run_id)} for r in runs], indent=2))
         return 0
     if not runs:
-        print(f"no runs in {args.store}")
+        from .secrets import mask_url
+
+        print(mask_url(f"no runs in {args.store}"))
         return 0
     ids = [shown(r.run_id) + ("" if r.id_ok else " *") for r in runs]
     verdict_cells = [_verdict_cells(store, r.run_id) for r in runs]
@@ -500,6 +507,11 @@ def main(argv=None) -> int:
         args.overrides = [*args.overrides, *extra]
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .secrets import MaskingFilter
+
+    for handler in logging.getLogger().handlers:   # URL secrets never reach a log line
+        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+            handler.addFilter(MaskingFilter())
     if not args.verbose:  # MLflow logs INFO lines (e.g. creating its tables) on its own handler
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     console = Console(quiet=args.quiet)
@@ -511,6 +523,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         console.error("kma: interrupted")
         return 130
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        console.error(f"kma: error: {_long_name(e.filename)}: file name too long (a name over 255 "
+                      "characters, or a path over 4,095)")
+        return 2
+
+
+def _long_name(name) -> str:
+    """A too-long path, shortened to fit one line."""
+    name = os.fsdecode(name) if name is not None else "a path"
+    return name if len(name) <= 120 else f"{name[:60]}...{name[-40:]} ({len(name):,} characters)"
 
 
 if __name__ == "__main__":  # pragma: no cover

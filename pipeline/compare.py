@@ -90,7 +90,8 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
         raise _nothing(store, analysis_id, skipped)
     keys = sorted({k for run in runs.values() for k in _flat_config(run)})
     if by not in keys:
-        raise KMAError(f"--by {by}: not a config key of these runs; known: {', '.join(keys) or 'none'}")
+        raise KMAError(f"--by {by}: not a config key of these runs{_did_you_mean(by, keys)}; "
+                       f"known: {', '.join(keys) or 'none'}")
 
     current, every = {}, {}
     for rid, run in runs.items():
@@ -100,6 +101,9 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     if aid is None:  # the current one they share; else (only older engines' analyses) any
         aid = choose_analysis(current) or choose_analysis(
             {rid: {a: runs[rid].analysis_info(a).get("created", "") for a in a_ids} for rid, a_ids in every.items()})
+    if aid is None and not any(every.values()):   # finished runs, none analysed yet
+        raise KMAError(f"{plural(len(runs), 'finished run')} in {store.url}, but none has an analysis; "
+                       f"run kma analyze --store {store.url} first")
     if aid is None or not any(aid in a_ids for a_ids in every.values()):
         raise _nothing(store, aid, skipped)
 
@@ -116,6 +120,15 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     if not rows:
         raise _nothing(store, aid, skipped)
     return rows
+
+
+def _did_you_mean(by: str, keys: list[str]) -> str:
+    """``" (did you mean lr?)"`` for ``optim.lr``: a key whose last part is a known key."""
+    import difflib
+
+    tail = by.rsplit(".", 1)[-1]
+    close = [k for k in keys if k == tail or k.rsplit(".", 1)[-1] == tail] or difflib.get_close_matches(by, keys, 1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _nothing(store, analysis_id, skipped) -> KMAError:

@@ -120,6 +120,9 @@ class Console:
         self._print(msg, style="red" if msg.startswith("kma: error") else None)
 
     def _print(self, msg: str, style=None) -> None:
+        from .secrets import mask_url
+
+        msg = mask_url(msg)   # a URL's password, key or token is never shown
         with self._lock:  # a progress ticker may write from its thread
             if self.tty:  # above a live bar, if one runs
                 self.rich.print(msg, style=style)

@@ -32,7 +32,7 @@ from .storage.runids import check_run_id
 from .storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
 from .training.restart import attempt_ids, variant_done
-from .tracking.tracker import Tracker, TrackingUnavailable, tracking_uri_for
+from .tracking.tracker import Tracker, TrackingUnavailable, mlflow_name, tracking_uri_for
 from .tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def run_sweep(
                 + (" with their analyses" if want_analysis else "") if summary.unregistered
                 else "analyses kept in the store")   # it went away after the runs were registered
         console.error(
-            f"kma: error: MLflow server {tracker.uri} stopped answering ({tracker.down[:160]}): "
+            f"kma: error: {mlflow_name(tracker.uri)} stopped answering ({tracker.down[:160]}): "
             f"{what} but not registered; once it is back: "
             f"kma sync --store {store.location} --tracking-uri {tracker.uri}")
     return summary

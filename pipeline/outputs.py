@@ -31,9 +31,44 @@ def _check_creatable(p: Path, flag: str) -> None:
         raise KMAError(f"{flag} {p}: cannot write in {base} (permission denied or read-only)")
 
 
+def _check_outside_store(p: Path, flag: str) -> None:
+    """An output never lands inside a Zarr store: it would replace a run's (or the
+    store's) metadata, or mix foreign files into the store."""
+    from .pathsafety import store_holding
+
+    store = store_holding(p)
+    if store is not None:
+        raise KMAError(f"{flag} {p}: is inside the Zarr store {store}; write outputs outside the store")
+
+
+def shown_path(p) -> str:
+    """A path short enough for one line (a 4,000-character one keeps its two ends)."""
+    text = str(p)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(text):,} characters)"
+
+
+def check_path_length(p, what: str) -> None:
+    """A path the system can name: no component over NAME_MAX (255 bytes), the whole under
+    PATH_MAX (4,096): else one :class:`KMAError` line naming ``what``, instead of an
+    ENAMETOOLONG traceback from whatever touches it first."""
+    p = Path(p)
+    if len(os.fsencode(str(p.absolute()))) >= 4096:
+        raise KMAError(f"{what} {shown_path(p)}: path too long (the limit is 4,095 bytes)")
+    for part in p.parts:
+        if len(os.fsencode(part)) > 255:
+            raise KMAError(f"{what} {shown_path(p)}: a name in the path is too long ({len(part)} characters; "
+                           "the limit is 255)")
+
+
+_check_name_lengths = check_path_length
+
+
 def check_file(path: str | os.PathLike, flag: str) -> None:
-    """A file ``path`` can be written: not a folder, and its folder exists or can be made."""
+    """A file ``path`` can be written: not a folder, not inside a store, and its folder
+    exists or can be made."""
     p = Path(path)
+    _check_name_lengths(p, flag)
+    _check_outside_store(p, flag)
     if p.is_dir():
         raise KMAError(f"{flag} {p}: is a folder; give a file name")
     if p.exists() and not os.access(p, os.W_OK):
@@ -42,8 +77,10 @@ def check_file(path: str | os.PathLike, flag: str) -> None:
 
 
 def check_dir(path: str | os.PathLike, flag: str) -> None:
-    """Files can be written into folder ``path`` (which may not exist yet)."""
+    """Files can be written into folder ``path`` (which may not exist yet), outside any store."""
     p = Path(path)
+    _check_name_lengths(p, flag)
+    _check_outside_store(p, flag)
     if p.exists() and not p.is_dir():
         raise KMAError(f"{flag} {p}: is a file; give a folder")
     _check_creatable(p, flag)

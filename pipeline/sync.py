@@ -288,7 +288,7 @@ def sync_store(store_url: str, tracking_uri: str | None = None, *, console: Cons
     for info in infos:
         rid = info.run_id
         if info.status not in REGISTERED:
-            report.skipped[rid] = info.status
+            report.skipped[rid] = info.error if info.status == "corrupt" and info.error else info.status
             continue
         try:
             if register_run(tracker, store, rid):

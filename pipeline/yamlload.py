@@ -62,6 +62,38 @@ def _check_duplicates(node, source: str, path: list, seen_nodes: set) -> None:
             _check_duplicates(item, source, [*path, i], seen_nodes)
 
 
+# the most nodes a document may expand to, aliases followed (a config has a few hundred):
+# an "alias bomb" (9 levels of 9 aliases of the level below) expands to 9**9 nodes from a
+# few hundred bytes, and every later walk over the loaded value pays for each
+MAX_NODES = 100_000
+
+
+def _check_expansion(node, source: str) -> None:
+    """Count the nodes ``node`` expands to (each alias counts its whole target again), in
+    time linear in the distinct nodes; refuse more than :data:`MAX_NODES`."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    stack = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        if id(n) in sizes:
+            continue
+        if not done and id(n) in entered:   # reached again from inside itself
+            raise ConfigError(f"{source}: a recursive alias (a value that contains itself); "
+                              "write the values out")
+        entered.add(id(n))
+        kids = ([k for pair in n.value for k in pair] if isinstance(n, yaml.MappingNode)
+                else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+        if done:
+            sizes[id(n)] = min(1 + sum(sizes.get(id(k), 0) for k in kids), MAX_NODES + 1)
+            continue
+        stack.append((n, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    if sizes[id(node)] > MAX_NODES:
+        raise ConfigError(f"{source}: its aliases (*name) expand to more than {MAX_NODES:,} values "
+                          "(an alias bomb?); write the values out or use fewer aliases")
+
+
 def load_text(text: str, source: str, what: str = "not valid YAML") -> Any:
     """Parse one YAML document strictly; ``ConfigError`` (one line) if it is not valid."""
     loader = _Loader(text)
@@ -69,6 +101,7 @@ def load_text(text: str, source: str, what: str = "not valid YAML") -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
+        _check_expansion(node, source)   # before any walk over the expanded value
         _check_duplicates(node, source, [], set())
         return loader.construct_document(node)
     except yaml.YAMLError as e:

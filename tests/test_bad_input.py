@@ -414,3 +414,110 @@ def test_sweep_exit_code_after_analysis_errors(tmp_path, capsys, tiny_config):
     assert rc == 0, lines
     assert not [x for x in lines if x.startswith("kma: error:")], lines
     assert list_analyses(store.open_run(trained.run_id)) == [AnalysisParams(window=5, per_layer=True).analysis_id]
+
+
+# --------------------------------------------------------------------------- second pass (issue 21)
+def _bomb(levels: int = 9) -> str:
+    """A YAML alias bomb: ``levels`` levels of 9 aliases of the level below (9**levels values)."""
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_refused_at_once(sweep_refused):
+    """9 levels of 9 aliases kept ``kma sweep`` busy for minutes before an "unknown key"
+    line; the expansion is counted before any walk: one line, at once."""
+    import time
+
+    t0 = time.perf_counter()
+    sweep_refused(_bomb(), words=["alias bomb"])
+    assert time.perf_counter() - t0 < 10
+    sweep_refused("a: &a [*a]\n", words=["recursive alias"])
+
+
+def test_yaml_aliases_of_ordinary_size_still_work(tmp_path):
+    text = yaml.safe_dump(TINY) + "extra: &e [1, 2]\n"
+    from pipeline.yamlload import load_text
+
+    assert load_text("a: &a {x: 1}\nb: *a\nc: [*a, *a]\n", "x")["c"] == [{"x": 1}, {"x": 1}]
+    assert load_text(text, "x")["extra"] == [1, 2]
+
+
+@pytest.mark.parametrize("what", ["name", "path"])
+def test_long_paths_are_one_line(three_runs, tmp_path, capsys, what):
+    """A 256-character name, or a path over 4,096 characters, as ``--store``, ``--json``,
+    ``--plots``, ``compare --out``, ``depth --signal``, the SQLite path: one line, exit 2."""
+    long = tmp_path / ("n" * 256) if what == "name" else tmp_path / "/".join(["d" * 200] * 21)
+    store = tmp_path / "s"
+    for args in (["runs", "--store", long],
+                 ["analyze", "--store", store, "--no-mlflow", "--json", long / "x.json"],
+                 ["analyze", "--store", store, "--no-mlflow", "--plots", long],
+                 ["compare", "--store", store, "--out", long],
+                 ["depth", "--signal", str(long) + ".npy"],
+                 ["sync", "--store", store, "--tracking-uri", f"sqlite:///{long}.db"]):
+        line = refused(capsys, *args)
+        assert "too long" in line or "no such" in line, (args[0], line)
+        assert len(line) < 400, line
+    for rid in ("r1", "r2", "r3"):
+        assert list_analyses(three_runs.open_run(rid)) == []
+
+
+def test_depth_signal_of_huge_values_is_refused(tmp_path, capsys):
+    """A sine × 1e308 made the SVD raise; × 1e160 reported "noise std inf" and exit 0."""
+    x = np.linspace(0, 1, 256, endpoint=False)
+    for scale in (1e308, 1e160):
+        path = tmp_path / f"s{scale:.0e}.npy"
+        np.save(path, np.sin(2 * np.pi * 4 * x) * scale)
+        refused(capsys, "depth", "--signal", path, words=["too large to analyse", "rescale"])
+    path = tmp_path / "ok.npy"
+    np.save(path, np.sin(2 * np.pi * 4 * x) * 1e100)   # big but finite in every norm: analysed
+    rc, _ = run_main(capsys, "depth", "--signal", path, "-q")
+    assert rc == 0
+
+
+def test_depth_signal_with_a_lying_header_is_refused(tmp_path, capsys):
+    """A tiny .npy whose header claims 2**40 float64 values: one line, no allocation."""
+    from numpy.lib import format as npformat
+
+    path = tmp_path / "liar.npy"
+    with open(path, "wb") as f:
+        npformat.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
+        f.write(np.zeros(64).tobytes())
+    refused(capsys, "depth", "--signal", path, words=["header claims 1,099,511,627,776 values", "512 bytes"])
+
+
+@pytest.mark.parametrize("policy, key", [
+    ({"stop": {"when": "converged", "window": 20}}, "stop.window: 20 snapshots, but a run takes only 13"),
+    ({"prune": {"method": "magnitude", "sparsity": 0.5, "after": 30}}, "prune.after: 30 snapshots"),
+    ({"freeze": {"after": 40}}, "freeze.after: 40 snapshots"),
+])
+def test_policy_options_that_cannot_fire_are_refused(sweep_refused, policy, key):
+    line = sweep_refused({**TINY, **policy}, words=[key, "never fires"])
+    assert "epochs 12, snapshot.every 1" in line
+
+
+def test_compare_says_what_is_missing(three_runs, tmp_path, capsys):
+    """Finished runs without any analysis are not "no finished runs"; ``--by optim.lr``
+    (the README's old example) points at ``lr``... here at the runs' own ``depth``."""
+    refused(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o",
+            words=["3 finished runs", "none has an analysis", "kma analyze"])
+    refused(capsys, "compare", "--store", tmp_path / "s", "--out", tmp_path / "o", "--by", "model.depth",
+            words=["--by model.depth: not a config key", "did you mean depth?"])
+
+
+def test_secrets_in_urls_are_never_printed(three_runs, tmp_path, capsys, kma_env):
+    """A password in a tracking URI, an access key in a store URL: masked in the error
+    line; and a user:password URL is checked as one (basic auth), not broken by it."""
+    with refusing_port() as held:
+        port = held.getsockname()[1]
+        line = refused(capsys, "sync", "--store", tmp_path / "s",
+                       "--tracking-uri", f"http://alice:PASSWORD@127.0.0.1:{port}")
+    assert "PASSWORD" not in line and f"http://alice:***@127.0.0.1:{port} is unreachable" in line, line
+    assert "Connection refused" in line, line   # the check reached the port (a URL with a password
+    # used to fail in urllib before any connection: "nonnumeric port")
+    r = subprocess.run(kma_cmd("runs", "--store", "s3://AKIAKEY:SECRETKEY@bucket/x"), capture_output=True,
+                       text=True, env={**kma_env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, cwd=tmp_path,
+                       timeout=300)
+    assert "AKIAKEY" not in r.stderr + r.stdout and "SECRETKEY" not in r.stderr + r.stdout, r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("kma: error:"), r.stderr

@@ -25,7 +25,7 @@ LAYERS = [
     ("applications", {"apps", "results", "spectra", "plots"}),
     ("adapters", {"storage", "tracking", "runtime"}),
     ("engine", {"koopman"}),   # pure: imports nothing of pipeline but errors
-    ("base", {"errors", "console", "outputs"}),
+    ("base", {"errors", "console", "outputs", "pathsafety", "secrets"}),
 ]
 
 

@@ -57,6 +57,9 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (num_cpus of a sweep task)")
     p.add_argument("--store-dir", default=None, help="where the temporary store goes (local disk)")
     p.add_argument("--out", default="bench-out/snapshot_overhead.json")
+    p.add_argument("--checksums", action="store_true",
+                   help="instead: the cost of the chunks' CRC32C (issue 21), 'store' with and without "
+                        "it alternated, and a read pass (CPU seconds) of the stored run with and without it")
     a = p.parse_args(argv)
     if a.quick:
         a.demo_epochs, a.big_epochs, a.big_width, a.reps = 40, 3, 600, 1
@@ -216,10 +219,78 @@ def report(rows):
               f"{d['percent_of_epoch']:>10.2f}%")
 
 
+def checksum_ab(name, args, store_root) -> dict:
+    """'store' runs with and without the CRC32C codec, alternated (same variant, seeds),
+    and a mapped read pass of one stored run each way; ratios with/without."""
+    import numpy as np
+
+    from pipeline.storage import writer as W
+
+    v = variant_for(name, args)
+    one_run(v.model_copy(update={"epochs": 2}), "store", store_root, 0)  # warm-up
+    runs = {True: [], False: []}
+    reads = {True: [], False: []}
+    k = 1
+    for rep in range(args.reps):
+        for crc in ((True, False) if rep % 2 == 0 else (False, True)):
+            W.CHECKSUMS = crc
+            try:
+                runs[crc].append(one_run(v, "store", store_root, k))
+                # a read pass of a stored run (n snapshots of this model), mapped chunks
+                task, model, layout = build_parts(v, "cpu")
+                n = 64 if layout.size < 1e6 else 8
+                st = TrajectoryStore(store_root)
+                w = st.create_run(f"bench-read-{k}", layout, capacity=n)
+                row = np.random.default_rng(k).standard_normal(layout.size).astype(np.float32)
+                for _ in range(n):
+                    w.append(row)
+                w.finish("complete")
+                arr = st.open_run(f"bench-read-{k}").trajectory().array
+                best = float("inf")
+                for _ in range(3):   # CPU time of the pass (robust to other load), best of 3
+                    c = time.process_time()
+                    arr.sum().compute(scheduler="sync")
+                    best = min(best, time.process_time() - c)
+                reads[crc].append(best)
+                st.delete_run(f"bench-read-{k}")
+            finally:
+                W.CHECKSUMS = True
+            k += 1
+
+    def med(xs):
+        return statistics.median(xs)
+
+    out = {"model": name, "n_params": runs[True][0]["n_params"], "epochs": v.epochs}
+    for crc, label in ((True, "crc32c"), (False, "plain")):
+        out[label] = {"total_s": [r["total_s"] for r in runs[crc]],
+                      "cpu_s": [r["cpu_s"] for r in runs[crc]],
+                      "write_cpu_s_per_snapshot": [r["direct"]["write_cpu_s"] for r in runs[crc]],
+                      "read_pass_s": reads[crc]}
+    for key in ("total_s", "cpu_s", "write_cpu_s_per_snapshot", "read_pass_s"):
+        out[f"ratio_{key}_median"] = med(out["crc32c"][key]) / med(out["plain"][key])
+        out[f"ratio_{key}_min"] = min(out["crc32c"][key]) / min(out["plain"][key])
+    return out
+
+
 def main(argv=None):
     args = parse(argv)
     torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="kma-bench-", dir=args.store_dir)
+    if args.checksums:
+        try:
+            rows = [checksum_ab(name, args, os.path.join(tmp, "store")) for name in args.models.split(",")]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print("CRC32C on the weight chunks: ratio with / without (median | min over reps)")
+        for r in rows:
+            print(f"{r['model']:6} {r['n_params']:>11,} params: "
+                  + ", ".join(f"{key} {r[f'ratio_{key}_median']:.3f} | {r[f'ratio_{key}_min']:.3f}"
+                              for key in ("total_s", "cpu_s", "write_cpu_s_per_snapshot", "read_pass_s")))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "results": rows}, indent=1))
+        print(f"wrote {out}")
+        return
     try:
         rows = [bench_model(name, args, os.path.join(tmp, "store"))
                 for name in args.models.split(",")]

@@ -152,11 +152,20 @@ def check_signal(y) -> np.ndarray:
         raise KMAError(f"expected a 1-D array of samples, got shape {y.shape}")
     if y.size < MIN_SAMPLES:
         raise KMAError(f"{y.size} samples; at least {MIN_SAMPLES} are needed")
-    bad = ~np.isfinite(y.astype(np.float64))
+    y64 = y.astype(np.float64)
+    bad = ~np.isfinite(y64)
     if bad.any():
         raise KMAError(f"{int(bad.sum())} non-finite values (NaN or inf), the first at index "
                        f"{int(np.flatnonzero(bad)[0])}")
+    top = float(np.abs(y64).max())
+    if top > MAX_ABS:   # its squares and norms overflow float64 (an SVD of inf, "noise std inf")
+        raise KMAError(f"values up to {top:.3g} are too large to analyse (|values| must stay below "
+                       f"{MAX_ABS:.0e}); rescale the signal: its scales do not depend on its units")
     return y
+
+
+# the largest |value| a signal may hold: sums of n squares stay finite in float64
+MAX_ABS = 1e150
 
 
 def _hankel_candidates(y0, dx, L, u, residual_tol, rel_amplitude):
@@ -251,9 +260,13 @@ def fourier_scales(y0, dx, *, decay=DECAY, rel_amplitude=REL_AMPLITUDE) -> dict:
 def load_signal(path) -> np.ndarray:
     """A 1-D array from a ``.npy`` file, checked (:func:`check_signal`); every problem is
     a :class:`KMAError` naming the file."""
+    from ..outputs import check_path_length
+
     p = Path(path)
+    check_path_length(p, "--signal")
     if not p.is_file():
         raise KMAError(f"--signal {path}: no such file")
+    _check_npy_size(p, path)
     try:
         y = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -265,6 +278,32 @@ def load_signal(path) -> np.ndarray:
         return check_signal(y)
     except KMAError as e:
         raise KMAError(f"--signal {path}: {e}") from None
+
+
+def _check_npy_size(p: Path, path) -> None:
+    """A ``.npy`` header's shape agrees with the file's size: a tiny file claiming 2^40
+    values is refused before anything is allocated for it."""
+    from numpy.lib import format as npformat
+
+    try:
+        with open(p, "rb") as f:
+            version = npformat.read_magic(f)
+            read = npformat.read_array_header_2_0 if version >= (2, 0) else npformat.read_array_header_1_0
+            shape, _fortran, dtype = read(f, max_header_size=10_000)
+            offset = f.tell()
+        size = p.stat().st_size
+    except (OSError, ValueError, EOFError, TypeError, SyntaxError):
+        return   # not a .npy at all (an .npz, garbage): np.load names it
+    if dtype.hasobject:
+        return
+    count = 1
+    for d in shape:
+        count *= int(d)
+    need = count * dtype.itemsize
+    if need != size - offset:
+        raise KMAError(f"--signal {path}: its header claims {count:,} values of {dtype} ({need:,} bytes) "
+                       f"but the file holds {max(size - offset, 0):,} bytes of data; a damaged or "
+                       "forged .npy")
 
 
 def report(result: DepthResult) -> str:

@@ -168,10 +168,24 @@ def check_names(cfg: SweepConfig, source: str) -> None:
     if fallback is not None and fallback not in inits.INITS:
         known = ", ".join(sorted(inits.INITS))
         raise ConfigError(f"{source}: on_bad_init.fallback_init: unknown name {fallback!r}; known: {known}")
-    if cfg.on_bad_init is not None and cfg.snapshot.unit == "epoch":
-        taken = 1 + cfg.epochs // cfg.snapshot.every
-        if cfg.on_bad_init.after > taken:
-            raise ConfigError(f"{source}: on_bad_init.after: {cfg.on_bad_init.after} snapshots, but a run "
-                              f"takes only {taken} (epochs {cfg.epochs}, snapshot.every {cfg.snapshot.every})")
+    _check_policies_fire(cfg, source)
     if cfg.model.family == "cnn" and cfg.task.name != "digits":
         raise ConfigError(f"{source}: model.family: 'cnn' needs an image task (digits)")
+
+
+def _check_policies_fire(cfg, source: str) -> None:
+    """A policy option that needs more snapshots than a run takes can never fire: refused,
+    naming the run's snapshot count (known when snapshots are taken per epoch)."""
+    if cfg.snapshot.unit != "epoch":
+        return
+    taken = 1 + cfg.epochs // cfg.snapshot.every
+    needs = [("on_bad_init.after", cfg.on_bad_init and cfg.on_bad_init.after),
+             ("stop.window", cfg.stop and cfg.stop.window),
+             ("prune.after", cfg.prune and cfg.prune.after),
+             ("accelerate.window", cfg.accelerate and cfg.accelerate.window),
+             ("freeze.after", cfg.freeze and cfg.freeze.after)]
+    for key, need in needs:
+        if need and need > taken:
+            raise ConfigError(f"{source}: {key}: {need} snapshots, but a run takes only {taken} "
+                              f"(epochs {cfg.epochs}, snapshot.every {cfg.snapshot.every}), so it never "
+                              "fires; lower it or train longer")

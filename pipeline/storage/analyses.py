@@ -31,10 +31,13 @@ class RunAnalyses:
         except KeyError:
             return {}
         out = {}
-        for aid in sorted(group.group_keys()):
-            attrs = group[aid].attrs
-            if attrs.get("status") == "complete":
-                out[aid] = dict(attrs.get("params", {}))
+        for key in sorted(group.group_keys()):
+            aid = key.removesuffix(_NEXT)
+            if aid in out:
+                continue
+            slot = _complete_slot(group, aid)
+            if slot is not None:
+                out[aid] = dict(group[slot].attrs.get("params", {}))
         return out
 
     def analysis_info(self, analysis_id: str) -> dict:
@@ -53,18 +56,22 @@ class RunAnalyses:
 
     def write_analysis(self, analysis_id: str, params: dict, layers: dict[str, dict[str, np.ndarray]],
                        *, modes: dict | None = None, attrs: dict | None = None) -> None:
-        """Write an analysis whole, replacing one of the same id: status ``writing``
-        first, ``complete`` last. ``modes``: ``{layer: complex dask array (k × P)}``
+        """Write an analysis whole, replacing one of the same id only once it is
+        completely written: status ``writing`` first, ``complete`` last, in the slot the
+        current analysis does not occupy (``<id>`` or ``<id>.next``); the old slot is
+        removed after, so a failure midway (a full disk) keeps the old analysis. ``modes``: ``{layer: complex dask array (k × P)}``
         stored as float32 real and imaginary parts; ``t_end`` (Unix seconds) records when
         it was completely written (a caller records ``t_start`` in ``attrs``). If any write fails, the
         half-written analysis is removed (best effort; if that fails too its status
         stays ``writing``, which :meth:`list_analyses` never lists) and the error is
         raised again."""
+        analyses = self.group.require_group("analyses")
+        current = _complete_slot(analyses, analysis_id)
+        slot = analysis_id + _NEXT if current == analysis_id else analysis_id
         try:
-            analyses = self.group.require_group("analyses")
-            if analysis_id in analyses:
-                del analyses[analysis_id]
-            g = analyses.create_group(analysis_id, attributes={"status": "writing", "params": params,
+            if slot in analyses:  # a half-written (or older) one in the slot we write to
+                del analyses[slot]
+            g = analyses.create_group(slot, attributes={"status": "writing", "params": params,
                                                                "created": _now()})
             for layer, arrays in layers.items():
                 lg = g.create_group(layer)
@@ -81,26 +88,79 @@ class RunAnalyses:
             g.update_attributes({**(attrs or {}), "status": "complete", "layers": list(layers),
                                  "modes_layers": list(modes or {}), "t_end": time.time()})
         except Exception:
-            self.delete_analysis(analysis_id, quiet=True)
+            self._delete_slot(slot, quiet=True)   # the current analysis, if any, stays
             raise
+        for other in (analysis_id, analysis_id + _NEXT):   # the successor is whole: drop the rest
+            if other != slot:
+                self._delete_slot(other, quiet=True)
+        if slot != analysis_id:
+            self._settle(slot, analysis_id)
 
     def delete_analysis(self, analysis_id: str, *, quiet: bool = False) -> None:
-        """Remove an analysis (``quiet``: a failure is only logged)."""
+        """Remove an analysis, both its slots (``quiet``: a failure is only logged)."""
+        for slot in (analysis_id + _NEXT, analysis_id):
+            self._delete_slot(slot, quiet=quiet)
+
+    def _delete_slot(self, slot: str, *, quiet: bool = False) -> None:
         try:
             analyses = self.group["analyses"]
-            if analysis_id in analyses:
-                del analyses[analysis_id]
+            if slot in analyses:
+                del analyses[slot]
         except Exception:  # noqa: BLE001 - quiet: the store is failing already; the status says it
             if not quiet:
                 raise
-            log.debug("run %s: could not remove analysis %s", self.run_id, analysis_id)
+            log.debug("run %s: could not remove analysis %s", self.run_id, slot)
+
+    def _settle(self, slot: str, analysis_id: str) -> None:
+        """On a local store, rename the complete ``<id>.next`` to ``<id>`` (one atomic
+        rename, the old one already gone), so that a rewritten analysis is found at its
+        usual path; elsewhere (object stores: no rename) it stays in ``.next``, which
+        every reader takes. A failure leaves it where it is (still complete, still read)."""
+        import os
+        from pathlib import Path
+
+        root = getattr(getattr(self.store, "_zstore", None), "root", None)
+        if root is None:
+            return
+        base = Path(root) / self.group.path / "analyses"
+        try:
+            if not (base / analysis_id).exists():
+                os.rename(base / slot, base / analysis_id)
+        except OSError as e:
+            log.debug("run %s: analysis %s stays in %s (%s)", self.run_id, analysis_id, slot, e)
 
     def _analysis_group(self, analysis_id: str):
         try:
-            g = self.group[f"analyses/{analysis_id}"]
+            analyses = self.group["analyses"]
+            slot = _complete_slot(analyses, analysis_id)
+            g = analyses[slot or analysis_id]
         except KeyError:
             raise StoreError(f"run {self.run_id}: no analysis {analysis_id}") from None
         if g.attrs.get("status") != "complete":
             raise StoreError(f"run {self.run_id}: analysis {analysis_id} is incomplete "
                              f"(status {g.attrs.get('status')}); run kma analyze again")
         return g
+
+
+# an analysis is rewritten into its other slot, and the old slot removed only after
+_NEXT = ".next"
+
+
+def _complete_slot(analyses, analysis_id: str) -> str | None:
+    """Which of ``analysis_id``'s two slots holds its complete analysis (the later
+    written when both do: a writer stopped before removing the old one), or None."""
+    best, best_t = None, None
+    for slot in (analysis_id, analysis_id + _NEXT):
+        try:
+            attrs = analyses[slot].attrs
+        except KeyError:
+            continue
+        except Exception:  # noqa: BLE001 - unreadable slot: not a complete analysis
+            continue
+        if attrs.get("status") != "complete":
+            continue
+        t = attrs.get("t_end")
+        t = float(t) if isinstance(t, (int, float)) else 0.0
+        if best is None or t > best_t:
+            best, best_t = slot, t
+    return best

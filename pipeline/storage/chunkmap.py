@@ -39,6 +39,7 @@ class _Spec:
     shape: tuple[int, int]
     dtype: str
     fill: float
+    crc: bool = False      # each chunk file ends with a CRC32C of the chunk (zarr's crc32c codec)
 
     def key(self, i: int, j: int) -> str:
         if self.v2_keys:
@@ -49,7 +50,7 @@ class _Spec:
 def mappable(arr) -> bool:
     """True when ``arr``'s chunks can be mapped directly (local, uncompressed, 2-D v3)."""
     try:
-        from zarr.codecs import BytesCodec
+        from zarr.codecs import BytesCodec, Crc32cCodec
         from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
         from zarr.storage import LocalStore
     except ImportError:                                          # pragma: no cover
@@ -58,6 +59,8 @@ def mappable(arr) -> bool:
     if getattr(md, "zarr_format", None) != 3 or not isinstance(arr.store, LocalStore):
         return False
     codecs = tuple(getattr(md, "codecs", ()))
+    if len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec):
+        codecs = codecs[:1]     # a checksum after the raw chunk: verified on mapping
     if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
         return False
     dtype = np.dtype(arr.dtype)
@@ -91,7 +94,7 @@ def mapped_trajectory(arr, rows: int | None = None) -> Trajectory:
                  v2_keys=isinstance(enc, V2ChunkKeyEncoding),
                  chunk_shape=tuple(int(c) for c in arr.chunks),
                  shape=(rows, int(arr.shape[1])), dtype=np.dtype(arr.dtype).str,
-                 fill=float(fill) if fill is not None else 0.0)
+                 fill=float(fill) if fill is not None else 0.0, crc=_has_crc(arr))
     tc, pc = spec.chunk_shape
     chunks = (_edges(rows, tc), _edges(spec.shape[1], pc))
     array = da.map_blocks(_load, chunks=chunks, dtype=np.dtype(spec.dtype), spec=spec,
@@ -131,6 +134,12 @@ class _ZarrChunks:
         return self.arr[i * tc:min((i + 1) * tc, self.rows), j * pc:(j + 1) * pc]
 
 
+def _has_crc(arr) -> bool:
+    from zarr.codecs import Crc32cCodec
+
+    return any(isinstance(c, Crc32cCodec) for c in getattr(arr.metadata, "codecs", ()))
+
+
 def _edges(n: int, c: int) -> tuple[int, ...]:
     return tuple(min(c, n - a) for a in range(0, n, c)) or (0,)
 
@@ -152,18 +161,32 @@ def load_chunk(spec: _Spec, i: int, j: int) -> np.ndarray:
         return np.full((t, p), spec.fill, dtype)
     try:
         size = os.fstat(fd).st_size
-        expected = tc * pc * dtype.itemsize
+        expected = tc * pc * dtype.itemsize + (4 if spec.crc else 0)
         if size != expected:
             raise OSError(f"chunk {key} has {size} bytes, expected {expected} (corrupt)")
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
+    if spec.crc:
+        _verify(mm, size, spec, key)
     # read-ahead without blocking this thread; the consumer faults the pages in lazily
     # (measured faster than MAP_POPULATE, from the page cache and from disk; prefetching
     # the next tasks' chunks from a separate thread measured no faster from disk)
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
         mm.madvise(mmap.MADV_WILLNEED)
-    return np.frombuffer(mm, dtype).reshape(tc, pc)[:t, :p]
+    return np.frombuffer(mm, dtype, count=tc * pc).reshape(tc, pc)[:t, :p]
+
+
+def _verify(mm, size: int, spec: _Spec, key: str) -> None:
+    """The chunk's CRC32C (its last 4 bytes, as zarr's crc32c codec writes it) matches."""
+    import google_crc32c
+
+    data = np.frombuffer(mm, np.uint8)   # numpy's buffer is what google_crc32c takes (as zarr does)
+    computed = int(google_crc32c.value(data[:size - 4]))
+    stored = int(data[size - 4:].view(np.uint32)[0])
+    if computed != stored:
+        raise OSError(f"chunk {key} fails its checksum (CRC32C {stored:08x} stored, {computed:08x} "
+                      "computed): a flipped bit or a tampered file")
 
 
 def _path(spec: _Spec, i: int, j: int) -> str:

@@ -21,7 +21,7 @@ inside that one file write, or stores written by older versions, leave it.)
 from __future__ import annotations
 
 from ..errors import KMAError, RunNotFound, StoreError
-from .store import CUT_SHORT, FINISHED, INTERRUPTED, STATUSES, TrajectoryStore, cut_short
+from .store import CUT_SHORT, FINISHED, INTERRUPTED, STATUSES, TrajectoryStore, cut_short, schema_problem
 
 _REQUIRED = ("status", "layout", "n_snapshots", "config")
 
@@ -69,7 +69,9 @@ def metadata_problem(store: TrajectoryStore, run_id: str) -> str | None:
         return f"damaged metadata: unreadable layout ({type(e).__name__})"
     if not isinstance(attrs["config"], dict):
         return "damaged metadata: config is not a mapping"
-    return None
+    if attrs["status"] not in FINISHED:
+        return None   # an unfinished run (a wipe cut short, too) is redone, never read as data
+    return schema_problem(store, run_id, attrs)
 
 
 def split_runs(store: TrajectoryStore, statuses=None) -> tuple[list[str], dict[str, str]]:

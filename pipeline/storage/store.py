@@ -32,6 +32,8 @@ escape to. Ids outside the rule already in a store stay listable and readable.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +62,15 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         # absolute: zarr's LocalStore.list_prefix strips its root with str.replace, which
         # mangles keys under a relative root ("s/runs/a" -> "runa"): chunks look missing
         path = location.path
+        from ..outputs import check_path_length
+
+        check_path_length(path, "store")
         if not read_only and create:
+            from ..pathsafety import store_holding
+
+            holder = None if (path / "zarr.json").is_file() else store_holding(path)
+            if holder is not None:   # a new store inside another's runs would be wiped with them
+                raise StoreError(f"store {url}: inside the Zarr store {holder}; give a folder outside it")
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -70,6 +80,12 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         return zarr.storage.LocalStore(path, read_only=read_only)
     from .remote import open_remote
 
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc:   # a key in the URL would be recorded (MLflow tags, the store's attributes)
+        from ..secrets import mask_url
+
+        raise StoreError(f"store {mask_url(url)}: credentials in the URL are not supported; set "
+                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead")
     try:  # retries, credentials from this process' environment, pickled as its URL only
         store = open_remote(url, read_only=read_only)
     except (ImportError, ValueError) as e:
@@ -248,6 +264,9 @@ class TrajectoryStore:
             raise StoreError(f"store {self.url}: permission denied") from None
         except OSError as e:
             raise StoreError(f"store {self.url}: {e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - the root's zarr.json is an array's, or not JSON
+            raise StoreError(f"store {self.url}: its root zarr.json is not a KMA store's group metadata "
+                             f"({type(e).__name__}); nothing read or written") from None
 
     # -- listing -------------------------------------------------------------------
     def run_ids(self) -> list[str]:
@@ -274,6 +293,10 @@ class TrajectoryStore:
 
         out = []
         for rid in self.run_ids():
+            link = self.link_problem(rid)
+            if link:  # never read through it; a sweep refuses to wipe it (one line)
+                out.append(RunInfo(rid, "corrupt", 0, 0, None, None, is_valid(rid), link))
+                continue
             try:
                 attrs = dict(self._group(rid, checked=False).attrs)
             except StoreError:
@@ -293,6 +316,11 @@ class TrajectoryStore:
                 continue
             # every writer sets a status at once: a run without one is damaged, not running
             status = attrs.get("status", "corrupt")
+            problem = schema_problem(self, rid, attrs) if status in FINISHED else None
+            if problem:  # valid JSON of the wrong shape: never listed complete nor registered
+                out.append(RunInfo(rid, "corrupt", 0, n_params, attrs.get("created"), attrs.get("updated"),
+                                   is_valid(rid), problem))
+                continue
             # a restart attempt is trained under its variant's lease (pipeline.training.restart)
             if status == "running" and not is_live(self, str(attrs.get("variant_run_id") or rid)):
                 status = INTERRUPTED
@@ -301,16 +329,65 @@ class TrajectoryStore:
                                attrs.get("restart_of") if isinstance(attrs.get("restart_of"), str) else None))
         return out
 
+    # -- links out of the store -----------------------------------------------------
+    def link_problem(self, run_id: str) -> str | None:
+        """Why ``runs/<run_id>/`` must not be read or written through, or None: on a local
+        store, ``runs/``, the run's folder, or anything under it that is a symbolic link
+        (a link can point out of the store: deleting or writing through it would touch
+        files elsewhere). Object stores have no links."""
+        from ..pathsafety import local_link
+
+        root = getattr(self._zstore, "root", None)
+        if root is None:
+            return None
+        return local_link(Path(root), ("runs", run_id))
+
+    def _refuse_key_links(self, key: str) -> None:
+        """A small document's key (``leases/<id>.json``) is not reached through a link."""
+        root = getattr(self._zstore, "root", None)
+        if root is None:
+            return
+        path = Path(root)
+        for part in key.split("/"):
+            path = path / part
+            if path.is_symlink():
+                raise StoreError(f"store {self.url}: {path.relative_to(root).as_posix()} is a symbolic link "
+                                 f"(to {os.readlink(path)[:200]}); refusing to write or delete through it")
+
+    def _refuse_links(self, run_id: str) -> None:
+        problem = self.link_problem(run_id)
+        if problem:
+            raise StoreError(f"run {run_id}: {problem}; refusing to read or write through it "
+                             "(remove the link by hand)")
+
     # -- reading -------------------------------------------------------------------
     def _group(self, run_id: str, *, checked: bool = True):
         if checked:  # an id outside the rule names a run only if the store lists it
             check_run_id(run_id, listed=self.run_ids)
+        self._refuse_links(run_id)
         try:
-            return self.root[f"runs/{run_id}"]
+            node = self.root[f"runs/{run_id}"]
         except KeyError:
+            kind = self._node_type(run_id)
+            if kind is not None:  # zarr.json is there but is not a group's
+                raise StoreError(f"run {run_id}: runs/{run_id}/zarr.json is not a run's group metadata "
+                                 f"(node_type {kind[:40]!r})") from None
             raise RunNotFound(f"run {run_id}: not in store {self.url}") from None
         except Exception as e:  # noqa: BLE001 - unreadable metadata
             raise StoreError(f"run {run_id}: unreadable metadata ({e})") from None
+        if not hasattr(node, "group_keys"):  # zarr.json says node_type "array"
+            raise StoreError(f"run {run_id}: runs/{run_id}/zarr.json describes an array, not a run's group")
+        return node
+
+    def _node_type(self, run_id: str) -> str | None:
+        """``node_type`` of ``runs/<run_id>/zarr.json`` as stored, or None (absent, not JSON)."""
+        import json
+
+        try:
+            raw = self.get_bytes(f"runs/{run_id}/zarr.json")
+            return None if raw is None else str(json.loads(raw).get("node_type"))
+        except Exception:  # noqa: BLE001 - unreadable: the caller's "not found" stands
+            return None
 
     def open_run(self, run_id: str) -> Run:
         return Run(self, run_id, self._group(run_id))
@@ -384,6 +461,7 @@ class TrajectoryStore:
 
         # defence in depth: only ever a single valid component under runs/
         check_run_id(run_id)
+        self._refuse_links(run_id)  # never list or delete through a link out of the store
         prefix = f"runs/{run_id}/"
         try:
             group = self.root[f"runs/{run_id}"]
@@ -419,6 +497,7 @@ class TrajectoryStore:
         from zarr.core.sync import sync
 
         self._require_writable()
+        self._refuse_key_links(key)
         buf = default_buffer_prototype().buffer.from_bytes(data)
         sync(self._zstore.set_if_not_exists(key, buf) if exclusive else self._zstore.set(key, buf))
 
@@ -426,6 +505,7 @@ class TrajectoryStore:
         from zarr.core.sync import sync
 
         self._require_writable()
+        self._refuse_key_links(key)
         sync(self._zstore.delete(key))
 
     # -- the MLflow database this store's runs were registered in ------------------------
@@ -435,7 +515,19 @@ class TrajectoryStore:
         ``kma analyze``/``kma sync`` default to it, so running them from another directory
         finds the same MLflow instead of creating ``./mlflow.db``."""
         uri = self.root.attrs.get("tracking_uri")
-        return uri if isinstance(uri, str) and uri else None
+        if not isinstance(uri, str) or not uri:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            forged = bool(urlsplit(uri).password)
+        except ValueError:
+            forged = True
+        if forged:  # never recorded by kma (remember_tracking_uri refuses them): not followed
+            log.warning("store %s records a tracking URI kma never writes (with a password); ignored",
+                        self.url)
+            return None
+        return uri
 
     def remember_tracking_uri(self, uri: str) -> None:
         """Record ``uri`` for later commands (never one that carries a password)."""
@@ -476,6 +568,8 @@ def cut_short(store: TrajectoryStore, run_id: str) -> bool:
     from zarr.core.sync import sync
 
     prefix = f"runs/{run_id}/"
+    if store.link_problem(run_id):  # never listed through a link out of the store
+        return False
 
     async def _keys():
         return [k.removeprefix(prefix) async for k in store._zstore.list_prefix(prefix)]
@@ -492,3 +586,33 @@ def cut_short(store: TrajectoryStore, run_id: str) -> bool:
         return not dict(store._group(run_id, checked=False).attrs)
     except KMAError:  # unreadable: a kill leaves no such zarr.json (writes are atomic)
         return False
+
+
+def schema_problem(store: TrajectoryStore, run_id: str, attrs: dict) -> str | None:
+    """Why a run's attributes disagree with its weights array (valid JSON, wrong shape):
+    ``n_snapshots`` beyond the rows the array holds, a parameter count other than the
+    layout's, no weights array under a run with snapshots; None if they agree."""
+    from .layout import Layout
+
+    try:
+        n = int(attrs.get("n_snapshots", 0))
+        size = Layout.from_records(attrs["layout"]).size if "layout" in attrs else None
+    except Exception as e:  # noqa: BLE001 - malformed values: said by the caller's checks
+        return f"damaged metadata: unreadable layout or n_snapshots ({type(e).__name__})"
+    if isinstance(attrs.get("n_snapshots"), bool) or n < 0:
+        return f"damaged metadata: n_snapshots is {str(attrs.get('n_snapshots'))[:40]!r}, not a count"
+    try:
+        weights = store.root[f"runs/{run_id}/weights"]
+    except KeyError:
+        return f"damaged metadata: n_snapshots is {n} but there is no weights array" if n else None
+    except Exception as e:  # noqa: BLE001 - unreadable array metadata
+        return f"damaged metadata: runs/{run_id}/weights/zarr.json is unreadable ({type(e).__name__})"
+    shape = getattr(weights, "shape", None)
+    if shape is None or len(shape) != 2:
+        return f"damaged metadata: runs/{run_id}/weights is not a 2-D array"
+    if n > shape[0]:
+        return f"damaged metadata: n_snapshots is {n} but the weights array holds {shape[0]} rows"
+    if size is not None and shape[1] != size:
+        return (f"damaged metadata: the layout has {size} parameters but the weights array "
+                f"{shape[1]} columns")
+    return None

@@ -51,6 +51,17 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+# new runs' weight chunks carry a CRC32C (the ``crc32c`` codec); runs written before it,
+# without one, are read as they are
+CHECKSUMS = True
+
+
+def _crc32c():
+    from zarr.codecs import Crc32cCodec
+
+    return Crc32cCodec()
+
+
 def new_run(store, run_id: str, layout: Layout, *, config: dict | None, capacity: int | None,
             dtype: str, extra: dict | None) -> "RunWriter":
     """Create ``runs/<run_id>`` in ``store`` (its group, a ``weights`` array of
@@ -87,7 +98,9 @@ def new_run(store, run_id: str, layout: Layout, *, config: dict | None, capacity
         # a lost chunk must read as NaN, never as plausible zeros; and every chunk is
         # written, even an all-zero one, so missing_chunks() can tell loss from zeros
         fill_value=0 if storage == "uint16" else float("nan"),
-        compressors=None,
+        # a CRC32C after each chunk: a flipped bit is named when the chunk is read
+        # (chunkmap verifies it on mapped reads too); cost on jobs/bench/snapshot_overhead.py
+        compressors=[_crc32c()] if CHECKSUMS else None,
         overwrite=True,
         config={"write_empty_chunks": True},
     )

@@ -149,8 +149,10 @@ class Tracker:
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - any backend failure is the user's URI
-            raise KMAError(f"MLflow at {self.uri}: cannot use it ({_first_line(e)})") from None
-        if self.uri.startswith(("http://", "https://")):
+            from ..secrets import mask_url
+
+            raise KMAError(mask_url(f"MLflow at {self.uri}: cannot use it ({_first_line(e)})")) from None
+        if self.uri.startswith(("http://", "https://", "sqlite:")):
             self.client = _Guarded(self.client, self)
         self._experiments: dict[str, str] = {}
 
@@ -354,7 +356,7 @@ class Tracker:
                   for step, v in enumerate(values, start=1) if v is not None]
         last = set({name: i for i, (name, _, _) in enumerate(points)}.values())   # each key's last point
         head = [p for i, p in enumerate(points) if i not in last] if len(points) > 2 * len(last) else []
-        if head and insert_history(self.client, rid, head, now):
+        if head and guarded_call(self, insert_history, self.client, rid, head, now):
             points = [p for i, p in enumerate(points) if i in last]
         items = [Param(k, _param_value(v)) for k, v in sorted((params or {}).items())]
         if len(items) <= 100 and len(points) + len(items) <= 1000:   # MLflow's log_batch limits
@@ -421,22 +423,77 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_reachable(uri: str) -> None:
-    """Fail fast, in one line, when an HTTP tracking server does not answer."""
+    """Fail fast, in one line, when an HTTP tracking server does not answer, or a SQLite
+    path cannot be a tracking database (a folder; a file of another application)."""
+    from ..secrets import mask_url
+
+    if "://" not in uri and not uri.startswith("databricks"):   # MLflow: a folder of its retired file store
+        raise KMAError(f"tracking URI {uri}: not a tracking URI; give sqlite:///{uri} (a SQLite file) "
+                       "or http://HOST:5000 (a tracking server)")
     if not uri.startswith(("http://", "https://")):
-        if uri.startswith("sqlite:///"):
-            parent = Path(uri.removeprefix("sqlite:///")).parent
-            if not parent.is_dir():
-                raise KMAError(f"MLflow at {uri}: directory {parent} does not exist")
+        if uri.startswith("sqlite:///") and ":memory:" not in uri:
+            _check_sqlite_file(uri, Path(uri.removeprefix("sqlite:///").partition("?")[0]))
         return
+    import base64
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+        if parts.username is not None or parts.password is not None:   # user:password@host: basic auth
+            token = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        plain = urllib.parse.urlunsplit(parts)
+        request = urllib.request.Request(plain.rstrip("/") + "/health", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as resp:
             resp.read(16)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise KMAError(f"MLflow server {uri} is unreachable ({reason})") from None
+        raise KMAError(mask_url(f"MLflow server {uri} is unreachable ({reason})")) from None
+
+
+_MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+
+
+def _check_sqlite_file(uri: str, path: Path) -> None:
+    """A SQLite tracking path names a file that is absent, empty or an MLflow database:
+    never a folder (MLflow would retry for minutes), never another application's
+    database (MLflow would add its ~70 tables to it)."""
+    import sqlite3
+
+    from ..outputs import check_path_length
+
+    check_path_length(path, "MLflow SQLite file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise KMAError(f"MLflow at {uri}: directory {parent} does not exist")
+    if path.is_dir():
+        raise KMAError(f"MLflow at {uri}: {path} is a folder, not a database file; name a file in it, "
+                       f"e.g. sqlite:///{path / 'mlflow.db'}")
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise KMAError(f"MLflow at {uri}: cannot read {path} ({e.strerror or e})") from None
+    if head != b"SQLite format 3\x00":
+        raise KMAError(f"MLflow at {uri}: {path} is not a SQLite database")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise KMAError(f"MLflow at {uri}: cannot read {path} ({e})") from None
+    if tables and not _MLFLOW_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise KMAError(f"MLflow at {uri}: {path} is another application's database (tables {shown}), "
+                       "not an MLflow one; name a new file")
 
 
 class _Guarded:
@@ -452,20 +509,43 @@ class _Guarded:
             return attr
 
         def call(*args, **kwargs):
-            t = self._tracker
-            if t.down is None:
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - only an unreachable server is caught
-                    if not _server_gone(e):
-                        raise
-                    t.down = _first_line(_root_cause(e))
-                    log.warning("MLflow server %s stopped answering: %s", t.uri, t.down)
-            raise TrackingUnavailable(f"MLflow server {t.uri} is unreachable ({t.down[:200]}); what was "
-                                      "trained or analysed is kept in the store: `kma sync` registers it "
-                                      "once the server is back") from None
+            return guarded_call(self._tracker, attr, *args, **kwargs)
 
         return call
+
+
+def guarded_call(t: "Tracker", fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, but a server that stopped answering (a SQLite database
+    locked by another process) sets ``t.down`` and raises :class:`TrackingUnavailable`,
+    at once for every call after the first such failure."""
+    if t.down is None:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only an unreachable server is caught
+            if not (_db_locked(e) if t.uri.startswith("sqlite:") else _server_gone(e)):
+                raise
+            t.down = _first_line(_root_cause(e))
+            log.warning("%s stopped answering: %s", mlflow_name(t.uri), t.down)
+    raise TrackingUnavailable(f"{mlflow_name(t.uri)} is unreachable ({t.down[:200]}); what was "
+                              "trained or analysed is kept in the store: `kma sync` registers it "
+                              "once it is back") from None
+
+
+def mlflow_name(uri: str) -> str:
+    """``MLflow server URI`` or ``MLflow database URI``, secrets masked, for messages."""
+    from ..secrets import mask_url
+
+    return mask_url(f"MLflow {'database' if uri.startswith('sqlite:') else 'server'} {uri}")
+
+
+def _db_locked(e: BaseException) -> bool:
+    """SQLite's "database is locked" (another process holds a write lock) anywhere in the chain."""
+    seen = e
+    while seen is not None:
+        if "database is locked" in str(seen) or "database table is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _root_cause(e: BaseException) -> BaseException:
