@@ -71,7 +71,13 @@ def _plan_text(run: Run, params: AnalysisParams) -> str:
         return plural(T, "snapshot")  # fit_run says what is wrong
     layers = run.layout.layers
     n_layers = 1 + (len(layers) if params.per_layer and len(layers) > 1 else 0)
-    return f"{plural(T, 'snapshot')}, {plural(n_windows, 'window')} × {plural(n_layers, 'layer')}"
+    if params.method == "randomized":
+        passes = f"{plural(params.n_power_iter + 1, 'pass', 'passes')} (randomized)"
+    elif params.estimator().second_pass_possible():
+        passes = "one pass, a second (TSQR) if a window keeps what its Gram cannot resolve"
+    else:
+        passes = "one pass"
+    return f"{plural(T, 'snapshot')}, {plural(n_windows, 'window')} × {plural(n_layers, 'layer')}, {passes}"
 
 
 def _window_progress(steps, head: str):
@@ -191,9 +197,13 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "residual_floors": _pad([_or_nan(r.residual_floors, r) for r in rows], np.float64),
             "conditions": _pad([_or_nan(r.conditions, r) for r in rows], np.float64),
             "informative": np.array([bool(r.informative) for r in rows]),
+            "misfit": np.array([np.nan if r.misfit is None else r.misfit for r in rows], np.float64),
+            "misfit_limit": np.array([np.nan if r.misfit_limit is None else r.misfit_limit
+                                      for r in rows], np.float64),
         }
     aid = params.analysis_id
-    attrs = {"n_snapshots": est.n_snapshots_}
+    attrs = {"n_snapshots": est.n_snapshots_,
+             "factors": {layer: [r.factor for r in rows] for layer, rows in by_layer.items()}}
     if t_start is not None:
         attrs["t_start"] = float(t_start)
     if verdict is not None:
@@ -214,6 +224,8 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
         a = layers[layer]
         eig, amp, res, sv = (a[k] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
         floors, kap, info = (a.get(k) for k in ("residual_floors", "conditions", "informative"))
+        mis, lim = a.get("misfit"), a.get("misfit_limit")            # engine >= 4
+        factors = (attrs.get("factors") or {}).get(layer)
         for i, (w, k) in enumerate(zip(a["windows"], a["rank"])):
             n = int(np.isfinite(res[i]).sum())
             lam = eig[i, :n, 0] + 1j * eig[i, :n, 1]
@@ -222,6 +234,10 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
                 extra = dict(residual_floors=floors[i, :n], conditions=kap[i, :n],
                              unit_circle=unit_circle_verdicts(lam, kap[i, :n] * res[i, :n]),
                              informative=bool(info[i]))
+            if mis is not None and np.isfinite(mis[i]):
+                extra.update(misfit=float(mis[i]), misfit_limit=float(lim[i]))
+            if factors:
+                extra["factor"] = str(factors[i])
             out.append(WindowResult(
                 layer, (int(w[0]), int(w[1])), lam, amp[i, :n, 0] + 1j * amp[i, :n, 1],
                 res[i, :n], sv[i][np.isfinite(sv[i])], int(k), **extra))
@@ -259,6 +275,9 @@ def result_records(run_id: str, aid: str, results: list[WindowResult], residual_
             "condition": [float(x) for x in _or_nan(r.conditions, r)],
             "unit_circle": list(r.unit_circle) or ["uncertain"] * r.residuals.size,
             "residuals_informative": bool(r.informative),
+            "misfit": _finite_or_none(r.misfit),
+            "misfit_limit": _finite_or_none(r.misfit_limit),
+            "factor": r.factor or None,
             "singular_values": [float(x) for x in r.singular_values],
             "rank": int(r.rank),
             "analysis_id": aid,
@@ -269,6 +288,10 @@ def result_records(run_id: str, aid: str, results: list[WindowResult], residual_
             row["finite_prefix"] = int(finite_prefix)
         rows.append(row)
     return rows
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:

@@ -31,7 +31,9 @@ from .estimator import KoopmanDMD, WindowResult
 from .factor import Factor, KoopmanInputError
 from .source import Trajectory
 
-ENGINE_VERSION = 3  # 3: windows always cover the end; automatic window rule
+ENGINE_VERSION = 4  # 4: misfit gate, noise-estimating default cut, GD on the whole
+#                    spectrum, one pass by default, auto window W >= 16 (issue 20)
+#                    3: windows always cover the end; automatic window rule
 
 __all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
            "KoopmanInputError", "Trajectory"]
