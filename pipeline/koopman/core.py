@@ -38,8 +38,8 @@ enhancements", SIAM J. Sci. Comput. 40(4), 2018; LAPACK ``xGEDMD``, Drmač, LAWN
 7. amplitudes: least-squares fit of the first snapshot onto the Ritz vectors.
 
 Default truncation (no ``rank``/``tol``/``threshold``, :func:`default_cut`): keep
-``σ_i`` above the larger of two noise levels, at most ``⌊min(m_data, n-1)/2⌋`` of them
-(residuals stay informative):
+``σ_i`` above the larger of two noise levels, at most ``⌊(n-1)/2⌋`` of them (residuals
+stay informative; when ``m_data < n - 1``, where they never are, the storage cut alone):
 
 - the noise that storing the snapshots in a dtype of unit roundoff ``u`` puts into
   ``X1``: ``τ_u = 2 · u/√3 · max_j ||x_j|| · (1 + √(n/m_data))``, ``m_data`` the data's row
@@ -107,8 +107,8 @@ class DMDResult:
         ``max(||A z_i - λ_i z_i||, residual_floor_i) + μ ||c_i||`` for the unit-norm
         (refined) Ritz vector ``z_i = X1 c_i``; the data residual (all rows of ``X``),
         never below the floor, plus the model's misfit inside the kept directions
-        (``μ``: the unexplained part of ``X2`` per unexplained direction, see
-        :func:`_misfit`), which the data residual cannot see.
+        (``μ``: the unexplained part of ``X2`` inside ``span(U_k)`` per unexplained
+        direction, see :func:`_misfit`), which the data residual cannot see.
     singular_values : ndarray, shape (min(m, n-1),), float64
         All singular values of the (scaled) ``X1``, before truncation.
     rank : int
@@ -137,6 +137,9 @@ class DMDResult:
         directions): ``MISFIT_MARGIN · (√(n-1-k) · σ_cut + floor) / ||X2||_F``, with
         ``σ_cut`` the largest singular value the cut dropped (the noise estimate when
         none). ``misfit > misfit_limit``: no pair of the window may be certified.
+    misfit_terms : ndarray, shape (r,)
+        ``μ ||c_i||``, the part of ``residuals`` that is the model's misfit rather than
+        the data residual (``residuals - misfit_terms = max(data residual, floor)``).
     """
 
     eigenvalues: np.ndarray
@@ -152,6 +155,7 @@ class DMDResult:
     rank_requested: int | None = None
     misfit: float = 0.0
     misfit_limit: float = np.inf
+    misfit_terms: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def fits(self) -> bool:
@@ -266,8 +270,12 @@ def default_cut(s, spectrum, shape, noise) -> tuple[int, float]:
     if s.size == 0 or not s[0] > 0:
         return 0, 0.0
     m, n = shape
-    tau = max(float(noise or 0.0), gavish_donoho_cut(spectrum, shape))
-    k = min(numerical_rank(s, max(m, n)), int(np.count_nonzero(s > tau)), min(m, n) // 2)
+    tau = float(noise or 0.0)
+    if m >= n:   # fewer rows than snapshot pairs are never informative: storage cut only
+        tau = max(tau, gavish_donoho_cut(spectrum, shape))
+    k = min(numerical_rank(s, max(m, n)), int(np.count_nonzero(s > tau)))
+    if m >= n:
+        k = min(k, n // 2)
     return int(k), tau
 
 
@@ -382,37 +390,40 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error,
     norm_x1 = s[0] if not scale else float(np.linalg.norm(X[:, :-1]))   # (Frobenius ≥ 2-norm)
     arith = U64 * (np.sqrt(max(m, shape[0])) + n) * norm_x1
     floors = (factor_error + arith) * dn
-    misfit, limit, mu = _misfit(X2, Vh[:k].T, spectrum, k, n, err + arith)
-    # the misfit inside the kept directions is invisible to the residual; estimate it as
-    # the visible misfit per direction (isotropic error, exact in expectation for white
-    # noise) acting on the pair's combination of snapshots: A_true z = Y c − E c
-    cn = np.linalg.norm((Vh[:k].T / sk) @ W, axis=0)
-    res = np.maximum(res, floors) + mu * cn
+    misfit, limit, mu = _misfit(X2, Vh[:k].T, Uk, spectrum, k, n, err + arith)
+    # the misfit inside the kept directions is invisible to the residual: it moves the
+    # Rayleigh quotient by U_k^T E V_k Σ^{-1} w. Estimate it from the visible misfit
+    # within span(U_k), per direction (isotropic error: exact in expectation for white
+    # noise), acting on the pair's combination of snapshots c = V_k Σ^{-1} w
+    terms = mu * np.linalg.norm((Vh[:k].T / sk) @ W, axis=0)
+    res = np.maximum(res, floors) + terms
     circle = unit_circle_verdicts(lam, kappa * res)
     Z = Uk @ W
     amp = np.linalg.lstsq(Z, X[:, 0].astype(np.complex128), rcond=None)[0]
     return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped,
-                     misfit, limit)
+                     misfit, limit, terms)
 
 
-def _misfit(X2, Vk, spectrum, k, n, resolution):
-    """``(misfit, misfit_limit, μ)`` of the window (see :class:`DMDResult`); ``μ`` is the
-    absolute unexplained part per unexplained direction.
+def _misfit(X2, Vk, Uk, spectrum, k, n, resolution):
+    """``(misfit, misfit_limit, μ)`` of the window (see :class:`DMDResult`).
 
-    The fitted map gives ``A X1 = X2 V_k V_k^T``, so ``X2 (I - V_k V_k^T)`` is what it
+    The fitted map gives ``A X1 = X2 V_k V_k^T``, so ``R = X2 (I - V_k V_k^T)`` is what it
     leaves unexplained (shared/NUMERICS.md, "When the residual cannot see a bad fit");
     the snapshots are raw (never re-referenced), so an affine map of the weights is a
     linear map of them and fits. For linear dynamics plus white noise of singular value
     ``σ_n`` the unexplained part is about ``√(n-1-k) σ_n``; dropped directions add at
     most their own size. ``σ_cut`` (the largest dropped singular value, padded from the
-    factor's resolution) bounds both, ``resolution`` the error of the computation."""
+    factor's resolution) bounds both, ``resolution`` the error of the computation.
+    ``μ = ||U_k^T R||_F / √(n-1-k)``: the unexplained part inside the kept directions,
+    per unexplained direction (what moves the Rayleigh quotient)."""
     y = float(np.linalg.norm(X2))
     if y == 0:
         return 0.0, np.inf, 0.0
-    R = float(np.linalg.norm(X2 - (X2 @ Vk) @ Vk.T))
+    R = X2 - (X2 @ Vk) @ Vk.T
     sig_cut = float(spectrum[k]) if k < spectrum.size else 0.0
     limit = MISFIT_MARGIN * (np.sqrt(max(n - 1 - k, 0)) * sig_cut + np.sqrt(n - 1) * resolution)
-    return R / y, float(limit) / y, R / np.sqrt(max(n - 1 - k, 1))
+    mu = float(np.linalg.norm(Uk.T @ R)) / np.sqrt(max(n - 1 - k, 1))
+    return float(np.linalg.norm(R)) / y, float(limit) / y, mu
 
 
 def unit_circle_verdicts(lam, radius) -> tuple:

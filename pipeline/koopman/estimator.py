@@ -54,7 +54,8 @@ class WindowResult:
     linear model leaves unexplained, and the most its cut explains as noise);
     see :class:`pipeline.koopman.core.DMDResult`. ``factor``: which factor the window's
     DMD ran on, ``"gram"`` (band of the Gram, same pass), ``"tsqr"`` (the stable
-    second pass) or ``"randomized"``.
+    second pass) or ``"randomized"``; ``misfit_terms`` (r,): the part of each residual
+    that is the misfit (not stored: None for a loaded analysis).
     """
 
     layer: str
@@ -72,6 +73,7 @@ class WindowResult:
     misfit: float | None = None
     misfit_limit: float | None = None
     factor: str = ""
+    misfit_terms: np.ndarray | None = None
 
     @property
     def fits(self) -> bool:
@@ -269,7 +271,7 @@ class KoopmanDMD:
                         name, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
                         r.singular_values, r.rank, r.residual_floors, r.conditions,
                         r.unit_circle, r.informative, r.rank_requested, r.misfit,
-                        r.misfit_limit, factor))
+                        r.misfit_limit, factor, r.misfit_terms))
         if progress is not None:
             progress(total, total)
         return results

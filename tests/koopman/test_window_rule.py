@@ -28,7 +28,7 @@ def test_auto_rule_bounds_windows_and_covers_everything(T):
     wins = plan_windows(T, "auto")
     W, S = auto_window(T)
     assert 1 <= len(wins) <= AUTO_MAX_WINDOWS + 1
-    assert all(b - a == W for a, b in wins) and W >= min(T, 6)
+    assert all(b - a == W for a, b in wins) and W >= min(T, 16)
     assert wins[0][0] == 0 and wins[-1][1] == T
     covered = np.zeros(T, bool)
     for a, b in wins:
@@ -37,8 +37,11 @@ def test_auto_rule_bounds_windows_and_covers_everything(T):
     assert all(b1 - a1 >= 0 for (a1, _), (_, b1) in zip(wins, wins[1:]))     # overlapping
 
 
-def test_auto_rule_on_a_dozen_snapshots():
-    assert plan_windows(12, "auto") == [(0, 6), (3, 9), (6, 12)]
+def test_auto_rule_on_short_runs():
+    """At least 16 snapshots a window (issue 20): the default cut may keep 7 directions
+    with informative residuals, enough for five modes and a margin."""
+    assert plan_windows(12, "auto") == [(0, 12)]
+    assert plan_windows(40, "auto") == [(0, 16), (8, 24), (16, 32), (24, 40)]
 
 
 @pytest.mark.parametrize("window, stride, msg", [
