@@ -99,10 +99,12 @@ def test_threshold_flag_on_the_cli(store, tmp_path):
     assert row["analysis_id"] == AnalysisParams(threshold="gavish-donoho", window="all", per_layer=False).analysis_id
     assert row["rank"] == 2 and row["residuals_informative"] is True
     assert sum(row["reliable"]) == 2
-    # the default cut (float32 resolution) keeps the noise: residuals cannot vote
+    # the default cut estimates the noise from the data too (issue 20; before, it cut
+    # at float32's resolution, kept rank 39 = W - 1 and certified nothing)
     rc = main(["analyze", "--store", str(tmp_path / "store"), "--window", "all", "--no-per-layer", "--no-mlflow", "--json", str(path)])
     (row,) = json.loads(path.read_text())["runs"]
-    assert row["rank"] == 39 and row["residuals_informative"] is False and not any(row["reliable"])
+    assert row["rank"] == 2 and row["residuals_informative"] is True and sum(row["reliable"]) == 2
+    assert row["factor"] == "gram" and 0 < row["misfit"] < row["misfit_limit"] < 1e-2
     with pytest.raises(SystemExit) as e:
         main(["analyze", "--store", str(tmp_path / "store"), "--threshold", "nope"])
     assert e.value.code == 2
