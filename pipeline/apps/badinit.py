@@ -94,7 +94,10 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
     per_layer = len(groups) > 1
     # Y is in this process' memory: fit it here (threads), never ship it to a cluster's
     # workers through whatever scheduler is the default (a dask.distributed Client is)
-    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads").fit(Y, groups if per_layer else None)
+    # the storage dtype's cut (engine 3's default): the rule reads "rank K - 1" as a generic
+    # start, which a noise-estimating cut capped at (K-1)/2 would hide
+    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads",
+                     threshold="storage").fit(Y, groups if per_layer else None)
     layers, frozen, collapsed = {}, [], []
     growth, whole_rank = 0.0, 0
     for r in est.results_:

@@ -172,9 +172,12 @@ class KoopmanDMD:
     def second_pass_possible(self) -> bool:
         """Whether :meth:`fit` may read the trajectory a second time (TSQR): only method
         ``"qr"`` with an explicit ``rank`` or ``tol`` whose cut keeps a singular value
-        some window's Gram cannot resolve. The default cut and Gavish–Donoho stop at
-        the Gram's resolution instead (one pass)."""
-        return self.method == "qr" and (self.rank is not None or self.tol is not None)
+        some window's Gram cannot resolve (likewise the internal ``threshold="storage"``,
+        engine 3's default, which :mod:`pipeline.apps.badinit` uses on in-memory
+        snapshots). The default cut and Gavish–Donoho stop at the Gram's resolution
+        instead (one pass)."""
+        return self.method == "qr" and (self.rank is not None or self.tol is not None
+                                        or self.threshold == "storage")
 
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):
