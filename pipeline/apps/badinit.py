@@ -103,6 +103,12 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
     for r in est.results_:
         lam = np.abs(r.eigenvalues)
         certified = r.reliable(residual_tol)
+        # "confined to an invariant subspace" is what the collapsed mark reads: the data
+        # residuals alone (engine 4's reliable also asks that a linear map fit, which the
+        # symmetric dynamics of a constant init do not, though they never leave the subspace)
+        invariant = bool(r.informative) and bool(np.all(
+            r.conditions * (r.residuals - (r.misfit_terms if r.misfit_terms is not None else 0.0))
+            <= residual_tol))
         info = {"rank": int(r.rank), "max_abs": float(lam.max()) if lam.size else 0.0,
                 "dominant_abs": _dominant_modulus(r, K), "n_certified": int(certified.sum())}
         if r.layer == "all":
@@ -112,7 +118,7 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
         layers[r.layer] = info
         if r.rank <= 1:
             frozen.append(r.layer)
-        elif r.rank <= collapsed_rank < K - 1 and certified.all():
+        elif r.rank <= collapsed_rank < K - 1 and invariant:
             collapsed.append(r.layer)
     reasons = [name for name, hit in (("growth", growth > growth_tol), ("frozen", bool(frozen)),
                                       ("collapsed", bool(collapsed))) if hit]
