@@ -28,9 +28,9 @@ and factored exactly as the whole-trajectory Gram
 with ``C_w`` of shape ``(k, W)`` and a basis on the window's rows only. The re-reference
 cancels: the band entries carry rounding errors of about ``u64 √P ||d_s|| ||d_t||``
 while ``e_s·e_t`` may be far smaller, so each factor records its absolute resolution
-``Factor.error`` (:func:`gram_resolution`); the estimator falls back to the stable
-(TSQR) pass when a window's cut keeps singular values the Gram cannot resolve, and the
-residual floors use it.
+``Factor.error`` (:func:`gram_resolution`); the estimator's default cut keeps nothing
+within ``GRAM_MARGIN`` of it (an explicit rank/tol falls back to the stable TSQR pass
+instead), and the residual floors use it.
 """
 
 from __future__ import annotations
