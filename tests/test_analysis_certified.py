@@ -2,6 +2,7 @@
 diverged runs analysed on their finite prefix, --threshold, the storage dtype's cut."""
 
 import io
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -122,3 +123,24 @@ def test_default_cut_follows_the_storage_dtype(store):
     assert r32.rank == 3 and np.abs(r32.eigenvalues - 0.7).min() < 1e-3
     assert r16.rank == 2
     assert np.abs(r16.eigenvalues[r16.reliable(1e-2)] - 0.7).min() > 0.1
+
+
+def test_misfit_and_factor_are_stored_and_read_back(store):
+    """Engine 4: misfit, its limit and the factor travel with the stored analysis, and a
+    window that fits no linear model stays uncertified after a reload."""
+    from pipeline.analysis import load_results, write_results
+
+    rng = np.random.default_rng(2)
+    write(store, "m", system() + 1e-4 * rng.standard_normal((40, 2000)))
+    run = store.open_run("m")
+    p = AnalysisParams(window=20, stride=10, per_layer=False)
+    est = fit_run(run, p)
+    write_results(run, p, est)
+    back = load_results(store.open_run("m"), p.analysis_id)
+    assert [r.window for r in back] == [r.window for r in est.results_]
+    for a, b in zip(est.results_, back):
+        assert b.factor == a.factor == "gram"
+        assert b.misfit == pytest.approx(a.misfit) and b.misfit_limit == pytest.approx(a.misfit_limit)
+        np.testing.assert_array_equal(b.reliable(1e-2), a.reliable(1e-2))
+    bad = replace(back[0], misfit=2 * back[0].misfit_limit)
+    assert not bad.fits and not bad.reliable(1e-2).any()
