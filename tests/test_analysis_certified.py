@@ -144,3 +144,21 @@ def test_misfit_and_factor_are_stored_and_read_back(store):
         np.testing.assert_array_equal(b.reliable(1e-2), a.reliable(1e-2))
     bad = replace(back[0], misfit=2 * back[0].misfit_limit)
     assert not bad.fits and not bad.reliable(1e-2).any()
+
+
+def test_pure_noise_keeps_nothing_and_writes_no_modes(store):
+    """Engine 4's default cut keeps no direction of pure noise (engine 3 kept W - 1);
+    --modes then has nothing to write for that layer instead of failing."""
+    rng = np.random.default_rng(3)
+    write(store, "noise", rng.standard_normal((12, 400)))
+    p = AnalysisParams(window="all", per_layer=False, modes=True)
+    assert analyze_runs(store, ["noise"], p, console=Console(stream=io.StringIO())) == {"noise": None}
+    run = store.open_run("noise")
+    (r,) = load_results_of(run, p)
+    assert r.rank == 0
+    assert run.analysis_info(p.analysis_id)["modes_layers"] == []
+
+
+def load_results_of(run, p):
+    from pipeline.analysis import load_results
+    return load_results(run, p.analysis_id)
