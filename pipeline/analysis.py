@@ -67,7 +67,13 @@ def _plan_text(run: Run, params: AnalysisParams) -> str:
         return plural(T, "snapshot")  # fit_run says what is wrong
     layers = run.layout.layers
     n_layers = 1 + (len(layers) if params.per_layer and len(layers) > 1 else 0)
-    return f"{plural(T, 'snapshot')}, {plural(n_windows, 'window')} × {plural(n_layers, 'layer')}"
+    if params.method == "randomized":
+        passes = f"{plural(params.n_power_iter + 1, 'pass', 'passes')} (randomized)"
+    elif params.estimator().second_pass_possible():
+        passes = "one pass, a second (TSQR) if a window keeps what its Gram cannot resolve"
+    else:
+        passes = "one pass"
+    return f"{plural(T, 'snapshot')}, {plural(n_windows, 'window')} × {plural(n_layers, 'layer')}, {passes}"
 
 
 def _window_progress(steps, head: str):
@@ -191,9 +197,13 @@ def write_results(run: Run, params: AnalysisParams, est: KoopmanDMD, modes: dict
             "residual_floors": _pad([_or_nan(r.residual_floors, r) for r in rows], np.float64),
             "conditions": _pad([_or_nan(r.conditions, r) for r in rows], np.float64),
             "informative": np.array([bool(r.informative) for r in rows]),
+            "misfit": np.array([np.nan if r.misfit is None else r.misfit for r in rows], np.float64),
+            "misfit_limit": np.array([np.nan if r.misfit_limit is None else r.misfit_limit
+                                      for r in rows], np.float64),
         }
     aid = params.analysis_id
-    attrs = {"n_snapshots": est.n_snapshots_}
+    attrs = {"n_snapshots": est.n_snapshots_,
+             "factors": {layer: [r.factor for r in rows] for layer, rows in by_layer.items()}}
     if t_start is not None:
         attrs["t_start"] = float(t_start)
     if verdict is not None:
@@ -221,6 +231,9 @@ def result_records(run_id: str, aid: str, results: list[WindowResult], residual_
             "condition": [float(x) for x in _or_nan(r.conditions, r)],
             "unit_circle": list(r.unit_circle) or ["uncertain"] * r.residuals.size,
             "residuals_informative": bool(r.informative),
+            "misfit": _finite_or_none(r.misfit),
+            "misfit_limit": _finite_or_none(r.misfit_limit),
+            "factor": r.factor or None,
             "singular_values": [float(x) for x in r.singular_values],
             "rank": int(r.rank),
             "analysis_id": aid,
@@ -231,6 +244,10 @@ def result_records(run_id: str, aid: str, results: list[WindowResult], residual_
             row["finite_prefix"] = int(finite_prefix)
         rows.append(row)
     return rows
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
@@ -418,7 +435,8 @@ def resolve_scheduler(name, console=None):
 def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     """Modes of the last window of every analysed layer (a second pass)."""
     last = est.windows_[-1]
-    layers = list(dict.fromkeys(r.layer for r in est.results_))   # "all", then each analysed layer
+    # "all", then each analysed layer; a layer whose last window kept no direction has none
+    layers = list(dict.fromkeys(r.layer for r in est.results_ if tuple(r.window) == tuple(last) and r.rank))
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 

@@ -28,6 +28,8 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
         a = layers[layer]
         eig, amp, res, sv = (a[k] for k in ("eigenvalues", "amplitudes", "residuals", "singular_values"))
         floors, kap, info = (a.get(k) for k in ("residual_floors", "conditions", "informative"))
+        mis, lim = a.get("misfit"), a.get("misfit_limit")            # engine >= 4
+        factors = (attrs.get("factors") or {}).get(layer)
         for i, (w, k) in enumerate(zip(a["windows"], a["rank"])):
             n = int(np.isfinite(res[i]).sum())
             lam = eig[i, :n, 0] + 1j * eig[i, :n, 1]
@@ -36,6 +38,10 @@ def load_results(run: Run, analysis_id: str) -> list[WindowResult]:
                 extra = dict(residual_floors=floors[i, :n], conditions=kap[i, :n],
                              unit_circle=unit_circle_verdicts(lam, kap[i, :n] * res[i, :n]),
                              informative=bool(info[i]))
+            if mis is not None and np.isfinite(mis[i]):
+                extra.update(misfit=float(mis[i]), misfit_limit=float(lim[i]))
+            if factors:
+                extra["factor"] = str(factors[i])
             out.append(WindowResult(
                 layer, (int(w[0]), int(w[1])), lam, amp[i, :n, 0] + 1j * amp[i, :n, 1],
                 res[i, :n], sv[i][np.isfinite(sv[i])], int(k), **extra))

@@ -94,12 +94,21 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
     per_layer = len(groups) > 1
     # Y is in this process' memory: fit it here (threads), never ship it to a cluster's
     # workers through whatever scheduler is the default (a dask.distributed Client is)
-    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads").fit(Y, groups if per_layer else None)
+    # the storage dtype's cut (engine 3's default): the rule reads "rank K - 1" as a generic
+    # start, which a noise-estimating cut capped at (K-1)/2 would hide
+    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads",
+                     threshold="storage").fit(Y, groups if per_layer else None)
     layers, frozen, collapsed = {}, [], []
     growth, whole_rank = 0.0, 0
     for r in est.results_:
         lam = np.abs(r.eigenvalues)
         certified = r.reliable(residual_tol)
+        # "confined to an invariant subspace" is what the collapsed mark reads: the data
+        # residuals alone (engine 4's reliable also asks that a linear map fit, which the
+        # symmetric dynamics of a constant init do not, though they never leave the subspace)
+        invariant = bool(r.informative) and bool(np.all(
+            r.conditions * (r.residuals - (r.misfit_terms if r.misfit_terms is not None else 0.0))
+            <= residual_tol))
         info = {"rank": int(r.rank), "max_abs": float(lam.max()) if lam.size else 0.0,
                 "dominant_abs": _dominant_modulus(r, K), "n_certified": int(certified.sum())}
         if r.layer == "all":
@@ -109,7 +118,7 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
         layers[r.layer] = info
         if r.rank <= 1:
             frozen.append(r.layer)
-        elif r.rank <= collapsed_rank < K - 1 and certified.all():
+        elif r.rank <= collapsed_rank < K - 1 and invariant:
             collapsed.append(r.layer)
     reasons = [name for name, hit in (("growth", growth > growth_tol), ("frozen", bool(frozen)),
                                       ("collapsed", bool(collapsed))) if hit]

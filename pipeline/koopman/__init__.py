@@ -20,9 +20,13 @@ layers are contiguous column ranges ``[(name, start, stop), ...]``.
 Pure math: no Ray, no MLflow, no store.
 
 ``ENGINE_VERSION`` names what the engine computes; it enters every analysis id, so
-results of an older engine are never mistaken for current ones. 2: windows in their own
-span, data residuals with certification floors, storage-dtype cut, refined Ritz vectors,
-``unit_circle`` (issue 8). 1 (implicit): before.
+results of an older engine are never mistaken for current ones. 4: per-window misfit
+(gate and a misfit term in the residuals), a default cut that estimates the noise from
+the whole spectrum (Gavish–Donoho, capped so residuals stay informative), one pass by
+default, auto windows of 16+ snapshots from T = 32. 3: windows cover the end;
+automatic window rule. 2: windows in their own span, data residuals with certification
+floors, storage-dtype cut, refined Ritz vectors, ``unit_circle``. 1 (implicit):
+before.
 """
 
 from .compress import compress
@@ -31,7 +35,9 @@ from .estimator import KoopmanDMD, WindowResult
 from .factor import Factor, KoopmanInputError
 from .source import Trajectory
 
-ENGINE_VERSION = 3  # 3: windows always cover the end; automatic window rule
+ENGINE_VERSION = 4  # 4: misfit gate, noise-estimating default cut, GD on the whole
+#                    spectrum, one pass by default, auto window W >= 16
+#                    3: windows always cover the end; automatic window rule
 
 __all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
            "KoopmanInputError", "Trajectory"]

@@ -24,7 +24,7 @@ Methods
     computes the stable factor instead: Householder QR of every float64 block and TSQR
     (Demmel, Grigori, Hoemmen & Langou, SIAM J. Sci. Comput. 34(1), 2012) of the stacked
     ``R`` factors. ``stable="tsqr"`` uses that pass directly, ``stable="gram"`` never.
-    (Before issue 9 a separate ``gram_rcond`` gray-zone test decided; it is gone.)
+    (Formerly a separate ``gram_rcond`` gray-zone test decided; it is gone.)
 ``"randomized"`` (``k ≪ T``), ``n_power_iter + 1`` passes: see
     :mod:`pipeline.koopman.randomized` (Halko, Martinsson & Tropp 2011; Erichson,
     Mathelin, Kutz & Brunton 2019).

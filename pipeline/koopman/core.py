@@ -37,13 +37,28 @@ enhancements", SIAM J. Sci. Comput. 40(4), 2018; LAPACK ``xGEDMD``, Drmač, LAWN
    ``|λ_i| - κ_i r_i > 1``, else ``"uncertain"``;
 7. amplitudes: least-squares fit of the first snapshot onto the Ritz vectors.
 
-Default truncation (no ``rank``/``tol``/``threshold``): keep ``σ_i`` above the noise
-that storing the snapshots in a dtype of unit roundoff ``u`` puts into ``X1``:
-``τ = 2 · u/√3 · max_j ||x_j|| · (1 + √(n/m_data))``, ``m_data`` the data's row count
-(white rounding noise of standard deviation ``≤ u|x|/√3`` per entry; the largest
-singular value of such a noise matrix is about ``(√m + √n)`` times that). The cut is on
-the raw snapshots (never reference-subtracted), so the rounding error of a reference
-is not common to every column.
+Default truncation (no ``rank``/``tol``/``threshold``, :func:`default_cut`): keep
+``σ_i`` above the larger of two noise levels, at most ``⌊(n-1)/2⌋`` of them (residuals
+stay informative; when ``m_data < n - 1``, where they never are, the storage cut alone):
+
+- the noise that storing the snapshots in a dtype of unit roundoff ``u`` puts into
+  ``X1``: ``τ_u = 2 · u/√3 · max_j ||x_j|| · (1 + √(n/m_data))``, ``m_data`` the data's row
+  count (white rounding noise of standard deviation ``≤ u|x|/√3`` per entry; the largest
+  singular value of such a noise matrix is about ``(√m + √n)`` times that). The cut is
+  on the raw snapshots (never reference-subtracted), so the rounding error of a
+  reference is not common to every column;
+- the noise the data show: the Gavish–Donoho threshold ``ω(β) · median(σ)`` with the
+  median over the *whole* spectrum of ``X1`` (:func:`full_spectrum`: a factor's values
+  below its resolution are padded from it), ``β = (n-1)/m_data``.
+
+``threshold="gavish-donoho"`` uses the second alone (still on the whole spectrum).
+A caller passing ``min_sigma`` (a Gram-derived factor's resolution) gets no value below
+it kept by either rule.
+
+Misfit (``DMDResult.misfit``): ``||X2 (I - V_k V_k^T)||_F / ||X2||_F``, what the fitted
+linear map leaves unexplained of the next snapshots; the residuals cannot see it. A
+window whose misfit exceeds ``misfit_limit`` (``MISFIT_MARGIN`` times what its cut
+explains as noise) certifies nothing (``DMDResult.fits``).
 
 Eigenvalues are complex128, sorted by descending ``|λ|``, ties by descending imaginary
 part.
@@ -57,14 +72,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega", "noise_cut",
-           "dtype_roundoff", "unit_circle_verdicts"]
+           "dtype_roundoff", "unit_circle_verdicts", "full_spectrum", "MISFIT_MARGIN"]
 
 log = logging.getLogger(__name__)
 
-_THRESHOLDS = ("gavish-donoho",)
+_THRESHOLDS = ("gavish-donoho", "storage")
 _EPS = np.finfo(np.float64).eps
 U64 = _EPS / 2
 NOISE_SAFETY = 2.0     # the cut sits this far above the estimated noise edge
+# a window certifies nothing when its linear model leaves more of the next snapshots
+# unexplained than this many times what its cut calls noise (docs "Certified spectra").
+# Linear data plus white noise sit at ~1/3 of the unmargined limit; nonlinear maps' transient
+# windows at 10^3-10^5 times it; minibatch SGD/Adam (process noise) at 3-100 times. Moderate
+# misfit is priced into the residual instead (the misfit term), so the gate only has to
+# catch windows that fit no linear model at all.
+MISFIT_MARGIN = 100.0
 
 
 def dtype_roundoff(dtype) -> float:
@@ -86,8 +108,11 @@ class DMDResult:
     amplitudes : ndarray, shape (r,), complex128
         Least-squares coefficients of the first snapshot on ``vectors``.
     residuals : ndarray, shape (r,), float64
-        ``max(||A z_i - λ_i z_i||, residual_floor_i)`` for the unit-norm (refined) Ritz
-        vector ``z_i``; the data residual (all rows of ``X``), never below the floor.
+        ``max(||A z_i - λ_i z_i||, residual_floor_i) + μ ||c_i||`` for the unit-norm
+        (refined) Ritz vector ``z_i = X1 c_i``; the data residual (all rows of ``X``),
+        never below the floor, plus the model's misfit inside the kept directions
+        (``μ``: the unexplained part of ``X2`` inside ``span(U_k)`` per unexplained
+        direction, see :func:`_misfit`), which the data residual cannot see.
     singular_values : ndarray, shape (min(m, n-1),), float64
         All singular values of the (scaled) ``X1``, before truncation.
     rank : int
@@ -106,6 +131,19 @@ class DMDResult:
         (``2 r > min(n - 1, m_data)``).
     rank_requested : int or None
         The ``rank`` asked for, when it was capped to ``rank`` (fewer directions).
+    misfit : float
+        ``||X2 (I - V_k V_k^T)||_F / ||X2||_F``: the share of the next snapshots that the
+        fitted linear map ``A = X2 V_k Σ_k^{-1} U_k^T`` leaves unexplained (``A X1 =
+        X2 V_k V_k^T``). The residuals cannot see it (it lies outside ``span(U_k)``'s
+        preimage), so a window whose data no linear map fits would certify anything.
+    misfit_limit : float
+        The largest ``misfit`` the window's cut explains as noise (or as dropped
+        directions): ``MISFIT_MARGIN · (√(n-1-k) · σ_cut + floor) / ||X2||_F``, with
+        ``σ_cut`` the largest singular value the cut dropped (the noise estimate when
+        none). ``misfit > misfit_limit``: no pair of the window may be certified.
+    misfit_terms : ndarray, shape (r,)
+        ``μ ||c_i||``, the part of ``residuals`` that is the model's misfit rather than
+        the data residual (``residuals - misfit_terms = max(data residual, floor)``).
     """
 
     eigenvalues: np.ndarray
@@ -119,6 +157,14 @@ class DMDResult:
     unit_circle: tuple = ()
     informative: bool = True
     rank_requested: int | None = None
+    misfit: float = 0.0
+    misfit_limit: float = np.inf
+    misfit_terms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def fits(self) -> bool:
+        """Whether a linear model fits the window (``misfit <= misfit_limit``)."""
+        return bool(self.misfit <= self.misfit_limit)
 
 
 def gavish_donoho_omega(beta: float) -> float:
@@ -152,7 +198,20 @@ def numerical_rank(s, n: int) -> int:
     return int(np.count_nonzero(s > n * _EPS * s[0]))
 
 
-def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=None) -> int:
+def full_spectrum(s, q: int, pad: float) -> np.ndarray:
+    """``s`` (descending) completed to the ``q = min(P, n-1)`` singular values of the data
+    matrix it stands for: a factor drops the values below its resolution, which are at
+    most ``pad`` (``min(s[-1], pad)`` stands in for each). What a noise estimate from the
+    median needs (shared/NUMERICS.md, "Noise estimates need the whole spectrum")."""
+    s = np.asarray(s, dtype=np.float64)
+    if s.size >= q:
+        return s[:q] if q > 0 else s
+    fill = min(float(s[-1]), float(pad)) if s.size else 0.0
+    return np.concatenate([s, np.full(q - s.size, max(fill, 0.0))])
+
+
+def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=None,
+                spectrum=None) -> int:
     """Number of singular values to keep.
 
     Parameters
@@ -163,16 +222,20 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=Non
         Explicit rank (capped at the numerical rank, so ``1/σ`` stays finite).
     tol : float, optional
         Keep ``σ_i > tol · σ_max``.
-    threshold : {"gavish-donoho"}, optional
-        Optimal hard threshold ``ω(β) median(σ)``; ``s`` must be the full spectrum.
+    threshold : {"gavish-donoho", "storage"}, optional
+        Optimal hard threshold ``ω(β) median(σ)``, the median over ``spectrum`` (the
+        whole spectrum, :func:`full_spectrum`; default ``s``, which must then be whole).
+        ``"storage"``: the storage dtype's noise alone (``noise``; engine 3's default,
+        no cap: what :mod:`pipeline.apps.badinit` reads ranks from).
     shape : (int, int), optional
         Shape of the data matrix the spectrum belongs to (for ``β`` and the default
         tolerance); defaults to ``(len(s), len(s))``.
     noise : float, optional
-        Absolute noise level (:func:`noise_cut`) for the default rule.
+        Absolute noise level (:func:`noise_cut`) for the storage rule.
 
     With none of ``rank``, ``tol``, ``threshold``: ``σ_i > noise`` and above the
-    numerical rank ``σ_i > max(shape) · eps · σ_max``.
+    numerical rank ``σ_i > max(shape) · eps · σ_max``. (The estimator's default is
+    :func:`default_cut`.)
     """
     s = np.asarray(s, dtype=np.float64)
     if s.size == 0 or not s[0] > 0:
@@ -183,14 +246,45 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=Non
         return int(min(rank, numerical))
     if tol is not None:
         return int(np.count_nonzero(s > tol * s[0]))
+    if threshold == "storage":
+        return int(min(numerical, np.count_nonzero(s > noise))) if noise else numerical
     if threshold is not None:
         if threshold not in _THRESHOLDS:
             raise ValueError(f"unknown threshold {threshold!r}; known: {list(_THRESHOLDS)}")
-        beta = min(m, n) / max(m, n)
-        return int(np.count_nonzero(s > gavish_donoho_omega(beta) * np.median(s)))
+        return int(min(numerical, np.count_nonzero(s > gavish_donoho_cut(
+            s if spectrum is None else spectrum, (m, n)))))
     if noise:
         return int(min(numerical, np.count_nonzero(s > noise)))
     return numerical
+
+
+def gavish_donoho_cut(spectrum, shape) -> float:
+    """``ω(β) · median(spectrum)``, ``β`` the aspect ratio of ``shape`` (Gavish & Donoho
+    2014, unknown noise); ``spectrum`` must be the whole spectrum (:func:`full_spectrum`)."""
+    m, n = shape
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    if spectrum.size == 0:
+        return 0.0
+    return float(gavish_donoho_omega(min(m, n) / max(m, n, 1)) * np.median(spectrum))
+
+
+def default_cut(s, spectrum, shape, noise) -> tuple[int, float]:
+    """The estimator's default rank: keep ``σ_i`` above both the storage-dtype noise
+    (``noise``, :func:`noise_cut`) and the noise the data show (Gavish–Donoho on the whole
+    ``spectrum``), at most ``⌊min(P, n-1)/2⌋`` of them so the residuals stay informative
+    (as many snapshot pairs left to test the kept directions as there are directions).
+    Returns ``(k, τ)``, ``τ`` the cut."""
+    s = np.asarray(s, dtype=np.float64)
+    if s.size == 0 or not s[0] > 0:
+        return 0, 0.0
+    m, n = shape
+    tau = float(noise or 0.0)
+    if m >= n:   # fewer rows than snapshot pairs are never informative: storage cut only
+        tau = max(tau, gavish_donoho_cut(spectrum, shape))
+    k = min(numerical_rank(s, max(m, n)), int(np.count_nonzero(s > tau)))
+    if m >= n:
+        k = min(k, n // 2)
+    return int(k), tau
 
 
 def _validate_rank_args(rank, tol, threshold):
@@ -207,7 +301,7 @@ def _validate_rank_args(rank, tol, threshold):
 
 
 def dmd(X, *, rank=None, tol=None, threshold=None, scale=False, refine=True,
-        data_shape=None, unit_roundoff=None, factor_error=0.0) -> DMDResult:
+        data_shape=None, unit_roundoff=None, factor_error=0.0, min_sigma=0.0) -> DMDResult:
     """Refined Rayleigh–Ritz DMD of the snapshot matrix ``X`` (xGEDMD, LAWN 298).
 
     Parameters
@@ -231,6 +325,9 @@ def dmd(X, *, rank=None, tol=None, threshold=None, scale=False, refine=True,
     factor_error : float
         Absolute error bound of ``X``'s columns (0 for data; a Gram-derived factor's
         resolution): enters ``residual_floors``.
+    min_sigma : float
+        Keep no singular value below it (default cut and Gavish–Donoho): what a
+        Gram-derived factor resolves (:func:`pipeline.koopman.factor.resolves`).
 
     Returns
     -------
@@ -246,14 +343,15 @@ def dmd(X, *, rank=None, tol=None, threshold=None, scale=False, refine=True,
     if not np.isfinite(X).all():
         raise ValueError("X contains NaN or inf")
     return _dmd(X, rank, tol, threshold, scale, refine, data_shape, unit_roundoff,
-                float(factor_error))
+                float(factor_error), float(min_sigma))
 
 
 def _sort_order(lam):
     return np.lexsort((-lam.imag, -np.abs(lam)))
 
 
-def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) -> DMDResult:
+def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error,
+         min_sigma=0.0) -> DMDResult:
     m, n = X.shape
     X1, X2 = X[:, :-1], X[:, 1:]
     shape = data_shape if data_shape is not None else X1.shape
@@ -263,8 +361,20 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) ->
         d[d == 0] = 1.0
         X1, X2 = X1 / d, X2 / d
     U, s, Vh = np.linalg.svd(X1, full_matrices=False)
-    noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
-    k = choose_rank(s, rank=rank, tol=tol, threshold=threshold, shape=shape, noise=noise)
+    err = factor_error / d.min() if scale else factor_error      # in X1's units
+    q = min(shape[0], n - 1)
+    spectrum = full_spectrum(s, q, max(err, n * _EPS * (s[0] if s.size else 0.0)))
+    if threshold == "storage":     # engine 3's default: the storage dtype's noise alone
+        noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
+        k = choose_rank(s, shape=shape, noise=max(noise, min_sigma))
+    elif rank is None and tol is None and threshold is None:
+        noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
+        k, _ = default_cut(s, spectrum, shape, max(noise, min_sigma))
+    else:
+        k = choose_rank(s, rank=rank, tol=tol, threshold=threshold, shape=shape,
+                        spectrum=spectrum)
+        if threshold is not None and min_sigma:
+            k = min(k, int(np.count_nonzero(s > min_sigma)))
     capped = rank if rank is not None and k < rank else None
     if k == 0:
         empty_c, empty_r = np.zeros(0, np.complex128), np.zeros(0)
@@ -291,11 +401,40 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error) ->
     norm_x1 = s[0] if not scale else float(np.linalg.norm(X[:, :-1]))   # (Frobenius ≥ 2-norm)
     arith = U64 * (np.sqrt(max(m, shape[0])) + n) * norm_x1
     floors = (factor_error + arith) * dn
-    res = np.maximum(res, floors)
+    misfit, limit, mu = _misfit(X2, Vh[:k].T, Uk, spectrum, k, n, err + arith)
+    # the misfit inside the kept directions is invisible to the residual: it moves the
+    # Rayleigh quotient by U_k^T E V_k Σ^{-1} w. Estimate it from the visible misfit
+    # within span(U_k), per direction (isotropic error: exact in expectation for white
+    # noise), acting on the pair's combination of snapshots c = V_k Σ^{-1} w
+    terms = mu * np.linalg.norm((Vh[:k].T / sk) @ W, axis=0)
+    res = np.maximum(res, floors) + terms
     circle = unit_circle_verdicts(lam, kappa * res)
     Z = Uk @ W
     amp = np.linalg.lstsq(Z, X[:, 0].astype(np.complex128), rcond=None)[0]
-    return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped)
+    return DMDResult(lam, amp, res, s, k, Z, floors, kappa, circle, informative, capped,
+                     misfit, limit, terms)
+
+
+def _misfit(X2, Vk, Uk, spectrum, k, n, resolution):
+    """``(misfit, misfit_limit, μ)`` of the window (see :class:`DMDResult`).
+
+    The fitted map gives ``A X1 = X2 V_k V_k^T``, so ``R = X2 (I - V_k V_k^T)`` is what it
+    leaves unexplained (shared/NUMERICS.md, "When the residual cannot see a bad fit");
+    the snapshots are raw (never re-referenced), so an affine map of the weights is a
+    linear map of them and fits. For linear dynamics plus white noise of singular value
+    ``σ_n`` the unexplained part is about ``√(n-1-k) σ_n``; dropped directions add at
+    most their own size. ``σ_cut`` (the largest dropped singular value, padded from the
+    factor's resolution) bounds both, ``resolution`` the error of the computation.
+    ``μ = ||U_k^T R||_F / √(n-1-k)``: the unexplained part inside the kept directions,
+    per unexplained direction (what moves the Rayleigh quotient)."""
+    y = float(np.linalg.norm(X2))
+    if y == 0:
+        return 0.0, np.inf, 0.0
+    R = X2 - (X2 @ Vk) @ Vk.T
+    sig_cut = float(spectrum[k]) if k < spectrum.size else 0.0
+    limit = MISFIT_MARGIN * (np.sqrt(max(n - 1 - k, 0)) * sig_cut + np.sqrt(n - 1) * resolution)
+    mu = float(np.linalg.norm(Uk.T @ R)) / np.sqrt(max(n - 1 - k, 1) * k)
+    return float(np.linalg.norm(R)) / y, float(limit) / y, mu
 
 
 def unit_circle_verdicts(lam, radius) -> tuple:

@@ -10,14 +10,16 @@ LAWN 298) on ``C[:, a:a+W]`` for every window ``[a, a+W)``, stride ``S``, for
 strategy (:mod:`pipeline.koopman.strategies`); ``strategy_`` names the one whose factors
 gave the results. Because ``Q`` is orthonormal the
 eigenvalues, residuals and amplitudes equal those of a direct DMD of
-``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence a second pass:
+``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence another pass:
 :meth:`KoopmanDMD.modes`.
 
 A window's factor from the band of the Gram resolves singular values only down to its
-``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`). When some window's
-cut keeps a singular value below ``GRAM_MARGIN`` times that, the whole fit is redone from
-the stable pass (TSQR of the trajectory, sliced per window), whose resolution is at
-float64 level.
+``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`). The default cut and
+Gavish–Donoho keep nothing below ``GRAM_MARGIN`` times that: one pass, always.
+Only an explicit ``rank``/``tol`` whose cut keeps such a value in some window redoes the
+fit from the stable pass (TSQR of the trajectory, sliced per window), whose resolution is
+at float64 level (:meth:`KoopmanDMD.second_pass_possible`). Every
+:class:`WindowResult` says which factor it came from (``factor``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .windows import plan_windows
 
 __all__ = ["KoopmanDMD", "WindowResult", "GRAM_MARGIN"]
 
+_FACTOR_NAMES = {"band-gram": "gram", "tsqr": "tsqr", "randomized": "randomized"}
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +51,13 @@ class WindowResult:
     float64 (data residuals, never below ``residual_floors``), ``singular_values``
     (min(k, W-1),) float64, ``rank`` r; ``residual_floors`` (r,), ``conditions`` (r,)
     eigenvalue condition numbers, ``unit_circle`` (r,) str, ``informative`` (can the
-    residuals separate anything), ``rank_requested`` (set when ``rank`` was capped);
-    see :class:`pipeline.koopman.core.DMDResult`.
+    residuals separate anything), ``rank_requested`` (set when ``rank`` was capped),
+    ``misfit`` and ``misfit_limit`` (the share of the window's next snapshots the
+    linear model leaves unexplained, and the most its cut explains as noise);
+    see :class:`pipeline.koopman.core.DMDResult`. ``factor``: which factor the window's
+    DMD ran on, ``"gram"`` (band of the Gram, same pass), ``"tsqr"`` (the stable
+    second pass) or ``"randomized"``; ``misfit_terms`` (r,): the part of each residual
+    that is the misfit (not stored: None for a loaded analysis).
     """
 
     layer: str
@@ -63,11 +72,22 @@ class WindowResult:
     unit_circle: tuple = ()
     informative: bool = True
     rank_requested: int | None = None
+    misfit: float | None = None
+    misfit_limit: float | None = None
+    factor: str = ""
+    misfit_terms: np.ndarray | None = None
+
+    @property
+    def fits(self) -> bool:
+        """Whether a linear model fits the window's own data: ``misfit <= misfit_limit``
+        (:class:`pipeline.koopman.core.DMDResult`; True for results of engines < 4)."""
+        return self.misfit is None or self.misfit_limit is None or bool(self.misfit <= self.misfit_limit)
 
     def reliable(self, residual_tol: float) -> np.ndarray:
         """Per pair: the first-order error bound ``κ · residual`` is at most
-        ``residual_tol`` and the window's residuals are informative."""
-        if not self.informative:
+        ``residual_tol``, the window's residuals are informative and its linear model
+        fits its data (:attr:`fits`)."""
+        if not self.informative or not self.fits:
             return np.zeros(self.residuals.size, bool)
         if self.conditions is None:               # results of engine 1: residuals only
             return self.residuals <= residual_tol
@@ -151,6 +171,16 @@ class KoopmanDMD:
         self.unit_roundoff = unit_roundoff
         self.breaks = breaks
 
+    def second_pass_possible(self) -> bool:
+        """Whether :meth:`fit` may read the trajectory a second time (TSQR): only method
+        ``"qr"`` with an explicit ``rank`` or ``tol`` whose cut keeps a singular value
+        some window's Gram cannot resolve (likewise the internal ``threshold="storage"``,
+        engine 3's default, which :mod:`pipeline.apps.badinit` uses on in-memory
+        snapshots). The default cut and Gavish–Donoho stop at the Gram's resolution
+        instead (one pass)."""
+        return self.method == "qr" and (self.rank is not None or self.tol is not None
+                                        or self.threshold == "storage")
+
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):
         try:
@@ -161,7 +191,9 @@ class KoopmanDMD:
     def _strategies(self):
         """The compression strategies to try, in order (the last one always stands)."""
         if self.method == "qr":
-            return [BandGram(), TSQR()]
+            # the default cut and Gavish–Donoho keep only what the Gram resolves (one
+            # pass); an explicit rank or tol is honoured, from a second pass if needed
+            return [BandGram(), TSQR()] if self.second_pass_possible() else [BandGram()]
         if self.method == "randomized":
             return [Randomized(self.rank, self.oversample, self.n_power_iter, self.seed)]
         raise KoopmanInputError(f"unknown method {self.method!r}; known: ['qr', 'randomized']")
@@ -202,7 +234,9 @@ class KoopmanDMD:
             comp = strategy.compress(Y, groups, windows, per_group=self.per_layer,
                                      scheduler=self.scheduler)
             check = strategy.resolution_limited and i + 1 < len(strategies)
-            results = self._all_windows(comp.windows, names, windows, u, check=check, progress=progress)
+            results = self._all_windows(comp.windows, names, windows, u, check=check,
+                                        progress=progress, factor=_FACTOR_NAMES[strategy.name],
+                                        clip=strategy.resolution_limited and not check)
             if results is not None:
                 break
             log.info("a window keeps singular values the %s factor cannot resolve; "
@@ -221,7 +255,7 @@ class KoopmanDMD:
         self.n_snapshots_, self.n_parameters_ = T, P
         return self
 
-    def _all_windows(self, wfs, names, windows, u, check, progress=None):
+    def _all_windows(self, wfs, names, windows, u, check, progress=None, factor="", clip=False):
         """WindowResults of every layer and window, or None (``check``) when a factor
         cannot resolve a singular value its window's cut keeps."""
         results = []
@@ -235,25 +269,37 @@ class KoopmanDMD:
                     if progress is not None and results:
                         progress(len(results), total)
                     f = wfs[name][(a, b)]
-                    r = self._window_dmd(f, a, b, u)
+                    r = self._window_dmd(f, a, b, u, clip=clip)
                     if check and r.rank and not resolves(f, r.singular_values[r.rank - 1], scale=self.scale):
                         return None
                     results.append(WindowResult(
                         name, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
                         r.singular_values, r.rank, r.residual_floors, r.conditions,
-                        r.unit_circle, r.informative, r.rank_requested))
+                        r.unit_circle, r.informative, r.rank_requested, r.misfit,
+                        r.misfit_limit, factor, r.misfit_terms))
         if progress is not None:
             progress(total, total)
         return results
 
-    def _window_dmd(self, factor, a, b, u=None):
-        """DMD of window ``[a, b)`` from its factor (``C`` has exactly the window's columns)."""
+    def _window_dmd(self, factor, a, b, u=None, clip=None):
+        """DMD of window ``[a, b)`` from its factor (``C`` has exactly the window's columns).
+        ``clip``: keep no singular value the factor cannot resolve (default: as ``fit``
+        did, i.e. for a Gram-derived factor unless a second pass was possible)."""
         u = u if u is not None else getattr(self, "unit_roundoff_", None)
+        if clip is None:
+            clip = factor.method == "gram-window" and not self.second_pass_possible()
+        min_sigma = 0.0
+        if clip:
+            err = factor.error
+            if self.scale:
+                norms = np.linalg.norm(factor.C[:, :-1], axis=0)
+                err = err / max(norms.min(), np.finfo(np.float64).tiny)
+            min_sigma = GRAM_MARGIN * err
         # the rank arguments were validated once by fit, and a factor is finite float64:
         # the per-window core skips dmd()'s checks
         return _dmd(np.asarray(factor.C, dtype=np.float64), self.rank, self.tol, self.threshold,
                     self.scale, self.refine, (factor.stop - factor.start, b - a - 1),
-                    u if u is not None else U64, float(factor.error))
+                    u if u is not None else U64, float(factor.error), min_sigma)
 
     def modes(self, Y, layer="all", window=None):
         """P-long Ritz vectors (modes) of one layer and window: a second pass over ``Y``.

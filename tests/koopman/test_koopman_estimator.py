@@ -157,16 +157,25 @@ def test_per_window_path_detects_nan():
 
 
 def test_windows_fall_back_to_the_stable_pass_when_a_gram_is_unresolved():
-    """Exact low-rank float64 data: the windows' Grams cannot resolve the spectrum, so
-    the TSQR pass is used instead, and every window still equals a direct DMD."""
+    """Exact low-rank float64 data: the windows' Grams cannot resolve the spectrum. An
+    explicit rank is honoured from the TSQR pass, and every window still equals a
+    direct DMD; the default cut stays on the one pass and keeps only what the Gram
+    resolves (issue 20: the second pass is no longer the default path)."""
     Y = trajectory(30, 2000, seed=2, noise=0.0)      # float64, exact rank 5
-    # default cut (float64 resolution) keeps what the Gram resolves only as rounding
-    est = KoopmanDMD(window=10, stride=5).fit(da.from_array(Y, chunks=(7, 450)))
+    one = KoopmanDMD(window=10, stride=5).fit(da.from_array(Y, chunks=(7, 450)))
+    assert one.strategy_ == "band-gram" and {r.factor for r in one.results_} == {"gram"}
+    for r in one.results_:
+        f = one.window_factors_["all"][r.window]
+        assert r.rank < 5 and (r.rank == 0 or r.singular_values[r.rank - 1] >= 100 * f.error)
+        for z in r.eigenvalues[r.reliable(1e-2)]:
+            assert np.abs(np.array([0.99, 0.95, 0.9 + 0.1j, 0.9 - 0.1j, 0.8]) - z).min() < 1e-2
+    est = KoopmanDMD(window=10, stride=5, rank=5).fit(da.from_array(Y, chunks=(7, 450)))
     assert est.strategy_ == "tsqr" and set(est.factors_) == {"all"}
     assert {f.method for f in est.window_factors_["all"].values()} == {"tsqr"}
+    assert {r.factor for r in est.results_} == {"tsqr"}
     for r in est.results_:
         a, b = r.window
-        direct = dmd(Y[a:b].T)
+        direct = dmd(Y[a:b].T, rank=5)
         assert r.rank == direct.rank == 5
         np.testing.assert_allclose(r.eigenvalues, direct.eigenvalues, atol=1e-8)
         np.testing.assert_allclose(r.residuals, direct.residuals, atol=1e-8)
