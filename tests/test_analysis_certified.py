@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.analysis import (AnalysisParams, analyze_runs, fit_run, list_analyses,
+from pipeline.workflows.analyze import (AnalysisParams, analyze_runs, fit_run, list_analyses,
                                outdated_analyses)
 from pipeline.cli import main
 from pipeline.console import Console

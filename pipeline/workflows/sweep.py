@@ -20,20 +20,20 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from .config import SweepConfig, expand
-from .console import Console
-from .errors import KMAError, plural
-from .ray_cluster import (check_custom_resources, check_not_job_scratch,
+from ..config import SweepConfig, expand
+from ..console import Console
+from ..errors import KMAError, plural
+from ..ray_cluster import (check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, ray_failure, record_failure)
-from .runtime.ray_connect import init_ray
-from .storage.lease import LeaseKeeper
-from .storage.location import StoreLocation
-from .storage.runids import check_run_id
-from .storage.store import FINISHED, TrajectoryStore, check_shareable
+from ..runtime.ray_connect import init_ray
+from ..storage.lease import LeaseKeeper
+from ..storage.location import StoreLocation
+from ..storage.runids import check_run_id
+from ..storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
-from .training.restart import attempt_ids, variant_done
-from .tracking.tracker import Tracker, TrackingUnavailable, tracking_uri_for
-from .tracking.uri import TrackingURI
+from ..training.restart import attempt_ids, variant_done
+from ..tracking.tracker import Tracker, TrackingUnavailable, tracking_uri_for
+from ..tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _existing_store(url: str):
 def _train_remote():
     import ray
 
-    from .ray_cluster import run_on_node  # run_variant, its failures named with their node
+    from ..ray_cluster import run_on_node  # run_variant, its failures named with their node
 
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_on_node)
 
@@ -81,7 +81,7 @@ def _train_pack_remote():
     """A packed task: several variants of one architecture in one process."""
     import ray
 
-    from .ray_cluster import run_pack_task
+    from ..ray_cluster import run_pack_task
 
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_pack_task)
 
@@ -114,8 +114,8 @@ def run_sweep(
     variants = expand(cfg)
     for v in variants:  # generated ids follow the rule by construction; a bug if not
         check_run_id(v.run_id, what="generated run id")
-    from .training import capacity
-    from .training.runner import preflight
+    from ..training import capacity
+    from ..training.runner import preflight
 
     sizes = preflight(variants)
     capacity.check_model_sizes(variants, sizes, source)
@@ -161,14 +161,14 @@ def run_sweep(
                     check_custom_resources(ray, todo, source, f"the Ray cluster at {address}")
                     check_store_shared(ray, store_url, shared_store, address)  # several nodes: not a local path
 
-            from .training.packing import plan_packs
+            from ..training.packing import plan_packs
 
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
                        check=check_cluster, packs=plan_packs(todo, cfg.pack, cfg.pack_max))
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
-        from .analysis import analyze_runs
+        from .analyze import analyze_runs
 
         params = cfg.analysis   # validated with the config: the same model as kma analyze's flags
         # runs that already have this analysis keep it (kma analyze redoes one on request)
@@ -242,7 +242,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     train, train_pack = _train_remote(), _train_pack_remote()
     queue = list(packs) if packs is not None else [[v] for v in todo]
     if packs is not None:   # idle CPUs (GPUs) take a share of a pack rather than wait
-        from .training.packing import spread
+        from ..training.packing import spread
 
         queue = spread(queue, _slots(ray, todo[0], max_parallel))
     cap = max_parallel or len(queue)
