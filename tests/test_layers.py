@@ -19,7 +19,7 @@ PKG = ROOT / "pipeline"
 # highest first; a package (first name under pipeline/) imports only its own layer or lower
 LAYERS = [
     ("commands", {"cli", "__main__"}),
-    ("workflows", {"workflows", "ray_cluster"}),
+    ("workflows", {"workflows", "ray_cluster", "seams"}),
     ("configuration", {"config", "yamlload"}),
     ("training", {"training"}),
     ("applications", {"apps", "results", "spectra", "plots"}),

@@ -25,6 +25,7 @@ from ..console import Console
 from ..errors import KMAError, plural
 from ..ray_cluster import (check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, ray_failure, record_failure)
+from .. import seams
 from ..runtime.ray_connect import init_ray
 from ..storage.lease import LeaseKeeper
 from ..storage.location import StoreLocation
@@ -271,7 +272,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 pending[ref] = members
             running, queued = _in_runs(pending, _started(ray, pending))
             progress.update(running=running, queued=queued)
-            _test_interrupt(summary)
+            seams.after_recorded(len(summary.trained) + len(summary.failed))
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
                 members = pending.pop(ref)
@@ -369,19 +370,6 @@ def _record_one(res: dict, store, tracker, summary: SweepSummary) -> None:
         if status == "diverged":
             summary.diverged.append(rid)
     _register(tracker, store, rid, summary)
-
-
-def _test_interrupt(summary: SweepSummary) -> None:
-    """Test hook: with ``KMA_TEST_INTERRUPT_AFTER=N`` set, the sweep sends itself a real
-    SIGINT once N results are recorded and the next task has been submitted, so a test
-    interrupts it at a known point (no race with polling the store). Unset: nothing."""
-    after = os.environ.get("KMA_TEST_INTERRUPT_AFTER")
-    if after and len(summary.trained) + len(summary.failed) >= int(after):
-        # raise_signal sends it to this (the main) thread, so the handler runs at once;
-        # os.kill let any of Ray's threads take it, and the main thread then slept on while
-        # the next task finished (a flaky test). The raise below is only a backstop.
-        signal.raise_signal(signal.SIGINT)
-        raise KeyboardInterrupt
 
 
 def _raise_interrupt(signum, frame):
