@@ -19,7 +19,7 @@ import torch
 from pipeline import config
 from pipeline.cli import Parser
 from pipeline.console import Console
-from pipeline.driver import run_sweep
+from pipeline.workflows.sweep import run_sweep
 from pipeline.errors import KMAError
 from pipeline.storage.store import TrajectoryStore
 

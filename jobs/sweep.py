@@ -10,7 +10,7 @@ terminal: a grid above 10,000 variants is refused in one line unless --yes is gi
 Ray; inside a Ray job the cluster's address comes from ``RAY_ADDRESS``. The steps —
 validate the config, preflight every variant, one Ray task per unfinished variant,
 registration in MLflow by this driver only, the default analysis — are
-:func:`pipeline.driver.run_sweep`.
+:func:`pipeline.workflows.sweep.run_sweep`.
 """
 
 import sys

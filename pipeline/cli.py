@@ -277,7 +277,7 @@ def _check_run_args(store_url, run_ids) -> None:
 
 def cmd_sweep(args, console) -> int:
     from . import config
-    from .driver import run_sweep
+    from .workflows.sweep import run_sweep
 
     cfg = config.load(args.config, args.overrides, names=False)
     _confirm_grid(config.grid_size(cfg), args, console)  # counted before torch is even imported
@@ -322,7 +322,7 @@ def analysis_params(args):
 
 
 def cmd_analyze(args, console) -> int:
-    from .analysis import analyze_store
+    from .workflows.analyze import analyze_store
 
     params = analysis_params(args)
     report = analyze_store(
@@ -339,7 +339,7 @@ def cmd_analyze(args, console) -> int:
 
 
 def cmd_ingest(args, console) -> int:
-    from .ingest import ingest
+    from .workflows.ingest import ingest
 
     out = ingest(args.checkpoints, args.store, args.run_id, layers=args.layers, dtype=args.dtype,
                  overwrite=args.overwrite)
@@ -384,7 +384,7 @@ def cmd_runs(args, console) -> int:
 def _explain_analyses(store, runs) -> None:
     """Below ``kma runs``' table: what each verdict's analysis id means."""
     from .apps import verdicts
-    from .sync import explain_analysis_id
+    from .workflows.sync import explain_analysis_id
 
     aids = set()
     for r in runs:
@@ -441,7 +441,7 @@ def _analyses_cell(store, run_id) -> str:
 
 
 def cmd_sync(args, console) -> int:
-    from .sync import sync_store
+    from .workflows.sync import sync_store
 
     report = sync_store(args.store, args.tracking_uri, console=console)
     damaged = [w for w in report.skipped.values() if w not in ("running", "interrupted")]
@@ -449,7 +449,7 @@ def cmd_sync(args, console) -> int:
 
 
 def cmd_compare(args, console) -> int:
-    from . import compare
+    from .workflows import compare
     from .outputs import check_dir, check_file, write_text_atomic
     from .storage.store import TrajectoryStore
 

@@ -20,27 +20,22 @@ their cause and node, custom resources that exist.
   exception by :func:`ray_failure`. :func:`record_failure` writes the cause into the
   store's record of the run, creating the record (a ``failed`` run with no snapshot)
   when the task could not even create it, so ``kma runs`` names it too.
-- **Test hook** (:class:`TaskHook`, off unless ``$KMA_TEST_TASK_HOOK`` names a folder on
-  the node): after its third snapshot a task writes ``<folder>/<run_id>.<pid>`` (its node
-  id) and waits while ``<folder>/<run_id>.hold`` or ``<folder>/all.hold`` exists, so a
-  test can find a task's worker mid-training and kill it, or keep a sweep live.
+- A task adds the test seams' callbacks (:func:`pipeline.seams.task_callbacks`: none in
+  normal use).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 
 from .errors import KMAError
+from .runtime.ray_connect import node_of_task
+from .seams import task_callbacks
 from .storage.location import StoreLocation
 from .tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
-
-HOOK_ENV = "KMA_TEST_TASK_HOOK"
-HOOK_AFTER = 3  # snapshots before the hook reports and holds
 
 
 # --------------------------------------------------------------------------- paths
@@ -96,19 +91,6 @@ def check_custom_resources(ray, variants, source: str, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- failures
-def node_of_task() -> dict:
-    """``{"node_ip", "node_id"}`` of the node this code runs on (inside a Ray task)."""
-    try:
-        import ray
-
-        return {"node_ip": ray.util.get_node_ip_address(),
-                "node_id": ray.get_runtime_context().get_node_id()}
-    except Exception:  # noqa: BLE001 - outside Ray, or Ray not initialised
-        import socket
-
-        return {"node_ip": socket.gethostname(), "node_id": None}
-
-
 def failure_line(failure: dict) -> str:
     """``NoCredentialsError: Unable to locate credentials (node 10.0.0.2, id 3f2a9c1e)``."""
     where = ""
@@ -132,7 +114,7 @@ def run_on_node(variant: dict, store_url: str) -> dict:
     node = node_of_task()
     variant = Variant.model_validate(variant) if isinstance(variant, dict) else variant
     try:
-        res = run_variant(variant, store_url, callbacks=hook_callbacks(variant))
+        res = run_variant(variant, store_url, callbacks=task_callbacks(variant.run_id))
     except Exception as e:  # noqa: BLE001 - reported to the driver as the run's failure
         rid = variant.run_id
         log.exception("run %s failed on node %s", rid, node)
@@ -184,30 +166,6 @@ def record_failure(store, variant, res: dict) -> None:
                 store.open_run(rid).group.update_attributes({"failure": failure})
     except Exception as e:  # noqa: BLE001 - the summary still names the cause
         log.warning("run %s: could not record its failure in the store (%s)", rid, e)
-
-
-# --------------------------------------------------------------------------- test hook
-class TaskHook:
-    """See the module docstring (``$KMA_TEST_TASK_HOOK``)."""
-
-    def __init__(self, folder: str, run_id: str):
-        self.folder, self.run_id, self.seen = Path(folder), run_id, 0
-
-    def on_snapshot(self, flat, epoch: int, step: int) -> None:
-        self.seen += 1
-        if self.seen != HOOK_AFTER:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"{self.run_id}.{os.getpid()}").write_text(str(node_of_task().get("node_id")))
-        while (self.folder / f"{self.run_id}.hold").exists() or (self.folder / "all.hold").exists():
-            time.sleep(0.2)
-
-
-def hook_callbacks(variant) -> tuple:
-    folder = os.environ.get(HOOK_ENV)
-    if not folder:
-        return ()
-    return (TaskHook(folder, variant.run_id),)
 
 
 def run_pack_task(variants: list, store_url: str) -> dict:

@@ -1,7 +1,7 @@
 """Stored analyses read back: which analyses a run holds (current, or made by an older
 engine), and a stored analysis' windows as :class:`~pipeline.koopman.WindowResult` rows.
 
-What ``kma analyze`` writes (:mod:`pipeline.analysis`), ``kma sync``, ``kma compare``,
+What ``kma analyze`` writes (:mod:`pipeline.workflows.analyze`), ``kma sync``, ``kma compare``,
 ``kma runs`` and the verdicts read here: the store's per-run analysis verbs
 (:class:`~pipeline.storage.analyses.RunAnalyses`) turned into the engine's results.
 """

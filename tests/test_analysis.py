@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.analysis import AnalysisParams, analyze_runs, list_analyses, load_results
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs, list_analyses, load_results
 from pipeline.console import Console
 from pipeline.storage.layout import Layout
 from pipeline.storage.store import TrajectoryStore

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.analysis import (AnalysisParams, analyze_runs, fit_run, list_analyses,
+from pipeline.workflows.analyze import (AnalysisParams, analyze_runs, fit_run, list_analyses,
                                outdated_analyses)
 from pipeline.cli import main
 from pipeline.console import Console
@@ -128,7 +128,7 @@ def test_default_cut_follows_the_storage_dtype(store):
 def test_misfit_and_factor_are_stored_and_read_back(store):
     """Engine 4: misfit, its limit and the factor travel with the stored analysis, and a
     window that fits no linear model stays uncertified after a reload."""
-    from pipeline.analysis import load_results, write_results
+    from pipeline.workflows.analyze import load_results, write_results
 
     rng = np.random.default_rng(2)
     write(store, "m", system() + 1e-4 * rng.standard_normal((40, 2000)))
@@ -160,5 +160,5 @@ def test_pure_noise_keeps_nothing_and_writes_no_modes(store):
 
 
 def load_results_of(run, p):
-    from pipeline.analysis import load_results
+    from pipeline.workflows.analyze import load_results
     return load_results(run, p.analysis_id)

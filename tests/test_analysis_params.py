@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from pipeline.analysis import list_analyses, load_results
+from pipeline.workflows.analyze import list_analyses, load_results
 from pipeline.cli import analysis_params, build_parser, main
 from pipeline.config import AnalysisParams
 from pipeline.errors import ConfigError

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipeline import config
-from pipeline.analysis import AnalysisParams, list_analyses, load_results
+from pipeline.workflows.analyze import AnalysisParams, list_analyses, load_results
 from pipeline.cli import main
 from pipeline.storage.layout import Layout
 from pipeline.outputs import write_text_atomic

@@ -5,8 +5,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import compare, plots
-from pipeline.analysis import AnalysisParams, analyze_runs, list_analyses
+from pipeline import plots
+from pipeline.workflows import compare
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs, list_analyses
 from pipeline.cli import main
 from pipeline.console import Console
 from pipeline.storage.layout import Layout

@@ -147,7 +147,7 @@ def test_dask_progress_counts_the_tasks_of_a_real_computation():
 
 def test_a_long_fit_reports_its_windows(tmp_path):
     """The per-window problems of a real fit on stored float32 data are reported."""
-    from pipeline.analysis import analyze_runs
+    from pipeline.workflows.analyze import analyze_runs
     from pipeline.config import AnalysisParams
     from pipeline.storage.layout import Layout
     from pipeline.storage.store import TrajectoryStore
@@ -180,7 +180,7 @@ def test_a_long_fit_reports_its_windows(tmp_path):
 
 @pytest.mark.parametrize("n, word", [(1, "1 spectrum (1 window × 1 layer)")])
 def test_one_window_one_layer_is_said_in_the_singular(tmp_path, n, word):
-    from pipeline.analysis import analyze_runs
+    from pipeline.workflows.analyze import analyze_runs
     from pipeline.config import AnalysisParams
     from pipeline.storage.layout import Layout
     from pipeline.storage.store import TrajectoryStore

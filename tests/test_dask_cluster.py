@@ -123,7 +123,7 @@ def test_dask_graph_carries_the_store_url_not_credentials(s3_server, dask_cluste
     import fsspec.config
     import s3fs
 
-    from pipeline.analysis import analyze_store
+    from pipeline.workflows.analyze import analyze_store
     from pipeline.config import AnalysisParams
     from pipeline.storage import remote
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.errors import KMAError
-from pipeline.ingest import ingest
+from pipeline.workflows.ingest import ingest
 from pipeline.storage.store import TrajectoryStore
 
 from conftest import kma_cmd

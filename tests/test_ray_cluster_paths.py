@@ -94,6 +94,7 @@ def test_lease_claim_on_s3_is_a_conditional_write(s3_server, monkeypatch):
     from pipeline.storage.store import TrajectoryStore
 
     store = TrajectoryStore("s3://kma/lease-race")
+    assert store.capabilities.conditional_create          # what the S3 backend declares
     rid = "mlp-d1-w8-tanh-kaiming-adam-s0-0123456789"
     first, second = lease.LeaseKeeper(store, "a"), lease.LeaseKeeper(store, "b")
     assert first.claim(rid) is None

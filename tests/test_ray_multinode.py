@@ -5,8 +5,8 @@ server, MLflow a PostgreSQL-backed ``mlflow server`` with artifacts on S3
 dask.distributed cluster and with Dask-on-Ray on the same two-node cluster: the issue's
 whole chain in one test.
 
-The tasks are found and held mid-training by the test hook of
-:mod:`pipeline.ray_cluster` (``$KMA_TEST_TASK_HOOK``, set on both nodes by the fixture):
+The tasks are found and held mid-training by the test seam of a sweep's Ray task
+(:mod:`pipeline.seams`, ``$KMA_TEST_TASK_HOOK``, set on both nodes by the fixture):
 after its third snapshot a task writes ``<hook>/<run_id>.<pid>`` (content: its node id)
 and waits while ``<hook>/<run_id>.hold`` or ``<hook>/all.hold`` exists. So the placement,
 the second sweep and the kills happen at known points, with no timing assumption.

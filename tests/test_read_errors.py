@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from pipeline.analysis import AnalysisParams, analyze_runs, fit_run, list_analyses
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs, fit_run, list_analyses
 from pipeline.storage.chunkmap import mappable
 from pipeline.console import Console
 from pipeline.errors import KMAError

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import compare, config
-from pipeline.analysis import AnalysisParams, analyze_runs
+from pipeline import config
+from pipeline.workflows import compare
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs
 from pipeline.console import Console
 from pipeline.errors import ConfigError
 from pipeline.storage.layout import Layout

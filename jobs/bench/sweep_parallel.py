@@ -12,7 +12,7 @@ a fresh store per run. Per rep, alternated:
 - ``sequential``: in this process, ``Tracker(sqlite)`` + ``run_variant`` for each
   variant + ``register_run`` for each (the same work ``run_sweep`` does, without Ray);
 - ``ray``: ``ray.init`` (timed alone, via ``pipeline.runtime.ray_connect.init_ray``), then
-  ``pipeline.driver.run_sweep`` (timed), then ``ray.shutdown``.
+  ``pipeline.workflows.sweep.run_sweep`` (timed), then ``ray.shutdown``.
 
 Reported: wall times, speed-up = sequential / ray sweep (Ray already up) and
 sequential / (ray.init + sweep), and the Ray start-up time by itself.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import config  # noqa: E402
 from pipeline.console import Console  # noqa: E402
-from pipeline.driver import register_run, run_sweep  # noqa: E402
+from pipeline.workflows.sweep import register_run, run_sweep  # noqa: E402
 from pipeline.runtime.ray_connect import init_ray  # noqa: E402
 from pipeline.training.runner import run_variant  # noqa: E402
 from pipeline.storage.store import TrajectoryStore  # noqa: E402

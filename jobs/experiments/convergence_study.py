@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=150)
     args = ap.parse_args(argv)
 
-    from pipeline.analysis import fit_run
+    from pipeline.workflows.analyze import fit_run
     from pipeline.apps.convergence import Criterion, check_window, converged_at, verdict_spectra
     from pipeline.config import AnalysisParams
     from pipeline.koopman import KoopmanDMD

@@ -1,6 +1,6 @@
 """Distances between runs' training dynamics, and a seed-to-seed permutation null.
 
-Pure math (numpy only, no I/O): :mod:`pipeline.compare` hands in each run's certified
+Pure math (numpy only, no I/O): :mod:`pipeline.workflows.compare` hands in each run's certified
 spectra; what "certified" means is the engine's ``reliable`` flag, never decided here.
 
 The question (Redman et al., "Identifying Equivalent Training Dynamics", NeurIPS 2024,

@@ -9,7 +9,7 @@ assessed) when the stored run is not at hand.
 
 The verdict is computed once, when the analysis is made (``kma analyze``, a sweep's
 default analysis), stored with the analysis (its ``verdict`` attribute, see
-:func:`pipeline.analysis.write_results`), and read back by ``kma runs``, ``kma compare``
+:func:`pipeline.workflows.analyze.write_results`), and read back by ``kma runs``, ``kma compare``
 and ``kma sync`` without recomputation. MLflow gets it as tags and metrics
 (:func:`mlflow_tags`, :func:`mlflow_metrics`).
 """

@@ -3,7 +3,7 @@
 The passes of :mod:`pipeline.koopman.passes` build ordinary Dask graphs and hand them to
 ``dask.compute(..., scheduler=...)``; :class:`RayScheduler` is a scheduler ``get`` that
 submits every Dask task as a Ray task (``ray.util.dask.ray_dask_get``), on the Ray
-cluster the driver connects to the way ``kma sweep`` does (:func:`pipeline.driver.init_ray`:
+cluster the driver connects to the way ``kma sweep`` does (:func:`pipeline.runtime.ray_connect.init_ray`:
 ``RAY_ADDRESS`` — set inside ``ray job submit`` — or ``ray:ADDRESS``, else a local Ray
 started for the command and stopped after it). Chunks are read inside the Ray tasks, on
 whichever node runs them: the store must be one every node reaches (object storage or a

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from ..errors import KMAError
 
 __all__ = ["init_ray", "RAY_AUTH_MODE", "AUTH_LOGGER", "LocalAuthNotice", "quiet_local_auth_notice", "AuthFailed",
-           "auth_line", "fd2_captured", "is_auth_error", "no_reset_at_exit"]
+           "auth_line", "fd2_captured", "is_auth_error", "no_reset_at_exit", "node_of_task"]
 
 
 def no_reset_at_exit() -> None:
@@ -160,3 +160,16 @@ def _check_tcp(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
         raise KMAError(f"Ray at {address}: unreachable ({e.strerror or e})") from None
+
+
+def node_of_task() -> dict:
+    """``{"node_ip", "node_id"}`` of the node this code runs on (inside a Ray task)."""
+    try:
+        import ray
+
+        return {"node_ip": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id()}
+    except Exception:  # noqa: BLE001 - outside Ray, or Ray not initialised
+        import socket
+
+        return {"node_ip": socket.gethostname(), "node_id": None}

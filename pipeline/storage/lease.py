@@ -20,8 +20,9 @@ and, when the holder is on this host, its process still exists. So:
 Lease writes are idempotent (the holder rewrites its own document), and a lease lives
 outside ``runs/<run_id>/``, so a Ray task that retries and wipes its unfinished run
 keeps the claim. Claiming writes with create-if-absent and reads the lease back, so two
-sweeps racing for one free run agree on a single holder on stores with atomic create
-(local disk; S3 through a conditional PUT, :func:`_create`); heartbeats are wall-clock, so hosts sharing a store need synchronised clocks.
+sweeps racing for one free run agree on a single holder on stores whose backend declares
+an atomic create (``Capabilities.conditional_create``: local disk; S3 through a
+conditional PUT, :func:`_create`); heartbeats are wall-clock, so hosts sharing a store need synchronised clocks.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from .protocol import capabilities_of
 from .runids import check_run_id
 
 log = logging.getLogger(__name__)
@@ -110,10 +112,10 @@ def is_live(store, run_id: str) -> bool:
 
 
 def _create(store, key: str, data: bytes) -> None:
-    """Write ``key`` only if absent: the store's create-if-absent, atomic on local disk and
-    on S3 (a conditional PUT, :meth:`pipeline.storage.remote.RemoteStore.set_if_not_exists`),
-    a check then a write on other object stores (the read-back in
-    :meth:`LeaseKeeper.claim` then narrows the race to a few milliseconds)."""
+    """Write ``key`` only if absent: the store's create-if-absent, atomic where its backend
+    declares ``conditional_create`` (local disk; S3, a conditional PUT), a check then a
+    write elsewhere (the read-back in :meth:`LeaseKeeper.claim` then narrows the race to a
+    few milliseconds)."""
     store.set_bytes(key, data, exclusive=True)
 
 
@@ -132,6 +134,9 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if not capabilities_of(store).conditional_create:
+            log.info("store %s: no atomic create; racing claims are settled by reading them back",
+                     getattr(store, "url", store))
 
     def _doc(self) -> bytes:
         return json.dumps({"owner": self.owner, "host": _host(), "pid": os.getpid(), "sweep": self.sweep,

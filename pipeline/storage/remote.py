@@ -34,12 +34,15 @@ from typing import Any
 from zarr.storage import WrapperStore
 
 from ..errors import StoreError
+from .protocol import Capabilities
 
 log = logging.getLogger(__name__)
 
 RETRY_ENV = "KMA_STORE_RETRY_SECONDS"
 DEFAULT_RETRY_S = 60.0
 _FIRST_WAIT_S, _MAX_WAIT_S = 0.5, 8.0
+# fsspec protocols whose PUT replaces an object whole (a reader sees the old or the new one)
+_WHOLE_OBJECT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
 
 class StoreUnreachable(StoreError):
@@ -131,6 +134,19 @@ class RemoteStore(WrapperStore):
 
     __str__ = __repr__
 
+    # -- capabilities -----------------------------------------------------------------
+    @property
+    def _protocols(self) -> set[str]:
+        protocols = getattr(getattr(self._store, "fs", None), "protocol", ())
+        return set(protocols if isinstance(protocols, (tuple, list)) else (protocols,))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """S3 creates a key atomically (a conditional PUT, :meth:`_create`); every object
+        store lists and replaces whole objects; other fsspec filesystems promise neither."""
+        whole = bool(self._protocols & _WHOLE_OBJECT)
+        return Capabilities(conditional_create="s3" in self._protocols, listing=True, atomic_replace=whole)
+
     # -- retries --------------------------------------------------------------------
     async def _retry(self, what: str, call):
         budget = retry_budget()
@@ -178,11 +194,9 @@ class RemoteStore(WrapperStore):
         S3 since 2024, MinIO, moto): atomic, so two writers on different machines cannot
         both create it; elsewhere (and where the endpoint refuses conditional writes)
         zarr's create-if-absent, a check then a write on object stores."""
-        fs = getattr(self._store, "fs", None)
-        protocols = getattr(fs, "protocol", ())
-        if "s3" in (protocols if isinstance(protocols, (tuple, list)) else (protocols,)):
+        if self.capabilities.conditional_create:
             try:
-                await fs._pipe_file(f"{self._store.path.rstrip('/')}/{key}", value.to_bytes(), mode="create")
+                await self._store.fs._pipe_file(f"{self._store.path.rstrip('/')}/{key}", value.to_bytes(), mode="create")
                 return
             except FileExistsError:
                 return  # another writer created it first

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 def make_store(url: str, *, read_only: bool = False, create: bool = True):
     """Turn a path or URL into a zarr store, once, at the edge (``create=False``: a
     local folder that does not exist is an error, not created)."""
-    import zarr.storage
+    from .local import LocalBackend
 
     url = str(url)
     location = StoreLocation(url)
@@ -77,7 +77,7 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
                 raise StoreError(f"store {url}: cannot create directory ({e.strerror})") from None
         elif not path.exists():
             raise StoreError(f"store {url}: no such directory")
-        return zarr.storage.LocalStore(path, read_only=read_only)
+        return LocalBackend(path, read_only=read_only)
     from .remote import open_remote
 
     netloc = url.split("://", 1)[1].split("/", 1)[0]
@@ -485,6 +485,13 @@ class TrajectoryStore:
         sync(self._zstore.delete_dir(prefix))
 
     # -- small documents outside the zarr hierarchy (leases) ---------------------------
+    @property
+    def capabilities(self):
+        """What the backend guarantees (:class:`~pipeline.storage.protocol.Capabilities`)."""
+        from .protocol import capabilities_of
+
+        return capabilities_of(self._zstore)
+
     def get_bytes(self, key: str) -> bytes | None:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync

@@ -1,3 +1,3 @@
 """Tracking adapter: MLflow registration and repair (:mod:`.tracker`; the driver is the
 only writer). ``kma sync``, which rebuilds MLflow from the store, is the use case
-:mod:`pipeline.sync`."""
+:mod:`pipeline.workflows.sync`."""

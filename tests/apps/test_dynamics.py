@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.analysis import AnalysisParams, analyze_runs, list_analyses, load_results
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs, list_analyses, load_results
 from pipeline.apps import dynamics as dyn
 from pipeline.console import Console
 from pipeline.spectra import RunSpectra

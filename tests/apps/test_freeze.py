@@ -11,7 +11,7 @@ import torch
 
 from conftest import kma_cmd
 from pipeline import config
-from pipeline.analysis import event_breaks
+from pipeline.workflows.analyze import event_breaks
 from pipeline.apps.freeze import Freezer, converged_mask, remaining_motion
 from pipeline.errors import ConfigError
 from pipeline.storage.layout import Layout

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline import config
-from pipeline.analysis import AnalysisParams, event_breaks, fit_run
+from pipeline.workflows.analyze import AnalysisParams, event_breaks, fit_run
 from pipeline.apps.prune import Pruner, koopman_endpoint, prunable_ranges, prune_mask
 from pipeline.errors import ConfigError
 from pipeline.koopman.windows import plan_windows

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cli, compare, config
-from pipeline.analysis import analyze_store
+from pipeline import cli, config
+from pipeline.workflows import compare
+from pipeline.workflows.analyze import analyze_store
 from pipeline.config import AnalysisParams
 from pipeline.storage.store import TrajectoryStore
 from pipeline.training.runner import run_variant
@@ -131,7 +132,7 @@ def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
     (with the stored verdict as tags and metrics), read from the store."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.sync import sync_store
+    from pipeline.workflows.sync import sync_store
 
     store = str(tmp_path / "store")
     v = _variants(tmp_path, init="kaiming", stop={"window": 8, "every": 2})[0]

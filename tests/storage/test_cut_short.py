@@ -219,7 +219,7 @@ def test_layouts_left_by_older_versions(tmp_path, capsys):
     for r in cut:
         (line,) = [x for x in errors if f"run {r}:" in x]
         assert "interrupted while being created" in line and "run its sweep again" in line, line
-    from pipeline import compare  # (what kma compare prints for each skipped run)
+    from pipeline.workflows import compare  # (what kma compare prints for each skipped run)
 
     skipped = {}
     compare.collect(store, ["done", "bare"], None, by="k", skipped=skipped)

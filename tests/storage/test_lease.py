@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import config
 from pipeline.storage import lease
 from pipeline.console import Console
-from pipeline.driver import run_sweep
+from pipeline.workflows.sweep import run_sweep
 from pipeline.storage.layout import Layout
 from pipeline.storage.lease import LeaseKeeper
 from pipeline.storage.store import TrajectoryStore

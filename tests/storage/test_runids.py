@@ -15,7 +15,7 @@ from pipeline.training import inits
 from pipeline.training import models
 from pipeline.training import optim
 from pipeline.errors import KMAError
-from pipeline.ingest import ingest
+from pipeline.workflows.ingest import ingest
 from pipeline.storage.layout import Layout
 from pipeline.storage.runids import MAX_LENGTH, check_run_id, is_valid
 from pipeline.storage.store import TrajectoryStore

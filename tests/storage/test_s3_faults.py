@@ -118,7 +118,7 @@ def test_brief_outage_mid_analysis_is_retried(s3_outage, tmp_path, kma_env):
     """The store goes away for 2 s at the analysis' first chunk read: the requests are
     retried with backoff, logged, and the analysis completes with the spectra of an
     undisturbed fit of the same run."""
-    from pipeline.analysis import fit_run
+    from pipeline.workflows.analyze import fit_run
     from pipeline.config import AnalysisParams
 
     url = "s3://kma/outage-analyze"
@@ -144,7 +144,7 @@ def test_long_outage_mid_ingest_is_one_line_and_loses_nothing(s3_outage, checkpo
     retry time (``KMA_STORE_RETRY_SECONDS=2``): one line, exit 2. Back up, the run stored
     before is whole (complete, same snapshots), the cut-short one is not taken for
     complete, and ingesting it again succeeds."""
-    from pipeline.ingest import ingest
+    from pipeline.workflows.ingest import ingest
 
     url = "s3://kma/outage-ingest"
     X = _stored_run(url, "kept")

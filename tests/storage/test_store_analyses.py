@@ -86,7 +86,7 @@ def test_kma_analyze_opens_the_store_once(tmp_path, monkeypatch):
     """``analyze_store`` opens the (real) store one time, writable, without creating it.
     The run has one layer: with the default ``per_layer`` its spectra (and modes) are the
     network's, stored once as ``all`` (this failed with a KeyError before issue 9)."""
-    import pipeline.analysis as analysis
+    import pipeline.workflows.analyze as analysis
 
     opened = []
 

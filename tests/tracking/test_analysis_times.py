@@ -10,12 +10,12 @@ import time
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline.analysis import analyze_runs
+from pipeline.workflows.analyze import analyze_runs
 from pipeline.config import AnalysisParams
 from pipeline.console import Console
 from pipeline.storage.layout import Layout
 from pipeline.storage.store import TrajectoryStore
-from pipeline.sync import analysis_times, sync_store
+from pipeline.workflows.sync import analysis_times, sync_store
 from pipeline.tracking.tracker import Tracker
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline import config
 from pipeline.storage.store import TrajectoryStore
-from pipeline.sync import register_run
+from pipeline.workflows.sync import register_run
 from pipeline.tracking.tracker import Tracker, tracking_uri_for
 from pipeline.tracking.uri import absolute_tracking_uri
 from pipeline.training.runner import run_variant

@@ -201,7 +201,7 @@ def test_mlflow_server_down_during_a_sweep(mlflow_server, s3_server, tmp_path):
         before = {k: v[0].info.run_id for k, v in recs.items()}
 
         from pipeline.console import Console
-        from pipeline.sync import sync_store
+        from pipeline.workflows.sync import sync_store
 
         again = sync_store(store, console=Console(quiet=True))   # a second sync: nothing to write
         assert again.runs == [] and again.analyses == [] and again.unchanged == 2 and not again.skipped

@@ -19,11 +19,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import config
-from pipeline.analysis import AnalysisParams, analyze_runs, load_results
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs, load_results
 from pipeline.console import Console
 from pipeline.training.runner import run_variant
 from pipeline.storage.store import TrajectoryStore
-from pipeline.sync import register_run, short_name
+from pipeline.workflows.sync import register_run, short_name
 from pipeline.tracking.tracker import (EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, Tracker, artifact_root,
                                        experiment_url)
 

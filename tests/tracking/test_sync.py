@@ -12,12 +12,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import config
-from pipeline.analysis import AnalysisParams, analyze_runs
+from pipeline.workflows.analyze import AnalysisParams, analyze_runs
 from pipeline.console import Console
-from pipeline.ingest import ingest
+from pipeline.workflows.ingest import ingest
 from pipeline.training.runner import run_variant
 from pipeline.storage.store import TrajectoryStore
-from pipeline.sync import register_run, sync_store
+from pipeline.workflows.sync import register_run, sync_store
 from pipeline.tracking.tracker import TAG_STORE, Tracker
 
 from conftest import kma_cmd

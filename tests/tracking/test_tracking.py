@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import config
-from pipeline.driver import SweepSummary, _record
+from pipeline.workflows.sweep import SweepSummary, _record
 from pipeline.storage.layout import Layout
 from pipeline.storage.store import TrajectoryStore
-from pipeline.sync import register_run
+from pipeline.workflows.sync import register_run
 from pipeline.tracking.tracker import TAG_STORE, Tracker
 
 LAYOUT = Layout.from_named_shapes([("l0.weight", (3, 2)), ("l0.bias", (3,))])

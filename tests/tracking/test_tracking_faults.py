@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from pipeline.driver import SweepSummary, _record
+from pipeline.workflows.sweep import SweepSummary, _record
 from pipeline.errors import KMAError
 from pipeline.storage.layout import Layout
 from pipeline.storage.store import TrajectoryStore

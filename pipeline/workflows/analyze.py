@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
-from .console import Console, DaskProgress
-from .errors import KMAError, plural
-from .koopman import KoopmanDMD, WindowResult
-from .koopman.core import dtype_roundoff
-from .storage.remote import StoreUnreachable
-from .storage.runids import check_run_id, is_valid
-from .storage.store import Run, TrajectoryStore
-from .results import is_outdated, list_analyses, load_results, outdated_analyses  # noqa: F401 - re-exported
+from ..config import RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401 - re-exported: the analysis' names
+from ..console import Console, DaskProgress
+from ..errors import KMAError, plural
+from ..koopman import KoopmanDMD, WindowResult
+from ..koopman.core import dtype_roundoff
+from ..storage.remote import StoreUnreachable
+from ..storage.runids import check_run_id, is_valid
+from ..storage.store import Run, TrajectoryStore
+from ..results import is_outdated, list_analyses, load_results, outdated_analyses  # noqa: F401 - re-exported
 from .sync import analysis_times
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- one run
 def check_analyzable(run: Run) -> None:
     if run.status == "running":
-        from .storage.health import shown_status
+        from ..storage.health import shown_status
 
         if shown_status(run.store, run.run_id) == "interrupted":  # no live sweep holds it
             raise KMAError(f"run {run.run_id}: interrupted before it finished (no live sweep is training it); "
@@ -58,7 +58,7 @@ PROGRESS_INTERVAL = 5.0
 
 def _plan_text(run: Run, params: AnalysisParams) -> str:
     """``61 snapshots, 9 windows × 4 layers`` (what the analysis of ``run`` will fit)."""
-    from .koopman.windows import plan_windows
+    from ..koopman.windows import plan_windows
 
     T = run.n_snapshots
     try:
@@ -279,7 +279,7 @@ def analyze_runs(
     (the analyses are stored).
     """
     console = console or Console()
-    from .storage.health import select_runs
+    from ..storage.health import select_runs
 
     run_ids, damaged = select_runs(store, run_ids)
     report: dict[str, str | None] = {}
@@ -346,7 +346,7 @@ def analyze_runs(
 
 def _verdict(run: Run, est, params: AnalysisParams) -> dict:
     """The run's verdict (:mod:`pipeline.apps.verdicts`): convergence, bad_init, evidence."""
-    from .apps import verdicts
+    from ..apps import verdicts
 
     return verdicts.for_estimator(run, est, params.residual_tol)
 
@@ -383,8 +383,8 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
     """``kma analyze``: check the output paths, resolve the scheduler, open the store once
     (it must exist: a mistyped path is an error, not a new empty store), check the
     ``--run`` ids against it, open the tracker, analyse. ``params`` arrive validated."""
-    from .outputs import check_dir, check_file
-    from .tracking.tracker import Tracker, tracking_uri_for
+    from ..outputs import check_dir, check_file
+    from ..tracking.tracker import Tracker, tracking_uri_for
 
     if json_path:
         check_file(json_path, "--json")
@@ -413,7 +413,7 @@ def resolve_scheduler(name, console=None):
         return name
     if name in (None, "", "threads", "threading"):
         return "threads"
-    from .runtime.dask_ray import RayScheduler, parse_ray_scheduler
+    from ..runtime.dask_ray import RayScheduler, parse_ray_scheduler
 
     address = parse_ray_scheduler(name)
     if address is not False:
@@ -457,7 +457,7 @@ def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: 
 
 
 def _write_json(path: str, records: list[dict], report: dict, verdicts: list[dict] | None = None) -> None:
-    from .outputs import write_text_atomic
+    from ..outputs import write_text_atomic
 
     payload = {"runs": records, "errors": [{"run_id": r, "error": e} for r, e in report.items() if e],
                "verdicts": list(verdicts or [])}

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import RELIABLE_RESIDUAL, list_analyses, load_results
-from .config import flatten_dict, loss_label
-from .errors import KMAError, plural
-from .storage.store import FINISHED, TrajectoryStore
+from .analyze import RELIABLE_RESIDUAL, list_analyses, load_results
+from ..config import flatten_dict, loss_label
+from ..errors import KMAError, plural
+from ..storage.store import FINISHED, TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def collect(store: TrajectoryStore, run_ids=None, analysis_id=None, by="depth", 
     or an unreadable analysis is not compared: ``skipped`` (if given) receives
     ``{run_id: reason}``; a run without the chosen analysis goes to ``missing``.
     """
-    from .storage.health import check_named_runs, shown_status, split_runs
+    from ..storage.health import check_named_runs, shown_status, split_runs
     from .sync import short_name
 
     skipped = {} if skipped is None else skipped
@@ -142,8 +142,8 @@ def _last(values):
 
 
 def _row(run, aid: str, by: str, label: str) -> dict:
-    from .apps import verdicts
-    from .spectra import RunSpectra
+    from ..apps import verdicts
+    from ..spectra import RunSpectra
 
     info = run.analysis_info(aid)
     key = info.get("params", {})
@@ -226,7 +226,7 @@ def table_data(rows: list[dict], by: str = "") -> tuple[str, list[str], list[lis
 def table(rows: list[dict], by: str = "") -> str:
     """The comparison as plain text (``table.txt``): :func:`table_data`'s title line,
     then the columns."""
-    from .console import table_text
+    from ..console import table_text
 
     head, cols, data = table_data(rows, by)
     return head + "\n" + table_text(cols, data, justify=JUSTIFY)
@@ -289,9 +289,9 @@ def figures(rows: list[dict], out: Path, by: str, section: dict | None = None) -
     1 over training, a line per run), written into ``out``; both titles name the analysis.
     With the dynamics ``section`` also ``dynamics_matrix.png`` and ``dynamics_mds.png``
     (:mod:`pipeline.apps.dynamics_plots`)."""
-    from . import plots
+    from .. import plots
 
-    from .apps import dynamics_plots, verdict_plots
+    from ..apps import dynamics_plots, verdict_plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +322,7 @@ def register(tracker, experiment: str, rows: list[dict], by: str, out: Path, fil
     ``experiment``: params (by, analysis id, run count), tags (``kma.kind=comparison``,
     the compared run ids) and ``files`` (the table and the figures) as artifacts. An
     earlier record of the same comparison (same folder name, same store) is replaced."""
-    from .tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, quote_filter_value
+    from ..tracking.tracker import TAG_ANALYSIS, TAG_KIND, TAG_STORE, quote_filter_value
 
     aid = rows[0]["analysis_id"]
     exp_id = tracker.experiment_id(experiment)

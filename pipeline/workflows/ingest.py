@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .errors import KMAError, plural
-from .storage.layout import Layout
-from .storage.runids import check_run_id
-from .storage.store import FINISHED, TrajectoryStore
+from ..errors import KMAError, plural
+from ..storage.layout import Layout
+from ..storage.runids import check_run_id
+from ..storage.store import FINISHED, TrajectoryStore
 
 _FLOAT16_MAX = 65504.0
 
@@ -73,7 +73,7 @@ def ingest(
         _check_same(layout, state, f)
         _check_values(layout, state, f, i, dtype)
 
-    from .storage.lease import LeaseKeeper
+    from ..storage.lease import LeaseKeeper
 
     store = TrajectoryStore(store_url)
     store.check_writable()

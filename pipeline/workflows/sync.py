@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from .config import Variant, flatten_dict, variant_params
-from .console import Console
-from .errors import KMAError, plural
-from .storage.runids import shown
-from .storage.store import FINISHED, TrajectoryStore
-from .tracking.tracker import Tracker, tracking_uri_for
+from ..config import Variant, flatten_dict, variant_params
+from ..console import Console
+from ..errors import KMAError, plural
+from ..storage.runids import shown
+from ..storage.store import FINISHED, TrajectoryStore
+from ..tracking.tracker import Tracker, tracking_uri_for
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +162,15 @@ def analysis_figures(run, results, analysis_id: str, residual_tol: float, out: P
                      verdict: dict | None = None) -> list[Path]:
     """The figures of one stored analysis, written into ``out`` (with a ``verdict``, also
     ``convergence.png``: :mod:`pipeline.apps.verdict_plots`)."""
-    from . import plots
-    from .spectra import RunSpectra
+    from .. import plots
+    from ..spectra import RunSpectra
 
     out.mkdir(parents=True, exist_ok=True)
     spectra = RunSpectra.of_run(run, results, residual_tol=residual_tol, analysis_id=analysis_id,
                                 label=short_name(run))
     figs = plots.analysis_figures(spectra, out)
     if verdict is not None:
-        from .apps import verdict_plots
+        from ..apps import verdict_plots
 
         figs.append(verdict_plots.save_run_figure(run, verdict, out / "convergence.png",
                                                   label=short_name(run), analysis_id=analysis_id))
@@ -188,8 +188,8 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
     end) in Unix ms (:func:`analysis_times`), the record's start and end time; the run's
     ``verdict`` as tags and metrics (:func:`pipeline.apps.verdicts.mlflow_tags`,
     ``mlflow_metrics``)."""
-    from .apps import verdicts
-    from .spectra import RunSpectra, window_metrics
+    from ..apps import verdicts
+    from ..spectra import RunSpectra, window_metrics
 
     experiment, variant_params = _experiment_and_params(run)
     spectra = RunSpectra.of_run(run, results, residual_tol=float(key.get("residual_tol", 1e-2)),
@@ -243,8 +243,8 @@ def _store_location(run) -> str:
 def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: str, analysis_id: str) -> bool:
     """Register a stored analysis as a child run unless a complete record exists.
     Returns True if a record was written."""
-    from .config import RELIABLE_RESIDUAL
-    from .results import load_results
+    from ..config import RELIABLE_RESIDUAL
+    from ..results import load_results
 
     run = store.open_run(run_id)
     experiment, _ = _experiment_and_params(run)
@@ -258,7 +258,7 @@ def register_stored_analysis(tracker: Tracker, store: TrajectoryStore, run_id: s
     results = load_results(run, analysis_id)
     verdict = info.get("verdict")
     if verdict is None:   # an analysis stored before verdicts: from its stored spectra
-        from .apps import verdicts
+        from ..apps import verdicts
 
         verdict = verdicts.for_stored(run, results, residual_tol)
     with tempfile.TemporaryDirectory(prefix="kma-sync-") as tmp:

@@ -20,20 +20,21 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from .config import SweepConfig, expand
-from .console import Console
-from .errors import KMAError, plural
-from .ray_cluster import (check_custom_resources, check_not_job_scratch,
+from ..config import SweepConfig, expand
+from ..console import Console
+from ..errors import KMAError, plural
+from ..ray_cluster import (check_custom_resources, check_not_job_scratch,
                           check_store_shared, failure_line, ray_failure, record_failure)
-from .runtime.ray_connect import init_ray
-from .storage.lease import LeaseKeeper
-from .storage.location import StoreLocation
-from .storage.runids import check_run_id
-from .storage.store import FINISHED, TrajectoryStore, check_shareable
+from .. import seams
+from ..runtime.ray_connect import init_ray
+from ..storage.lease import LeaseKeeper
+from ..storage.location import StoreLocation
+from ..storage.runids import check_run_id
+from ..storage.store import FINISHED, TrajectoryStore, check_shareable
 from .sync import register_run
-from .training.restart import attempt_ids, variant_done
-from .tracking.tracker import Tracker, TrackingUnavailable, mlflow_name, tracking_uri_for
-from .tracking.uri import TrackingURI
+from ..training.restart import attempt_ids, variant_done
+from ..tracking.tracker import Tracker, TrackingUnavailable, mlflow_name, tracking_uri_for
+from ..tracking.uri import TrackingURI
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _existing_store(url: str):
 def _train_remote():
     import ray
 
-    from .ray_cluster import run_on_node  # run_variant, its failures named with their node
+    from ..ray_cluster import run_on_node  # run_variant, its failures named with their node
 
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_on_node)
 
@@ -81,7 +82,7 @@ def _train_pack_remote():
     """A packed task: several variants of one architecture in one process."""
     import ray
 
-    from .ray_cluster import run_pack_task
+    from ..ray_cluster import run_pack_task
 
     return ray.remote(max_retries=TASK_MAX_RETRIES, retry_exceptions=False)(run_pack_task)
 
@@ -114,8 +115,8 @@ def run_sweep(
     variants = expand(cfg)
     for v in variants:  # generated ids follow the rule by construction; a bug if not
         check_run_id(v.run_id, what="generated run id")
-    from .training import capacity
-    from .training.runner import preflight
+    from ..training import capacity
+    from ..training.runner import preflight
 
     sizes = preflight(variants)
     capacity.check_model_sizes(variants, sizes, source)
@@ -161,14 +162,14 @@ def run_sweep(
                     check_custom_resources(ray, todo, source, f"the Ray cluster at {address}")
                     check_store_shared(ray, store_url, shared_store, address)  # several nodes: not a local path
 
-            from .training.packing import plan_packs
+            from ..training.packing import plan_packs
 
             _train_all(todo, store, tracker, summary, ray_address, max_parallel, console, leases,
                        check=check_cluster, packs=plan_packs(todo, cfg.pack, cfg.pack_max))
 
     want_analysis = cfg.analysis.enabled if analyze is None else analyze
     if want_analysis:
-        from .analysis import analyze_runs
+        from .analyze import analyze_runs
 
         params = cfg.analysis   # validated with the config: the same model as kma analyze's flags
         # runs that already have this analysis keep it (kma analyze redoes one on request)
@@ -280,7 +281,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
     train, train_pack = _train_remote(), _train_pack_remote()
     queue = list(packs) if packs is not None else [[v] for v in todo]
     if packs is not None:   # idle CPUs (GPUs) take a share of a pack rather than wait
-        from .training.packing import spread
+        from ..training.packing import spread
 
         queue = spread(queue, _slots(ray, todo[0], max_parallel))
     cap = max_parallel or len(queue)
@@ -309,7 +310,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                 pending[ref] = members
             running, queued = _in_runs(pending, _started(ray, pending))
             progress.update(running=running, queued=queued)
-            _test_interrupt(summary)
+            seams.after_recorded(len(summary.trained) + len(summary.failed))
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
                 members = pending.pop(ref)
@@ -407,19 +408,6 @@ def _record_one(res: dict, store, tracker, summary: SweepSummary) -> None:
         if status == "diverged":
             summary.diverged.append(rid)
     _register(tracker, store, rid, summary)
-
-
-def _test_interrupt(summary: SweepSummary) -> None:
-    """Test hook: with ``KMA_TEST_INTERRUPT_AFTER=N`` set, the sweep sends itself a real
-    SIGINT once N results are recorded and the next task has been submitted, so a test
-    interrupts it at a known point (no race with polling the store). Unset: nothing."""
-    after = os.environ.get("KMA_TEST_INTERRUPT_AFTER")
-    if after and len(summary.trained) + len(summary.failed) >= int(after):
-        # raise_signal sends it to this (the main) thread, so the handler runs at once;
-        # os.kill let any of Ray's threads take it, and the main thread then slept on while
-        # the next task finished (a flaky test). The raise below is only a backstop.
-        signal.raise_signal(signal.SIGINT)
-        raise KeyboardInterrupt
 
 
 def _raise_interrupt(signum, frame):
