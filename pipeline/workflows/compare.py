@@ -263,7 +263,7 @@ def dynamics(rows: list[dict], alpha: float = 0.05, n_perm: int = 999, seed: int
     training dynamics from their certified spectra and, per pair of groups, the
     seed-to-seed permutation test (:mod:`pipeline.apps.dynamics`). Runs in group order,
     then by id; groups named as in the table."""
-    from .apps import dynamics as dyn
+    from ..apps import dynamics as dyn
 
     order = _group_order(r["group"] for r in rows)
     ranked = sorted(rows, key=lambda r: (order.index(r["group"]), r["run_id"]))

@@ -209,7 +209,7 @@ def run_sweep(
 def verdict_counts(store, run_ids) -> dict[str, int]:
     """How the runs' latest stored verdicts read: ``converged``, ``not converged``,
     ``bad init`` (of the assessed), ``not analysed`` (finished runs without a verdict)."""
-    from .apps import verdicts
+    from ..apps import verdicts
 
     counts = {"converged": 0, "not converged": 0, "bad init": 0, "not analysed": 0}
     for rid in run_ids:
@@ -228,7 +228,7 @@ def verdict_counts(store, run_ids) -> dict[str, int]:
 def _next_steps(name: str, store, variants, tracker, console: Console) -> None:
     """The sweep's last lines: its verdict counts, then where to look next (the MLflow
     runs table, ``kma compare``)."""
-    from .tracking.tracker import experiment_url, ui_command
+    from ..tracking.tracker import experiment_url, ui_command
 
     finished = [rid for v in variants for rid in attempt_ids(store, v.run_id) if store.status(rid) in FINISHED]
     counts = verdict_counts(store, finished)

@@ -224,7 +224,7 @@ def register_analysis(tracker: Tracker, run, analysis_id: str, key: dict, result
 
 def latest_analysis(run) -> str | None:
     """The run's most recently written current analysis (None if it has none)."""
-    from .results import list_analyses
+    from ..results import list_analyses
 
     aids = list_analyses(run, outdated=False)
     def when(aid):
@@ -235,7 +235,7 @@ def latest_analysis(run) -> str | None:
 
 
 def _store_location(run) -> str:
-    from .tracking.tracker import _store_of
+    from ..tracking.tracker import _store_of
 
     return _store_of(run.uri, run.run_id)
 
