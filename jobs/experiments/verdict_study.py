@@ -43,7 +43,7 @@ TUNE = "verdicts-tune-multiscale"
 K_BADINIT = 6
 
 
-def load(store_dir, max_runs=None):
+def load(store_dir, max_runs=None, sweeps=None):
     from pipeline.analysis import fit_run
     from pipeline.apps import badinit, convergence
     from pipeline.config import AnalysisParams
@@ -57,6 +57,10 @@ def load(store_dir, max_runs=None):
         run = store.open_run(rid)
         cfg = run.config
         if not isinstance(cfg, dict) or not str(cfg.get("sweep", "")).startswith("verdicts-"):
+            continue
+        if sweeps and cfg["sweep"] not in sweeps:
+            continue
+        if run.status not in ("complete", "diverged"):
             continue
         r = {"run_id": rid, "sweep": cfg["sweep"], "task": cfg["task"]["name"], "family": cfg["family"],
              "depth": cfg["depth"], "init": cfg["init"], "lr": cfg["lr"], "seed": cfg["seed"],
@@ -308,11 +312,12 @@ def main(argv=None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--max-runs", type=int, default=None)
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--sweeps", default=None, help="comma-separated sweep names (default: every verdicts-* sweep)")
     args = ap.parse_args(argv)
 
     from pipeline.apps import horizon, outcomes
 
-    runs = load(args.store, args.max_runs)
+    runs = load(args.store, args.max_runs, args.sweeps.split(",") if args.sweeps else None)
     refs = label_all(runs)
     tune = [r for r in runs if r["sweep"] == TUNE]
     held = [r for r in runs if r["sweep"] != TUNE]
