@@ -43,7 +43,7 @@ TUNE = "verdicts-tune-multiscale"
 K_BADINIT = 6
 
 
-def load(store_dir, max_runs=None, sweeps=None):
+def load(store_dir, max_runs=None, sweeps=None, skip=()):
     from pipeline.analysis import fit_run
     from pipeline.apps import badinit, convergence
     from pipeline.config import AnalysisParams
@@ -52,7 +52,7 @@ def load(store_dir, max_runs=None, sweeps=None):
     store = TrajectoryStore(store_dir, create=False)
     params = AnalysisParams()
     runs = []
-    ids = sorted(store.run_ids())[: max_runs or None]
+    ids = [i for i in sorted(store.run_ids()) if i not in skip][: max_runs or None]
     for i, rid in enumerate(ids):
         run = store.open_run(rid)
         cfg = run.config
@@ -312,12 +312,23 @@ def main(argv=None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--max-runs", type=int, default=None)
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--cache", default=None, help="pickle of the fitted runs: written once, read on re-runs "
+                    "(re-scoring without refitting)")
     ap.add_argument("--sweeps", default=None, help="comma-separated sweep names (default: every verdicts-* sweep)")
     args = ap.parse_args(argv)
 
     from pipeline.apps import horizon, outcomes
 
-    runs = load(args.store, args.max_runs, args.sweeps.split(",") if args.sweeps else None)
+    import pickle
+
+    sweeps = args.sweeps.split(",") if args.sweeps else None
+    cached = {}
+    if args.cache and Path(args.cache).exists():
+        cached = {r["run_id"]: r for r in pickle.load(open(args.cache, "rb"))}
+    fresh = load(args.store, args.max_runs, sweeps, skip=set(cached))
+    runs = [r for r in cached.values() if not sweeps or r["sweep"] in sweeps] + fresh
+    if args.cache and fresh:
+        pickle.dump(list(cached.values()) + fresh, open(args.cache, "wb"))
     refs = label_all(runs)
     tune = [r for r in runs if r["sweep"] == TUNE]
     held = [r for r in runs if r["sweep"] != TUNE]
@@ -325,8 +336,8 @@ def main(argv=None) -> int:
           f"({', '.join(sorted({r['group'] for r in held}))})\n")
 
     # -- convergence: tune motion_tol, loss_tol on the tuning runs
-    grid = [horizon.HorizonCriterion(motion_tol=m, loss_tol=lt) for m in (0.02, 0.05, 0.1, 0.2)
-            for lt in (0.02, 0.05, 0.1)]
+    grid = [horizon.HorizonCriterion(motion_tol=m, loss_tol=lt) for m in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+            for lt in (0.01, 0.02, 0.05, 0.1)]
 
     def score(rs, crit):
         called = prem = 0
