@@ -19,6 +19,8 @@ import time
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True)
+    ap.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="train the tasks in a seeded random order (a prefix is then a random sample)")
     ap.add_argument("configs", nargs="+", help="sweep YAML files, then KEY=VALUE overrides")
     args = ap.parse_args(argv)
     from pipeline import config
@@ -30,6 +32,10 @@ def main(argv=None) -> int:
         cfg = config.load(f, overrides)
         variants = config.expand(cfg)
         tasks = plan_packs(variants, getattr(cfg, "pack", "auto"))
+        if args.shuffle is not None:
+            import random
+
+            random.Random(args.shuffle).shuffle(tasks)
         t0 = time.perf_counter()
         print(f"{f}: {len(variants)} variants in {len(tasks)} tasks", flush=True)
         for i, t in enumerate(tasks):

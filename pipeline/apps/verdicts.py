@@ -87,6 +87,7 @@ def horizon_producer(ctx: VerdictInput) -> dict:
             "converged_epoch": v["converged_epoch"],
             "online_converged_at": v["online_converged_at"],
             "online_converged_epoch": v["online_converged_epoch"],
+            "online_confirmed_epoch": v["online_confirmed_epoch"],
             "reason": v["class_reason"], "evidence": v["evidence"], "verdict_version": 2}
 
 
