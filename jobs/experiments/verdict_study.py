@@ -336,8 +336,9 @@ def main(argv=None) -> int:
           f"({', '.join(sorted({r['group'] for r in held}))})\n")
 
     # -- convergence: tune motion_tol, loss_tol on the tuning runs
-    grid = [horizon.HorizonCriterion(motion_tol=m, loss_tol=lt) for m in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-            for lt in (0.01, 0.02, 0.05, 0.1)]
+    grid = [horizon.HorizonCriterion(motion_tol=m, layer_tol=lay, loss_tol=lt, rise_tol=rt)
+            for m in (0.02, 0.05, 0.1, 0.2) for lay in (0.05, 0.2, 0.5, 1e9) for lt in (0.01, 0.02, 0.05)
+            for rt in (0.1, 0.25)]
 
     def score(rs, crit):
         called = prem = 0
@@ -358,18 +359,17 @@ def main(argv=None) -> int:
         return called, prem, flat_got, flat_total, agree
 
     best = None
-    print("| motion_tol | loss_tol | called (online) | premature (>10% to gain) | converged runs given a point | class agrees | (tuning runs, in-sample) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| motion_tol | layer_tol | loss_tol | rise_tol | called (online) | premature (>10% to gain) | converged runs given a point | class agrees | (tuning runs, in-sample) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for c in grid:
         called, prem, fg, ft, ag = score(tune, c)
-        print(f"| {c.motion_tol:g} | {c.loss_tol:g} | {called} | {prem} | {fg}/{ft} | {ag}/{len(tune)} | |")
-        key = (prem <= 0, fg - 2 * prem, ag)
+        print(f"| {c.motion_tol:g} | {c.layer_tol:g} | {c.loss_tol:g} | {c.rise_tol:g} | {called} | {prem} | {fg}/{ft} | {ag}/{len(tune)} | |")
+        key = (prem <= 0, fg + ag, -c.layer_tol)
         if best is None or key > best[0]:
             best = (key, c)
     crit = best[1]
-    print(f"\nchosen on the tuning runs: motion_tol {crit.motion_tol}, loss_tol {crit.loss_tol} "
-          f"(defaults in pipeline/apps/horizon.py: {horizon.HorizonCriterion().motion_tol}, "
-          f"{horizon.HorizonCriterion().loss_tol})\n")
+    print(f"\nchosen on the tuning runs (no premature call, then the most converged runs given a point "
+          f"plus class agreements): {crit}\n(defaults in pipeline/apps/horizon.py: {horizon.HorizonCriterion()})\n")
 
     classes = ["converged", "stalled", "still_improving", "diverging"]
     labels = ["converged", "stalled", "still_improving", "diverged"]
@@ -403,7 +403,11 @@ def main(argv=None) -> int:
         for m, saved, med, mean, frac, n in stopping_rows(rs, crit):
             print(f"| {m} | {saved:.1%} | {med:+.2%} | {mean:+.2%} | {frac:.0%} | {n} |")
         print()
-    pts = curve(held, grid) if held else {}
+    import dataclasses
+
+    sweep_pts = [dataclasses.replace(crit, motion_tol=m, layer_tol=max(crit.layer_tol, m), loss_tol=lt)
+                 for m, lt in ((0.02, 0.01), (0.05, 0.01), (0.1, 0.02), (0.2, 0.05), (0.5, 0.1), (1.0, 0.2))]
+    pts = curve(held, sweep_pts) if held else {}
     if pts:
         _plot_curve(pts, Path(args.out) / "verdict_study_stopping.png")
 

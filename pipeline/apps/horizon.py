@@ -29,7 +29,8 @@ question is whether one more window would still move it):
   falls back to the window's linear rate times ``H_ep`` (capped at 1).
 
 A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M_pred ≤ motion_tol ·
-M_past`` for the whole network and for every layer, and ``G ≤ loss_tol`` where losses are
+M_past`` for the whole network, ``≤ layer_tol · M_past`` of the layer for every layer,
+and ``G ≤ loss_tol`` where losses are
 stored (without window factors — a stored analysis — the first version's share test
 stands in for the motion test). The first version's share at 1 stays in the evidence.
 The run's **class**, judged at its last window:
@@ -76,7 +77,9 @@ class HorizonCriterion:
     share: float = 0.8
     k: int = 2
     motion_tol: float = 0.05
+    layer_tol: float = 0.05
     loss_tol: float = 0.05
+    rise_tol: float = 0.10
     stall_ratio: float = 0.5
     rise_windows: int = 5
     residual_tol: float = convergence.RELIABLE_RESIDUAL
@@ -232,7 +235,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
                 continue
             lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta)
             ev["layer_motion_ratio"][name].append(_r(lmp / lms) if lms > 0 else 0.0)
-            if lmp > crit.motion_tol * lms:
+            if lmp > crit.layer_tol * lms:
                 moving.append(name)
         ea, ee = _epoch(a, snapshot_epochs), _epoch(e, snapshot_epochs)
         bud_ep = budget_epochs if budget_epochs is not None else _epoch(last_snap - 1, snapshot_epochs)
@@ -254,7 +257,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     # the run's end state
     frozen = sorted(n for n, p in layer_past.items() if p and max(p.values()) == 0.0)
     finite = all(x is not None and math.isfinite(x) for x in val + train)
-    rising = _rising(train, [int(x) for x in ev["window_epochs"]], crit.rise_windows) if train else None
+    rising = _rising(train, [int(x) for x in ev["window_epochs"]], crit.rise_windows, crit.rise_tol) if train else None
     prog = None
     if has_loss and finite and val and val[0] > 0:
         prog = float(min(val) / val[0])
@@ -316,7 +319,7 @@ def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> li
         frozen = any(p and all(v == 0.0 for (a, b), v in p.items() if b <= r.window[1]) and
                      any(b <= r.window[1] for (a, b) in p) for p in layer_past.values())
         rising = _rising(train[:max(ee, 0)], [int(x) for x in ev["window_epochs"][:j + 1]],
-                         crit.rise_windows) if train else None
+                         crit.rise_windows, crit.rise_tol) if train else None
         bad = (prog is not None and prog > crit.stall_ratio) or bool(rising) or frozen
         streak = j + 1 >= crit.k and all(holds[j - crit.k + 1:j + 1])
         g = ev["loss_gain"][j]
@@ -357,7 +360,7 @@ def _why_not(ev, crit, rows) -> str:
     return "; ".join(parts) or f"fewer than {crit.k} consecutive holding windows"
 
 
-def _rising(train, window_epochs, n) -> bool | None:
+def _rising(train, window_epochs, n, rise=None) -> bool | None:
     """Whether the training loss came back up: its last window mean is more than ``RISE``
     above its lowest window mean, and it rose from one window to the next in most of the
     last ``n`` window-to-window steps."""
@@ -371,7 +374,7 @@ def _rising(train, window_epochs, n) -> bool | None:
         means.append(float(seg.mean()))
         prev = e
     steps = np.diff(means)[-n:]
-    up = means[-1] > (1 + RISE) * min(means)
+    up = means[-1] > (1 + (RISE if rise is None else rise)) * min(means)
     return bool(up and (steps > 0).sum() > steps.size / 2)
 
 
