@@ -63,7 +63,7 @@ import numpy as np
 
 from . import convergence
 
-RISE = 0.10     # a training loss 10 % above its lowest window mean has come back up
+RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
 
 __all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "loss_gain", "verdict"]
 
@@ -78,8 +78,8 @@ class HorizonCriterion:
     k: int = 2
     motion_tol: float = 0.05
     layer_tol: float = 0.05
-    loss_tol: float = 0.05
-    rise_tol: float = 0.10
+    loss_tol: float = 0.01
+    rise_tol: float = 0.25
     stall_ratio: float = 0.5
     rise_windows: int = 5
     residual_tol: float = convergence.RELIABLE_RESIDUAL

@@ -244,9 +244,10 @@ def group_figure(groups: dict[str, list[tuple[str, dict]]], *, by: str = "", ana
         bad = [v.get("bad_init") for _, v in runs]
         bad_txt = "not assessed" if all(b is None for b in bad) else f"{sum(bool(b) for b in bad)}/{len(bad)}"
         ax_d.set_title(f"{by} = {g}\nconverged {conv}/{len(runs)} · bad init {bad_txt}", fontsize=10)
-        if ax_d.get_legend_handles_labels()[0]:
+        if ax_d.get_legend_handles_labels()[0] and len(runs) <= 10:   # more: a legend hides the data
             ax_d.legend(fontsize=6, loc="best", framealpha=0.7)
         if v2:
+            ax_m.set_xlabel("")
             ax_c = axes[2, j]
             grid, frac = class_fractions([v for _, v in runs])
             if len(grid):
