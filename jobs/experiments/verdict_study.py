@@ -418,7 +418,11 @@ def main(argv=None) -> int:
     th = tune_badinit([r for r in tune if r["bi"]])
     lp = tune_loss_plateau([r for r in tune if r["bi"]])
     print(f"### bad init within K = {K_BADINIT} snapshots (bad = outcome stalled or diverged)")
-    print(f"thresholds fixed on the tuning runs: {th}; loss plateau drop < {lp}\n")
+    from pipeline.apps import badinit as _bi
+
+    print(f"thresholds fixed on the tuning runs: {th}; loss plateau drop < {lp}\n"
+          f"(detect_v2 defaults: gain_low {_bi.GAIN_LOW}, gain_high {_bi.GAIN_HIGH}, motion_low {_bi.MOTION_LOW}, "
+          f"structure {_bi.STRUCTURE})\n")
     print("| rule | set | detected (bad) | false alarms (good) |")
     print("| --- | --- | ---: | ---: |")
     rules = [("spectral v1 (detect defaults)", lambda r: r["bi"]["v1"]),

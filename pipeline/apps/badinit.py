@@ -191,6 +191,7 @@ def detect_run(run, snapshots: int | None = None, **rule) -> dict:
 GAIN_LOW = 0.05       # min over weight tensors of std(W0)·√fan_in below this: a start near 0
 GAIN_HIGH = 8.0       # max over weight tensors above this: a saturating start
 MOTION_LOW = 0.02     # min over layers of RMS change per snapshot / lr below this: not escaping
+STRUCTURE = True      # the first version's frozen / collapsed layers flag too
 
 
 def weight_features(Y, layout, lr: float | None = None) -> dict:
@@ -223,17 +224,19 @@ def weight_features(Y, layout, lr: float | None = None) -> dict:
 
 
 def detect_v2(Y, layout, lr: float | None = None, *, gain_low: float = GAIN_LOW,
-              gain_high: float = GAIN_HIGH, motion_low: float = MOTION_LOW, **rule) -> dict:
+              gain_high: float = GAIN_HIGH, motion_low: float = MOTION_LOW,
+              structure: bool = STRUCTURE, **rule) -> dict:
     """Bad-initialization verdict, second version: the first version's frozen and
     collapsed layers (:func:`detect`, its growth mark no longer flags: a small start that
     grows out of the origin often trains well), or a weight tensor's gain at snapshot 0
     below ``gain_low`` or above ``gain_high`` while the slowest layer's motion per
     snapshot ÷ lr stays below ``motion_low`` (a start that is not escaping), or a gain
-    above ``gain_high`` alone. Keys of :func:`detect` plus ``bad_init_v1`` (the first
+    above ``gain_high`` alone (``structure=False``: frozen/collapsed layers are evidence
+    only). Keys of :func:`detect` plus ``bad_init_v1`` (the first
     version's decision) and ``init_features`` (:func:`weight_features`)."""
     v1 = detect(Y, layout.layer_ranges(), **rule)
     f = weight_features(np.asarray(Y)[:v1["bad_init_snapshots"]], layout, lr)
-    reasons = [r for r in v1["bad_init_reasons"] if r != "growth"]
+    reasons = [r for r in v1["bad_init_reasons"] if r != "growth"] if structure else []
     slow = f["motion_min"] is not None and f["motion_min"] < motion_low
     if f["gain_min"] is not None and f["gain_min"] < gain_low and slow:
         reasons.append("small gain, not escaping")
@@ -242,7 +245,7 @@ def detect_v2(Y, layout, lr: float | None = None, *, gain_low: float = GAIN_LOW,
     return {**v1, "bad_init": bool(reasons), "bad_init_reasons": reasons,
             "bad_init_v1": v1["bad_init"], "bad_init_v1_reasons": v1["bad_init_reasons"],
             "init_features": f, "init_gain_low": gain_low, "init_gain_high": gain_high,
-            "init_motion_low": motion_low, "bad_init_version": 2}
+            "init_motion_low": motion_low, "init_structure": bool(structure), "bad_init_version": 2}
 
 
 def detect_run_v2(run, snapshots: int | None = None, **rule) -> dict:
