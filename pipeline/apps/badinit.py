@@ -188,10 +188,13 @@ def detect_run(run, snapshots: int | None = None, **rule) -> dict:
 # against outcome labels (pipeline.apps.outcomes), thresholds fixed on the multiscale
 # tuning sweep (jobs/experiments/verdict_study.py).
 
-GAIN_LOW = 0.05       # min over weight tensors of std(W0)·√fan_in below this: a start near 0
-GAIN_HIGH = 8.0       # max over weight tensors above this: a saturating start
-MOTION_LOW = 0.02     # min over layers of RMS change per snapshot / lr below this: not escaping
-STRUCTURE = True      # the first version's frozen / collapsed layers flag too
+# fixed on the multiscale tuning sweep (the most recall at <= 5% false alarms against the
+# outcome labels; docs "Bad initializations"): frozen/collapsed layers do not flag there
+# (constant-initialized MLPs whose layers are collapsed still end converged)
+GAIN_LOW = 0.01       # min over weight tensors of std(W0)·√fan_in below this: a start near 0
+GAIN_HIGH = 30.0      # max over weight tensors above this: a saturating start
+MOTION_LOW = 0.01     # min over layers of RMS change per snapshot / lr below this: not escaping
+STRUCTURE = False     # whether the first version's frozen / collapsed layers flag too
 
 
 def weight_features(Y, layout, lr: float | None = None) -> dict:
