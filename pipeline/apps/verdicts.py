@@ -1,11 +1,15 @@
 """Per-run verdicts: one dict per analysed run, merged from a list of producers.
 
-A verdict is ``{"run_id", "converged_at", "converged_epoch", "bad_init", ...evidence}``.
-Each producer is a callable ``producer(ctx: VerdictInput) -> dict`` whose keys are merged
-into the run's verdict in order (later producers win on a shared key). The convergence
-producer (:mod:`pipeline.apps.convergence`) and the bad-initialization one
-(:mod:`pipeline.apps.badinit`) are in :data:`PRODUCERS`; ``bad_init`` is ``None`` (not
-assessed) when the stored run is not at hand.
+A verdict is ``{"run_id", "class", "converged_at", "converged_epoch", "bad_init",
+"evidence", ...}``. Each producer is a callable ``producer(ctx: VerdictInput) -> dict``
+whose keys are merged into the run's verdict in order (later producers win on a shared
+key). :data:`PRODUCERS`: the first convergence version (:mod:`pipeline.apps.convergence`:
+its point stays as ``v1_converged_at`` / ``v1_converged_epoch`` / ``v1_reason`` and its
+per-window ``window_checks`` / ``certified``), the second (:mod:`pipeline.apps.horizon`:
+``class`` — converged / stalled / still_improving / diverging — with ``evidence``, and
+``converged_at`` / ``converged_epoch`` / ``reason``), and the bad-initialization
+detector's second version (:func:`pipeline.apps.badinit.detect_run_v2`); ``bad_init`` is
+``None`` (not assessed) when the stored run is not at hand.
 
 The verdict is computed once, when the analysis is made (``kma analyze``, a sweep's
 default analysis), stored with the analysis (its ``verdict`` attribute, see
@@ -174,8 +178,10 @@ def bad_init_cell(verdict: dict | None) -> str:
 
 
 def mlflow_tags(verdict: dict | None) -> dict[str, str]:
-    """Tags: ``kma.converged`` (yes/no), ``kma.converged_at``, ``kma.converged_epoch``,
-    ``kma.convergence_reason``, ``kma.bad_init`` (yes/no/not assessed)."""
+    """Tags: ``kma.converged`` (yes/no), ``kma.verdict_class`` (converged / stalled /
+    still_improving / diverging; ``not classified`` for a verdict stored before classes),
+    ``kma.converged_at``, ``kma.converged_epoch``, ``kma.convergence_reason``,
+    ``kma.bad_init`` (yes/no/not assessed)."""
     if not verdict:
         return {}
     conv = verdict.get("converged_at") is not None
