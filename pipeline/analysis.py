@@ -479,7 +479,8 @@ def resolve_scheduler(name, console=None):
 def _modes(run: Run, est: KoopmanDMD, params: AnalysisParams) -> dict:
     """Modes of the last window of every analysed layer (a second pass)."""
     last = est.windows_[-1]
-    layers = list(dict.fromkeys(r.layer for r in est.results_))   # "all", then each analysed layer
+    # "all", then each analysed layer; a layer whose last window kept no direction has none
+    layers = list(dict.fromkeys(r.layer for r in est.results_ if tuple(r.window) == tuple(last) and r.rank))
     return {layer: est.modes(run.weights(), layer=layer, window=last) for layer in layers}
 
 

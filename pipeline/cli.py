@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", choices=["gavish-donoho"], default=None,
                    help="truncation by the Gavish-Donoho optimal hard threshold (noisy data)")
     p.add_argument("--window", type=_window_arg, default="auto", metavar="W|auto|all",
-                   help="window width W in snapshots; 'auto' (default): W = max(16, ceil(T/8)), "
+                   help="window width W in snapshots; 'auto' (default): W = max(6, min(16, T//2), ceil(T/8)), "
                         "stride ceil(W/2); 'all': the whole run as one window. A window ending at "
                         "the last snapshot is always added (README 'Windows')")
     p.add_argument("--stride", type=int, default=None, metavar="S",

@@ -2,6 +2,7 @@
 diverged runs analysed on their finite prefix, --threshold, the storage dtype's cut."""
 
 import io
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_threshold_flag_on_the_cli(store, tmp_path):
     rc = main(["analyze", "--store", str(tmp_path / "store"), "--window", "all", "--no-per-layer", "--no-mlflow", "--json", str(path)])
     (row,) = json.loads(path.read_text())["runs"]
     assert row["rank"] == 2 and row["residuals_informative"] is True and sum(row["reliable"]) == 2
-    assert row["factor"] == "gram" and 0 < row["misfit"] < row["misfit_limit"] < 1e-2
+    assert row["factor"] == "gram" and 0 < row["misfit"] < min(row["misfit_limit"], 1e-2)
     with pytest.raises(SystemExit) as e:
         main(["analyze", "--store", str(tmp_path / "store"), "--threshold", "nope"])
     assert e.value.code == 2
@@ -122,3 +123,42 @@ def test_default_cut_follows_the_storage_dtype(store):
     assert r32.rank == 3 and np.abs(r32.eigenvalues - 0.7).min() < 1e-3
     assert r16.rank == 2
     assert np.abs(r16.eigenvalues[r16.reliable(1e-2)] - 0.7).min() > 0.1
+
+
+def test_misfit_and_factor_are_stored_and_read_back(store):
+    """Engine 4: misfit, its limit and the factor travel with the stored analysis, and a
+    window that fits no linear model stays uncertified after a reload."""
+    from pipeline.analysis import load_results, write_results
+
+    rng = np.random.default_rng(2)
+    write(store, "m", system() + 1e-4 * rng.standard_normal((40, 2000)))
+    run = store.open_run("m")
+    p = AnalysisParams(window=20, stride=10, per_layer=False)
+    est = fit_run(run, p)
+    write_results(run, p, est)
+    back = load_results(store.open_run("m"), p.analysis_id)
+    assert [r.window for r in back] == [r.window for r in est.results_]
+    for a, b in zip(est.results_, back):
+        assert b.factor == a.factor == "gram"
+        assert b.misfit == pytest.approx(a.misfit) and b.misfit_limit == pytest.approx(a.misfit_limit)
+        np.testing.assert_array_equal(b.reliable(1e-2), a.reliable(1e-2))
+    bad = replace(back[0], misfit=2 * back[0].misfit_limit)
+    assert not bad.fits and not bad.reliable(1e-2).any()
+
+
+def test_pure_noise_keeps_nothing_and_writes_no_modes(store):
+    """Engine 4's default cut keeps no direction of pure noise (engine 3 kept W - 1);
+    --modes then has nothing to write for that layer instead of failing."""
+    rng = np.random.default_rng(3)
+    write(store, "noise", rng.standard_normal((12, 400)))
+    p = AnalysisParams(window="all", per_layer=False, modes=True)
+    assert analyze_runs(store, ["noise"], p, console=Console(stream=io.StringIO())) == {"noise": None}
+    run = store.open_run("noise")
+    (r,) = load_results_of(run, p)
+    assert r.rank == 0
+    assert run.analysis_info(p.analysis_id)["modes_layers"] == []
+
+
+def load_results_of(run, p):
+    from pipeline.analysis import load_results
+    return load_results(run, p.analysis_id)

@@ -56,7 +56,9 @@ def test_compare_groups_and_figures(two_runs, tmp_path, kma_env):
     assert rows["fast"]["group"] == "2" and rows["slow"]["group"] == "4"
     assert {r["analysis_id"] for r in rows.values()} == {aid}
     np.testing.assert_allclose(rows["slow"]["max_abs_reliable"], 0.95, atol=1e-4)
-    np.testing.assert_allclose(rows["fast"]["max_abs_reliable"], 0.7, atol=1e-4)
+    # engine 4 is one pass: late windows drop the decayed 0.5 mode the Gram cannot resolve,
+    # which moves the 0.7 Ritz value by ~2e-4 (within its certified bound)
+    np.testing.assert_allclose(rows["fast"]["max_abs_reliable"], 0.7, atol=1e-3)
     assert rows["slow"]["min_dist_to_1"] < rows["fast"]["min_dist_to_1"]
     text = compare.table(list(rows.values()), by="depth")
     assert text.splitlines()[0] == f"analysis {aid} · 2 runs by depth"

@@ -19,11 +19,7 @@ bad one shows one of three marks:
   learns; an all-zero layer has rank 0): no gradient reaches its weights (``zeros``);
 - **collapsed layers** — a layer whose trajectory spans at most ``COLLAPSED_RANK``
   directions while the window could hold ``K − 1``, and whose kept Ritz pairs are all
-  certified (:meth:`pipeline.koopman.WindowResult.reliable`) or the window holds more
-  than twice as many snapshot pairs as directions kept (``K − 1 > 2·COLLAPSED_RANK``:
-  since engine 4 certification also asks for a small misfit, which a symmetric
-  subspace's nonlinear dynamics need not give, and a generic start fills ``K − 1``
-  directions at the float32 cut ``STORAGE_TOL``): its dynamics are confined
+  certified (:meth:`pipeline.koopman.WindowResult.reliable`): its dynamics are confined
   to a tiny invariant subspace, the mark of unbroken symmetry between units
   (``constant``).
 
@@ -45,14 +41,14 @@ from ..koopman import KoopmanDMD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["detect", "detect_run", "detect_v2", "detect_run_v2", "weight_features", "first_snapshots", "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
+__all__ = ["detect", "detect_run", "detect_v2", "detect_run_v2", "weight_features", "first_snapshots",
+           "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
            "COLLAPSED_RANK", "MIN_SNAPSHOTS"]
 
 DEFAULT_SNAPSHOTS = 6     # K: the initial weights and five epochs (README "Bad initializations")
 MIN_SNAPSHOTS = 4         # fewer leave no room to tell a collapsed layer (rank <= 2) from K - 1
 GROWTH_TOL = 0.05         # max |λ| − 1 of the whole network (chosen on the study's training seeds)
 COLLAPSED_RANK = 2        # a layer confined to at most this many directions is collapsed
-STORAGE_TOL = 1e-6        # relative cut for float32 snapshots (a few float32 ulps of σ_max)
 RESIDUAL_TOL = 1e-2       # = pipeline.config.RELIABLE_RESIDUAL (not imported: apps stay below config)
 
 
@@ -99,18 +95,21 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
     per_layer = len(groups) > 1
     # Y is in this process' memory: fit it here (threads), never ship it to a cluster's
     # workers through whatever scheduler is the default (a dask.distributed Client is)
-    # the cut: the storage dtype's resolution, relative to the window's largest singular
-    # value (the engine's default since version 4 also cuts at Gavish–Donoho and caps the
-    # rank at half the snapshot pairs, which would make every layer of a K = 6 window look
-    # frozen or collapsed: the marks below count directions the weights moved in)
-    tol = STORAGE_TOL * float(np.finfo(Y.dtype).eps) / float(np.finfo(np.float32).eps)
-    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads", tol=tol).fit(
-        Y, groups if per_layer else None)
+    # the storage dtype's cut (engine 3's default): the rule reads "rank K - 1" as a generic
+    # start, which a noise-estimating cut capped at (K-1)/2 would hide
+    est = KoopmanDMD(window="all", per_layer=per_layer, scheduler="threads",
+                     threshold="storage").fit(Y, groups if per_layer else None)
     layers, frozen, collapsed = {}, [], []
     growth, whole_rank = 0.0, 0
     for r in est.results_:
         lam = np.abs(r.eigenvalues)
         certified = r.reliable(residual_tol)
+        # "confined to an invariant subspace" is what the collapsed mark reads: the data
+        # residuals alone (engine 4's reliable also asks that a linear map fit, which the
+        # symmetric dynamics of a constant init do not, though they never leave the subspace)
+        invariant = bool(r.informative) and bool(np.all(
+            r.conditions * (r.residuals - (r.misfit_terms if r.misfit_terms is not None else 0.0))
+            <= residual_tol))
         info = {"rank": int(r.rank), "max_abs": float(lam.max()) if lam.size else 0.0,
                 "dominant_abs": _dominant_modulus(r, K), "n_certified": int(certified.sum())}
         if r.layer == "all":
@@ -120,7 +119,7 @@ def detect(Y, groups=None, *, snapshots: int | None = None, growth_tol: float = 
         layers[r.layer] = info
         if r.rank <= 1:
             frozen.append(r.layer)
-        elif r.rank <= collapsed_rank < K - 1 and (certified.all() or K - 1 > 2 * collapsed_rank):
+        elif r.rank <= collapsed_rank < K - 1 and invariant:
             collapsed.append(r.layer)
     reasons = [name for name, hit in (("growth", growth > growth_tol), ("frozen", bool(frozen)),
                                       ("collapsed", bool(collapsed))) if hit]

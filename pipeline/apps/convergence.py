@@ -212,7 +212,8 @@ def recut(result, factor, unit_roundoff=None, threshold: str = VERDICT_CUT):
             unit_roundoff=unit_roundoff, factor_error=float(factor.error))
     return WindowResult(result.layer, (a, b), r.eigenvalues, r.amplitudes, r.residuals,
                         r.singular_values, r.rank, r.residual_floors, r.conditions,
-                        r.unit_circle, r.informative, r.rank_requested)
+                        r.unit_circle, r.informative, r.rank_requested, r.misfit,
+                        r.misfit_limit, result.factor, r.misfit_terms)
 
 
 def verdict_spectra(est, layer: str = "all") -> list:

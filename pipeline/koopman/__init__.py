@@ -20,9 +20,13 @@ layers are contiguous column ranges ``[(name, start, stop), ...]``.
 Pure math: no Ray, no MLflow, no store.
 
 ``ENGINE_VERSION`` names what the engine computes; it enters every analysis id, so
-results of an older engine are never mistaken for current ones. 2: windows in their own
-span, data residuals with certification floors, storage-dtype cut, refined Ritz vectors,
-``unit_circle`` (issue 8). 1 (implicit): before.
+results of an older engine are never mistaken for current ones. 4: per-window misfit
+(gate and a misfit term in the residuals), a default cut that estimates the noise from
+the whole spectrum (Gavish–Donoho, capped so residuals stay informative), one pass by
+default, auto windows of 16+ snapshots from T = 32 (issue 20). 3: windows cover the end;
+automatic window rule. 2: windows in their own span, data residuals with certification
+floors, storage-dtype cut, refined Ritz vectors, ``unit_circle`` (issue 8). 1 (implicit):
+before.
 """
 
 from .compress import compress

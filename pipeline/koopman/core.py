@@ -76,13 +76,17 @@ __all__ = ["DMDResult", "dmd", "choose_rank", "gavish_donoho_omega", "noise_cut"
 
 log = logging.getLogger(__name__)
 
-_THRESHOLDS = ("gavish-donoho",)
+_THRESHOLDS = ("gavish-donoho", "storage")
 _EPS = np.finfo(np.float64).eps
 U64 = _EPS / 2
 NOISE_SAFETY = 2.0     # the cut sits this far above the estimated noise edge
 # a window certifies nothing when its linear model leaves more of the next snapshots
-# unexplained than this many times what its cut calls noise (README "Certified spectra")
-MISFIT_MARGIN = 3.0
+# unexplained than this many times what its cut calls noise (docs "Certified spectra").
+# Linear data plus white noise sit at ~1/3 of the unmargined limit; nonlinear maps' transient
+# windows at 10^3-10^5 times it; minibatch SGD/Adam (process noise) at 3-100 times. Moderate
+# misfit is priced into the residual instead (the misfit term), so the gate only has to
+# catch windows that fit no linear model at all.
+MISFIT_MARGIN = 100.0
 
 
 def dtype_roundoff(dtype) -> float:
@@ -218,9 +222,11 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=Non
         Explicit rank (capped at the numerical rank, so ``1/σ`` stays finite).
     tol : float, optional
         Keep ``σ_i > tol · σ_max``.
-    threshold : {"gavish-donoho"}, optional
+    threshold : {"gavish-donoho", "storage"}, optional
         Optimal hard threshold ``ω(β) median(σ)``, the median over ``spectrum`` (the
         whole spectrum, :func:`full_spectrum`; default ``s``, which must then be whole).
+        ``"storage"``: the storage dtype's noise alone (``noise``; engine 3's default,
+        no cap: what :mod:`pipeline.apps.badinit` reads ranks from).
     shape : (int, int), optional
         Shape of the data matrix the spectrum belongs to (for ``β`` and the default
         tolerance); defaults to ``(len(s), len(s))``.
@@ -240,6 +246,8 @@ def choose_rank(s, *, rank=None, tol=None, threshold=None, shape=None, noise=Non
         return int(min(rank, numerical))
     if tol is not None:
         return int(np.count_nonzero(s > tol * s[0]))
+    if threshold == "storage":
+        return int(min(numerical, np.count_nonzero(s > noise))) if noise else numerical
     if threshold is not None:
         if threshold not in _THRESHOLDS:
             raise ValueError(f"unknown threshold {threshold!r}; known: {list(_THRESHOLDS)}")
@@ -356,7 +364,10 @@ def _dmd(X, rank, tol, threshold, scale, refine, data_shape, u, factor_error,
     err = factor_error / d.min() if scale else factor_error      # in X1's units
     q = min(shape[0], n - 1)
     spectrum = full_spectrum(s, q, max(err, n * _EPS * (s[0] if s.size else 0.0)))
-    if rank is None and tol is None and threshold is None:
+    if threshold == "storage":     # engine 3's default: the storage dtype's noise alone
+        noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
+        k = choose_rank(s, shape=shape, noise=max(noise, min_sigma))
+    elif rank is None and tol is None and threshold is None:
         noise = noise_cut(np.linalg.norm(X1, axis=0), u, shape)
         k, _ = default_cut(s, spectrum, shape, max(noise, min_sigma))
     else:
@@ -422,7 +433,7 @@ def _misfit(X2, Vk, Uk, spectrum, k, n, resolution):
     R = X2 - (X2 @ Vk) @ Vk.T
     sig_cut = float(spectrum[k]) if k < spectrum.size else 0.0
     limit = MISFIT_MARGIN * (np.sqrt(max(n - 1 - k, 0)) * sig_cut + np.sqrt(n - 1) * resolution)
-    mu = float(np.linalg.norm(Uk.T @ R)) / np.sqrt(max(n - 1 - k, 1))
+    mu = float(np.linalg.norm(Uk.T @ R)) / np.sqrt(max(n - 1 - k, 1) * k)
     return float(np.linalg.norm(R)) / y, float(limit) / y, mu
 
 

@@ -10,14 +10,16 @@ LAWN 298) on ``C[:, a:a+W]`` for every window ``[a, a+W)``, stride ``S``, for
 strategy (:mod:`pipeline.koopman.strategies`); ``strategy_`` names the one whose factors
 gave the results. Because ``Q`` is orthonormal the
 eigenvalues, residuals and amplitudes equal those of a direct DMD of
-``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence a second pass:
+``Y[a:a+W, start:stop].T``. P-long modes need ``Q`` and hence another pass:
 :meth:`KoopmanDMD.modes`.
 
 A window's factor from the band of the Gram resolves singular values only down to its
-``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`). When some window's
-cut keeps a singular value below ``GRAM_MARGIN`` times that, the whole fit is redone from
-the stable pass (TSQR of the trajectory, sliced per window), whose resolution is at
-float64 level.
+``Factor.error`` (:func:`pipeline.koopman.windows.gram_resolution`). The default cut and
+Gavish–Donoho keep nothing below ``GRAM_MARGIN`` times that: one pass, always (issue 20).
+Only an explicit ``rank``/``tol`` whose cut keeps such a value in some window redoes the
+fit from the stable pass (TSQR of the trajectory, sliced per window), whose resolution is
+at float64 level (:meth:`KoopmanDMD.second_pass_possible`). Every
+:class:`WindowResult` says which factor it came from (``factor``).
 """
 
 from __future__ import annotations
@@ -172,9 +174,12 @@ class KoopmanDMD:
     def second_pass_possible(self) -> bool:
         """Whether :meth:`fit` may read the trajectory a second time (TSQR): only method
         ``"qr"`` with an explicit ``rank`` or ``tol`` whose cut keeps a singular value
-        some window's Gram cannot resolve. The default cut and Gavish–Donoho stop at
-        the Gram's resolution instead (one pass)."""
-        return self.method == "qr" and (self.rank is not None or self.tol is not None)
+        some window's Gram cannot resolve (likewise the internal ``threshold="storage"``,
+        engine 3's default, which :mod:`pipeline.apps.badinit` uses on in-memory
+        snapshots). The default cut and Gavish–Donoho stop at the Gram's resolution
+        instead (one pass)."""
+        return self.method == "qr" and (self.rank is not None or self.tol is not None
+                                        or self.threshold == "storage")
 
     # -- validation ---------------------------------------------------------------
     def _windows(self, T):

@@ -28,9 +28,9 @@ and factored exactly as the whole-trajectory Gram
 with ``C_w`` of shape ``(k, W)`` and a basis on the window's rows only. The re-reference
 cancels: the band entries carry rounding errors of about ``u64 √P ||d_s|| ||d_t||``
 while ``e_s·e_t`` may be far smaller, so each factor records its absolute resolution
-``Factor.error`` (:func:`gram_resolution`); the estimator falls back to the stable
-(TSQR) pass when a window's cut keeps singular values the Gram cannot resolve, and the
-residual floors use it.
+``Factor.error`` (:func:`gram_resolution`); the estimator's default cut keeps nothing
+within ``GRAM_MARGIN`` of it (an explicit rank/tol falls back to the stable TSQR pass
+instead), and the residual floors use it.
 """
 
 from __future__ import annotations
@@ -48,26 +48,30 @@ __all__ = ["BandPlan", "band_plan", "window_factors", "own_gram", "gram_resoluti
 
 _U64 = np.finfo(np.float64).eps / 2
 
-# The automatic window rule (README "Windows"): W = max(16, ceil(T/8)) snapshots, stride
-# ceil(W/2), the trajectory's end always covered: at most ~16 windows, whatever T. 16
-# snapshots let the default cut keep up to 7 directions with informative residuals.
+# The automatic window rule (docs "Windows"): W = max(6, min(16, floor(T/2)), ceil(T/8))
+# snapshots, stride ceil(W/2), the trajectory's end always covered: at most ~16 windows,
+# whatever T. From T = 32 on a window holds 16 snapshots or more, so the default cut can
+# keep up to 7 directions with informative residuals; shorter runs keep at least three
+# windows (a verdict needs consecutive ones).
 AUTO_WINDOWS_PER_RUN = 8
-AUTO_MIN_WINDOW = 16
+AUTO_MIN_WINDOW = 6
+AUTO_RANK_WINDOW = 16
 AUTO_MAX_WINDOWS = 2 * AUTO_WINDOWS_PER_RUN
 
 
 def auto_window(T: int) -> tuple[int, int]:
     """``(W, S)`` of the automatic rule for a trajectory of ``T`` snapshots.
 
-    ``W = max(16, ceil(T / 8))`` (capped at ``T``) and ``S = ceil(W / 2)``: half-overlapping
-    windows, each an eighth of training, so the window count stays at most
-    :data:`AUTO_MAX_WINDOWS` (+1 for the end) from a dozen snapshots to thousands, and
-    a window of a short run still holds enough snapshots (16) for the default cut to
-    keep ``⌊(W-1)/2⌋ = 7`` directions with informative residuals (five modes and a
-    margin; the old minimum of 6 capped the certifiable rank at 2).
+    ``W = max(6, min(16, floor(T / 2)), ceil(T / 8))`` (capped at ``T``) and
+    ``S = ceil(W / 2)``: half-overlapping windows, at most :data:`AUTO_MAX_WINDOWS` (+1 for
+    the end) from a dozen snapshots to thousands. From ``T = 32`` on a window holds at
+    least 16 snapshots, so the default cut can keep ``⌊(W-1)/2⌋ = 7`` directions with
+    informative residuals (five modes and a margin; engine 3's ``max(6, ceil(T/8))`` gave
+    runs of up to 55 snapshots windows of 6–7, capping the certifiable rank at 2–3);
+    shorter runs keep at least three windows of ``≥ 6``.
     """
     T = int(T)
-    W = min(T, max(AUTO_MIN_WINDOW, -(-T // AUTO_WINDOWS_PER_RUN)))
+    W = min(T, max(AUTO_MIN_WINDOW, min(AUTO_RANK_WINDOW, T // 2), -(-T // AUTO_WINDOWS_PER_RUN)))
     return W, max(1, -(-W // 2))
 
 

@@ -18,11 +18,14 @@ from pipeline.training.runner import run_variant
 
 
 def _variants(tmp_path, **updates):
+    # full-batch SGD (issue 20): minibatch Adam's steps are process noise, whose share of
+    # the next snapshots (the misfit) the residual now carries; its λ ≈ 1 is then known to
+    # ±0.01-0.06 per 16-snapshot window and is, honestly, not certified at 0.01
     cfg = {"name": "verd", "seeds": [0], "task": {"name": "multiscale", "n_points": 128,
                                                  "frequencies": [1.0, 3.0], "amplitudes": [1.0, 0.3]},
            "model": {"family": "mlp", "depth": 1, "width": 16, "activation": "tanh"},
-           "init": ["kaiming", "xavier"], "optimizer": {"name": "adam", "lr": 0.01}, "loss": "mse",
-           "epochs": 60, "batch_size": 32, "analysis": {"enabled": False}, **updates}
+           "init": ["kaiming", "xavier"], "optimizer": {"name": "sgd", "lr": 0.1}, "loss": "mse",
+           "epochs": 60, "batch_size": 128, "analysis": {"enabled": False}, **updates}
     path = tmp_path / "c.yaml"
     import yaml
 

@@ -98,7 +98,8 @@ def test_nonlinear_maps_certify_no_wrong_eigenvalue(case, level):
         est = KoopmanDMD(window=window).fit(Y)
         assert wrong_reliable(est, true) == [], (case.__name__, level, window)
         first = est.results_[0]
-        assert first.misfit > 10 * first.misfit_limit and not first.reliable(TOL).any()
+        if not level:      # the transient fits no linear model: nothing certified by residual
+            assert first.misfit > 10 * first.misfit_limit and not first.reliable(TOL).any()
         assert {r.factor for r in est.results_} == {"gram"}
 
 

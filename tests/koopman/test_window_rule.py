@@ -28,7 +28,8 @@ def test_auto_rule_bounds_windows_and_covers_everything(T):
     wins = plan_windows(T, "auto")
     W, S = auto_window(T)
     assert 1 <= len(wins) <= AUTO_MAX_WINDOWS + 1
-    assert all(b - a == W for a, b in wins) and W >= min(T, 16)
+    assert all(b - a == W for a, b in wins) and W >= min(T, 6)
+    assert T < 32 or W >= 16        # issue 20: room for 7 directions with informative residuals
     assert wins[0][0] == 0 and wins[-1][1] == T
     covered = np.zeros(T, bool)
     for a, b in wins:
@@ -38,9 +39,10 @@ def test_auto_rule_bounds_windows_and_covers_everything(T):
 
 
 def test_auto_rule_on_short_runs():
-    """At least 16 snapshots a window (issue 20): the default cut may keep 7 directions
-    with informative residuals, enough for five modes and a margin."""
-    assert plan_windows(12, "auto") == [(0, 12)]
+    """A dozen snapshots keep three windows; from 32 on, at least 16 snapshots a window
+    (issue 20: the default cut may keep 7 directions with informative residuals)."""
+    assert plan_windows(12, "auto") == [(0, 6), (3, 9), (6, 12)]
+    assert plan_windows(20, "auto") == [(0, 10), (5, 15), (10, 20)]
     assert plan_windows(40, "auto") == [(0, 16), (8, 24), (16, 32), (24, 40)]
 
 
