@@ -1,5 +1,9 @@
 """Choose the convergence criterion's numbers (delta, share, k) by measurement.
 
+First version only, and in-sample (labels from the configuration, numbers chosen and
+scored on the same runs). The second version and the held-out study that fixes its
+thresholds on one sweep and scores them on others: ``jobs/experiments/verdict_study.py``.
+
 Trains a small labelled sweep in this process (no Ray: sequential, a few minutes of CPU),
 fits each run with the default analysis (window "auto"), takes the verdict spectra
 (``pipeline.apps.convergence.verdict_spectra``), and scores every (delta, share, k) of a

@@ -41,7 +41,8 @@ from ..koopman import KoopmanDMD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["detect", "detect_run", "first_snapshots", "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
+__all__ = ["detect", "detect_run", "detect_v2", "detect_run_v2", "weight_features", "first_snapshots",
+           "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
            "COLLAPSED_RANK", "MIN_SNAPSHOTS"]
 
 DEFAULT_SNAPSHOTS = 6     # K: the initial weights and five epochs (docs/pages/badinit.md)
@@ -179,3 +180,83 @@ def detect_run(run, snapshots: int | None = None, **rule) -> dict:
                 "bad_init_undecided": f"{n} snapshot(s), fewer than the {MIN_SNAPSHOTS} the detector needs"}
     Y, groups = first_snapshots(run, snapshots)
     return detect(Y, groups, snapshots=Y.shape[0], **rule)
+
+
+# ---------------------------------------------------------------------------------------
+# Second version (issue 23): per-layer gain, growth and lr-normalised motion, judged
+# against outcome labels (pipeline.apps.outcomes), thresholds fixed on the multiscale
+# tuning sweep (jobs/experiments/verdict_study.py).
+
+# fixed on the multiscale tuning sweep (the most recall at <= 5% false alarms against the
+# outcome labels; docs "Bad initializations"): frozen/collapsed layers do not flag there
+# (constant-initialized MLPs whose layers are collapsed still end converged)
+GAIN_LOW = 0.01       # min over weight tensors of std(W0)·√fan_in below this: a start near 0
+GAIN_HIGH = 30.0      # max over weight tensors above this: a saturating start
+MOTION_LOW = 0.01     # min over layers of RMS change per snapshot / lr below this: not escaping
+STRUCTURE = False     # whether the first version's frozen / collapsed layers flag too
+
+
+def weight_features(Y, layout, lr: float | None = None) -> dict:
+    """Data-free per-layer features of the first ``K`` snapshots ``Y`` (``(K, P)``) of a
+    run laid out by ``layout`` (:class:`~pipeline.storage.layout.Layout`).
+
+    Returns ``{"gain": {tensor: std(W0)·√fan_in}, "growth": {layer: ‖W_{K−1}‖/‖W_0‖},
+    "motion": {layer: RMS change per snapshot (÷ lr when given)}, "gain_min", "gain_max",
+    "motion_min", "growth_max"}`` — weight tensors (ndim ≥ 2; fan_in = the product of the
+    trailing dimensions) for the gain, every layer for growth and motion.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    K = Y.shape[0]
+    gain, growth, motion = {}, {}, {}
+    for e in layout.entries:
+        if len(e.shape) >= 2:
+            w0 = Y[0, e.offset:e.offset + e.size]
+            gain[e.name] = float(w0.std() * np.sqrt(np.prod(e.shape[1:])))
+    for name, a, b in layout.layer_ranges():
+        n0, n1 = np.linalg.norm(Y[0, a:b]), np.linalg.norm(Y[-1, a:b])
+        growth[name] = float(n1 / n0) if n0 > 0 else (float("inf") if n1 > 0 else 1.0)
+        rms = float(np.sqrt(np.mean((Y[-1, a:b] - Y[0, a:b]) ** 2))) / max(K - 1, 1)
+        motion[name] = rms / lr if lr else rms
+    fin = [g for g in growth.values() if np.isfinite(g)]
+    return {"gain": gain, "growth": growth, "motion": motion,
+            "gain_min": min(gain.values()) if gain else None,
+            "gain_max": max(gain.values()) if gain else None,
+            "motion_min": min(motion.values()) if motion else None,
+            "growth_max": max(fin) if fin else None, "lr_normalised": bool(lr)}
+
+
+def detect_v2(Y, layout, lr: float | None = None, *, gain_low: float = GAIN_LOW,
+              gain_high: float = GAIN_HIGH, motion_low: float = MOTION_LOW,
+              structure: bool = STRUCTURE, **rule) -> dict:
+    """Bad-initialization verdict, second version: the first version's frozen and
+    collapsed layers (:func:`detect`, its growth mark no longer flags: a small start that
+    grows out of the origin often trains well), or a weight tensor's gain at snapshot 0
+    below ``gain_low`` or above ``gain_high`` while the slowest layer's motion per
+    snapshot ÷ lr stays below ``motion_low`` (a start that is not escaping), or a gain
+    above ``gain_high`` alone (``structure=False``: frozen/collapsed layers are evidence
+    only). Keys of :func:`detect` plus ``bad_init_v1`` (the first
+    version's decision) and ``init_features`` (:func:`weight_features`)."""
+    v1 = detect(Y, layout.layer_ranges(), **rule)
+    f = weight_features(np.asarray(Y)[:v1["bad_init_snapshots"]], layout, lr)
+    reasons = [r for r in v1["bad_init_reasons"] if r != "growth"] if structure else []
+    slow = f["motion_min"] is not None and f["motion_min"] < motion_low
+    if f["gain_min"] is not None and f["gain_min"] < gain_low and slow:
+        reasons.append("small gain, not escaping")
+    if f["gain_max"] is not None and f["gain_max"] > gain_high:
+        reasons.append("large gain")
+    return {**v1, "bad_init": bool(reasons), "bad_init_reasons": reasons,
+            "bad_init_v1": v1["bad_init"], "bad_init_v1_reasons": v1["bad_init_reasons"],
+            "init_features": f, "init_gain_low": gain_low, "init_gain_high": gain_high,
+            "init_motion_low": motion_low, "init_structure": bool(structure), "bad_init_version": 2}
+
+
+def detect_run_v2(run, snapshots: int | None = None, **rule) -> dict:
+    """:func:`detect_v2` on the first snapshots of a stored run (its layout, and its
+    optimizer's learning rate when the stored config has one)."""
+    n = run.n_snapshots if snapshots is None else min(int(snapshots), run.n_snapshots)
+    if n < MIN_SNAPSHOTS:
+        return detect_run(run, snapshots, **rule)
+    Y, _ = first_snapshots(run, snapshots)
+    cfg = run.config if isinstance(run.config, dict) else {}
+    lr = (cfg.get("optimizer") or {}).get("lr") if isinstance(cfg.get("optimizer"), dict) else cfg.get("lr")
+    return detect_v2(Y, run.layout, float(lr) if lr else None, snapshots=Y.shape[0], **rule)

@@ -90,9 +90,114 @@ def _frame(ax_d, ax_m, delta):
     ax_m.set_xlabel("epoch of the window's end")
 
 
+CLASS_COLORS = {"converged": "tab:green", "stalled": "tab:orange", "still_improving": "tab:blue",
+                "diverging": "tab:red"}
+
+
+def evidence_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
+    """One run, second-version verdict, on one epoch axis: (1) training and validation
+    loss at each window's end, the class each window read as (background), the
+    convergence point (solid) and the online point a stopper would use (dashed);
+    (2) predicted remaining motion / motion so far and the predicted val-loss gain, with
+    their tolerances; (3) certified amplitude share at 1 with its threshold; (4) per layer,
+    predicted remaining motion / motion so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = verdict.get("evidence") or {}
+    crit = ev.get("criterion") or {}
+    x = np.asarray(ev.get("window_epochs") or [], dtype=float)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9.5), sharex=True)
+    ax_l, ax_r, ax_s, ax_k = axes
+    cls = ev.get("class_by_window") or []
+    edges = np.concatenate([[x[0] - (x[1] - x[0] if x.size > 1 else 1)], x]) if x.size else []
+    for i, c in enumerate(cls):
+        for ax in axes:
+            ax.axvspan(edges[i], edges[i + 1], color=CLASS_COLORS.get(c, "0.9"), alpha=0.10, lw=0)
+    for key, name, st in (("train_loss_at", "training loss", "--"), ("val_loss_at", "validation loss", "-")):
+        y = np.array([np.nan if v is None else v for v in ev.get(key) or []], dtype=float)
+        if y.size and np.isfinite(y).any():
+            ax_l.plot(x, y, st, marker=".", label=name, color="k")
+    if ax_l.lines:
+        ax_l.set_yscale("log")
+        ax_l.legend(fontsize=7, loc="upper right")
+    ax_l.set_ylabel("loss at window end")
+    ratio = [np.nan if (m is None or s_ in (None, 0)) else m / s_ for m, s_ in
+             zip(ev.get("predicted_motion") or [], ev.get("motion_so_far") or [])]
+    gain = [np.nan if g is None else g for g in ev.get("loss_gain") or []]
+    floor = 1e-6
+    if ratio:
+        ax_r.plot(x, np.maximum(ratio, floor), marker="o", ms=3, color="tab:purple",
+                  label="weights: predicted remaining motion / motion so far")
+        ax_r.axhline(crit.get("motion_tol", 0.05), color="tab:purple", ls=":", lw=1)
+    if gain and np.isfinite(gain).any():
+        ax_r.plot(x, np.maximum(gain, floor), marker="s", ms=3, color="tab:brown",
+                  label="loss: predicted remaining val-loss gain (relative)")
+        ax_r.axhline(crit.get("loss_tol", 0.05), color="tab:brown", ls=":", lw=1)
+    ax_r.set_yscale("log")
+    ax_r.set_ylabel("over the remaining budget")
+    if ax_r.lines:
+        ax_r.legend(fontsize=7, loc="upper right")
+    ax_s.plot(x, ev.get("share_at_1") or [np.nan] * x.size, marker="o", ms=3, color="tab:gray")
+    ax_s.axhline(crit.get("share", 0.8), color="0.3", ls=":", lw=1)
+    ax_s.set_ylim(-0.05, 1.05)
+    ax_s.set_ylabel("certified share at 1")
+    cmap = plt.get_cmap("tab10")
+    for i, (name, r) in enumerate((ev.get("layer_motion_ratio") or {}).items()):
+        y = np.array([np.nan if v is None else v for v in r], dtype=float)
+        if y.size == x.size:
+            ax_k.plot(x, np.maximum(y, floor), marker=".", color=cmap(i % 10), label=name)
+    ax_k.axhline(crit.get("motion_tol", 0.05), color="0.3", ls=":", lw=1)
+    ax_k.set_yscale("log")
+    ax_k.set_ylabel("per layer: predicted /\nmotion so far")
+    if ax_k.lines:
+        ax_k.legend(fontsize=6, loc="upper right", ncol=2)
+    ax_k.set_xlabel("epoch (window end)")
+    for ax in axes:
+        if verdict.get("converged_epoch") is not None:
+            ax.axvline(verdict["converged_epoch"], color="tab:green", lw=1.6)
+        if verdict.get("online_confirmed_epoch") is not None:
+            ax.axvline(verdict["online_confirmed_epoch"], color="tab:green", lw=1, ls="--")
+    ax_l.set_title(f"{label or verdict.get('run_id', '')} · {_bad_init_text(verdict)}\n"
+                   f"class: {verdict.get('class')} — {str(verdict.get('reason', ''))[:110]}", fontsize=9)
+    lim = ev.get("limitation")
+    fig.text(0.01, 0.005, f"{analysis_id} · background: class as read at each window (green converged, "
+             f"blue still improving, orange stalled, red diverging) · solid line: converged at · dashed: "
+             f"confirmed (stop point) · dotted: tolerances" + (f"\n{lim}" if lim else ""), fontsize=6.5,
+             color="0.3", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def class_fractions(runs: list[dict], grid=None):
+    """``(epochs, {class: fraction of runs})``: the class each run read as at each epoch of
+    ``grid`` (its latest window ending at or before it; runs not yet judged are left out)."""
+    per = [(np.asarray((v.get("evidence") or {}).get("window_epochs") or [], dtype=float),
+            (v.get("evidence") or {}).get("class_by_window") or []) for v in runs]
+    per = [(e, c) for e, c in per if len(e) and len(c) == len(e)]
+    if not per:
+        return np.zeros(0), {}
+    if grid is None:
+        grid = np.unique(np.concatenate([e for e, _ in per]))
+    out = {c: np.zeros(len(grid)) for c in CLASS_COLORS}
+    n = np.zeros(len(grid))
+    for e, c in per:
+        for i, t in enumerate(grid):
+            j = np.searchsorted(e, t, side="right") - 1
+            if j >= 0:
+                out[c[j]][i] += 1
+                n[i] += 1
+    return grid, {c: np.divide(v, n, out=np.zeros_like(v), where=n > 0) for c, v in out.items()}
+
+
 def run_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
-    """One run: ``|λ − 1|`` and ``|λ|`` of the certified pairs per window, converged-at
+    """One run: the second version's evidence (:func:`evidence_figure`) when the verdict
+    has it; else ``|λ − 1|`` and ``|λ|`` of the certified pairs per window, converged-at
     line, bad-init verdict in the title."""
+    if verdict.get("evidence"):
+        return evidence_figure(verdict, label=label, analysis_id=analysis_id)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +227,9 @@ def group_figure(groups: dict[str, list[tuple[str, dict]]], *, by: str = "", ana
     import matplotlib.pyplot as plt
 
     n = max(1, len(groups))
-    fig, axes = plt.subplots(2, n, figsize=(4.2 * n + 0.8, 6.8), sharex=True, sharey="row", squeeze=False)
+    v2 = any(v.get("evidence") for runs in groups.values() for _, v in runs)
+    fig, axes = plt.subplots(3 if v2 else 2, n, figsize=(4.2 * n + 0.8, 9.6 if v2 else 6.8), sharex=True,
+                             sharey="row", squeeze=False)
     cmap = plt.get_cmap("tab10")
     delta = 0.01
     for j, (g, runs) in enumerate(groups.items()):
@@ -137,8 +244,23 @@ def group_figure(groups: dict[str, list[tuple[str, dict]]], *, by: str = "", ana
         bad = [v.get("bad_init") for _, v in runs]
         bad_txt = "not assessed" if all(b is None for b in bad) else f"{sum(bool(b) for b in bad)}/{len(bad)}"
         ax_d.set_title(f"{by} = {g}\nconverged {conv}/{len(runs)} · bad init {bad_txt}", fontsize=10)
-        if ax_d.get_legend_handles_labels()[0]:
+        if ax_d.get_legend_handles_labels()[0] and len(runs) <= 10:   # more: a legend hides the data
             ax_d.legend(fontsize=6, loc="best", framealpha=0.7)
+        if v2:
+            ax_m.set_xlabel("")
+            ax_c = axes[2, j]
+            grid, frac = class_fractions([v for _, v in runs])
+            if len(grid):
+                ax_c.stackplot(grid, *[frac[c] for c in CLASS_COLORS], colors=list(CLASS_COLORS.values()),
+                               labels=list(CLASS_COLORS), alpha=0.75)
+            ax_c.set_ylim(0, 1)
+            ax_c.set_xlabel("epoch of the window's end")
+            if j == 0:
+                ax_c.set_ylabel("fraction of runs in class")
+                ax_c.legend(fontsize=6, loc="upper left")
+            final = [v.get("class") for _, v in runs]
+            ax_c.set_title(" · ".join(f"{c} {final.count(c)}" for c in CLASS_COLORS if final.count(c)),
+                           fontsize=8)
     fig.suptitle(f"convergence verdicts by {by} · {analysis_id}", fontsize=10)
     fig.tight_layout()
     return fig

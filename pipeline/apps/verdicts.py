@@ -1,11 +1,15 @@
 """Per-run verdicts: one dict per analysed run, merged from a list of producers.
 
-A verdict is ``{"run_id", "converged_at", "converged_epoch", "bad_init", ...evidence}``.
-Each producer is a callable ``producer(ctx: VerdictInput) -> dict`` whose keys are merged
-into the run's verdict in order (later producers win on a shared key). The convergence
-producer (:mod:`pipeline.apps.convergence`) and the bad-initialization one
-(:mod:`pipeline.apps.badinit`) are in :data:`PRODUCERS`; ``bad_init`` is ``None`` (not
-assessed) when the stored run is not at hand.
+A verdict is ``{"run_id", "class", "converged_at", "converged_epoch", "bad_init",
+"evidence", ...}``. Each producer is a callable ``producer(ctx: VerdictInput) -> dict``
+whose keys are merged into the run's verdict in order (later producers win on a shared
+key). :data:`PRODUCERS`: the first convergence version (:mod:`pipeline.apps.convergence`:
+its point stays as ``v1_converged_at`` / ``v1_converged_epoch`` / ``v1_reason`` and its
+per-window ``window_checks`` / ``certified``), the second (:mod:`pipeline.apps.horizon`:
+``class`` — converged / stalled / still_improving / diverging — with ``evidence``, and
+``converged_at`` / ``converged_epoch`` / ``reason``), and the bad-initialization
+detector's second version (:func:`pipeline.apps.badinit.detect_run_v2`); ``bad_init`` is
+``None`` (not assessed) when the stored run is not at hand.
 
 The verdict is computed once, when the analysis is made (``kma analyze``, a sweep's
 default analysis), stored with the analysis (its ``verdict`` attribute, see
@@ -42,13 +46,53 @@ class VerdictInput:
     snapshot_epochs: Any = None
     status: str | None = None
     residual_tol: float = convergence.RELIABLE_RESIDUAL
+    factors: dict | None = None          # whole network's window factors {(a, b): Factor}
+    layer_spectra: dict | None = None    # {layer: [WindowResult, ...]} at the verdict cut
+    layer_factors: dict | None = None    # {layer: {(a, b): Factor}}
 
 
 def convergence_producer(ctx: VerdictInput) -> dict:
     """``converged_at`` / ``converged_epoch`` and the criterion's evidence."""
     crit = convergence.Criterion(residual_tol=ctx.residual_tol)
-    return convergence.converged_at(ctx.spectra, crit, snapshot_epochs=ctx.snapshot_epochs,
-                                    status=ctx.status)
+    out = convergence.converged_at(ctx.spectra, crit, snapshot_epochs=ctx.snapshot_epochs,
+                                   status=ctx.status)
+    # the first version's point, kept beside the second's (which overrides converged_at)
+    return {**out, "v1_converged_at": out["converged_at"], "v1_converged_epoch": out["converged_epoch"],
+            "v1_reason": out.get("reason")}
+
+
+def horizon_producer(ctx: VerdictInput) -> dict:
+    """The second version (:mod:`pipeline.apps.horizon`): ``class`` with its
+    ``evidence``; ``converged_at`` / ``converged_epoch`` / ``reason`` are its (the first
+    version's point stays as ``v1_converged_at`` / ``v1_converged_epoch``)."""
+    from . import horizon
+
+    metrics, budget_epochs, n = {}, None, None
+    if ctx.run is not None:
+        try:
+            metrics = ctx.run.metrics or {}
+        except Exception:  # noqa: BLE001 - an ingested run may have none
+            metrics = {}
+        budget_epochs = (ctx.run.config or {}).get("epochs") if isinstance(ctx.run.config, dict) else None
+    if ctx.spectra:
+        n = max(r.window[1] for r in ctx.spectra)
+    if budget_epochs is not None and ctx.snapshot_epochs is not None and n:
+        last_ep = int(ctx.snapshot_epochs[min(n, len(ctx.snapshot_epochs)) - 1])
+        if last_ep > 0 and budget_epochs > last_ep and ctx.status != "diverged":
+            n = int(round(n * budget_epochs / last_ep))      # stopped early: the budget's snapshots
+        elif budget_epochs < last_ep:
+            budget_epochs = None
+    v = horizon.verdict(ctx.spectra, factors=ctx.factors, layer_spectra=ctx.layer_spectra,
+                        layer_factors=ctx.layer_factors, metrics=metrics,
+                        snapshot_epochs=ctx.snapshot_epochs, status=ctx.status,
+                        budget_snapshots=n, budget_epochs=budget_epochs,
+                        crit=horizon.HorizonCriterion(residual_tol=ctx.residual_tol))
+    return {"class": v["class"], "converged_at": v["converged_at"],
+            "converged_epoch": v["converged_epoch"],
+            "online_converged_at": v["online_converged_at"],
+            "online_converged_epoch": v["online_converged_epoch"],
+            "online_confirmed_epoch": v["online_confirmed_epoch"],
+            "reason": v["class_reason"], "evidence": v["evidence"], "verdict_version": 2}
 
 
 def badinit_producer(ctx: VerdictInput) -> dict:
@@ -58,11 +102,12 @@ def badinit_producer(ctx: VerdictInput) -> dict:
         return {}
     from . import badinit
 
-    return badinit.detect_run(ctx.run, residual_tol=ctx.residual_tol)
+    return badinit.detect_run_v2(ctx.run, residual_tol=ctx.residual_tol)
 
 
 # The producers, in order; each (ctx: VerdictInput) -> dict of verdict fields.
-PRODUCERS: list[Callable[[VerdictInput], dict]] = [convergence_producer, badinit_producer]
+PRODUCERS: list[Callable[[VerdictInput], dict]] = [convergence_producer, horizon_producer,
+                                                    badinit_producer]
 
 
 def build_verdict(ctx: VerdictInput, producers=None) -> dict:
@@ -83,8 +128,13 @@ def build_verdict(ctx: VerdictInput, producers=None) -> dict:
 
 def for_estimator(run, est, residual_tol: float) -> dict:
     """The verdict of a stored run from its fitted estimator (``kma analyze``)."""
+    layers = [n for n in getattr(est, "window_factors_", {}) if n != "all"]
+    wf = getattr(est, "window_factors_", {})
     ctx = VerdictInput(run.run_id, convergence.verdict_spectra(est), est.results_, run,
-                       run.attrs.get("snapshot_epochs"), run.status, residual_tol)
+                       run.attrs.get("snapshot_epochs"), run.status, residual_tol,
+                       factors=wf.get("all"),
+                       layer_spectra={n: convergence.verdict_spectra(est, n) for n in layers},
+                       layer_factors={n: wf[n] for n in layers})
     return build_verdict(ctx)
 
 
@@ -103,19 +153,23 @@ def for_stored(run, results, residual_tol: float) -> dict:
 
 
 def summary(verdict: dict | None) -> dict:
-    """The headline fields: ``run_id``, ``converged_at``, ``converged_epoch``,
+    """The headline fields: ``run_id``, ``class``, ``converged_at``, ``converged_epoch``,
     ``bad_init`` (and ``reason``) — the ``kma runs`` / ``kma compare`` columns."""
     v = verdict or {}
-    return {k: v.get(k) for k in ("run_id", "converged_at", "converged_epoch", "bad_init", "reason")}
+    return {k: v.get(k) for k in ("run_id", "class", "converged_at", "converged_epoch", "bad_init", "reason")}
 
 
 def cell(verdict: dict | None) -> str:
-    """One table cell: ``12 (ep 12)``, ``no``, or ``-`` (no verdict stored)."""
+    """One table cell: ``converged 12 (ep 12)``, ``still_improving``, ``stalled``,
+    ``diverging`` (second-version verdicts), ``12 (ep 12)`` / ``no`` (first-version
+    verdicts stored before classes existed), or ``-`` (no verdict stored)."""
     if not verdict:
         return "-"
+    cls = verdict.get("class")
     if verdict.get("converged_at") is None:
-        return "no"
-    return f"{verdict['converged_at']} (ep {verdict.get('converged_epoch')})"
+        return cls or "no"
+    point = f"{verdict['converged_at']} (ep {verdict.get('converged_epoch')})"
+    return f"{cls} {point}" if cls else point
 
 
 def bad_init_cell(verdict: dict | None) -> str:
@@ -124,13 +178,16 @@ def bad_init_cell(verdict: dict | None) -> str:
 
 
 def mlflow_tags(verdict: dict | None) -> dict[str, str]:
-    """Tags: ``kma.converged`` (yes/no), ``kma.converged_at``, ``kma.converged_epoch``,
-    ``kma.convergence_reason``, ``kma.bad_init`` (yes/no/not assessed)."""
+    """Tags: ``kma.converged`` (yes/no), ``kma.verdict_class`` (converged / stalled /
+    still_improving / diverging; ``not classified`` for a verdict stored before classes),
+    ``kma.converged_at``, ``kma.converged_epoch``, ``kma.convergence_reason``,
+    ``kma.bad_init`` (yes/no/not assessed)."""
     if not verdict:
         return {}
     conv = verdict.get("converged_at") is not None
     b = verdict.get("bad_init")
     tags = {"kma.converged": "yes" if conv else "no",
+            "kma.verdict_class": str(verdict.get("class") or "not classified"),
             "kma.convergence_reason": str(verdict.get("reason", ""))[:250],
             "kma.bad_init": "not assessed" if b is None else ("yes" if b else "no")}
     if conv:

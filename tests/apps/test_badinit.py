@@ -129,3 +129,31 @@ def test_stored_run_reads_only_its_first_snapshots(tmp_path):
     short = detect_run(run, snapshots=3)
     assert short["bad_init"] is False and short["bad_init_snapshots"] == 3 and "fewer than the 4" in short[
         "bad_init_undecided"]
+
+
+def test_v2_weight_gain_and_motion_against_a_dense_reference():
+    """detect_v2's features on a float32 trajectory built here: gain std(W0)·√fan_in per
+    weight tensor, motion = RMS change per snapshot ÷ lr per layer; a near-zero start that
+    does not move is flagged, a kaiming-like start that moves is not."""
+    from pipeline.apps.badinit import detect_v2, weight_features
+    from pipeline.storage.layout import Layout
+
+    layout = Layout.from_named_shapes([("l0.weight", (8, 5)), ("l0.bias", (8,)), ("out.weight", (2, 8)),
+                                       ("out.bias", (2,))])
+    rng = np.random.default_rng(0)
+    K, lr = 6, 0.01
+    W0 = np.concatenate([rng.standard_normal(40) * np.sqrt(2 / 5), np.zeros(8),
+                         rng.standard_normal(16) * np.sqrt(2 / 8), np.zeros(2)])
+    steps = rng.standard_normal((K, W0.size)) * lr
+    Y = (W0 + np.cumsum(steps, axis=0)).astype(np.float32)
+    f = weight_features(Y, layout, lr)
+    Y64 = Y.astype(np.float64)
+    assert f["gain"]["l0.weight"] == pytest.approx(Y64[0, :40].std() * np.sqrt(5), rel=1e-6)
+    assert f["gain"]["out.weight"] == pytest.approx(Y64[0, 48:64].std() * np.sqrt(8), rel=1e-6)
+    rms = np.sqrt(np.mean((Y64[-1, :48] - Y64[0, :48]) ** 2)) / (K - 1) / lr
+    assert f["motion"]["l0"] == pytest.approx(rms, rel=1e-5)
+    assert not detect_v2(Y, layout, lr)["bad_init"]
+    tiny = (1e-4 * W0 + np.zeros((K, 1))).astype(np.float32)        # small start, not moving
+    d = detect_v2(tiny, layout, lr)
+    assert d["bad_init"] and "small gain, not escaping" in d["bad_init_reasons"]
+    assert d["bad_init_version"] == 2 and "bad_init_v1" in d

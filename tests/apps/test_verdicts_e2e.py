@@ -52,11 +52,30 @@ def test_real_training_converges(trained):
     out = json.loads((tmp / "out.json").read_text())
     by_run = {v["run_id"]: v for v in out["verdicts"]}
     assert set(by_run) == {v.run_id for v in full}
+    from pipeline.apps import outcomes
+
     for v in full:
         verdict = by_run[v.run_id]
-        assert verdict["converged_at"] is not None, verdict["reason"]
-        assert 0 < verdict["converged_at"] < 60 and verdict["converged_epoch"] == verdict["converged_at"]
-        assert verdict["bad_init"] is False                    # kaiming: a good init
+        run = TrajectoryStore(store).open_run(v.run_id)
+        val = run.metrics["val_loss"]
+        # the second version's contract: a class with its evidence, one entry per window
+        assert verdict["class"] in ("converged", "stalled", "still_improving", "diverging")
+        ev = verdict["evidence"]
+        n = len(ev["window_epochs"])
+        assert n == verdict["windows"] and all(len(ev[k]) == n for k in
+                                               ("predicted_motion", "motion_so_far", "loss_gain", "holds",
+                                                "class_by_window", "val_loss_at"))
+        assert ev["losses"] and ev["limitation"] is None and ev["class_by_window"][-1] == verdict["class"]
+        assert ev["val_loss_at"][-1] == pytest.approx(val[ev["window_epochs"][-1] - 1], rel=1e-5)
+        # what "done" asks: a convergence point is never one with more than 10% still to gain
+        if verdict["class"] == "converged":
+            assert verdict["converged_at"] is not None
+            assert outcomes.to_gain(val, verdict["converged_epoch"]) <= 0.10
+        else:
+            assert verdict["converged_at"] is None and verdict["reason"]
+        # the first version's point is kept beside it
+        assert "v1_converged_at" in verdict and "v1_reason" in verdict
+        assert verdict["bad_init"] is False and verdict["bad_init_version"] == 2   # kaiming, xavier: good
         # stored with the analysis: what kma runs / compare read
         run = TrajectoryStore(store).open_run(v.run_id)
         (aid,) = run.list_analyses()
@@ -69,8 +88,11 @@ def test_compare_and_runs_show_the_stored_verdicts(trained, capsys):
     text = compare.table(rows, by="init")
     head = text.splitlines()[1]
     assert "CONVERGED" in head and "BAD_INIT" in head
+    from pipeline.apps import verdicts
+
     for r in rows:
-        assert r["converged"] == f"{r['verdict']['converged_at']} (ep {r['verdict']['converged_epoch']})"
+        assert r["converged"] == verdicts.cell(r["verdict"])
+        assert r["converged"].split()[0] == r["verdict"]["class"]
     figs = compare.figures(rows, tmp / "cmp", "init")
     assert (tmp / "cmp" / "group_convergence.png") in figs
     from PIL import Image
@@ -78,7 +100,7 @@ def test_compare_and_runs_show_the_stored_verdicts(trained, capsys):
     assert Image.open(tmp / "cmp" / "group_convergence.png").size[0] > 600
     assert cli.main(["runs", "--store", store, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert all(r["verdict"]["converged_at"] is not None for r in listed)
+    assert all(r["verdict"]["class"] in ("converged", "stalled", "still_improving") for r in listed)
 
 
 def test_stop_option_stops_early_and_records_the_point(tmp_path):
@@ -112,19 +134,27 @@ def test_json_verdicts_on_an_ingested_run_of_12_snapshots(tmp_path, capsys):
     store = str(tmp_path / "store")
     assert cli.main(["ingest", *files, "--store", store, "--run-id", "ext"]) == 0
     out = tmp_path / "v.json"
-    assert cli.main(["analyze", "--store", store, "--json", str(out), "--no-mlflow"]) == 0
+    assert cli.main(["analyze", "--store", store, "--json", str(out), "--no-mlflow",
+                     "--window", "6", "--stride", "3"]) == 0     # (auto would be one window: W >= 16)
     payload = json.loads(out.read_text())
     assert [r["window"] for r in payload["runs"] if r["layer"] == "all"] == [[0, 6], [3, 9], [6, 12]]
     (v,) = payload["verdicts"]
     assert v["run_id"] == "ext" and v["bad_init"] is False
-    # |d| ≈ 2|x*|: window [0, 6) has the fixed point's share ≈ 1/3 (< 0.8); from [3, 9) on
-    # the transient is 2 · 0.3^3 ≈ 5% of it: the first run of k=2 holding windows is
-    # [3, 9), [6, 12)
-    assert v["converged_at"] == 8 and v["confirmed_at"] == 11 and v["converged_epoch"] is not None
+    # first version: |d| ≈ 2|x*|: window [0, 6) has the fixed point's share ≈ 1/3 (< 0.8);
+    # from [3, 9) on the transient is 2 · 0.3^3 ≈ 5% of it: the first run of k=2 holding
+    # windows is [3, 9), [6, 12)
+    assert v["v1_converged_at"] == 8 and v["confirmed_at"] == 11
+    # second version, weights only (no loss stored): at the end of [0, 6) the transient's
+    # content is 0.3^5 ≈ 0.2% of the path already travelled, and so are its predictions:
+    # every window holds and the run converged at snapshot 5
+    assert v["class"] == "converged" and v["converged_at"] == 5 and v["online_confirmed_epoch"] is not None
+    assert "weights only" in v["evidence"]["limitation"] and v["evidence"]["losses"] is False
+    ratio = [m / s for m, s in zip(v["evidence"]["predicted_motion"], v["evidence"]["motion_so_far"])]
+    assert max(ratio) < 0.01
     capsys.readouterr()
     assert cli.main(["runs", "--store", store]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ext")][0]
-    assert "8 (ep" in row
+    assert "converged 5 (ep" in row
 
 
 def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
@@ -152,6 +182,7 @@ def test_verdicts_and_stop_point_reach_mlflow(tmp_path):
     assert train.data.tags["kma.stop.snapshot"] == str(stop["snapshot"])
     assert train.data.metrics["stop_epoch"] == stop["epoch"]
     assert ana.data.tags["kma.converged"] == ("yes" if verdict["converged_at"] is not None else "no")
+    assert ana.data.tags["kma.verdict_class"] == verdict["class"]
     assert ana.data.tags["kma.bad_init"] == "no"
     assert ana.data.metrics["verdict/converged"] == float(verdict["converged_at"] is not None)
     if verdict["converged_at"] is not None:

@@ -1,0 +1,385 @@
+"""Convergence verdict, second version: horizon-aware, with the losses and every layer.
+
+The first version (:mod:`pipeline.apps.convergence`) asks whether certified eigenvalues at
+1 carry most of a window's amplitude. Each window is fitted from its own first snapshot,
+so the pair at 1 carries the current weights and the test reduces to "the weights have
+stopped moving relative to their own size" — true of a run that is still slowly
+improving, and of one that is stuck. This version asks what the spectrum predicts for the
+rest of the budget, and checks it against the losses and every layer (docs "Convergence
+verdicts").
+
+For a window ``[a, b)`` (end snapshot ``e = b − 1``) and the ``H`` snapshots left in the
+budget after ``e`` (at least the window's width ``W = b − a``: near the budget's end the
+question is whether one more window would still move it):
+
+- **predicted remaining motion** of a layer: ``M_pred = Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|``
+  over its kept Ritz pairs that can be told from 1 (``|λ_i − 1| > min(κ_i r_i, δ)``) —
+  ``b_i λ_i^{W−1}`` is mode ``i``'s content at ``e`` (Ritz vectors of unit norm), and
+  ``|λ_i^H − 1|`` how much of it moves by the end (the bound the freeze option uses,
+  :mod:`pipeline.apps.freeze`). Certification is not required: since engine 4 a pair is
+  certified only where the window's misfit is small, which minibatch noise rarely allows
+  late in training (measured: most late windows of the tuning sweep have no certified
+  pair), and a test that needs certified pairs would never hold there;
+- **motion so far** ``M_past``: the path from snapshot 0 to ``e`` measured on the windows'
+  factors (``‖x_{a_{j+1}} − x_{a_j}‖`` chained over the windows, then ``‖x_e − x_a‖``; exact
+  in the factor's coordinates, no pass over the data);
+- **predicted remaining loss gain**: a Koopman model of the best-so-far validation loss
+  ``m`` with eigenvalues ``{1, ρ}`` (``m_{t+1} = ρ m_t + c``, least squares over the
+  window's epochs), ``G = (m_e − c/(1−ρ)) (1 − ρ^{H_ep}) / m_e``; a fit with ``ρ ∉ (0, 1)``
+  falls back to the window's linear rate times ``H_ep`` (capped at 1).
+
+A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M_pred ≤ motion_tol ·
+M_past`` for the whole network, ``≤ layer_tol · M_past`` of the layer for every layer,
+and ``G ≤ loss_tol`` where losses are
+stored (without window factors — a stored analysis — the first version's share test
+stands in for the motion test). The first version's share at 1 stays in the evidence.
+The run's **class**, judged at its last window:
+
+- ``diverging`` — status diverged, a non-finite loss, or a certified ``|λ| > 1 + δ`` in
+  one of the last ``k`` windows (before any NaN);
+- ``converged`` — ``k`` consecutive windows held (``converged_at``: the end of the first
+  of them) and the last window holds, and the run made progress (its best validation
+  loss is at most ``stall_ratio`` times its first epoch's) without a training loss that
+  rose in most of the last windows;
+- ``stalled`` — the last window's losses are flat (``G ≤ loss_tol``) or its weights hold,
+  but the run made no progress, its training loss came back up (last window mean > 1.1 ×
+  its lowest, and rising in most of the last ``rise_windows`` windows), or a layer never
+  moved (a frozen layer);
+- ``still_improving`` — everything else.
+
+Without losses (an ingested run) only the weights are judged (``evidence["limitation"]``):
+a run that flattened at a bad loss reads as converged.
+
+Pure functions of window results, factors and loss lists: no store, no MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import convergence
+
+RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
+
+__all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "loss_gain", "verdict"]
+
+
+@dataclass(frozen=True)
+class HorizonCriterion:
+    """The second version's numbers (fixed on the multiscale tuning sweep,
+    ``jobs/experiments/verdict_study.py``)."""
+
+    delta: float = 0.01
+    share: float = 0.8
+    k: int = 2
+    motion_tol: float = 0.05
+    layer_tol: float = 0.05
+    loss_tol: float = 0.01
+    rise_tol: float = 0.25
+    stall_ratio: float = 0.5
+    rise_windows: int = 5
+    residual_tol: float = convergence.RELIABLE_RESIDUAL
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def v1(self) -> convergence.Criterion:
+        return convergence.Criterion(self.delta, self.share, self.k, self.residual_tol)
+
+
+def path_so_far(factors: dict) -> dict:
+    """``{(a, b): M_past}``: the path length from the first window's start to each window's
+    end, from the windows' factors (``{(a, b): Factor}``, ``C`` of shape ``(k, b − a)``)."""
+    out, cum = {}, 0.0
+    wins = sorted(factors)
+    for j, (a, b) in enumerate(wins):
+        C = np.asarray(factors[(a, b)].C, dtype=np.float64)
+        out[(a, b)] = cum + float(np.linalg.norm(C[:, -1] - C[:, 0]))
+        nxt = wins[j + 1][0] if j + 1 < len(wins) else None
+        step = nxt - a if nxt is not None and a < nxt < b else C.shape[1] - 1
+        cum += float(np.linalg.norm(C[:, step] - C[:, 0]))
+    return out
+
+
+def predicted_motion(result, horizon: int, residual_tol: float, delta: float = 0.01) -> float:
+    """``M_pred`` of one :class:`~pipeline.koopman.WindowResult` over ``horizon`` snapshots
+    (inf when a pair grows and the horizon is long enough to matter). Every kept pair
+    counts except those that cannot be told from 1: ``|λ − 1| ≤ min(κ r, δ)``
+    (``residual_tol`` is kept for the signature; certification is not required, see the
+    module docstring)."""
+    lam = np.asarray(result.eigenvalues, dtype=np.complex128)
+    if lam.size == 0 or horizon <= 0:
+        return 0.0
+    amp = np.abs(np.asarray(result.amplitudes, dtype=np.complex128))
+    ok = np.isfinite(lam)
+    bound = np.abs(np.asarray(result.conditions if result.conditions is not None else np.ones(lam.size))) \
+        * np.asarray(result.residuals, dtype=float)
+    moving = ok & (np.abs(lam - 1) > np.minimum(bound, delta))
+    W = result.window[1] - result.window[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        now = amp * np.abs(lam) ** (W - 1)
+        move = np.abs(lam ** int(horizon) - 1)
+        terms = np.where(moving, now * move, 0.0)
+    total = float(np.nansum(terms))
+    return total if math.isfinite(total) else float("inf")
+
+
+def loss_gain(val_loss, start_epoch: int, end_epoch: int, horizon_epochs: int) -> float | None:
+    """``G``: the predicted remaining relative gain of the best-so-far validation loss
+    after ``end_epoch`` over ``horizon_epochs`` more epochs, fitted on epochs
+    ``(start_epoch, end_epoch]`` (at least 4 of them; ``val_loss[i]`` is epoch ``i + 1``).
+    None when the losses do not cover the window."""
+    v = np.asarray([np.nan if x is None else x for x in (list(val_loss) if val_loss is not None else [])], dtype=float)
+    end = min(int(end_epoch), v.size)
+    lo = max(0, min(int(start_epoch), end - 4))
+    if end < 2 or not np.isfinite(v[:end]).all():
+        return None
+    m = np.minimum.accumulate(v[:end])[lo:end]
+    me = float(m[-1])
+    if horizon_epochs <= 0:
+        return 0.0
+    if me <= 0:
+        return 0.0
+    span = float(m[0] - me)
+    if span <= 1e-6 * me:
+        return 0.0
+    x, y = m[:-1], m[1:]
+    A = np.stack([x, np.ones_like(x)], axis=1)
+    (rho, c), *_ = np.linalg.lstsq(A, y, rcond=None)
+    if 0 < rho < 0.999:          # a plateau model; rho ~ 1 is a straight line: its rate
+        inf_ = c / (1 - rho)
+        g = (me - inf_) * (1 - rho ** horizon_epochs) / me
+    else:
+        g = span / (m.size - 1) * horizon_epochs / me
+    return float(min(max(g, 0.0), 1.0))
+
+
+def _epoch(i, ep):
+    return convergence._epoch(i, ep)
+
+
+def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
+            metrics=None, snapshot_epochs=None, status=None, budget_snapshots=None,
+            budget_epochs=None, crit: HorizonCriterion = HorizonCriterion()) -> dict:
+    """The second-version verdict of one run.
+
+    Parameters
+    ----------
+    spectra : list of WindowResult
+        The whole network's verdict spectra (:func:`convergence.verdict_spectra`).
+    factors : dict of (int, int) to Factor, optional
+        The whole network's window factors (``est.window_factors_["all"]``): the motion
+        so far. Without them the horizon test is skipped (``evidence["limitation"]``).
+    layer_spectra, layer_factors : dict of str to list / dict, optional
+        The same per layer.
+    metrics : dict, optional
+        The stored metrics (``val_loss``, ``train_loss`` per epoch).
+    snapshot_epochs : sequence of int, optional
+        Epoch of each snapshot.
+    status : str, optional
+        The run's status.
+    budget_snapshots, budget_epochs : int, optional
+        Index of the budget's last snapshot + 1 and the budget's epochs (default: the
+        last window's end and its epoch: a finished run's budget).
+
+    Returns
+    -------
+    dict
+        ``class``, ``converged_at`` / ``converged_epoch`` (converged runs only),
+        ``online_converged_at`` / ``online_converged_epoch`` (the end of the first of the
+        first ``k`` holding windows) and ``online_confirmed_epoch`` (the end of the
+        ``k``-th: where an in-training stopper would stop), and ``evidence`` (per window:
+        ``window_epochs``, ``predicted_motion``, ``motion_so_far``, ``loss_gain``,
+        ``holds``, ``layers_moving``; ``frozen_layers``, ``train_loss_rising``,
+        ``progress_ratio``, ``reasons``, ``criterion``, ``limitation``).
+    """
+    rows = sorted(spectra, key=lambda r: (r.window[1], r.window[0]))
+    metrics = metrics or {}
+    val = list(metrics.get("val_loss") if metrics.get("val_loss") is not None else [])
+    train = list(metrics.get("train_loss") if metrics.get("train_loss") is not None else [])
+    has_loss = len(val) > 0
+    last_snap = budget_snapshots if budget_snapshots is not None else (rows[-1].window[1] if rows else 0)
+    past = path_so_far(factors) if factors else {}
+    layer_past = {n: path_so_far(f) for n, f in (layer_factors or {}).items() if f}
+    layer_rows = {n: {tuple(r.window): r for r in rs} for n, rs in (layer_spectra or {}).items()}
+    ev = {"window_epochs": [], "predicted_motion": [], "motion_so_far": [], "loss_gain": [],
+          "holds": [], "layers_moving": [], "share_at_1": [], "val_loss_at": [], "train_loss_at": [],
+          "layer_motion_ratio": {n: [] for n in layer_rows}}
+    limits = []
+    if not factors:
+        limits.append("no window factors (stored spectra): the horizon test on the weights is skipped")
+    if not has_loss:
+        limits.append("weights only: no loss stored (an ingested run); a run that flattened at a bad "
+                      "loss cannot be told from a converged one")
+    v1 = crit.v1()
+    growing_at = []
+    for r in rows:
+        a, b = (int(r.window[0]), int(r.window[1]))
+        e = b - 1
+        H = max(last_snap - 1 - e, b - a)     # at least one more window: the budget's end is no free pass
+        c1 = convergence.check_window(r, v1)
+        growing_at.append(c1.n_growing > 0)
+        mp = predicted_motion(r, H, crit.residual_tol, crit.delta)
+        ms = past.get((a, b))
+        w_ok = c1.n_growing == 0 and (ms is None or mp <= crit.motion_tol * ms) and \
+            (ms is not None or c1.holds)       # no factors: the first version's test stands in
+        moving = []
+        for name, by_win in layer_rows.items():
+            lr = by_win.get((a, b))
+            lms = layer_past.get(name, {}).get((a, b))
+            if lr is None or lms is None:
+                continue
+            lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta)
+            ev["layer_motion_ratio"][name].append(_r(lmp / lms) if lms > 0 else 0.0)
+            if lmp > crit.layer_tol * lms:
+                moving.append(name)
+        ea, ee = _epoch(a, snapshot_epochs), _epoch(e, snapshot_epochs)
+        bud_ep = budget_epochs if budget_epochs is not None else _epoch(last_snap - 1, snapshot_epochs)
+        g = loss_gain(val, ea, ee, max(bud_ep - ee, ee - ea)) if has_loss else None
+        l_ok = g is None or g <= crit.loss_tol
+        ev["window_epochs"].append(ee)
+        ev["val_loss_at"].append(_r(val[ee - 1]) if has_loss and 1 <= ee <= len(val) and val[ee - 1] is not None else None)
+        ev["train_loss_at"].append(_r(train[ee - 1]) if 1 <= ee <= len(train) and train[ee - 1] is not None else None)
+        ev["predicted_motion"].append(_r(mp))
+        ev["motion_so_far"].append(_r(ms))
+        ev["loss_gain"].append(_r(g))
+        ev["share_at_1"].append(round(c1.share_at_1, 4))
+        ev["layers_moving"].append(moving)
+        ev["holds"].append(bool(w_ok and not moving and l_ok))
+    holds = ev["holds"]
+    online = next((i for i in range(len(holds) - crit.k + 1) if all(holds[i:i + crit.k])), None)
+    online_at = rows[online].window[1] - 1 if online is not None else None
+    confirmed = rows[online + crit.k - 1].window[1] - 1 if online is not None else None
+    # the run's end state
+    frozen = sorted(n for n, p in layer_past.items() if p and max(p.values()) == 0.0)
+    finite = all(x is not None and math.isfinite(x) for x in val + train)
+    rising = _rising(train, [int(x) for x in ev["window_epochs"]], crit.rise_windows, crit.rise_tol) if train else None
+    prog = None
+    if has_loss and finite and val and val[0] > 0:
+        prog = float(min(val) / val[0])
+    reasons = []
+    last_g = ev["loss_gain"][-1] if rows else None
+    if status == "diverged" or not finite or any(growing_at[-crit.k:]):
+        cls = "diverging"
+        reasons.append("status diverged" if status == "diverged" else
+                       "non-finite loss" if not finite else
+                       "certified growing eigenvalue (|λ| > 1 + δ) in the last windows")
+    else:
+        flat = bool(holds and holds[-1])
+        no_progress = prog is not None and prog > crit.stall_ratio
+        bad = [why for why, hit in (("little progress: best val loss > "
+                                     f"{crit.stall_ratio} × first epoch's", no_progress),
+                                    ("training loss rose in most of the last windows", bool(rising)),
+                                    ("frozen layer(s): " + ", ".join(frozen), bool(frozen))) if hit]
+        loss_flat = last_g is not None and last_g <= crit.loss_tol
+        weights_flat = bool(rows) and not ev["layers_moving"][-1] and _ratio(ev, -1) <= crit.motion_tol
+        if flat and online is not None and not bad:
+            cls = "converged"
+            reasons.append("the last windows hold: little predicted motion and loss gain left")
+        elif bad and (loss_flat or weights_flat or flat):
+            cls = "stalled"
+            reasons += bad
+        else:
+            cls = "still_improving"
+            reasons.append(_why_not(ev, crit, rows))
+    conv_at = online_at if cls == "converged" else None
+    ev["class_by_window"] = _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit)
+    if ev["class_by_window"]:
+        ev["class_by_window"][-1] = cls        # the last window's is the run's class
+    return {
+        "class": cls,
+        "converged_at": conv_at,
+        "converged_epoch": _epoch(conv_at, snapshot_epochs),
+        "online_converged_at": online_at,
+        "online_converged_epoch": _epoch(online_at, snapshot_epochs),
+        "online_confirmed_epoch": _epoch(confirmed, snapshot_epochs),
+        "class_reason": "; ".join(r for r in reasons if r),
+        "evidence": {**ev, "frozen_layers": frozen, "train_loss_rising": rising,
+                     "progress_ratio": _r(prog), "criterion": crit.as_dict(),
+                     "limitation": "; ".join(limits) or None, "losses": has_loss},
+    }
+
+
+def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> list:
+    """The class as it read at each window's end, from what was known then (the figures'
+    class fractions over training)."""
+    out = []
+    holds = ev["holds"]
+    for j, r in enumerate(rows):
+        ee = ev["window_epochs"][j]
+        if any(growing_at[max(0, j - crit.k + 1):j + 1]):
+            out.append("diverging")
+            continue
+        seen = [x for x in val[:max(ee, 0)] if x is not None]
+        prog = (min(seen) / seen[0]) if seen and seen[0] > 0 and all(map(math.isfinite, seen)) else None
+        frozen = any(p and all(v == 0.0 for (a, b), v in p.items() if b <= r.window[1]) and
+                     any(b <= r.window[1] for (a, b) in p) for p in layer_past.values())
+        rising = _rising(train[:max(ee, 0)], [int(x) for x in ev["window_epochs"][:j + 1]],
+                         crit.rise_windows, crit.rise_tol) if train else None
+        bad = (prog is not None and prog > crit.stall_ratio) or bool(rising) or frozen
+        streak = j + 1 >= crit.k and all(holds[j - crit.k + 1:j + 1])
+        g = ev["loss_gain"][j]
+        if streak and not bad:
+            out.append("converged")
+        elif bad and ((g is not None and g <= crit.loss_tol) or holds[j]):
+            out.append("stalled")
+        else:
+            out.append("still_improving")
+    return out
+
+
+def _ratio(ev, i) -> float:
+    mp, ms = ev["predicted_motion"][i], ev["motion_so_far"][i]
+    if ms is None:
+        return 0.0 if ev["share_at_1"][i] >= 0.8 else math.inf
+    if mp is None:
+        return math.inf
+    return mp / ms if ms > 0 else (0.0 if mp == 0 else math.inf)
+
+
+def _why_not(ev, crit, rows) -> str:
+    if not rows:
+        return "no whole-network spectra"
+    i = len(rows) - 1
+    parts = []
+    if ev["motion_so_far"][i] is None:
+        if ev["share_at_1"][i] < crit.share:
+            parts.append(f"certified share at 1 {ev['share_at_1'][i]:.2f} < {crit.share} (no factors)")
+    mp, ms = ev["predicted_motion"][i], ev["motion_so_far"][i]
+    if ms is not None and mp is not None and mp > crit.motion_tol * ms:
+        parts.append(f"predicted remaining motion {mp:.3g} > {crit.motion_tol} × motion so far {ms:.3g}")
+    if ev["layers_moving"][i]:
+        parts.append("layers still moving: " + ", ".join(ev["layers_moving"][i]))
+    g = ev["loss_gain"][i]
+    if g is not None and g > crit.loss_tol:
+        parts.append(f"predicted val-loss gain {g:.1%} > {crit.loss_tol:.0%}")
+    return "; ".join(parts) or f"fewer than {crit.k} consecutive holding windows"
+
+
+def _rising(train, window_epochs, n, rise=None) -> bool | None:
+    """Whether the training loss came back up: its last window mean is more than ``RISE``
+    above its lowest window mean, and it rose from one window to the next in most of the
+    last ``n`` window-to-window steps."""
+    t = np.asarray(train, dtype=float)
+    ends = [min(e, t.size) for e in window_epochs if e >= 1]
+    if len(ends) < 3:
+        return None
+    means, prev = [], 0
+    for e in ends:
+        seg = t[prev:e] if e > prev else t[max(0, e - 1):e]
+        means.append(float(seg.mean()))
+        prev = e
+    steps = np.diff(means)[-n:]
+    up = means[-1] > (1 + (RISE if rise is None else rise)) * min(means)
+    return bool(up and (steps > 0).sum() > steps.size / 2)
+
+
+def _r(x):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None   # JSON has no inf: None = unbounded
