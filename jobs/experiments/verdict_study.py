@@ -44,7 +44,7 @@ K_BADINIT = 6
 
 
 def load(store_dir, max_runs=None, sweeps=None, skip=()):
-    from pipeline.analysis import fit_run
+    from pipeline.workflows.analyze import fit_run
     from pipeline.apps import badinit, convergence
     from pipeline.config import AnalysisParams
     from pipeline.storage.store import TrajectoryStore
