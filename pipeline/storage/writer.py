@@ -13,6 +13,7 @@ import functools
 import queue
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,30 @@ def _crc32c():
     return Crc32cCodec()
 
 
+def _runs_group(store):
+    """The store's ``runs`` group, created if absent. Tasks starting together on a fresh
+    store race to create it: zarr's ``require_group`` looks, then creates without
+    overwrite, so the loser of the race gets ``ContainsGroupError`` for a group that now
+    exists (a sweep's run was marked ``failed`` for it on S3); it is then opened."""
+    from zarr.errors import ContainsGroupError
+
+    for attempt in range(5):
+        try:
+            return store.root.require_group("runs")
+        except ContainsGroupError:
+            try:
+                return store.root["runs"]
+            except KeyError:   # an eventually consistent listing: look again
+                time.sleep(0.2 * (attempt + 1))
+    return store.root["runs"]
+
+
 def new_run(store, run_id: str, layout: Layout, *, config: dict | None, capacity: int | None,
             dtype: str, extra: dict | None) -> "RunWriter":
     """Create ``runs/<run_id>`` in ``store`` (its group, a ``weights`` array of
     ``capacity`` rows × ``layout.size`` columns, status ``running``) and return its writer;
     the caller has checked the id and removed any earlier attempt."""
-    runs = store.root.require_group("runs")
+    runs = _runs_group(store)
     # The group's metadata, with every attribute, is ONE write (and the first key of
     # the run): a process killed at any point of creation leaves either no run, a
     # whole "running" one, or (local disk, killed inside that write) a folder with

@@ -205,3 +205,35 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     for a, b in zip(*fits):
         np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, atol=1e-12)
     assert reads and set(reads) == {(i, 0) for i in range(len(Ym.chunks[0]))}
+
+
+def test_tasks_creating_their_first_runs_together_all_succeed(tmp_path):
+    """Tasks starting together on a fresh store race to create its ``runs`` group: zarr's
+    ``require_group`` looks, then creates without overwrite, so the loser got
+    ``ContainsGroupError`` and its run ended ``failed`` (seen on S3 in a sweep). Before the
+    fix 5 of 20 rounds of 8 threads lost a run here; every run must be created."""
+    import threading
+
+    from pipeline.storage.layout import Layout
+
+    layout = Layout.from_named_shapes([("w", (10,))])
+    for rep in range(20):
+        root = tmp_path / f"s{rep}"
+        TrajectoryStore(str(root))                       # the store exists, runs/ does not yet
+        stores = [TrajectoryStore(str(root)) for _ in range(8)]
+        barrier, errors = threading.Barrier(8), []
+
+        def create(i):
+            barrier.wait()
+            try:
+                stores[i].create_run(f"r{i}", layout)
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(r.run_id for r in TrajectoryStore(str(root)).runs()) == [f"r{i}" for i in range(8)]
