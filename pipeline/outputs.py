@@ -60,14 +60,12 @@ def check_path_length(p, what: str) -> None:
                            "the limit is 255)")
 
 
-_check_name_lengths = check_path_length
-
 
 def check_file(path: str | os.PathLike, flag: str) -> None:
     """A file ``path`` can be written: not a folder, not inside a store, and its folder
     exists or can be made."""
     p = Path(path)
-    _check_name_lengths(p, flag)
+    check_path_length(p, flag)
     _check_outside_store(p, flag)
     if p.is_dir():
         raise KMAError(f"{flag} {p}: is a folder; give a file name")
@@ -79,7 +77,7 @@ def check_file(path: str | os.PathLike, flag: str) -> None:
 def check_dir(path: str | os.PathLike, flag: str) -> None:
     """Files can be written into folder ``path`` (which may not exist yet), outside any store."""
     p = Path(path)
-    _check_name_lengths(p, flag)
+    check_path_length(p, flag)
     _check_outside_store(p, flag)
     if p.exists() and not p.is_dir():
         raise KMAError(f"{flag} {p}: is a file; give a folder")

@@ -152,7 +152,7 @@ def evidence_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
     ax_k.axhline(crit.get("motion_tol", 0.05), color="0.3", ls=":", lw=1)
     ax_k.set_yscale("log")
     ax_k.set_ylabel("per layer: predicted /\nmotion so far")
-    if ax_k.lines:
+    if ax_k.get_legend_handles_labels()[0]:   # the tolerance line alone has no label
         ax_k.legend(fontsize=6, loc="upper right", ncol=2)
     ax_k.set_xlabel("epoch (window end)")
     for ax in axes:
