@@ -28,13 +28,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def _window_arg(text: str):
-    """``--window``: an integer, ``auto`` or ``all``."""
-    if text in ("auto", "all"):
-        return text
+    """``--window``: an integer when the text is one, else the text (the window rule,
+    checked where the analysis parameters are parsed, says what is allowed)."""
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'all', got {text!r}") from None
+        return text
 
 
 def _add_common(p, *, store_required: bool):

@@ -63,7 +63,12 @@ def test_every_flag_has_its_yaml_key():
 
 
 @pytest.mark.parametrize("section, flag_argv, yaml_words, flag_words", [
-    ({"window": 1}, ["--window", "1"], "analysis.window: must be >= 2 snapshots", "--window 1: must be >= 2"),
+    ({"window": 1}, ["--window", "1"], "analysis.window: window must be an integer >= 2, 'auto' or 'all', got 1",
+     "--window 1: window must be an integer >= 2, 'auto' or 'all', got 1"),
+    ({"window": "some"}, ["--window", "some"], "analysis.window: window must be an integer >= 2",
+     "--window some: window must be an integer >= 2, 'auto' or 'all', got 'some'"),
+    ({"stride": 3}, ["--stride", "3"], "analysis.stride: stride needs an explicit window width (window is 'auto'",
+     "--stride 3: stride needs an explicit window width"),
     ({"tol": 1.5}, ["--tol", "1.5"], "analysis.tol: must be in [0, 1)", "--tol 1.5: must be in [0, 1)"),
     ({"rank": 3, "tol": 0.1}, ["--rank", "3", "--tol", "0.1"],
      "analysis: give at most one of rank, tol, threshold", "analysis parameters: give at most one of rank, tol"),

@@ -115,8 +115,9 @@ def test_analyze_missing_store_is_not_created(tmp_path, kma_env):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--window", "1"], "--window 1: must be >= 2"),
-    (["--stride", "0"], "--stride 0: must be >= 1"),
+    (["--window", "1"], "--window 1: window must be an integer >= 2, 'auto' or 'all', got 1"),
+    (["--window", "x"], "--window x: window must be an integer >= 2, 'auto' or 'all', got 'x'"),
+    (["--stride", "0"], "--stride 0: stride must be a positive integer, got 0"),
     (["--rank", "0"], "rank must be a positive integer"),
     (["--rank", "3", "--tol", "0.1"], "at most one of rank, tol"),
 ])

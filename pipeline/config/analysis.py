@@ -7,9 +7,10 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..koopman.windowrule import check_window
 from ..spectra import RELIABLE_RESIDUAL  # noqa: F401 - the analysis' default, re-exported
 from .base import _Strict
 
@@ -41,24 +42,19 @@ class AnalysisParams(_Strict):
     n_power_iter: int = 2
     residual_tol: float = RELIABLE_RESIDUAL
 
-    @field_validator("window")
+    # the window rule (pipeline.koopman.windowrule, shared with the engine): one check, one
+    # message; a stride is checked with the window it goes with (its own error, if any, first)
+    @field_validator("window", mode="before")
     @classmethod
     def _window(cls, v):
-        if isinstance(v, int) and v < 2:
-            raise ValueError("must be >= 2 snapshots")
+        check_window(v)
         return v
 
-    @model_validator(mode="after")
-    def _stride_needs_window(self):
-        if self.stride is not None and not isinstance(self.window, int):
-            raise ValueError(f"stride needs a window width (window is {self.window!r})")
-        return self
-
-    @field_validator("stride")
+    @field_validator("stride", mode="before")
     @classmethod
-    def _stride(cls, v):
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
+    def _stride(cls, v, info: ValidationInfo):
+        if "window" in info.data:
+            check_window(info.data["window"], v)
         return v
 
     @field_validator("rank")
@@ -99,7 +95,7 @@ class AnalysisParams(_Strict):
     @classmethod
     def from_flags(cls, **flags) -> "AnalysisParams":
         """Build from command-line values; a bad one is a :class:`ConfigError` naming
-        its flag (``--window 1: must be >= 2 snapshots``)."""
+        its flag (``--window 1: window must be an integer >= 2, 'auto' or 'all', got 1``)."""
         try:
             return cls(**flags)
         except ValidationError as err:

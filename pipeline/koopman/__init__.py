@@ -29,11 +29,18 @@ floors, storage-dtype cut, refined Ritz vectors, ``unit_circle``. 1 (implicit):
 before.
 """
 
-from .compress import compress
-from .core import DMDResult, dmd
-from .estimator import KoopmanDMD, WindowResult
-from .factor import Factor, KoopmanInputError
-from .source import Trajectory
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+# name -> the submodule defining it, imported on first use (PEP 562): the engine's
+# modules load numpy and dask, and the configuration imports the window rule
+# (pipeline.koopman.windowrule) and ENGINE_VERSION from here without them
+_LAZY = {"compress": "compress", "dmd": "core", "DMDResult": "core", "KoopmanDMD": "estimator",
+         "WindowResult": "estimator", "Factor": "factor", "KoopmanInputError": "factor",
+         "Trajectory": "source"}
 
 ENGINE_VERSION = 4  # 4: misfit gate, noise-estimating default cut, GD on the whole
 #                    spectrum, one pass by default, auto window W >= 16
@@ -41,3 +48,29 @@ ENGINE_VERSION = 4  # 4: misfit gate, noise-estimating default cut, GD on the wh
 
 __all__ = ["ENGINE_VERSION", "KoopmanDMD", "WindowResult", "dmd", "DMDResult", "compress", "Factor",
            "KoopmanInputError", "Trajectory"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+class _Engine(types.ModuleType):
+    """The package: a submodule named like the function it defines (``compress``) is
+    bound to the package by the import system when it loads; the name stays the
+    function, as it was when this package imported its names eagerly."""
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Engine

@@ -3,12 +3,17 @@ the automatic rule bounds the window count from a dozen snapshots to thousands."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from pipeline.config import AnalysisParams
+from pipeline.errors import ConfigError
 from pipeline.koopman import KoopmanDMD
 from pipeline.koopman.factor import KoopmanInputError
-from pipeline.koopman.windows import AUTO_MAX_WINDOWS, auto_window, plan_windows
+from pipeline.koopman.windowrule import AUTO_MAX_WINDOWS, auto_window, plan_windows
 
 
 def test_explicit_windows_cover_the_end():
@@ -66,3 +71,29 @@ def test_estimator_analyses_the_end_window():
     est = KoopmanDMD(window=10, per_layer=False).fit(Y)
     assert est.windows_ == [(0, 10), (10, 20), (15, 25)]
     assert [r.window for r in est.results_] == est.windows_
+
+
+@pytest.mark.parametrize("window, stride", [
+    (1, None), ("some", None), (True, None), (2.5, None), (10, 0), (10, -1), ("auto", 3), ("all", 2),
+])
+def test_one_rule_one_message_at_the_edge_and_in_the_engine(window, stride):
+    """The configuration (flags and YAML) and the engine check a window with the same
+    function (pipeline.koopman.windowrule.check_window) and say the same thing."""
+    with pytest.raises(ValueError) as engine:
+        plan_windows(61, window, stride)
+    with pytest.raises(ConfigError) as edge:
+        AnalysisParams.from_flags(window=window, stride=stride)
+    assert str(engine.value) in str(edge.value)
+    with pytest.raises(KoopmanInputError) as fit:
+        KoopmanDMD(window=window, stride=stride).fit(np.ones((61, 4), np.float32))
+    assert str(fit.value) == str(engine.value)
+
+
+def test_the_configuration_imports_the_rule_without_the_engine():
+    """pipeline.koopman loads its numpy/dask modules only when one of its names is used."""
+    code = ("import sys, pipeline.config as c; c.AnalysisParams(window=8, stride=4).analysis_id; "
+            "heavy = [m for m in ('dask', 'pipeline.koopman.windows', 'pipeline.koopman.estimator') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "from pipeline.koopman import compress, KoopmanDMD; import pipeline.koopman.compress as m; "
+            "assert callable(compress) and m is compress, m")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
