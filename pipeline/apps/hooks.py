@@ -1,8 +1,10 @@
 """The training hooks a variant's config asks for (``prune:``, ``accelerate:``,
 ``freeze:``), and the events they record for the store.
 
-:func:`training_hooks` builds the callbacks for :func:`pipeline.training.loop.train`
-from a resolved :class:`~pipeline.config.Variant` and the parts the runner built;
+Each builder here (:func:`pruner`, ...) is named once, by its option's declaration in
+:class:`pipeline.config.policies.TrainingOptions`; :func:`training_hooks` builds the
+callbacks for :func:`pipeline.training.loop.train` from a resolved
+:class:`~pipeline.config.Variant` and the parts the runner built;
 :func:`hook_records` gathers what they recorded into the run's metadata:
 ``events`` (``[{"kind": "prune" | "jump" | "freeze", "snapshot": i, "epoch": e, ...}]``, ``i`` the
 first snapshot after the event; the analysis never lets a window straddle one) and,
@@ -16,13 +18,13 @@ from __future__ import annotations
 EVAL_BATCH = 1024  # training samples the accelerator's loss check uses (the first ones)
 
 
-def _pruner(cfg, model, optimizer, task, loss_fn, layout, device):
+def pruner(cfg, model, optimizer, task, loss_fn, layout, device):
     from .prune import Pruner
 
     return Pruner(model, optimizer, layout, cfg)
 
 
-def _accelerator(cfg, model, optimizer, task, loss_fn, layout, device):
+def accelerator(cfg, model, optimizer, task, loss_fn, layout, device):
     from .accelerate import Accelerator, batch_loss
 
     x = task.x_train[:EVAL_BATCH].to(device)
@@ -30,24 +32,19 @@ def _accelerator(cfg, model, optimizer, task, loss_fn, layout, device):
     return Accelerator(model, optimizer, layout, cfg, batch_loss(model, loss_fn, x, y))
 
 
-def _freezer(cfg, model, optimizer, task, loss_fn, layout, device):
+def freezer(cfg, model, optimizer, task, loss_fn, layout, device):
     from .freeze import Freezer
 
     return Freezer(model, optimizer, layout, cfg)
 
 
-# The training options that are training callbacks: option name -> builder
-# ``(config, model, optimizer, task, loss_fn, layout, device) -> callback``, in the order
-# the callbacks run (freeze last: its step post-hook restores frozen weights after the
-# others). The options themselves are declared in pipeline.config.policies.TrainingOptions.
-HOOKS = {"prune": _pruner, "accelerate": _accelerator, "freeze": _freezer}
-
-
 def training_hooks(variant, model, optimizer, task, loss_fn, layout, device) -> list:
-    """Callbacks for the variant's options in :data:`HOOKS` (empty when all are off)."""
-    options = variant.options()
-    return [build(options[name], model, optimizer, task, loss_fn, layout, device)
-            for name, build in HOOKS.items() if name in options]
+    """Callbacks of the variant's options that are training callbacks (those whose
+    :class:`~pipeline.config.policies.TrainingOption` names a builder, such as
+    :func:`pruner`), in the order the options are declared; empty when none is set."""
+    declared = variant.option_fields()
+    return [declared[name].build(cfg, model, optimizer, task, loss_fn, layout, device)
+            for name, cfg in variant.options().items() if declared[name].build is not None]
 
 
 def hook_records(hooks) -> dict:
@@ -66,4 +63,4 @@ def hook_records(hooks) -> dict:
     return out
 
 
-__all__ = ["HOOKS", "training_hooks", "hook_records", "EVAL_BATCH"]
+__all__ = ["training_hooks", "hook_records", "pruner", "accelerator", "freezer", "EVAL_BATCH"]

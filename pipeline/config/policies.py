@@ -4,10 +4,12 @@ off), declared once in :class:`TrainingOptions`."""
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Callable, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from ..apps import hooks
 from .analysis import RELIABLE_RESIDUAL
 from .base import _show, _Strict
 
@@ -137,31 +139,51 @@ class FreezeConfig(_Strict):
         return self
 
 
-def training_option(*, packed: bool = False) -> dict:
-    """``Field(json_schema_extra=training_option(...))``: a field of :class:`TrainingOptions`.
-    ``packed``: the packed trainer runs it (a variant with an option it does not run
-    trains unpacked, one task of its own: never packed with the option ignored)."""
-    return {"training_option": True, "packed": packed}
+@dataclass(frozen=True)
+class TrainingOption:
+    """The one registration of a training option: ``name: Annotated[Config | None,
+    TrainingOption(...)] = None``, a field of :class:`TrainingOptions`.
+
+    ``build``: the builder of its training callback, ``build(config, model, optimizer, task,
+    loss_fn, layout, device) -> callback`` (:func:`pipeline.apps.hooks.training_hooks` calls
+    it; what the callback records, ``events`` and the like, goes into the run's metadata by
+    :func:`pipeline.apps.hooks.hook_records`). None: the trainers wire the option themselves
+    (:data:`pipeline.training.runner.TRAINER_OPTIONS`: ``stop``, ``on_bad_init``).
+    ``packed``: the packed trainer runs it too; otherwise a variant with the option set
+    trains unpacked, one task of its own, never packed with the option ignored. A callback
+    holds its member's own model and optimizer, which a packed member has not: only an
+    option the trainers wire may say ``packed=True``.
+    """
+
+    build: Callable | None = None
+    packed: bool = False
+
+    def __post_init__(self):
+        if self.build is not None and self.packed:
+            raise TypeError("a training callback needs its variant's own model and optimizer: "
+                            "the packed trainer cannot build it (declare packed=False)")
 
 
 class TrainingOptions(_Strict):
     """The training options a sweep (and each of its variants) may carry; absent = off, so
     a run without them keeps its id, and a set one enters the id.
 
-    Each option is declared here once, with its config model and whether the packed trainer
-    runs it; :class:`~pipeline.config.SweepConfig` and :class:`~pipeline.config.Variant`
-    inherit the fields, :func:`~pipeline.config.expand` copies them, the packing planner
-    (:func:`pipeline.training.packing.why_unpacked`) asks :meth:`unpacked_options`, and the
-    wiring is :data:`pipeline.apps.hooks.HOOKS` (training callbacks) or the runner's
-    (``stop``, ``on_bad_init``: :data:`pipeline.training.runner.RUNNER_OPTIONS`).
-    Adding an option: its model and one field here, its builder in one of those two places.
+    Each option is one field here, its :class:`TrainingOption` saying how it is wired and
+    whether the packed trainer runs it; :class:`~pipeline.config.SweepConfig` and
+    :class:`~pipeline.config.Variant` inherit the fields, :func:`~pipeline.config.expand`
+    copies them, the packing planner (:func:`pipeline.training.packing.why_unpacked`)
+    asks :meth:`unpacked_options`, and the trainers build the callbacks from
+    :meth:`option_fields`. Adding an option: its config model and callback in their own
+    modules, and one field here.
     """
 
-    stop: StopPolicy | None = Field(None, json_schema_extra=training_option())
-    on_bad_init: OnBadInit | None = Field(None, json_schema_extra=training_option())
-    prune: PruneConfig | None = Field(None, json_schema_extra=training_option())
-    accelerate: AccelerateConfig | None = Field(None, json_schema_extra=training_option())
-    freeze: FreezeConfig | None = Field(None, json_schema_extra=training_option())
+    stop: Annotated[StopPolicy | None, TrainingOption(packed=True)] = None
+    on_bad_init: Annotated[OnBadInit | None, TrainingOption(packed=True)] = None
+    # callbacks run in this order (freeze last: its step post-hook restores frozen weights
+    # after the others)
+    prune: Annotated[PruneConfig | None, TrainingOption(build=hooks.pruner)] = None
+    accelerate: Annotated[AccelerateConfig | None, TrainingOption(build=hooks.accelerator)] = None
+    freeze: Annotated[FreezeConfig | None, TrainingOption(build=hooks.freezer)] = None
 
     @model_validator(mode="after")
     def _prune_or_accelerate(self):
@@ -170,10 +192,10 @@ class TrainingOptions(_Strict):
         return self
 
     @classmethod
-    def option_fields(cls) -> dict:
-        """``{name: training_option(...) flags}`` of every training option the model declares."""
-        return {name: f.json_schema_extra for name, f in cls.model_fields.items()
-                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("training_option")}
+    def option_fields(cls) -> dict[str, TrainingOption]:
+        """``{name: TrainingOption}`` of every training option the model declares, in order."""
+        return {name: m for name, f in cls.model_fields.items() for m in f.metadata
+                if isinstance(m, TrainingOption)}
 
     def options(self) -> dict:
         """``{name: config}`` of the training options that are set."""
@@ -182,7 +204,7 @@ class TrainingOptions(_Strict):
     def unpacked_options(self) -> list[str]:
         """The training options set here that the packed trainer does not run."""
         flags = self.option_fields()
-        return [name for name in self.options() if not flags[name]["packed"]]
+        return [name for name in self.options() if not flags[name].packed]
 
 
-TRAINING_OPTIONS = tuple(TrainingOptions.model_fields)
+TRAINING_OPTIONS = tuple(TrainingOptions.option_fields())

@@ -21,7 +21,9 @@ floating-point reassociation (``tests/training/test_packed.py``).
 
 A member whose loss or weights become non-finite is marked diverged, exactly where the
 unpacked loop would stop it, and masked: its parameters and optimizer state are zeroed
-and its learning rate and loss gradient set to 0, so the others train on untouched.
+and its learning rate and loss gradient set to 0, so the others train on untouched. A
+member one of its callbacks stops (the spectral stop, the bad-initialization policy) is
+masked the same way after that epoch, its run complete with its snapshots so far.
 
 Snapshots (:class:`~pipeline.training.packed_snapshots.PackedSnapshots`): one copy of
 ``flat`` (or of its snapshot columns) per snapshot into a ``(T, M, P)`` host buffer; every
@@ -294,12 +296,19 @@ def build_packed(variants, device="cpu"):
 def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
                  optimizer: PackedOptimizer, *, epochs: int, batch_size: int,
                  snapshot_every: int, snapshot_unit: str, layout: Layout, sinks: list,
-                 generators: list[torch.Generator], device="cpu") -> list[TrainResult]:
+                 generators: list[torch.Generator], device="cpu",
+                 callbacks: list | None = None) -> list[TrainResult]:
     """Train the M members of ``model``; member m's data ``tasks[m]``, loss ``losses[m]``,
     batch order from ``generators[m]``, snapshots to ``sinks[m]`` (a
     :class:`~pipeline.storage.writer.RunWriter` or any ``sink(flat, epoch=, step=)``).
-    Returns one :class:`TrainResult` per member (no early stop: members with stopping
-    hooks are not packed)."""
+
+    ``callbacks[m]``: member m's training callbacks (as :func:`pipeline.training.loop.train`
+    takes them; ones that watch snapshots and epochs, such as the spectral stop's monitor):
+    ``on_snapshot`` sees each of its stored snapshots, ``on_epoch_end`` its history, and a
+    member a callback stops ends there as the unpacked loop would end it (status
+    ``complete``, ``stopped_early``): it is masked like a diverged member, its run holding
+    its snapshots so far, and the others train on.
+    Returns one :class:`TrainResult` per member."""
     M = model.members
     for t in tasks:
         _check_arguments(epochs, batch_size, snapshot_every, snapshot_unit, t)
@@ -329,6 +338,10 @@ def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
         cols = torch.cat([torch.arange(model.spans[e.name][0], model.spans[e.name][0] + e.size)
                           for e in layout.entries]).to(device)
     snaps = PackedSnapshots(model.flat, cols, sinks)
+    callbacks = callbacks or [()] * M
+    on_snapshot = [[cb.on_snapshot for cb in cbs if hasattr(cb, "on_snapshot")] for cbs in callbacks]
+    on_epoch_end = [[cb.on_epoch_end for cb in cbs if hasattr(cb, "on_epoch_end")] for cbs in callbacks]
+    stopped = [False] * M
 
     def kill(m: int, message: str, epoch_done: int) -> None:
         alive[m] = False
@@ -345,8 +358,27 @@ def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
         dead.clear()
 
     def snapshot(epoch: int, where: str, epoch_done: int) -> None:
-        for m in snaps.take(epoch, steps, alive.tolist()):
+        live = alive.tolist()
+        bad = snaps.take(epoch, steps, live)
+        for m in bad:
             kill(m, f"weights not finite {where}", epoch_done)
+        bury()
+        for m, hooks in enumerate(on_snapshot):    # after the sink, as the unpacked loop
+            if hooks and live[m] and m not in bad:
+                for hook in hooks:
+                    hook(snaps.last[m], epoch, steps)
+
+    def stop_asked(epoch: int) -> None:
+        """Members a callback asks to stop after ``epoch`` end there (masked)."""
+        live = alive.tolist()
+        for m, hooks in enumerate(on_epoch_end):
+            if not (hooks and live[m]):
+                continue
+            h = {k: hist[i, :n_hist[m], m].tolist() for i, k in enumerate(keys)}
+            if any([bool(hook(epoch, h)) for hook in hooks]) and epoch < epochs:   # all of them run
+                alive[m], stopped[m] = False, True
+                logger.info("packed member %d stopped early by a callback after epoch %d", m, epoch)
+                dead.append(m)
         bury()
 
     snapshot(0, "at initialization", 0)
@@ -408,6 +440,7 @@ def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
         for m, a in enumerate(live):
             if a:
                 ended[m] = (epoch, steps)
+        stop_asked(epoch)
         grad_scale = alive.to(device=device, dtype=torch.float32)
     snaps.close()
 
@@ -416,7 +449,7 @@ def train_packed(model: PackedMLP, tasks: list[TaskData], losses: list[str],
         h = {k: hist[i, :n_hist[m], m].tolist() for i, k in enumerate(keys)
              if n_hist[m] or k not in clean.names}   # (the unpacked run adds those per epoch)
         out.append(TrainResult("diverged" if messages[m] else "complete", h, snaps.count[m],
-                               ended[m][0], ended[m][1], False, messages[m]))
+                               ended[m][0], ended[m][1], stopped[m], messages[m]))
     return out
 
 

@@ -42,11 +42,12 @@ class PackedSnapshots:
         self.base = 0                 # slots flushed before buf's first
         self.epochs: list[int] = []
         self.steps: list[int] = []
+        self.last: torch.Tensor | None = None   # the slot :meth:`take` filled last (M, S)
 
     def take(self, epoch: int, step: int, alive: list[bool]) -> list[int]:
         """Snapshot every live member; returns the members whose weights are not finite
         (not stored; the caller marks them diverged)."""
-        slot = self.buf[self.fill]
+        slot = self.last = self.buf[self.fill]
         with torch.no_grad():
             src = self.flat if self.cols is None else self.flat.index_select(1, self.cols)
             slot.copy_(src)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import KMAError
+from ..errors import ConfigError, KMAError
 from .inits import apply_init
 from ..storage.layout import Layout
 from .losses import build_loss_spec
@@ -34,9 +34,21 @@ if TYPE_CHECKING:  # a type only: the workflows validate configs, training takes
 
 log = logging.getLogger(__name__)
 
-# The training options the runner wires itself (the others are training callbacks:
-# pipeline.apps.hooks.HOOKS): ``stop`` (stop_monitor), ``on_bad_init`` (run_with_policy).
-RUNNER_OPTIONS = ("stop", "on_bad_init")
+# The training options the trainers wire themselves, unpacked (here) and packed
+# (pipeline.training.packing): ``stop`` (stop_monitor, stop_record), ``on_bad_init``
+# (BadInitMonitor, run_with_policy). The others name their callback's builder where they
+# are declared (pipeline.config.policies.TrainingOptions).
+TRAINER_OPTIONS = ("stop", "on_bad_init")
+
+
+def check_wired(variant: Variant) -> None:
+    """Raise :class:`ConfigError` when an option set on ``variant`` has no builder and is
+    not one the trainers wire: it would be ignored."""
+    declared = variant.option_fields()
+    for name in variant.options():
+        if declared[name].build is None and name not in TRAINER_OPTIONS:
+            raise ConfigError(f"training option {name!r} names no callback builder and no trainer "
+                              f"wires it ({', '.join(TRAINER_OPTIONS)}): it would be ignored")
 
 
 def pick_device(num_gpus: float) -> str:
@@ -102,6 +114,7 @@ def run_variant(variant: Variant, store_url: str, callbacks=()) -> dict:
 
     Returns ``{"run_id", "status", "metrics", "n_snapshots", "seconds", "error"}``.
     """
+    check_wired(variant)
     if variant.on_bad_init is not None:  # the detector watches; a restart trains linked attempts
         return run_with_policy(variant, store_url, callbacks)
     return train_attempt(variant, variant.run_id, store_url, callbacks)

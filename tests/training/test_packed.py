@@ -137,8 +137,10 @@ def test_plan_packs_groups_by_architecture_and_excludes_control_flow():
         assert len({v.depth for v in p}) == 1
     assert sorted(v.run_id for p in packs for v in p) == sorted(v.run_id for v in vs)
     assert all(len(p) == 1 for p in plan_packs(vs, "off", 32))
-    stopped = _variants(stop={"window": 6, "every": 2})
-    assert why_unpacked(stopped[0]) and all(len(p) == 1 for p in plan_packs(stopped))
+    pruned = _variants(prune={"method": "magnitude", "sparsity": 0.5, "after": 4, "window": 3})
+    assert why_unpacked(pruned[0]) and all(len(p) == 1 for p in plan_packs(pruned))
+    stopped = _variants(stop={"window": 6, "every": 2})      # the packed trainer runs it
+    assert why_unpacked(stopped[0]) is None and [len(p) for p in plan_packs(stopped)] == [16]
     sob = _variants(loss={"name": "sobolev", "s": 1.0}, task={"name": "multiscale", "n_points": 64,
                                                                "val": "fresh_noise"})
     assert all(len(p) == 1 for p in plan_packs(sob))
