@@ -30,7 +30,8 @@ from ..storage.store import FINISHED, TrajectoryStore
 from .packed import (PACKABLE_ACTIVATIONS, PACKABLE_FAMILIES, PACKABLE_LOSSES, PACKABLE_OPTIMIZERS,
                      PackedOptimizer, build_packed, train_packed)
 from .restart import BAD_INIT, BadInitMonitor, attempt_id
-from .runner import _summary, check_wired, pick_device, stop_monitor, stop_record, summary_of_stored
+from .runner import (_summary, check_wired, pick_device, run_with_policy, stop_monitor, stop_record,
+                     summary_of_stored)
 
 if TYPE_CHECKING:  # a type only: the workflows validate configs, training takes them
     from ..config import Variant
@@ -151,8 +152,6 @@ def run_pack(variants: list[Variant], store_url: str) -> dict:
         if (one["status"] == BAD_INIT and "attempts" not in one and v.on_bad_init is not None
                 and v.on_bad_init.action == "restart"):
             # attempt 0 is stored: the chain's restarts train unpacked (or are read back)
-            from .runner import run_with_policy
-
             one = run_with_policy(v, store_url)
         attempts.extend(one.get("attempts") or [one])
     return {"run_id": label, "status": "packed", "attempts": attempts}
