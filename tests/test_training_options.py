@@ -33,6 +33,9 @@ def test_every_option_is_wired_exactly_once():
     assert sorted([*built, *TRAINER_OPTIONS]) == sorted(TRAINING_OPTIONS)
     # the packed trainer runs the options the trainers wire; a callback never packs
     assert {name for name, opt in declared.items() if opt.packed} == set(TRAINER_OPTIONS)
+    # the snapshots each needs before it acts (a sweep whose runs take fewer is refused)
+    assert {name: opt.needs for name, opt in declared.items()} == {
+        "stop": "window", "on_bad_init": "after", "prune": "after", "accelerate": "window", "freeze": "after"}
 
 
 def test_sweep_and_variant_carry_the_declared_options():

@@ -179,11 +179,9 @@ def _check_policies_fire(cfg, source: str) -> None:
     if cfg.snapshot.unit != "epoch":
         return
     taken = 1 + cfg.epochs // cfg.snapshot.every
-    needs = [("on_bad_init.after", cfg.on_bad_init and cfg.on_bad_init.after),
-             ("stop.window", cfg.stop and cfg.stop.window),
-             ("prune.after", cfg.prune and cfg.prune.after),
-             ("accelerate.window", cfg.accelerate and cfg.accelerate.window),
-             ("freeze.after", cfg.freeze and cfg.freeze.after)]
+    declared = cfg.option_fields()
+    needs = [(f"{name}.{declared[name].needs}", getattr(opt, declared[name].needs))
+             for name, opt in cfg.options().items() if declared[name].needs]
     for key, need in needs:
         if need and need > taken:
             raise ConfigError(f"{source}: {key}: {need} snapshots, but a run takes only {taken} "

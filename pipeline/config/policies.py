@@ -152,11 +152,14 @@ class TrainingOption:
     ``packed``: the packed trainer runs it too; otherwise a variant with the option set
     trains unpacked, one task of its own, never packed with the option ignored. A callback
     holds its member's own model and optimizer, which a packed member has not: only an
-    option the trainers wire may say ``packed=True``.
+    option the trainers wire may say ``packed=True``. ``needs``: the field of its config
+    that counts the snapshots it needs before it acts (a sweep whose runs take fewer is
+    refused: the option would never fire).
     """
 
     build: Callable | None = None
     packed: bool = False
+    needs: str | None = None
 
     def __post_init__(self):
         if self.build is not None and self.packed:
@@ -177,13 +180,14 @@ class TrainingOptions(_Strict):
     modules, and one field here.
     """
 
-    stop: Annotated[StopPolicy | None, TrainingOption(packed=True)] = None
-    on_bad_init: Annotated[OnBadInit | None, TrainingOption(packed=True)] = None
+    stop: Annotated[StopPolicy | None, TrainingOption(packed=True, needs="window")] = None
+    on_bad_init: Annotated[OnBadInit | None, TrainingOption(packed=True, needs="after")] = None
     # callbacks run in this order (freeze last: its step post-hook restores frozen weights
     # after the others)
-    prune: Annotated[PruneConfig | None, TrainingOption(build=hooks.pruner)] = None
-    accelerate: Annotated[AccelerateConfig | None, TrainingOption(build=hooks.accelerator)] = None
-    freeze: Annotated[FreezeConfig | None, TrainingOption(build=hooks.freezer)] = None
+    prune: Annotated[PruneConfig | None, TrainingOption(build=hooks.pruner, needs="after")] = None
+    accelerate: Annotated[AccelerateConfig | None,
+                          TrainingOption(build=hooks.accelerator, needs="window")] = None
+    freeze: Annotated[FreezeConfig | None, TrainingOption(build=hooks.freezer, needs="after")] = None
 
     @model_validator(mode="after")
     def _prune_or_accelerate(self):
