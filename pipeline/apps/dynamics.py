@@ -1,12 +1,14 @@
 """Distances between runs' training dynamics, and a seed-to-seed permutation null.
 
-Pure math (numpy only, no I/O): :mod:`pipeline.workflows.compare` hands in each run's certified
-spectra; what "certified" means is the engine's ``reliable`` flag, never decided here.
+Pure math (numpy only, no I/O): :mod:`pipeline.workflows.compare` hands in each run's spectra;
+what "certified" means is the engine's ``reliable`` flag, never decided here, and how
+much an uncertified pair counts follows from the engine's own error bound κ · residual.
 
 The question (Redman et al., "Identifying Equivalent Training Dynamics", NeurIPS 2024,
 arXiv 2302.09160): topologically conjugate training maps share their Koopman
-eigenvalues, so two configurations train alike when the certified spectra of their
-trajectories agree, phase of training by phase of training.
+eigenvalues, so two configurations train alike when the spectra of their trajectories
+agree, phase of training by phase of training. Redman et al. compare all the DMD
+eigenvalues they compute; here each counts by how well the engine pins it down.
 
 The metric, ``spectral-w1-weighted`` (``spectral-w1-certified``: certified pairs only)
 -----------------------------------------------------------------------------------
@@ -31,7 +33,7 @@ two windows is
 
 (1-D Wasserstein-1 distances of the marginals: the L1 distance of the quantile
 functions, evaluated by the midpoint rule on ``N_QUANTILES`` levels, :func:`quantiles`).
-A window with nothing certified is unknown and is not compared. Two runs are compared on
+A window with no weight (all its pairs of reliability 0) is unknown and is not compared. Two runs are compared on
 ``n_bins`` windows aligned by fraction of training (:func:`align`); their distance is the
 mean of ``d`` over the bins known to both (:func:`pairwise`) — per layer role (``all`` =
 the whole network, ``first``, ``hidden``, ``last``: :func:`layer_roles`), so that networks
@@ -81,7 +83,8 @@ def quantiles(eigenvalues, amplitudes, n_quantiles: int = N_QUANTILES) -> np.nda
     weight is a multiple of ``1/n_quantiles``). None when the window
     has no eigenvalue (or all amplitudes are zero): an unknown window.
 
-    ``eigenvalues`` (r,) complex — the certified ones; ``amplitudes`` (r,) complex.
+    ``eigenvalues`` (r,) complex; ``amplitudes`` (r,) complex or real (a pair's weight
+    before the share of motion: ``|a_i| · ρ_i`` from :func:`role_windows`).
     """
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
     a = np.abs(np.asarray(amplitudes, dtype=np.complex128).ravel())
@@ -106,7 +109,7 @@ def _quantile(x, w, levels):
 
 def window_distance(qa, qb) -> float | None:
     """``d`` of two embedded windows (:func:`quantiles`); None when either is unknown
-    (nothing certified there: not comparable)."""
+    (no weight there: not comparable)."""
     if qa is None or qb is None:
         return None
     return float(np.abs(np.asarray(qa) - np.asarray(qb)).sum())
@@ -148,7 +151,7 @@ def embed(windows, fractions, n_bins: int, n_quantiles: int = N_QUANTILES) -> tu
     """One run's role as ``(E, present)``: ``E`` (n_bins, 2·n_quantiles) the embedded
     aligned windows (zeros where unknown), ``present`` (n_bins,) bool.
 
-    ``windows`` is a list of ``(eigenvalues, amplitudes)`` of the certified pairs, one per
+    ``windows`` is a list of ``(eigenvalues, weights)`` (:func:`role_windows`), one per
     window in training order; ``fractions`` their end as a fraction of training.
     """
     pick = align(fractions, n_bins)
