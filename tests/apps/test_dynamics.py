@@ -382,7 +382,8 @@ def test_figures_read_at_few_and_many_runs(tmp_path):
         # few runs: every run named; many: the groups, with their sizes
         assert ticks == ([f"run{k:03d} ({g})" for k, g in enumerate(labels)] if n == 8 else
                          [f"init={g} ({n // 4})" for g in ("g0", "g1", "g2", "g3")])
-        assert "qr-x" in fig.axes[0].get_title() and f"{n} runs by init" in fig.axes[0].get_title()
+        title = fig.get_suptitle()     # across the figure: long metric and analysis names fit
+        assert "qr-x" in title and f"{n} runs by init" in title and dyn.METRIC in title
         plots._plt().close(fig)
         fig = dp.embedding_figure(sec, by="init")
         assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
