@@ -13,11 +13,11 @@ eigenvalues they compute; here each counts by how well the engine pins it down.
 The metric, ``spectral-w1-weighted`` (``spectral-w1-certified``: certified pairs only)
 -----------------------------------------------------------------------------------
 A window's spectrum is a probability measure on the plane, ``μ = Σ_i w_i δ_{λ_i}``, over
-its Ritz values ``λ_i`` with weights ``w_i ∝ ρ_i · |a_i| · |λ_i − 1|``: mode ``i``'s
+its Ritz values ``λ_i`` with weights ``w_i ∝ q_i · |a_i| · |λ_i − 1|``: mode ``i``'s
 amplitude in the update ``x_{t+1} − x_t`` (plain amplitudes put almost all the mass on
 the fixed point λ = 1 that every converging training map has; only when nothing else
 carries weight is the measure a point mass there), times the pair's reliability
-``ρ_i`` (:func:`reliability`): 1 for a pair the engine certifies, ``tol / (κ_i · r_i)``
+``q_i`` (:func:`reliability`): 1 for a pair the engine certifies, ``tol / (κ_i · r_i)``
 for one whose first-order error bound ``κ_i · r_i`` exceeds the certification tolerance
 ``tol`` (a pair ten times less sure counts a tenth), 0 in a window the engine does not
 trust at all (residuals not informative, or no linear map fits its data). Certified
@@ -84,7 +84,7 @@ def quantiles(eigenvalues, amplitudes, n_quantiles: int = N_QUANTILES) -> np.nda
     has no eigenvalue (or all amplitudes are zero): an unknown window.
 
     ``eigenvalues`` (r,) complex; ``amplitudes`` (r,) complex or real (a pair's weight
-    before the share of motion: ``|a_i| · ρ_i`` from :func:`role_windows`).
+    before the share of motion: ``|a_i| · q_i`` from :func:`role_windows`).
     """
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
     a = np.abs(np.asarray(amplitudes, dtype=np.complex128).ravel())
@@ -384,7 +384,7 @@ def role_windows(spectra, layers, residual_tol: float = RELIABLE_RESIDUAL,
     ...], [end fraction, ...], [certified mask, ...])`` in training order, or None when
     the run's analysis has none of ``layers``. ``spectra`` is a
     :class:`~pipeline.spectra.RunSpectra` (its ``reliable`` masks are the engine's
-    certification). ``weights`` are ``|a_i| · ρ_i`` with ``ρ_i`` the pair's
+    certification). ``weights`` are ``|a_i| · q_i`` with ``q_i`` the pair's
     :func:`reliability` (``ritz_pairs="weighted"``) or its certification, 1 or 0
     (``"certified"``). A role of several layers (``hidden``) pools, per window, their
     pairs, each layer's weights normalised to sum 1 first, so every hidden layer counts
