@@ -208,7 +208,12 @@ def test_compare_json_dynamics_section(tmp_path, capsys):
     assert rc == 0, err
     report = json.loads(path.read_text())
     dyn = report["dynamics"]
-    assert dyn["metric"] == "spectral-w1" and report["by"] == "init"
+    assert dyn["metric"] == "spectral-w1-weighted" and dyn["ritz_pairs"] == "weighted" and report["by"] == "init"
+    assert dyn["reliability"]["residual_tol"] == 1e-2   # the analysis' own tolerance
+    assert set(dyn["certified_mass"]) == set(dyn["runs"])
+    assert all(m is None or 0 <= m <= 1 for m in dyn["certified_mass"].values())
+    assert {(p["a"], p["b"]) for p in dyn["certified_only"]["pairs"]} == {
+        ("kaiming", "orthogonal"), ("kaiming", "zeros"), ("orthogonal", "zeros")}
     assert dyn["runs"] == [f"k{i}" for i in range(4)] + [f"o{i}" for i in range(4)] + [f"z{i}" for i in range(4)]
     assert dyn["group_of"] == {r: {"k": "kaiming", "o": "orthogonal", "z": "zeros"}[r[0]] for r in dyn["runs"]}
     D = np.array(dyn["distance"])

@@ -1,21 +1,30 @@
 """Distances between runs' training dynamics, and a seed-to-seed permutation null.
 
-Pure math (numpy only, no I/O): :mod:`pipeline.workflows.compare` hands in each run's certified
-spectra; what "certified" means is the engine's ``reliable`` flag, never decided here.
+Pure math (numpy only, no I/O): :mod:`pipeline.workflows.compare` hands in each run's spectra;
+what "certified" means is the engine's ``reliable`` flag, never decided here, and how
+much an uncertified pair counts follows from the engine's own error bound κ · residual.
 
 The question (Redman et al., "Identifying Equivalent Training Dynamics", NeurIPS 2024,
 arXiv 2302.09160): topologically conjugate training maps share their Koopman
-eigenvalues, so two configurations train alike when the certified spectra of their
-trajectories agree, phase of training by phase of training.
+eigenvalues, so two configurations train alike when the spectra of their trajectories
+agree, phase of training by phase of training. Redman et al. compare all the DMD
+eigenvalues they compute; here each counts by how well the engine pins it down.
 
-The metric, ``spectral-w1``
----------------------------
-A window's certified spectrum is a probability measure on the plane,
-``μ = Σ_i w_i δ_{λ_i}``, over the certified Ritz values ``λ_i`` with weights
-``w_i ∝ |a_i| · |λ_i − 1|``: mode ``i``'s amplitude in the update ``x_{t+1} − x_t``
-(plain amplitudes put almost all the mass on the fixed point λ = 1 that every converging
-training map has; only when nothing else is certified is the measure a point mass
-there). Eigenvalues of a real training map come in conjugate pairs, so each is described
+The metric, ``spectral-w1-weighted`` (``spectral-w1-certified``: certified pairs only)
+-----------------------------------------------------------------------------------
+A window's spectrum is a probability measure on the plane, ``μ = Σ_i w_i δ_{λ_i}``, over
+its Ritz values ``λ_i`` with weights ``w_i ∝ q_i · |a_i| · |λ_i − 1|``: mode ``i``'s
+amplitude in the update ``x_{t+1} − x_t`` (plain amplitudes put almost all the mass on
+the fixed point λ = 1 that every converging training map has; only when nothing else
+carries weight is the measure a point mass there), times the pair's reliability
+``q_i`` (:func:`reliability`): 1 for a pair the engine certifies, ``tol / (κ_i · r_i)``
+for one whose first-order error bound ``κ_i · r_i`` exceeds the certification tolerance
+``tol`` (a pair ten times less sure counts a tenth), 0 in a window the engine does not
+trust at all (residuals not informative, or no linear map fits its data). Certified
+pairs alone (``ritz_pairs="certified"``) miss what Adam does: its updates are far from
+linear, the engine certifies only λ ≈ 1 there, and every Adam window is a point mass at 1
+(docs/pages/dynamics.md). ``certified_mass`` says how much of each run's weight rests on
+certified pairs. Eigenvalues of a real training map come in conjugate pairs, so each is described
 by its rate ``ρ = min(|λ|, RHO_MAX)`` (decay per snapshot; above ``RHO_MAX`` everything
 is "diverging" alike) and its frequency ``θ = |arg λ| / π`` in [0, 1]. The distance of
 two windows is
@@ -24,7 +33,7 @@ two windows is
 
 (1-D Wasserstein-1 distances of the marginals: the L1 distance of the quantile
 functions, evaluated by the midpoint rule on ``N_QUANTILES`` levels, :func:`quantiles`).
-A window with nothing certified is unknown and is not compared. Two runs are compared on
+A window with no weight (all its pairs of reliability 0) is unknown and is not compared. Two runs are compared on
 ``n_bins`` windows aligned by fraction of training (:func:`align`); their distance is the
 mean of ``d`` over the bins known to both (:func:`pairwise`) — per layer role (``all`` =
 the whole network, ``first``, ``hidden``, ``last``: :func:`layer_roles`), so that networks
@@ -52,7 +61,12 @@ import math
 
 import numpy as np
 
-METRIC = "spectral-w1"
+from ..spectra import RELIABLE_RESIDUAL
+
+METRIC = "spectral-w1-weighted"          # every Ritz pair, weighted by its reliability
+METRIC_CERTIFIED = "spectral-w1-certified"  # certified pairs only
+RITZ_PAIRS = ("weighted", "certified")
+RELIABILITY_RULE = "1 if certified; else tol / (kappa * residual); 0 in a window not informative or not fitting"
 RHO_MAX = 1.5             # rates above this count as one "diverging" rate
 MISSING = RHO_MAX + 1.0  # the largest d: runs with nothing comparable, when no pair has anything
 N_QUANTILES = 64
@@ -69,7 +83,8 @@ def quantiles(eigenvalues, amplitudes, n_quantiles: int = N_QUANTILES) -> np.nda
     weight is a multiple of ``1/n_quantiles``). None when the window
     has no eigenvalue (or all amplitudes are zero): an unknown window.
 
-    ``eigenvalues`` (r,) complex — the certified ones; ``amplitudes`` (r,) complex.
+    ``eigenvalues`` (r,) complex; ``amplitudes`` (r,) complex or real (a pair's weight
+    before the share of motion: ``|a_i| · q_i`` from :func:`role_windows`).
     """
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
     a = np.abs(np.asarray(amplitudes, dtype=np.complex128).ravel())
@@ -94,7 +109,7 @@ def _quantile(x, w, levels):
 
 def window_distance(qa, qb) -> float | None:
     """``d`` of two embedded windows (:func:`quantiles`); None when either is unknown
-    (nothing certified there: not comparable)."""
+    (no weight there: not comparable)."""
     if qa is None or qb is None:
         return None
     return float(np.abs(np.asarray(qa) - np.asarray(qb)).sum())
@@ -136,7 +151,7 @@ def embed(windows, fractions, n_bins: int, n_quantiles: int = N_QUANTILES) -> tu
     """One run's role as ``(E, present)``: ``E`` (n_bins, 2·n_quantiles) the embedded
     aligned windows (zeros where unknown), ``present`` (n_bins,) bool.
 
-    ``windows`` is a list of ``(eigenvalues, amplitudes)`` of the certified pairs, one per
+    ``windows`` is a list of ``(eigenvalues, weights)`` (:func:`role_windows`), one per
     window in training order; ``fractions`` their end as a fraction of training.
     """
     pick = align(fractions, n_bins)
@@ -328,33 +343,77 @@ def classical_mds(D, dims: int = 2) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- from spectra
-def role_windows(spectra, layers) -> tuple[list, list[float]] | None:
-    """The certified pairs of a role's layers, window by window: ``([(eigenvalues,
-    amplitudes), ...], [end fraction, ...])`` in training order, or None when the run's
-    analysis has none of ``layers``. ``spectra`` is a :class:`~pipeline.spectra.RunSpectra`
-    (its ``reliable`` masks are the engine's certification). A role of several layers
-    (``hidden``) pools, per window, their certified pairs, each layer's amplitudes
-    normalised to sum 1 first, so every hidden layer counts alike.
+def reliability(result, certified, residual_tol: float = RELIABLE_RESIDUAL) -> np.ndarray:
+    """Float (r,) in [0, 1]: how much each Ritz pair of one window counts.
+
+    1 for a pair the engine certifies (``certified``: the engine's ``reliable`` mask);
+    ``residual_tol / (κ_i · r_i)`` (below 1) for one whose first-order eigenvalue error
+    bound ``κ_i · r_i`` exceeds the tolerance; 0 for every pair of a window the engine
+    does not trust at all: its residuals are not informative, or no linear map fits its
+    data (``result.fits`` false). ``result`` is a :class:`~pipeline.koopman.WindowResult`.
     """
+    ok = np.asarray(certified, bool)
+    res = np.asarray(result.residuals, dtype=float)
+    if not result.informative or not result.fits:
+        return np.zeros(res.size)
+    bound = res if result.conditions is None else np.asarray(result.conditions, dtype=float) * res
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(np.isfinite(bound) & (bound > 0), residual_tol / bound, 0.0)
+    rel = np.clip(np.nan_to_num(rel, nan=0.0), 0.0, 1.0)
+    rel[ok] = 1.0
+    return rel
+
+
+def certified_share(eigenvalues, weights, certified) -> float | None:
+    """The share of a window's measure (:func:`quantiles`' weights) on certified pairs;
+    None for an unknown window (no weight at all)."""
+    lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
+    a = np.abs(np.asarray(weights, dtype=float).ravel())
+    cert = np.asarray(certified, bool).ravel()
+    ok = np.isfinite(lam) & np.isfinite(a) & (a > 0)
+    if not ok.any():
+        return None
+    m = a * np.abs(lam - 1.0)
+    m = np.where(ok, m if m[ok].sum() > 0 else a, 0.0)
+    return float(m[cert].sum() / m.sum())
+
+
+def role_windows(spectra, layers, residual_tol: float = RELIABLE_RESIDUAL,
+                 ritz_pairs: str = "weighted") -> tuple[list, list[float], list] | None:
+    """The Ritz pairs of a role's layers, window by window: ``([(eigenvalues, weights),
+    ...], [end fraction, ...], [certified mask, ...])`` in training order, or None when
+    the run's analysis has none of ``layers``. ``spectra`` is a
+    :class:`~pipeline.spectra.RunSpectra` (its ``reliable`` masks are the engine's
+    certification). ``weights`` are ``|a_i| · q_i`` with ``q_i`` the pair's
+    :func:`reliability` (``ritz_pairs="weighted"``) or its certification, 1 or 0
+    (``"certified"``). A role of several layers (``hidden``) pools, per window, their
+    pairs, each layer's weights normalised to sum 1 first, so every hidden layer counts
+    alike.
+    """
+    if ritz_pairs not in RITZ_PAIRS:
+        raise ValueError(f"ritz_pairs {ritz_pairs!r}: known {', '.join(RITZ_PAIRS)}")
     per_layer = [spectra.rows(name) for name in layers if spectra.rows(name)]
     if not per_layer:
         return None
     n = min(len(ix) for ix in per_layer)
-    windows, fractions = [], []
+    windows, fractions, masks = [], [], []
     for k in range(n):
-        lams, amps = [], []
+        lams, amps, certs = [], [], []
         for ix in per_layer:
             i = ix[k]
+            result = spectra.results[i]
             ok = np.asarray(spectra.reliable[i], bool)
-            lam = np.asarray(spectra.results[i].eigenvalues)[ok]
-            amp = np.abs(np.asarray(spectra.results[i].amplitudes)[ok])
+            rel = reliability(result, ok, residual_tol) if ritz_pairs == "weighted" else ok.astype(float)
+            amp = np.abs(np.asarray(result.amplitudes)) * rel
             if len(per_layer) > 1 and amp.sum() > 0:
                 amp = amp / amp.sum()
-            lams.append(lam)
+            lams.append(np.asarray(result.eigenvalues))
             amps.append(amp)
+            certs.append(ok)
         windows.append((np.concatenate(lams), np.concatenate(amps)))
+        masks.append(np.concatenate(certs))
         fractions.append(spectra.fraction(per_layer[0][k]))
-    return windows, fractions
+    return windows, fractions, masks
 
 
 def run_roles(spectra) -> dict[str, list[str]]:
@@ -370,34 +429,56 @@ def default_bins(spectra_list) -> int:
     return max(1, min((len(s.rows("all")) for s in spectra_list), default=1))
 
 
-def distances(spectra_list, n_bins: int | None = None, n_quantiles: int = N_QUANTILES) -> dict[str, np.ndarray]:
+def distances(spectra_list, n_bins: int | None = None, n_quantiles: int = N_QUANTILES,
+              residual_tol: float = RELIABLE_RESIDUAL, ritz_pairs: str = "weighted",
+              roles=ROLES) -> dict[str, np.ndarray]:
     """``{role: D (N, N)}`` for the runs' :class:`~pipeline.spectra.RunSpectra`: ``all``
-    and the roles that at least one run has. ``n_bins`` defaults to the fewest whole-network windows
-    of any run (at least 1)."""
-    roles = [run_roles(s) for s in spectra_list]
+    and those of ``roles`` that at least one run has. ``n_bins`` defaults to the fewest
+    whole-network windows of any run (at least 1); ``ritz_pairs`` and ``residual_tol``:
+    :func:`role_windows`."""
+    run_r = [run_roles(s) for s in spectra_list]
     n_bins = n_bins or default_bins(spectra_list)
     out = {}
-    for role in ROLES:
-        if role != "all" and not any(role in r for r in roles):
+    for role in roles:
+        if role != "all" and not any(role in r for r in run_r):
             continue
         E = np.zeros((len(spectra_list), n_bins, 2 * n_quantiles))
         P = np.zeros((len(spectra_list), n_bins), bool)
-        for k, (s, r) in enumerate(zip(spectra_list, roles)):
-            got = role_windows(s, r[role]) if role in r else None
+        for k, (s, r) in enumerate(zip(spectra_list, run_r)):
+            got = role_windows(s, r[role], residual_tol, ritz_pairs) if role in r else None
             if got is not None and got[0]:
                 E[k], P[k] = embed(got[0], got[1], n_bins, n_quantiles)
         out[role] = pairwise(E, P)
     return out
 
 
+def certified_mass(spectra, n_bins: int, residual_tol: float = RELIABLE_RESIDUAL) -> float | None:
+    """The mean, over a run's aligned whole-network windows that carry weight, of the
+    share of the window's measure on certified pairs (:func:`certified_share`): 1 when
+    the weighted distance of this run rests on certified pairs only, near 0 when it rests
+    on uncertified ones. None when no window carries weight."""
+    got = role_windows(spectra, ["all"], residual_tol, "weighted")
+    if got is None or not got[0]:
+        return None
+    shares = [certified_share(*got[0][int(i)], got[2][int(i)]) for i in align(got[1], n_bins)]
+    shares = [x for x in shares if x is not None]
+    return float(np.mean(shares)) if shares else None
+
+
 def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_perm: int = 999,
-            seed: int = 0, n_bins: int | None = None) -> dict:
-    """The ``dynamics`` section of ``kma compare --json``: ``{"metric", "runs",
-    "group_of", "groups", "role" (``all``), "distance" (the whole network's; N × N lists), "pairs" (:func:`group_pairs`),
-    "classes" (:func:`classes`), "alpha", "n_bins", "by_role": {role: {"distance",
-    "pairs"}}}``; runs in the order given."""
+            seed: int = 0, n_bins: int | None = None, residual_tol: float = RELIABLE_RESIDUAL,
+            ritz_pairs: str = "weighted") -> dict:
+    """The ``dynamics`` section of ``kma compare --json``: ``{"metric", "ritz_pairs",
+    "reliability": {"rule", "residual_tol"}, "runs", "group_of", "groups", "role"
+    (``all``), "distance" (the whole network's; N × N lists), "pairs"
+    (:func:`group_pairs`), "classes" (:func:`classes`), "alpha", "n_bins",
+    "certified_mass": {run: share or None} (:func:`certified_mass`), "by_role": {role:
+    {"distance", "pairs"}}}``, and with ``ritz_pairs="weighted"`` also
+    ``"certified_only": {"metric", "pairs"}``: the whole network's test on certified
+    pairs alone, so a reader sees whether a conclusion needs the uncertified pairs.
+    Runs in the order given."""
     n_bins = n_bins or default_bins(spectra_list)
-    D = distances(spectra_list, n_bins=n_bins)
+    D = distances(spectra_list, n_bins=n_bins, residual_tol=residual_tol, ritz_pairs=ritz_pairs)
     head = "all"
     order = list(order) if order is not None else sorted(set(labels))
 
@@ -408,9 +489,16 @@ def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_pe
     def as_lists(M):
         return np.round(M, 8).tolist()
 
-    pairs = clean(group_pairs(D[head], labels, order, alpha=alpha, n_perm=n_perm, seed=seed))
-    return {
-        "metric": METRIC,
+    def test(M):
+        return clean(group_pairs(M, labels, order, alpha=alpha, n_perm=n_perm, seed=seed))
+
+    pairs = test(D[head])
+    mass = [certified_mass(s, n_bins, residual_tol) for s in spectra_list]
+    out = {
+        "metric": METRIC if ritz_pairs == "weighted" else METRIC_CERTIFIED,
+        "ritz_pairs": ritz_pairs,
+        "reliability": {"rule": RELIABILITY_RULE if ritz_pairs == "weighted" else "certified: 1, else 0",
+                        "residual_tol": residual_tol},
         "runs": list(run_ids),
         "group_of": dict(zip(run_ids, labels)),
         "groups": order,
@@ -420,7 +508,10 @@ def section(run_ids, labels, spectra_list, order=None, alpha: float = 0.05, n_pe
         "classes": classes([g for g in order if g in set(labels)], pairs),
         "alpha": alpha,
         "n_bins": n_bins,
-        "by_role": {role: {"distance": as_lists(M),
-                           "pairs": clean(group_pairs(M, labels, order, alpha=alpha, n_perm=n_perm, seed=seed))}
-                    for role, M in D.items() if role != head},
+        "certified_mass": {rid: (None if m is None else round(m, 6)) for rid, m in zip(run_ids, mass)},
+        "by_role": {role: {"distance": as_lists(M), "pairs": test(M)} for role, M in D.items() if role != head},
     }
+    if ritz_pairs == "weighted":
+        only = distances(spectra_list, n_bins=n_bins, residual_tol=residual_tol, ritz_pairs="certified", roles=("all",))
+        out["certified_only"] = {"metric": METRIC_CERTIFIED, "pairs": test(only["all"])}
+    return out

@@ -35,9 +35,13 @@ def _colors(groups: list[str]):
 
 
 def _title(section: dict, what: str, by: str, analysis_id: str) -> str:
+    """Names the metric, the role, the aligned windows, the runs, ``--by``, the analysis
+    and, for the weighted metric, the mean share of the runs' weight on certified pairs."""
     n = len(section["runs"])
-    return (f"{what} · {section['metric']} ({section['role']}, {section['n_bins']} aligned windows)\n"
-            f"{n} run{'s' if n != 1 else ''} by {by} · analysis {analysis_id}")
+    mass = [m for m in (section.get("certified_mass") or {}).values() if m is not None]
+    on = f" · {np.mean(mass):.0%} of the weight on certified pairs" if mass and section.get("ritz_pairs") == "weighted" else ""
+    return (f"{what}\n{section['metric']} ({section['role']}, {section['n_bins']} aligned windows) · "
+            f"{n} run{'s' if n != 1 else ''} by {by}\nanalysis {analysis_id}{on}")
 
 
 def matrix_figure(section: dict, *, by: str, analysis_id: str = ""):
@@ -67,7 +71,7 @@ def matrix_figure(section: dict, *, by: str, analysis_id: str = ""):
     ax.set_xticklabels(names, rotation=90, fontsize=size)
     ax.set_yticks(ticks)
     ax.set_yticklabels(names, fontsize=size)
-    ax.set_title(_title(section, "Distance matrix", by, analysis_id), fontsize=9)
+    fig.suptitle(_title(section, "Distance matrix", by, analysis_id), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -91,7 +95,7 @@ def embedding_figure(section: dict, *, by: str, analysis_id: str = ""):
     ax.set_ylabel("MDS coordinate 2")
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(fontsize=8, loc="best", ncol=1 if len(order) <= 10 else 2, markerscale=max(1.0, 30 / size))
-    ax.set_title(_title(section, "Runs embedded by their training dynamics (classical MDS)", by, analysis_id),
+    fig.suptitle(_title(section, "Runs embedded by their training dynamics (classical MDS)", by, analysis_id),
                  fontsize=9)
     fig.tight_layout()
     return fig

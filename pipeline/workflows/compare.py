@@ -159,6 +159,7 @@ def _row(run, aid: str, by: str, label: str) -> dict:
         "val_loss": _last(run.metrics.get("val_loss")),
         "val_accuracy": _last(run.metrics.get("val_accuracy")),
         "analysis_id": aid,
+        "residual_tol": tol,
         "spectra": spectra,
         "verdict": verdict,
         "converged": verdicts.cell(verdict),
@@ -268,7 +269,8 @@ def dynamics(rows: list[dict], alpha: float = 0.05, n_perm: int = 999, seed: int
     order = _group_order(r["group"] for r in rows)
     ranked = sorted(rows, key=lambda r: (order.index(r["group"]), r["run_id"]))
     return dyn.section([r["run_id"] for r in ranked], [r["group"] for r in ranked],
-                       [r["spectra"] for r in ranked], order=order, alpha=alpha, n_perm=n_perm, seed=seed)
+                       [r["spectra"] for r in ranked], order=order, alpha=alpha, n_perm=n_perm, seed=seed,
+                       residual_tol=float(ranked[0].get("residual_tol", RELIABLE_RESIDUAL)))
 
 
 def json_report(rows: list[dict], by: str, section: dict) -> dict:

@@ -226,6 +226,123 @@ def test_distance_invariant_to_scale_permutation_and_parameter_count(stored):
         for role in ("all", "first", "hidden"):
             assert D[role][0, k] <= 1e-6 * other, (role, k, D[role][0, k])
     assert D["all"][0, 3] <= 1e-6 * other, D["all"][0, 3]   # twice the parameters
+    # the weighted distance rests partly on uncertified pairs here (weights strictly
+    # between 0 and 1), and the certified-only one is invariant as well
+    s = stored["base"]
+    rel = np.concatenate([dyn.reliability(r, m) for r, m in zip(s.results, s.reliable)])
+    assert ((rel > 0) & (rel < 1)).any(), rel
+    C = dyn.distances([stored[r] for r in ids], n_bins=3, ritz_pairs="certified")
+    assert C["all"][0, 4] > 1e-3
+    for k in (1, 2, 3):
+        assert C["all"][0, k] <= 1e-6 * C["all"][0, 4], (k, C["all"][0, k])
+
+
+def _window(lams, kres, amps=None, informative=True, misfit=1e-6, limit=1e-4, window=(0, 10), layer="all"):
+    from pipeline.koopman import WindowResult
+
+    lam = np.asarray(lams, complex)
+    return WindowResult(layer, window, lam, np.asarray(amps if amps is not None else np.ones(lam.size), complex),
+                        np.asarray(kres, float), np.ones(lam.size), lam.size, conditions=np.ones(lam.size),
+                        informative=informative, misfit=misfit, misfit_limit=limit)
+
+
+def test_reliability_weights_and_certified_share():
+    r = _window([1.0, 0.9, 0.5, 0.2], [1e-3, 0.1, 0.02, 2.0])
+    cert = r.reliable(1e-2)
+    assert cert.tolist() == [True, False, False, False]
+    # certified 1; else tol / (κ·residual): ten times the tolerance counts a tenth
+    np.testing.assert_allclose(dyn.reliability(r, cert, 1e-2), [1.0, 0.1, 0.5, 0.005])
+    # a window the engine does not trust at all counts nothing
+    assert not dyn.reliability(_window([0.9], [1e-3], informative=False), [False]).any()
+    assert not dyn.reliability(_window([0.9], [1e-3], misfit=1e-2, limit=1e-4), [False]).any()
+    # the share of the measure (weights × |λ − 1|) on certified pairs
+    assert dyn.certified_share([1.0, 0.9], [5.0, 1.0], [True, False]) == 0.0     # λ = 1 carries no motion
+    assert dyn.certified_share([0.5, 0.9], [1.0, 1.0], [True, False]) == pytest.approx(0.5 / 0.6)
+    assert dyn.certified_share([1.0], [2.0], [True]) == 1.0                      # only the fixed point
+    assert dyn.certified_share([0.5], [0.0], [False]) is None
+
+
+def _synthetic_run(label, rate, kres, rng, n_windows=3):
+    """Windows that certify only the fixed point λ = 1 and hold one more (uncertified,
+    κ·residual = ``kres``) real mode near ``rate``: what the engine reports for Adam."""
+    results = [_window([1.0, rate + rng.normal(0, 0.005)], [1e-3, kres], amps=[5.0, 1.0], window=(5 * k, 5 * k + 10))
+               for k in range(n_windows)]
+    return RunSpectra.build(results, label=label, residual_tol=1e-2)
+
+
+def test_weighted_pairs_tell_apart_what_certified_pairs_cannot():
+    rng = np.random.default_rng(5)
+    runs = [_synthetic_run(f"a{k}", 0.9, 0.05, rng) for k in range(4)] + \
+           [_synthetic_run(f"b{k}", 0.6, 0.05, rng) for k in range(4)]
+    labels = ["a"] * 4 + ["b"] * 4
+    ids = [s.label for s in runs]
+    sec = dyn.section(ids, labels, runs)
+    # certified pairs alone: every run is a point mass at 1, nothing to tell apart
+    assert not np.array(dyn.distances(runs, ritz_pairs="certified")["all"]).any()
+    assert sec["certified_only"]["pairs"][0]["p_value"] == 1.0
+    # weighted: the groups' rates differ by 0.3, seeds by about 0.005
+    [pair] = sec["pairs"]
+    assert pair["p_value"] == pytest.approx(2 / math.comb(8, 4)) and pair["equivalent"] is False
+    assert pair["between"] == pytest.approx(0.3, abs=0.03) and max(pair["within_a"], pair["within_b"]) < 0.03
+    assert sec["metric"] == dyn.METRIC and sec["ritz_pairs"] == "weighted"
+    assert sec["reliability"]["residual_tol"] == 1e-2
+    assert sec["certified_mass"] == {rid: 0.0 for rid in ids}   # it all rests on uncertified pairs
+    only = dyn.section(ids, labels, runs, ritz_pairs="certified")
+    assert only["metric"] == dyn.METRIC_CERTIFIED and "certified_only" not in only
+    assert only["pairs"][0]["p_value"] == 1.0
+    with pytest.raises(ValueError, match="ritz_pairs"):
+        dyn.section(ids, labels, runs, ritz_pairs="all")
+
+
+def _train_opt(seed: int, opt: str, lr: float, width: int = 8, epochs: int = 40):
+    """Full-batch SGD or Adam on a tanh MLP 1 → width → 1 fitting a sine (T × P float32)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(-1, 1, 32).unsqueeze(1)
+    y = torch.sin(3 * x)
+    model = torch.nn.Sequential(torch.nn.Linear(1, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
+    optim = (torch.optim.SGD if opt == "sgd" else torch.optim.Adam)(model.parameters(), lr=lr)
+    snaps, losses = [], []
+    for _ in range(epochs + 1):
+        snaps.append(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy())
+        optim.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optim.step()
+        losses.append(float(loss.detach()))
+    named = [(f"{k}", tuple(v.shape)) for k, v in model.state_dict().items()]
+    return np.stack(snaps).astype(np.float32), named, np.array(losses)
+
+
+def test_sgd_and_adam_runs_told_apart_by_weighted_pairs_only(tmp_path):
+    """Real runs: 4 seeds of full-batch SGD (lr 0.05) and of Adam (lr 0.02). That they
+    differ is shown from what they did (Adam's loss rises in some epochs, SGD's never);
+    the engine certifies little beyond λ ≈ 1 in Adam's windows, so certified pairs
+    alone cannot tell the groups apart, the weighted ones can."""
+    store = TrajectoryStore(str(tmp_path / "s"))
+    ids, labels, rises = [], [], {}
+    for opt, lr in (("sgd", 0.05), ("adam", 0.02)):
+        for seed in range(4):
+            X, named, loss = _train_opt(seed, opt, lr)
+            _store_run(store, f"{opt}{seed}", X, named, opt)
+            ids.append(f"{opt}{seed}")
+            labels.append(opt)
+            rises[f"{opt}{seed}"] = float(np.mean(np.diff(loss) > 0))
+    assert all(rises[f"adam{k}"] > 0 for k in range(4)) and not any(rises[f"sgd{k}"] for k in range(4)), rises
+    report = analyze_runs(store, None, AnalysisParams(window=20, stride=10, per_layer=True), console=Console(quiet=True))
+    assert set(report.values()) == {None}, report
+    spectra = []
+    for rid in ids:
+        run = store.open_run(rid)
+        [aid] = list_analyses(run)
+        spectra.append(RunSpectra.of_run(run, load_results(run, aid), residual_tol=1e-2))
+    sec = dyn.section(ids, labels, spectra)
+    mass = sec["certified_mass"]
+    assert max(mass[f"adam{k}"] for k in range(4)) < min(mass[f"sgd{k}"] for k in range(4)), mass
+    p_weighted, p_certified = sec["pairs"][0]["p_value"], sec["certified_only"]["pairs"][0]["p_value"]
+    assert p_weighted == pytest.approx(2 / math.comb(8, 4)) and p_certified > 0.05, (p_weighted, p_certified)
 
 
 def test_section_contract(stored):
@@ -265,7 +382,8 @@ def test_figures_read_at_few_and_many_runs(tmp_path):
         # few runs: every run named; many: the groups, with their sizes
         assert ticks == ([f"run{k:03d} ({g})" for k, g in enumerate(labels)] if n == 8 else
                          [f"init={g} ({n // 4})" for g in ("g0", "g1", "g2", "g3")])
-        assert "qr-x" in fig.axes[0].get_title() and f"{n} runs by init" in fig.axes[0].get_title()
+        title = fig.get_suptitle()     # across the figure: long metric and analysis names fit
+        assert "qr-x" in title and f"{n} runs by init" in title and dyn.METRIC in title
         plots._plt().close(fig)
         fig = dp.embedding_figure(sec, by="init")
         assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
