@@ -121,7 +121,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     tail = r.stderr.strip().splitlines()[-3:]
     m = re.fullmatch(r"verdicts: (\d+) converged(?:, (\d+) not converged)?(?:, \d+ bad init)?", tail[0])
     assert m and sum(int(g or 0) for g in m.groups()) == 4, tail
-    assert tail[1] == (f"next: mlflow ui --backend-store-uri {uri}, then open "
+    assert tail[1] == (f"next: kma ui --tracking-uri {uri}, then open "
                        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
     assert tail[2].split() == ["kma", "compare", "--store", str(store.resolve()), "--sweep", "tiny", "--by", "depth"]
 
