@@ -226,7 +226,22 @@ def mlflow_ui(sweep):
             time.sleep(0.2)
         yield m.group(1)
     finally:
-        os.killpg(proc.pid, 15)   # its own session: uvicorn and MLflow's job runner with it
+        _stop(proc)
+
+
+def _stop(proc) -> None:
+    """End a UI server and everything in its session (uvicorn, MLflow's job runner): SIGTERM,
+    then SIGKILL if it has not gone after 30 s (uvicorn's graceful shutdown can wait on a
+    loaded machine)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
         proc.wait(timeout=30)
 
 
@@ -286,8 +301,7 @@ def kma_ui(sweep):
             time.sleep(0.2)
         yield m.group(1)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 def test_a_click_in_mlflows_own_experiment_list_opens_the_runs_under_kma_ui(sweep, kma_ui, mlflow_ui):
