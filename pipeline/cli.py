@@ -505,15 +505,17 @@ def cmd_compare(args, console) -> int:
 
 
 def cmd_ui(args, console) -> int:
+    """MLflow's UI server on a tracking database, opening experiments on the runs table
+    (:mod:`pipeline.tracking.ui`); runs in the foreground until interrupted."""
     import os
 
+    from .tracking.tracker import check_reachable
     from .tracking.ui import serve
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///./mlflow.db"
     if uri.startswith(("http://", "https://")):
-        raise KMAError(f"--tracking-uri {uri}: a server already; kma ui serves a database (sqlite:///..., postgresql://...)")
-    from .tracking.tracker import check_reachable
-
+        raise KMAError(f"--tracking-uri {uri}: a server already; kma ui serves a database "
+                       "(sqlite:///..., postgresql://...)")
     check_reachable(uri)   # the checks every kma command makes (a folder, a foreign SQLite file: one line)
     serve(uri, host=args.host, port=args.port, workers=args.workers,
           default_artifact_root=args.default_artifact_root)
