@@ -171,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=_TRACKING_HELP)
     parser.subcommands["sync"] = p
 
+    p = sub.add_parser("ui", help="MLflow's UI server (as mlflow ui), opening experiments on the runs table")
+    p.add_argument("--tracking-uri", "--backend-store-uri", dest="tracking_uri", default=None, metavar="URI",
+                   help="the MLflow database (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000; 0: any free one)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers (default: 1)")
+    p.add_argument("--default-artifact-root", default=None, metavar="URI",
+                   help="artifact root of new experiments (as mlflow ui)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary lines")
+    parser.subcommands["ui"] = p
+
     # -- kma depth: a-priori depth from the target's spectrum
     p = sub.add_parser("depth", help="scales of a target signal and the depth they call for (before training)")
     p.add_argument("config", nargs="?", default=None,
@@ -491,8 +503,26 @@ def cmd_compare(args, console) -> int:
     return 1 if skipped else 0
 
 
+def cmd_ui(args, console) -> int:
+    """MLflow's UI server on a tracking database, opening experiments on the runs table
+    (:mod:`pipeline.tracking.ui`); runs in the foreground until interrupted."""
+    import os
+
+    from .tracking.tracker import check_reachable
+    from .tracking.ui import serve
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///./mlflow.db"
+    if uri.startswith(("http://", "https://")):
+        raise KMAError(f"--tracking-uri {uri}: a server already; kma ui serves a database "
+                       "(sqlite:///..., postgresql://...)")
+    check_reachable(uri)   # the checks every kma command makes (a folder, a foreign SQLite file: one line)
+    serve(uri, host=args.host, port=args.port, workers=args.workers,
+          default_artifact_root=args.default_artifact_root)
+    return 0
+
+
 COMMANDS = {"sweep": cmd_sweep, "analyze": cmd_analyze, "ingest": cmd_ingest, "runs": cmd_runs,
-            "compare": cmd_compare, "sync": cmd_sync, "depth": cmd_depth}
+            "compare": cmd_compare, "sync": cmd_sync, "depth": cmd_depth, "ui": cmd_ui}
 
 
 def main(argv=None) -> int:

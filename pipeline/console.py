@@ -148,9 +148,10 @@ class Console:
             print((title + "\n" if title else "") + text, file=out, flush=True)
 
     # -- progress ---------------------------------------------------------------
-    def progress(self, label: str, total: int, interval: float | None = None) -> "Progress":
-        """The sweep's progress: runs done / running / queued / failed out of ``total``."""
-        return Progress(self, label, total, self.interval if interval is None else interval)
+    def progress(self, label: str, total: int, interval: float | None = None, tasks: int = 0) -> "Progress":
+        """The sweep's progress: runs done / running / queued / failed out of ``total``
+        (in ``tasks`` Ray tasks, when packing puts several runs in one)."""
+        return Progress(self, label, total, self.interval if interval is None else interval, tasks)
 
     def steps(self, label: str, total: int, unit: str, interval: float | None = None,
               transient: bool = True) -> "Steps":
@@ -160,16 +161,17 @@ class Console:
 
     def _start_bar(self, description: str, total: int, transient: bool):
         """A live rich bar (terminal only); one at a time."""
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                   TextColumn, TimeElapsedColumn)
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
         if self._live is not None:
             self._live.stop()
-        bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        # "M/N" only where there is a count (a phase without one pulses, never "0/0")
+        bar = RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH),
+                           TextColumn("{task.fields[count]}", style="green"),
                            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                            console=self.rich, transient=transient, redirect_stdout=False,
                            redirect_stderr=False)
-        task = bar.add_task(description, total=total, detail="")
+        task = bar.add_task(description, total=total or None, detail="", count="")
         bar.start()
         self._live = bar
         return bar, task
@@ -178,6 +180,19 @@ class Console:
         bar.stop()
         if self._live is bar:
             self._live = None
+
+
+BAR_WIDTH = 20
+
+
+def fit(text: str, width: int, least: int = 16) -> str:
+    """``text`` cut in the middle with "…" to at most ``width`` characters (never below
+    ``least``): a run id keeps its start and its distinguishing end."""
+    width = max(width, least)
+    if len(text) <= width:
+        return text
+    head = (width - 1) * 2 // 3
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 class _Line:
@@ -194,7 +209,8 @@ class _Line:
         self._bar = self._task = None
         self._closed = False
         if console.tty and not console.quiet:
-            self._bar, self._task = console._start_bar(self.description(), self.total, self.transient)
+            self._bar, self._task = console._start_bar(fit(self.description(), console.rich.width - BAR_WIDTH - 12),
+                                                       self.total, self.transient)
 
     def description(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -209,8 +225,12 @@ class _Line:
         if self.console.quiet or self._closed:
             return
         if self._bar is not None:
-            self._bar.update(self._task, completed=completed, total=self.total, detail=detail,
-                             description=self.description())
+            count = f"{completed}/{self.total}" if self.total else ""
+            detail = detail if self.total else ""
+            # one line whatever the terminal's width: the description gives way (middle cut)
+            room = self.console.rich.width - BAR_WIDTH - len(count) - len(detail) - 12
+            self._bar.update(self._task, completed=completed, total=self.total or None, detail=detail,
+                             count=count, description=fit(self.description(), room))
             return
         with self.console._lock:  # the ticker thread shows too
             if self._closed:
@@ -248,9 +268,10 @@ class Progress(_Line):
     """The sweep's runs: ``done`` / ``running`` (started by Ray) / ``queued`` (submitted,
     waiting for resources) / ``failed`` out of ``total``; ``skipped`` already complete."""
 
-    def __init__(self, console: Console, label: str, total: int, interval: float = 10.0):
+    def __init__(self, console: Console, label: str, total: int, interval: float = 10.0, tasks: int = 0):
         self.label, self.total = label, total
         self.done = self.running = self.queued = self.failed = self.skipped = 0
+        self.tasks, self.tasks_done = tasks, 0   # tasks (a packed one trains several runs) when fewer than runs
         super().__init__(console, interval)
 
     def description(self) -> str:
@@ -258,16 +279,17 @@ class Progress(_Line):
 
     def text(self) -> str:
         return (f"{self.done} done, {self.running} running, {self.queued} queued, {self.failed} failed"
-                + (f", {self.skipped} already complete" if self.skipped else ""))
+                + (f", {self.skipped} already complete" if self.skipped else "")
+                + (f"; tasks {self.tasks_done}/{self.tasks}" if 0 < self.tasks < self.total else ""))
 
     def update(self, *, done=None, running=None, queued=None, failed=None, skipped=None,
-               force=False) -> None:
+               tasks_done=None, force=False) -> None:
         for name, val in (("done", done), ("running", running), ("queued", queued),
-                          ("failed", failed), ("skipped", skipped)):
+                          ("failed", failed), ("skipped", skipped), ("tasks_done", tasks_done)):
             if val is not None:
                 setattr(self, name, val)
-        # without a terminal a line is written when a run finishes (or every interval s)
-        self._show(self.done + self.failed, self.text(), (self.done, self.failed), force)
+        # without a terminal a line is written when a task finishes (or every interval s)
+        self._show(self.done + self.failed, self.text(), (self.done, self.failed, self.tasks_done), force)
 
     def plain(self, completed: int, detail: str) -> str:
         return f"{self.description()} {completed}/{self.total} finished: {detail}"
@@ -275,7 +297,7 @@ class Progress(_Line):
     def _final(self) -> None:
         """The final counts: on a terminal the bar's last state; in a log the last line
         only if the line already printed does not say it (never twice)."""
-        key = (self.done, self.failed)
+        key = (self.done, self.failed, self.tasks_done)
         self._show(self.done + self.failed, self.text(), key,
                    force=self._bar is None and self._last_printed is None)
 

@@ -81,11 +81,12 @@ def _panels(fig, n: int, max_cols: int = 3, **kw) -> list:
     return axes
 
 
-def _title(fig, lines: list[str], width_in: float) -> None:
-    """A suptitle wrapped to the figure's width (about 11 characters per inch at size 10)."""
+def _title(fig, lines: list[str], width_in: float, left: bool = False) -> None:
+    """A suptitle wrapped to the figure's width (about 11 characters per inch at size 10);
+    ``left``: flush with the figure's left edge (clear of a key outside on the right)."""
     width = max(40, int(width_in * 11))
     text = "\n".join(textwrap.fill(line, width) for line in lines if line)
-    fig.suptitle(text, fontsize=10)
+    fig.suptitle(text, fontsize=10, **({"x": 0.01, "ha": "left"} if left else {}))
 
 
 def _circle_axes(ax, title: str) -> None:
@@ -298,27 +299,119 @@ def singular_values_figure(spectra: RunSpectra, *, max_layers: int = MAX_PANELS)
 
 # --------------------------------------------------------------------------- groups
 def group_spectrum_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: str = "all"):
-    """One unit-circle panel per group: the Ritz values of ``layer`` of every run of the
-    group, every window, coloured by position in training, certified filled."""
+    """Where each group's Ritz values of ``layer`` lie, and how many are certified over
+    training. Top: one unit-circle panel per group, in the group's colour
+    (:func:`group_colour`, the same as in ``group_moduli.png``): certified values of the
+    runs' last windows dark and large, of earlier windows light, uncertified ones small grey
+    dots underneath (all marks filled; a value beyond the frame a square on its border).
+    Bottom: certified Ritz values per window against epoch, per group its median over the
+    runs with a band (10–90 % from 5 runs, else min–max). The key, outside the data, says
+    what every mark is; readable at 4 and at 200 runs."""
     plt = _plt()
-    cmap = plt.get_cmap(CMAP)
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     names = list(groups)
-    rows, cols = _grid(len(names), 4)
-    fig = plt.figure(figsize=(3.2 * cols + 1.3, 3.2 * rows + 1.5), layout="constrained")
-    axes = _panels(fig, max(len(names), 1), max_cols=4)
-    for ax, g in zip(axes, names):
-        n_ok = n_all = n_out = 0
-        for sp in groups[g]:
-            a, b, c = _scatter_spectrum(ax, sp, layer, cmap)
-            n_ok, n_all, n_out = n_ok + a, n_all + b, n_out + c
+    n_runs = sum(len(sps) for sps in groups.values())
+    cols = min(max(len(names), 1), 4)
+    rows = -(-max(len(names), 1) // cols)
+    fig = plt.figure(figsize=(3.1 * cols + 3.2, 3.1 * rows + 3.4), layout="constrained")
+    gs = fig.add_gridspec(rows + 1, cols, height_ratios=[3.1] * rows + [2.4])
+    circles = [fig.add_subplot(gs[i // cols, i % cols]) for i in range(max(len(names), 1))]
+    a_n = fig.add_subplot(gs[rows, :])
+    bands = set()
+    total = max((sp.total for sps in groups.values() for sp in sps), default=1.0)
+    for gi, (ax, g) in enumerate(zip(circles, names)):
+        colour = group_colour(gi)
+        n_ok, n_all, n_out, none = _scatter_group(ax, groups[g], layer, colour)
         runs = len(groups[g])
-        _circle_axes(ax, f"{by}={g} ({plural(runs, 'run')})\n{n_ok} of {n_all} certified"
-                     + (f", {n_out} beyond" if n_out else ""))
-    _time_colorbar(fig, axes, cmap)
+        _circle_axes(ax, f"{by}={g} ({plural(runs, 'run')})\n{n_ok:,} of {n_all:,} certified"
+                     + (f", {n_out} beyond" if n_out else "")
+                     + (f"\n{none} of {runs} runs: none certified" if none else ""))
+        ax.title.set_color(colour if colour != "#F0E442" else "0.3")
+        x, med, lo, hi, what = _group_band([_certified_share(sp, layer) for sp in groups[g]])
+        if len(x):
+            # equal medians of different groups stay visible: each group's marks a little apart
+            x = x + (gi - (len(names) - 1) / 2) * 0.006 * total
+            a_n.fill_between(x, lo, hi, color=colour, alpha=0.13, lw=0)
+            for edge in (lo, hi):
+                a_n.plot(x, edge, color=colour, lw=0.6, alpha=0.7)
+            a_n.plot(x, med, color=colour, lw=2.2, marker="o" if len(x) <= 40 else None, ms=4.5,
+                     label=f"{by}={g} ({plural(runs, 'run')})")
+            bands.add(what)
+    a_n.set_ylabel(f"share of Ritz values\ncertified ({layer})")
+    a_n.set_xlabel("epoch (end of window)")
+    a_n.set_ylim(-0.03, 1.03)
+    a_n.xaxis.get_major_locator().set_params(integer=True)
+    a_n.set_xlim(-0.02 * total, 1.02 * total)
+    a_n.grid(True, color="0.92", lw=0.6)
     crit = next((sp.criterion for sps in groups.values() for sp in sps if sp.criterion), "")
-    _spectrum_legend(fig, cmap, crit)
-    _title(fig, [f"Koopman spectra ({layer}) by {by}", _analyses(groups)], 3.2 * cols + 1.3)
+    dark, first = "0.25", group_colour(0)
+    key = [Line2D([], [], ls="", marker="o", ms=6, color=first, markeredgecolor="white", markeredgewidth=0.4,
+                  label="certified, a run's last window (group colour)"),
+           Line2D([], [], ls="", marker="o", ms=4, color=to_rgba(first, 0.35), markeredgecolor="none",
+                  label="certified, earlier windows (light)"),
+           Line2D([], [], ls="", marker="o", ms=2.5, color=UNCERTIFIED, markeredgecolor="none",
+                  label="not certified (any window)"),
+           Line2D([], [], ls="", marker="s", ms=5, color=dark, markeredgecolor="k",
+                  label=f"beyond |Re λ| or |Im λ| = {LIM:g},\n  drawn on the border"),
+           Line2D([], [], color="0.45", lw=0.8, label="unit circle"),
+           Line2D([], [], color=dark, lw=2.2, marker="o", ms=3.5, label="bottom: median of the group's runs"),
+           Patch(color=dark, alpha=0.18, label=f"bottom: band, {' / '.join(sorted(bands)) or 'none'} of the runs")]
+    groups_key = [Line2D([], [], ls="", marker="o", ms=7, color=group_colour(gi),
+                         label=f"{by}={g} ({plural(len(groups[g]), 'run')})") for gi, g in enumerate(names)]
+    fig.legend(handles=groups_key + key, loc="outside right upper", fontsize=8, frameon=False,
+               title=f"{by} (colour) and marks", title_fontsize=8)
+    _title(fig, [f"Koopman spectra ({layer}) by {by} ({plural(n_runs, 'run')})",
+                 (f"certified: {crit} · " if crit else "") + _analyses(groups)], 3.1 * cols, left=True)
     return fig
+
+
+def _certified_share(sp: RunSpectra, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, share of the window's Ritz values that are certified) per window of ``layer``."""
+    idx = sp.rows(layer)
+    share = [float(sp.reliable[i].mean()) if sp.reliable[i].size else 0.0 for i in idx]
+    return np.array([sp.end[i] for i in idx], dtype=float), np.array(share)
+
+
+UNCERTIFIED = "#BBBBBB"
+
+
+def _scatter_group(ax, runs: list[RunSpectra], layer: str, colour) -> tuple[int, int, int, int]:
+    """One group's Ritz values of ``layer`` on a unit-circle panel (see
+    :func:`group_spectrum_figure`); returns (certified, total, beyond the frame, runs with
+    none certified). Dots shrink and fade as the panel fills, so 200 runs stay legible."""
+    from matplotlib.colors import to_rgba
+
+    last, early, unc = [], [], []
+    none = 0
+    for sp in runs:
+        idx = sp.rows(layer)
+        n = 0
+        for k, i in enumerate(idx):
+            r, ok = sp.results[i], sp.reliable[i]
+            (last if k == len(idx) - 1 else early).append(r.eigenvalues[ok])
+            unc.append(r.eigenvalues[~ok])
+            n += int(ok.sum())
+        none += n == 0
+    cat = [np.concatenate(v) if v else np.zeros(0, complex) for v in (last, early, unc)]
+    n_all = sum(v.size for v in cat)
+    shrink = float(np.clip(np.sqrt(400 / max(n_all, 1)), 0.25, 1.0))   # crowds: smaller, fainter dots
+    n_out = 0
+    for lam, size, rgba, z in ((cat[2], 9 * shrink, to_rgba(UNCERTIFIED, 0.5 + 0.5 * shrink), 2),
+                               (cat[1], 22 * shrink, to_rgba(colour, 0.15 + 0.25 * shrink), 3),
+                               (cat[0], 40 * shrink + 6, to_rgba(colour, 0.55 + 0.45 * shrink), 4)):
+        if not lam.size:
+            continue
+        pos, out = _clip(lam)
+        n_out += int(out.sum())
+        ax.scatter(pos[~out].real, pos[~out].imag, s=size, c=[rgba], edgecolors="white" if z == 4 else "none",
+                   linewidths=0.3, zorder=z)
+        if out.any():
+            ax.scatter(pos[out].real, pos[out].imag, s=30, marker="s", c=[rgba], edgecolors="k",
+                       linewidths=0.6, zorder=z)
+    return int(cat[0].size + cat[1].size), int(n_all), n_out, none
 
 
 GROUP_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -385,7 +478,9 @@ def group_moduli_figure(groups: dict[str, list[RunSpectra]], *, by: str, layer: 
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.18, lw=0, step=None)
                 ax.plot(x, med, color=colour, lw=2.2, marker="o" if len(x) <= 40 else None, ms=3.5)
                 bands.add(what)
-        handles.append(Line2D([], [], color=colour, lw=2.2, label=f"{by}={g} ({len(sps)} run{'s' * (len(sps) != 1)})"))
+        none = "" if any(np.isfinite(y).any() for _, y in dist) else ", none certified: no line"
+        handles.append(Line2D([], [], color=colour, lw=2.2,
+                              label=f"{by}={g} ({len(sps)} run{'s' * (len(sps) != 1)}{none})"))
     key = [Line2D([], [], color="0.3", lw=2.2, marker="o", ms=3.5, label="median of the group's runs"),
            Patch(color="0.3", alpha=0.18, label=f"band: {' / '.join(sorted(bands)) or 'none'} of the runs"),
            Line2D([], [], color="0.3", **{**thin, "alpha": 0.5}, label="one run")]

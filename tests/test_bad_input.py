@@ -336,6 +336,15 @@ def test_unknown_run_and_negative_seed_refused(three_runs, tmp_path, capsys):
     refused(capsys, "analyze", "--store", tmp_path / "s", "--bogus", words=["unrecognized arguments: --bogus"])
 
 
+def test_kma_ui_refuses_what_it_cannot_serve(tmp_path, capsys):
+    """One line and exit 2 before MLflow starts: a server URI, a missing folder, a path
+    that is not a URI, a folder given as the database."""
+    refused(capsys, "ui", "--tracking-uri", "http://127.0.0.1:5000", words=["a server already"])
+    refused(capsys, "ui", "--tracking-uri", f"sqlite:///{tmp_path}/nope/mlflow.db", words=["does not exist"])
+    refused(capsys, "ui", "--tracking-uri", "mlflow.db", words=["not a tracking URI"])
+    refused(capsys, "ui", "--tracking-uri", f"sqlite:///{tmp_path}", words=["is a folder"])
+
+
 @pytest.mark.parametrize("env, word", [
     ({"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}, "EndpointConnectionError"),
     ({}, "NoCredentialsError"),

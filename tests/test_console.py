@@ -215,3 +215,61 @@ def test_a_long_silent_step_still_gets_progress_lines_without_a_terminal():
     time.sleep(0.5)
     assert len(err.getvalue()) == n  # closed: the ticker stopped
     assert ESC not in err.getvalue()
+
+
+def test_packed_tasks_move_the_sweep_line_once_per_task():
+    err = io.StringIO()
+    c = Console(stream=err)
+    p = c.progress("demo", 6, tasks=2)   # two packed tasks of three runs each
+    p.update(running=6, queued=0)
+    p.update(done=3, running=3, tasks_done=1)
+    p.update(done=6, running=0, tasks_done=2)
+    p.close()
+    lines = [re.sub(r" \(\d+s\)$", "", x) for x in err.getvalue().splitlines()]
+    assert lines == ["[demo] 0/6 finished: 0 done, 6 running, 0 queued, 0 failed; tasks 0/2",
+                     "[demo] 3/6 finished: 3 done, 3 running, 0 queued, 0 failed; tasks 1/2",
+                     "[demo] 6/6 finished: 6 done, 0 running, 0 queued, 0 failed; tasks 2/2"]
+    err = io.StringIO()
+    p = Console(stream=err).progress("demo", 2, tasks=2)   # a task per run: nothing about tasks
+    p.update(done=2, tasks_done=2)
+    p.close()
+    assert "tasks" not in err.getvalue()
+
+
+def test_analysis_on_an_80_column_terminal_never_shows_0_of_0_and_stays_on_one_line(tmp_path, monkeypatch):
+    """A real analysis of a stored run with a long id, drawn by rich on an 80-column
+    terminal: phases without a count pulse instead of "0/0", the windows phase counts
+    them, and every bar line fits the width (the run id is cut in the middle)."""
+    from pipeline.config import AnalysisParams
+    from pipeline.storage.layout import Layout
+    from pipeline.storage.store import TrajectoryStore
+    from pipeline.workflows.analyze import analyze_runs
+
+    monkeypatch.setenv("COLUMNS", "80")
+    store = TrajectoryStore(str(tmp_path / "s"))
+    rid = "mlp-d3-w32-tanh-small_variance-adam-lr0.003-s0-e60-e33b718d7a"
+    rng = np.random.default_rng(0)
+    A = np.linalg.qr(rng.standard_normal((12, 12)))[0] * 0.97
+    X = np.empty((40, 12))
+    X[0] = rng.standard_normal(12)
+    for t in range(1, 40):
+        X[t] = A @ X[t - 1]
+    w = store.create_run(rid, Layout.from_named_shapes([("a.weight", (6,)), ("b.weight", (6,))]),
+                         config={}, capacity=40)
+    for row in X.astype(np.float32):
+        w.append(row)
+    w.finish("complete", metrics={})
+    term = FakeTerminal()
+    console = Console(stream=term)
+    assert console.rich.width == 80
+    assert analyze_runs(store, [rid], AnalysisParams(window=10, stride=5), console=console) == {rid: None}
+    text = ESC_RE.sub("", term.getvalue().replace("\x1b[?25l", "").replace("\x1b[?25h", ""))
+    bars = [ln for ln in text.splitlines() if "━" in ln]
+    assert bars, text
+    assert not re.search(r"\b0/0\b", text), text
+    assert all(len(ln) <= 80 for ln in bars), [ln for ln in bars if len(ln) > 80]
+    for ln in bars:   # a count only where the phase has one (a fast phase may never be drawn)
+        m = re.search(r"━ *(\d+)/(\d+) windows", ln)
+        assert m is None or int(m.group(2)) == 21, ln
+    assert any("…" in ln and ln.startswith("[1/1] mlp-d3-w32") for ln in bars), bars
+    assert f"[1/1] {rid}: 21 spectra" in text   # messages keep the whole id

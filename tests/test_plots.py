@@ -197,9 +197,26 @@ def test_group_figures_name_groups_runs_and_analysis():
     groups = {"2": [_spectra(layers=("all",), label="d2-a"), _spectra(layers=("all",), label="d2-b")],
               "3": [_spectra(layers=("all",), label="d3-a")]}
     fig = plots.group_spectrum_figure(groups, by="depth")
-    titles = [ax.get_title() for ax in _panels(fig)]
+    circles, a_n = fig.axes[:2], fig.axes[2]
+    titles = [ax.get_title() for ax in circles]
     assert titles[0].startswith("depth=2 (2 runs)") and titles[1].startswith("depth=3 (1 run)")
     assert "qr-w20s10-x" in fig._suptitle.get_text()
+    # every mark filled: certified in the group's colour (the same colour as the group's
+    # median line below), uncertified grey; none hollow
+    for gi, ax in enumerate(circles):
+        colours = {tuple(np.round(c[:3], 3)) for coll in ax.collections for c in coll.get_facecolors()}
+        assert tuple(np.round(to_rgba(plots.group_colour(gi))[:3], 3)) in colours
+        assert all(len(coll.get_facecolors()) for coll in ax.collections)   # no facecolors="none"
+    medians = [ln for ln in a_n.get_lines() if ln.get_linewidth() > 2]
+    assert [ln.get_color() for ln in medians] == [plots.group_colour(0), plots.group_colour(1)]
+    # 3 of 4 Ritz values certified in every window of every run: the median share is 0.75
+    np.testing.assert_allclose(medians[0].get_ydata(), 0.75)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["depth=2 (2 runs)", "depth=3 (1 run)"] and "not certified (any window)" in labels
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)   # outside the data
+    assert not box.overlaps(fig._suptitle.get_window_extent())
     plots._plt().close(fig)
 
     fig = plots.group_moduli_figure(groups, by="depth")
@@ -236,3 +253,52 @@ def test_analysis_figures_written(tmp_path):
     paths = plots.analysis_figures(_spectra(), tmp_path)
     assert [p.name for p in paths] == ["spectrum.png", "eigenvalues_over_training.png", "singular_values.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def _verdict(converged_epoch=None, bad=False, share=(0.2, 0.5, 0.9), cls="still_improving"):
+    epochs = [19, 29, 39][:len(share)]
+    return {"converged_at": None if converged_epoch is None else epochs.index(converged_epoch),
+            "converged_epoch": converged_epoch, "bad_init": bad, "class": cls,
+            "criterion": {"delta": 0.01, "share": 0.8, "k": 2}, "window_epochs": epochs,
+            "window_checks": [[e - 19, e + 1, s >= 0.8] for e, s in zip(epochs, share)],
+            "certified": [[[1.0, 0.0, s]] for s in share]}
+
+
+@pytest.mark.parametrize("n", [1, 60])
+def test_group_convergence_figure_keys_every_mark_and_keeps_runs_that_never_converged(n):
+    from pipeline.apps import verdict_plots
+
+    groups = {"a": [(f"a{i}", _verdict(39, cls="converged")) for i in range(n)] + [("a-x", _verdict())],
+              "b": [(f"b{i}", _verdict(None, bad=True, share=(0.0, 0.0, 0.1))) for i in range(n)]}
+    fig = verdict_plots.group_figure(groups, by="init", analysis_id="qr-x")
+    a_s, a_c, a_r = fig.axes
+    # top: the group's median share within δ of 1 (no certified pair in the stored rows'
+    # evidence: summed from `certified`), in the group's colour
+    medians = [ln for ln in a_s.get_lines() if ln.get_linewidth() > 2]
+    assert [ln.get_color() for ln in medians] == [plots.group_colour(0), plots.group_colour(1)]
+    np.testing.assert_allclose(medians[0].get_ydata(), [0.2, 0.5, 0.9])
+    # middle: share of the group's runs converged by each epoch, over all its runs
+    steps = a_c.get_lines()
+    assert [ln.get_color() for ln in steps] == [plots.group_colour(0), plots.group_colour(1)]
+    assert max(steps[0].get_ydata()) == pytest.approx(n / (n + 1), abs=0.02)
+    assert max(steps[1].get_ydata()) == pytest.approx(0.0, abs=0.02)
+    # bottom: every run drawn, filled in its group's colour; runs that never met the
+    # criterion in the "not met" strip beyond the last epoch, bad inits edged black
+    dots = [(c.get_offsets()[0], c.get_facecolors()[0], c.get_edgecolors()[0]) for c in a_r.collections
+            if len(c.get_offsets())]
+    assert len(dots) == 2 * n + 1
+    not_met = [d for d in dots if d[0][0] > 39 * 1.04]
+    assert len(not_met) == n + 1
+    assert all(np.allclose(d[1][:3], to_rgba(plots.group_colour(1))[:3]) and np.allclose(d[2][:3], 0)
+               for d in dots if d[0][1] < 0.5)                     # group b: the bottom row, all bad inits
+    assert any(t.get_text() == "not met" for t in a_r.texts)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0] == f"init=a: {n + 1} runs, {n} converged, 1 not met"
+    assert labels[1] == f"init=b: {n} run{'s' * (n > 1)}, 0 converged, {n} not met"
+    assert "bottom: one run that never met it (strip)" in labels and "black edge: judged a bad init" in labels
+    assert any(lab.startswith("marker size") for lab in labels)
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)   # outside the data
+    assert "qr-x" in fig._suptitle.get_text()
+    plots._plt().close(fig)

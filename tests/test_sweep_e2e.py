@@ -41,15 +41,25 @@ def _clean_log(r, total, per_task=1):
     assert "WARNING" not in r.stderr and "Token authentication" not in r.stderr, r.stderr
     progress = [ln for ln in r.stderr.splitlines() if ln.startswith("[tiny] ")]
     assert progress, r.stderr
+    tasks_seen = []
     for line in progress:
         m = re.match(r"\[tiny\] (\d+)/(\d+) finished: (\d+) done, (\d+) running, (\d+) queued, "
-                     r"(\d+) failed \(\d+s\)$", line)
+                     r"(\d+) failed(?:; tasks (\d+)/(\d+))? \(\d+s\)$", line)
         assert m, line
-        fin, tot, done, running, queued, failed = map(int, m.groups())
+        fin, tot, done, running, queued, failed = map(int, m.groups()[:6])
         assert tot == total and fin == done + failed and done + running + queued + failed == total, line
         assert running <= (os.cpu_count() or 1) * per_task, line  # one CPU per (packed) task
+        if m.group(7) is not None:   # packed: several runs per task, the line counts tasks too
+            tasks_seen.append((int(m.group(7)), int(m.group(8)), fin))
     assert progress[-1].startswith(f"[tiny] {total}/{total} finished")
     assert sum(ln.startswith(f"[tiny] {total}/{total}") for ln in progress) == 1, progress
+    if per_task > 1 and tasks_seen:
+        # the log moves with each finished task: one line per task, never a jump over one
+        n_tasks = tasks_seen[0][1]
+        assert 1 < n_tasks < total
+        assert sorted({t for t, _, _ in tasks_seen}) == list(range(n_tasks + 1)), progress
+        assert [fin for _, _, fin in tasks_seen] == sorted(fin for _, _, fin in tasks_seen)
+    return tasks_seen
 
 
 def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env):
@@ -68,7 +78,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     assert r.returncode == 0, r.stderr
     assert "4 to train" in r.stderr and "finished: 4 done" in r.stderr
     assert "held" not in r.stderr
-    _clean_log(r, total=4, per_task=2)   # packed (issue 14): 2 seeds per depth
+    assert _clean_log(r, total=4, per_task=2), r.stderr   # packed: 2 seeds per depth, 2 tasks
     assert not list((store / "leases").iterdir())  # every claim released after its run was recorded
 
     st = TrajectoryStore(str(store))
@@ -111,7 +121,7 @@ def test_sweep_stores_registers_and_is_idempotent(tiny_config, tmp_path, kma_env
     tail = r.stderr.strip().splitlines()[-3:]
     m = re.fullmatch(r"verdicts: (\d+) converged(?:, (\d+) not converged)?(?:, \d+ bad init)?", tail[0])
     assert m and sum(int(g or 0) for g in m.groups()) == 4, tail
-    assert tail[1] == (f"next: mlflow ui --backend-store-uri {uri}, then open "
+    assert tail[1] == (f"next: kma ui --tracking-uri {uri}, then open "
                        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
     assert tail[2].split() == ["kma", "compare", "--store", str(store.resolve()), "--sweep", "tiny", "--by", "depth"]
 

@@ -217,52 +217,120 @@ def run_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
     return fig
 
 
+def share_at_1(verdict: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(window-end epochs, certified amplitude share within δ of 1) of one verdict: the
+    quantity the convergence criterion compares with its share threshold (the stored
+    ``evidence.share_at_1`` when the verdict has it, else summed from ``certified``)."""
+    checks = verdict.get("window_checks") or []
+    epochs = verdict.get("window_epochs") or [c[1] - 1 for c in checks]
+    stored = (verdict.get("evidence") or {}).get("share_at_1")
+    if stored is not None and len(stored) == len(epochs):
+        share = [np.nan if v is None else float(v) for v in stored]
+    else:
+        delta = float((verdict.get("criterion") or {}).get("delta", 0.01))
+        share = [sum(float(w) for re, im, w in cert if abs(complex(re, im) - 1) <= delta)
+                 for cert in (verdict.get("certified") or [[]] * len(epochs))]
+    return np.asarray(epochs, dtype=float), np.asarray(share, dtype=float)
+
+
+CLASS_SHORT = {"converged": "converged", "stalled": "stalled", "still_improving": "still improving",
+               "diverging": "diverging"}
+
+
 def group_figure(groups: dict[str, list[tuple[str, dict]]], *, by: str = "", analysis_id: str = ""):
-    """Groups side by side (one column each, shared axes): every run of the group in its
-    own colour, its converged-at line, and per column how many runs converged and were
-    judged bad inits. ``groups`` is ``{group: [(label, verdict), ...]}``."""
+    """Convergence by group, on one epoch axis, each group in its colour
+    (:func:`pipeline.plots.group_colour`, as in the other group figures). Top: the
+    certified amplitude share within δ of 1 per window — the group's median over its runs
+    with a band (10–90 % from 5 runs, else min–max) — and the criterion's threshold.
+    Middle: the share of the group's runs converged by each epoch. Bottom: one filled dot
+    per run at the epoch it converged; runs that never met the criterion sit in the
+    "not met" strip right of the axis (a diamond), bad initialisations ringed in black;
+    final classes counted beside each group. One key, outside the data, names every mark.
+    ``groups`` is ``{group: [(label, verdict), ...]}``; readable at 4 and at 200 runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    n = max(1, len(groups))
-    v2 = any(v.get("evidence") for runs in groups.values() for _, v in runs)
-    fig, axes = plt.subplots(3 if v2 else 2, n, figsize=(4.2 * n + 0.8, 9.6 if v2 else 6.8), sharex=True,
-                             sharey="row", squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    delta = 0.01
-    for j, (g, runs) in enumerate(groups.items()):
-        ax_d, ax_m = axes[0, j], axes[1, j]
-        for i, (label, verdict) in enumerate(runs):
-            delta = _draw(ax_d, ax_m, verdict, cmap(i % 10), label=label)
-        _frame(ax_d, ax_m, delta)
-        if j:
-            ax_d.set_ylabel("")
-            ax_m.set_ylabel("")
-        conv = sum(v.get("converged_at") is not None for _, v in runs)
-        bad = [v.get("bad_init") for _, v in runs]
-        bad_txt = "not assessed" if all(b is None for b in bad) else f"{sum(bool(b) for b in bad)}/{len(bad)}"
-        ax_d.set_title(f"{by} = {g}\nconverged {conv}/{len(runs)} · bad init {bad_txt}", fontsize=10)
-        if ax_d.get_legend_handles_labels()[0] and len(runs) <= 10:   # more: a legend hides the data
-            ax_d.legend(fontsize=6, loc="best", framealpha=0.7)
-        if v2:
-            ax_m.set_xlabel("")
-            ax_c = axes[2, j]
-            grid, frac = class_fractions([v for _, v in runs])
-            if len(grid):
-                ax_c.stackplot(grid, *[frac[c] for c in CLASS_COLORS], colors=list(CLASS_COLORS.values()),
-                               labels=list(CLASS_COLORS), alpha=0.75)
-            ax_c.set_ylim(0, 1)
-            ax_c.set_xlabel("epoch of the window's end")
-            if j == 0:
-                ax_c.set_ylabel("fraction of runs in class")
-                ax_c.legend(fontsize=6, loc="upper left")
-            final = [v.get("class") for _, v in runs]
-            ax_c.set_title(" · ".join(f"{c} {final.count(c)}" for c in CLASS_COLORS if final.count(c)),
-                           fontsize=8)
-    fig.suptitle(f"convergence verdicts by {by} · {analysis_id}", fontsize=10)
-    fig.tight_layout()
+    from ..plots import _group_band, group_colour
+
+    names = list(groups)
+    n_runs = sum(len(r) for r in groups.values())
+    ends = [e for runs in groups.values() for _, v in runs for e in (v.get("window_epochs") or [])]
+    total = float(max(ends, default=1) or 1)
+    miss_lo, miss_hi = 1.05 * total, 1.2 * total      # the "not met" strip, right of the epochs
+    fig, (a_s, a_c, a_r) = plt.subplots(
+        3, 1, sharex=True, layout="constrained", figsize=(11, 6.2 + 0.45 * max(len(names), 1)),
+        gridspec_kw={"height_ratios": [2.4, 1.6, 0.55 * max(len(names), 1) + 0.5]})
+    crit = next(((v.get("criterion") or {}) for runs in groups.values() for _, v in runs if v.get("criterion")), {})
+    threshold = float(crit.get("share", 0.8))
+    handles, bands, ticks = [], set(), []
+    dot = float(np.clip(60 * np.sqrt(8 / max(n_runs, 1)), 14, 60))
+    for gi, g in enumerate(names):
+        colour, runs = group_colour(gi), groups[g]
+        x, med, lo, hi, what = _group_band([share_at_1(v) for _, v in runs])
+        if len(x):
+            a_s.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
+            a_s.plot(x, med, color=colour, lw=2.2, marker="o" if len(x) <= 40 else None, ms=4)
+            bands.add(what)
+        conv = np.array([v.get("converged_epoch") for _, v in runs if v.get("converged_at") is not None], float)
+        steps = np.unique(np.concatenate([[0.0], conv, [total]]))
+        dodge = (gi - (len(names) - 1) / 2) * 0.012   # equal curves of several groups stay visible
+        a_c.step(steps, [(conv <= t).sum() / len(runs) + dodge for t in steps], where="post",
+                 color=colour, lw=2.2)
+        # one row per group: converged runs at their epoch, the rest in the strip
+        y0 = len(names) - 1 - gi
+        rng = np.random.default_rng(gi)                # fixed jitter: the same figure every time
+        jy, jx = rng.uniform(-0.5, 0.5, len(runs)), rng.uniform(-0.4, 0.4, len(runs))
+        for (label, v), j, k in zip(runs, jy, jx):
+            met = v.get("converged_at") is not None
+            xv = float(v.get("converged_epoch") or 0) if met else (miss_lo + miss_hi) / 2 + k * (miss_hi - miss_lo)
+            bad = bool(v.get("bad_init"))
+            a_r.scatter([xv], [y0 + 0.6 * j * (len(runs) > 1)], s=dot, marker="o" if met else "D",
+                        c=[colour], edgecolors="k" if bad else "white", linewidths=1.3 if bad else 0.4,
+                        alpha=0.85, zorder=3)
+        final = [v.get("class") for _, v in runs]
+        counts = [f"{CLASS_SHORT.get(c, c)} {final.count(c)}" for c in CLASS_COLORS if final.count(c)]
+        ticks.append((y0, "\n".join([g] + [" · ".join(counts[i:i + 2]) for i in range(0, len(counts), 2)])))
+        n_met = int(conv.size)
+        handles.append(Line2D([], [], color=colour, lw=2.2, marker="o", ms=6,
+                              label=f"{by}={g}: {len(runs)} run{'s' * (len(runs) != 1)}, "
+                                    f"{n_met} converged, {len(runs) - n_met} not met"))
+    a_s.axhline(threshold, color="0.3", ls="--", lw=1)
+    a_s.set_ylim(-0.03, 1.03)
+    a_s.set_ylabel("certified amplitude\nshare within δ of 1")
+    a_c.set_ylim(-0.03, 1.03)
+    a_c.set_ylabel("share of runs\nconverged by epoch")
+    a_r.axvspan(miss_lo, miss_hi, color="0.93", lw=0, zorder=0)
+    a_r.text((miss_lo + miss_hi) / 2, len(names) - 0.45, "not met", ha="center", va="bottom", fontsize=8,
+             color="0.3")
+    a_r.set_ylim(-0.6, len(names) - 0.4 + 0.35)
+    a_r.set_yticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=7.5)
+    a_r.set_xlabel("epoch (end of window)")
+    a_r.set_xlim(-0.02 * total, miss_hi + 0.01 * total)
+    for ax in (a_s, a_c, a_r):
+        ax.grid(True, axis="x", color="0.92", lw=0.6)
+    for ax in (a_s, a_c):
+        ax.grid(True, axis="y", color="0.92", lw=0.6)
+    grey = "0.35"
+    key = [Line2D([], [], color=grey, lw=2.2, marker="o", ms=4, label="top: median of the group's runs"),
+           Patch(color=grey, alpha=0.15, label=f"top: band, {' / '.join(sorted(bands)) or 'none'} of the runs"),
+           Line2D([], [], color="0.3", ls="--", lw=1, label=f"top: criterion, share ≥ {threshold:g} "
+                                                          f"(δ = {crit.get('delta', 0.01)})"),
+           Line2D([], [], color=grey, lw=2.2, drawstyle="steps-post", label="middle: share converged by then"),
+           Line2D([], [], ls="", marker="o", ms=7, color=grey, markeredgecolor="white",
+                  label="bottom: one run, the epoch it converged"),
+           Line2D([], [], ls="", marker="D", ms=6, color=grey, markeredgecolor="white",
+                  label="bottom: one run that never met it (strip)"),
+           Line2D([], [], ls="", marker="o", ms=7, color=grey, markeredgecolor="k", markeredgewidth=1.3,
+                  label="black edge: judged a bad init"),
+           Line2D([], [], ls="", marker="", label="marker size: the same for every run")]
+    fig.legend(handles=handles + key, loc="outside right upper", fontsize=8, frameon=False,
+               title=f"{by} (colour) and marks", title_fontsize=8)
+    fig.suptitle(f"Convergence verdicts by {by} ({n_runs} run{'s' * (n_runs != 1)})"
+                 + (f" · analysis {analysis_id}" if analysis_id else ""), fontsize=10, x=0.01, ha="left")
     return fig
 
 

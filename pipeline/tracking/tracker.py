@@ -109,10 +109,11 @@ def experiment_url(tracking_uri: str, experiment_id: str, ui: str | None = None)
 
 
 def ui_command(tracking_uri: str) -> str | None:
-    """The command that serves the UI for a database URI (None for a tracking server)."""
+    """The command that serves the UI for a database URI (None for a tracking server):
+    ``kma ui`` (MLflow's own UI server, opening experiments on the runs table)."""
     if tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"kma ui --tracking-uri {tracking_uri}"
 
 
 def _slug(name: str) -> str:
@@ -140,7 +141,7 @@ class Tracker:
         self.uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
         self.artifact_root = artifact_root(self.uri)
         self.down: str | None = None
-        _check_reachable(self.uri)
+        check_reachable(self.uri)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         from mlflow.tracking import MlflowClient
 
@@ -422,7 +423,7 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def _check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> None:
     """Fail fast, in one line, when an HTTP tracking server does not answer, or a SQLite
     path cannot be a tracking database (a folder; a file of another application)."""
     from ..secrets import mask_url

@@ -286,7 +286,8 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
         queue = spread(queue, _slots(ray, todo[0], max_parallel))
     cap = max_parallel or len(queue)
     pending: dict = {}
-    progress = console.progress(todo[0].sweep, len(todo))
+    progress = console.progress(todo[0].sweep, len(todo), tasks=len(queue))
+    tasks_done = 0
     # SIGTERM (ray job stop, kill) and SIGHUP (closed terminal) end the sweep like Ctrl-C
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
@@ -314,6 +315,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0 if console.tty else 5.0)
             for ref in ready:
                 members = pending.pop(ref)
+                tasks_done += 1
                 try:
                     res = ray.get(ref)
                 except RayError as e:  # the worker died more often than retries allow
@@ -331,7 +333,7 @@ def _train_all(todo, store, tracker, summary, ray_address, max_parallel, console
                         leases.release(v.run_id)
                 running, queued = _in_runs(pending, _started(ray, pending))
                 progress.update(done=len(summary.trained), failed=len(summary.failed), running=running,
-                                queued=queued)
+                                queued=queued, tasks_done=tasks_done)
         progress.close()
     except KeyboardInterrupt:
         progress.close()

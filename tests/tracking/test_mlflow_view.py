@@ -226,7 +226,22 @@ def mlflow_ui(sweep):
             time.sleep(0.2)
         yield m.group(1)
     finally:
-        os.killpg(proc.pid, 15)   # its own session: uvicorn and MLflow's job runner with it
+        _stop(proc)
+
+
+def _stop(proc) -> None:
+    """End a UI server and everything in its session (uvicorn, MLflow's job runner): SIGTERM,
+    then SIGKILL if it has not gone after 10 s (its graceful shutdown took ~30 s here; a
+    test's server holds nothing worth the wait)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
         proc.wait(timeout=30)
 
 
@@ -269,3 +284,57 @@ def test_the_printed_url_opens_the_runs_table_in_a_browser(sweep, mlflow_ui):
     assert shot.stat().st_size > 10_000
     if os.environ.get("KMA_UI_SHOT"):   # to look at it: KMA_UI_SHOT=/tmp/runs.png pytest ...
         shutil.copy(shot, os.environ["KMA_UI_SHOT"])
+
+
+@pytest.fixture(scope="module")
+def kma_ui(sweep):
+    """``kma ui`` on the sweep's SQLite database, on a port the OS picks."""
+    log = sweep["tmp"] / "kma-ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([f"{sys.prefix}/bin/kma", "ui", "--tracking-uri", sweep["uri"], "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=sweep["cwd"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (m := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())):
+            assert proc.poll() is None, f"kma ui exited: {log.read_text()[-800:]}"
+            assert time.monotonic() < deadline, f"kma ui did not start: {log.read_text()[-800:]}"
+            time.sleep(0.2)
+        yield m.group(1)
+    finally:
+        _stop(proc)
+
+
+def test_a_click_in_mlflows_own_experiment_list_opens_the_runs_under_kma_ui(sweep, kma_ui, mlflow_ui):
+    """MLflow's experiment list served by ``kma ui``, in a fresh headless Chromium: the
+    sweep's entry links to ``#/experiments/<id>`` (no ``workflowType``); that page, loaded
+    in another fresh profile as the click would, lists the training runs by name and no
+    GenAI panel. The same link under plain ``mlflow ui`` renders the GenAI overview."""
+    from pipeline.tracking.ui import WORKFLOW_KEY
+
+    exp = MlflowClient(sweep["uri"]).get_experiment_by_name("tiny")
+    listing = _chromium(f"{kma_ui}/#/experiments", sweep["tmp"], "--dump-dom")
+    link = re.search(r'<a [^>]*title="tiny"[^>]*href="([^"]+)"', listing)
+    assert link, re.sub(r"<[^>]+>", " ", listing)[-1500:]
+    assert link.group(1) == f"#/experiments/{exp.experiment_id}"   # what a click follows
+    names = sorted(r.info.run_name for r in _search(sweep["uri"], TRAINING))
+    dom = ""
+    for _ in range(2):
+        dom = _chromium(f"{kma_ui}/{link.group(1)}", sweep["tmp"], "--dump-dom")
+        if all(n in dom for n in names):
+            break
+    assert WORKFLOW_KEY in dom   # the injected script is in the page
+    missing = [n for n in names if n not in dom]
+    assert not missing, f"run names not rendered: {missing}; page text: {re.sub(r'<[^>]+>', ' ', dom)[-1500:]}"
+    assert not [m for m in GENAI_MARKS if m in dom]
+    plain = _chromium(f"{mlflow_ui}/{link.group(1)}", sweep["tmp"], "--dump-dom")
+    assert [m for m in GENAI_MARKS if m in plain] and not all(n in plain for n in names)
+
+
+def test_the_injected_script_goes_first_in_the_head_once():
+    from pipeline.tracking.ui import SCRIPT, inject
+
+    html = b'<!doctype html><html><head><meta charset="utf-8"/><script src="main.js"></script></head></html>'
+    out = inject(html)
+    assert out.startswith(b"<!doctype html><html><head>" + SCRIPT.encode() + b"<meta")
+    assert inject(out) == out and inject(b"<p>no head</p>") == b"<p>no head</p>"
+    assert 'getItem("mlflow.workflowType_v1")===null' in SCRIPT and '"machine_learning"' in SCRIPT
