@@ -31,12 +31,22 @@ class SnapshotPolicy(_Strict):
 
 
 class StopPolicy(_Strict):
-    """Spectral stopping: every ``every`` snapshots, once ``window`` are held,
-    the whole network's spectrum of the last ``window`` snapshots is computed in the
-    training task and the convergence criterion of :mod:`pipeline.apps.convergence`
-    applied; the variant stops when it holds. Absent (None) = off."""
+    """Spectral stopping: every ``every`` snapshots, once ``window`` are held, the
+    spectra of the last ``window`` snapshots are computed in the training task and a
+    convergence rule applied; the variant stops when it holds. Absent (None) = off.
+
+    ``rule``: ``v2`` (default) the second-version verdict of :mod:`pipeline.apps.horizon`
+    (predicted remaining motion over the rest of the budget against the motion so far,
+    per layer, and the predicted validation-loss gain; stops where ``k`` holding windows
+    are confirmed, as the offline verdict's ``online_confirmed_epoch``); ``v1`` the first
+    version of :mod:`pipeline.apps.convergence` (certified share at 1), what ``stop:``
+    ran before ``rule`` existed. ``rule: v1`` keeps those runs' ids; ``v2`` enters the id
+    (a different stopping point is a different trajectory)."""
+
+    ID_DEFAULTS: ClassVar[dict] = {"rule": "v1"}   # the value earlier runs had implicitly
 
     when: Literal["converged"] = "converged"
+    rule: Literal["v2", "v1"] = "v2"
     window: int = Field(10, ge=6)
     every: int = Field(2, ge=1)
 

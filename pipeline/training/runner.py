@@ -136,7 +136,7 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
         if variant.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = variant.momentum
         optimizer = build_optimizer(variant.optimizer, model.parameters(), variant.lr, **kw)
-        monitor = stop_monitor(variant)
+        monitor = stop_monitor(variant, layout)
         if monitor is not None:
             callbacks = (*callbacks, monitor)
         hooks = training_hooks(variant, model, optimizer, task, loss_fn, layout, device)  # prune/accelerate
@@ -174,18 +174,28 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
                         error=reason if isinstance(e, KMAError) else reason + "\n" + traceback.format_exc())
 
 
-def stop_monitor(variant: Variant):
+def stop_monitor(variant: Variant, layout=None):
     """The in-task :class:`~pipeline.training.monitor.SpectrumMonitor` of the sweep option
-    ``stop: {when: converged, window, every}`` (None when the option is absent): the
-    verdicts' convergence criterion on the whole network's spectrum of the last
-    ``window`` snapshots, cut at the verdicts' threshold, every ``every`` snapshots."""
+    ``stop: {rule, when: converged, window, every}`` (None when the option is absent):
+    the spectra of the last ``window`` snapshots, cut at the verdicts' threshold, every
+    ``every`` snapshots, judged by the second-version verdict (``rule: v2``: whole
+    network and every layer of ``layout``, the losses, the rest of the budget) or the
+    first version's criterion (``rule: v1``: the whole network's certified share at 1)."""
     if variant.stop is None:
         return None
     from ..apps.convergence import VERDICT_CUT, Criterion
     from .monitor import SpectrumMonitor
 
+    if variant.stop.rule == "v1":
+        return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
+                               threshold=VERDICT_CUT, criterion=Criterion())
+    from ..apps.horizon import HorizonCriterion
+
+    capacity = variant.snapshot_capacity()   # snapshot.unit epoch: SweepConfig refuses v2 otherwise
     return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
-                           threshold=VERDICT_CUT, criterion=Criterion())
+                           threshold=VERDICT_CUT, horizon=HorizonCriterion(),
+                           groups=layout.layer_ranges() if layout is not None else None,
+                           budget_snapshots=capacity, budget_epochs=variant.epochs)
 
 
 def stop_record(monitor, result) -> dict:
@@ -193,8 +203,11 @@ def stop_record(monitor, result) -> dict:
     where and why training stopped, or that it ran its full budget."""
     if result.stopped_early and monitor.stop_point is not None:
         return dict(monitor.stop_point)
-    rec = {"when": "converged", "reason": "budget" if result.status == "complete" else result.status,
+    rec = {"when": "converged", "rule": "v1" if monitor.horizon is None else "v2",
+           "reason": "budget" if result.status == "complete" else result.status,
            "snapshot": None, "epoch": None, "window": monitor.window, "every": monitor.every}
+    if monitor.verdict is not None:    # v2: the class the last window read as
+        rec["class"] = monitor.verdict["class"]
     if monitor.stop_point is not None:   # held only at the last epoch: nothing left to save
         rec.update(converged_at=monitor.stop_point["converged_at"],
                    converged_epoch=monitor.stop_point["converged_epoch"])
