@@ -139,13 +139,14 @@ class SpectrumMonitor:
                 self._stop = True
 
     def _fit_as_stored(self, Y, a: int):
-        """The window's fit exactly as the offline analysis of the stored run makes it:
-        its band Gram is referenced to the run's first snapshot (which sets the factor's
+        """The window's fit exactly as ``kma analyze`` makes it on the stored run (its
+        default cut; :meth:`_keep` re-cuts for the verdict as the analysis does): the
+        band Gram is referenced to the run's first snapshot (which sets the factor's
         resolution, :func:`pipeline.koopman.windows.gram_resolution`), so the window is
         fitted as ``[1, W + 1)`` of ``[x_0; window]`` (a break at 1 keeps ``x_0`` out of
         it). Window ``[0, W)`` is the run's start: fitted as it is."""
         per_layer = self.groups is not None
-        kw = dict(rank=self.rank, tol=self.tol, threshold=self.threshold, per_layer=per_layer)
+        kw = dict(per_layer=per_layer)
         groups = self.groups if per_layer else None
         if a == 0:
             return KoopmanDMD(**kw).fit(Y, groups=groups)
@@ -153,18 +154,22 @@ class SpectrumMonitor:
         return KoopmanDMD(window=self.window, breaks=(1,), **kw).fit(Y1, groups=groups)
 
     def _keep(self, est, a: int) -> None:
-        """The window's spectra and factors (whole network and per layer) under their
-        trajectory indices ``[a, a + W)``: what the verdict needs."""
+        """The window's verdict spectra (re-cut, :func:`pipeline.apps.convergence.verdict_spectra`)
+        and factors, whole network and per layer, under their trajectory indices
+        ``[a, a + W)``: what the verdict needs."""
+        from ..apps.convergence import verdict_spectra
+
         win = (a, a + self.window)
-        for r in est.results_:
-            f = est.window_factors_.get(r.layer, {}).get(tuple(r.window))
+        for layer, fs in est.window_factors_.items():
+            (r,) = verdict_spectra(est, layer)
+            f = fs[tuple(r.window)]
             r = dataclasses.replace(r, window=win)
-            if r.layer == "all":
+            if layer == "all":
                 self._spectra.append(r)
                 self._factors[win] = f
             else:
-                self._layer_spectra.setdefault(r.layer, []).append(r)
-                self._layer_factors.setdefault(r.layer, {})[win] = f
+                self._layer_spectra.setdefault(layer, []).append(r)
+                self._layer_factors.setdefault(layer, {})[win] = f
         self._fresh = True
 
     def _judge(self, history) -> None:
