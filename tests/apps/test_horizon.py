@@ -46,6 +46,27 @@ def test_predicted_motion_and_path_match_float64_references():
         assert past[w] == pytest.approx(ref[w], rel=1e-3, abs=1e-4)
 
 
+def test_vector_motion_is_the_predicted_displacement_and_the_sum_bounds_it():
+    """Two decaying modes along nearly parallel directions (angle 0.05 rad) whose contents
+    partly cancel: the vector form is the true remaining displacement (dense float64
+    reference), the sum of the modes' norms only an upper bound (here 1.4 times larger)."""
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.standard_normal((P, 3)))
+    v1, v2 = Q[:, 1], np.cos(0.05) * Q[:, 1] + np.sin(0.05) * Q[:, 2]
+    t = np.arange(T)[:, None]
+    Y64 = 3.0 * Q[:, 0] + 2.0 * 0.9 ** t * v1 - 2.0 * 0.8 ** t * v2
+    Y = (Y64 + 1e-6 * rng.standard_normal(Y64.shape)).astype(np.float32)
+    est, spectra, factors = _fit(Y)
+    r = spectra[0]
+    a, b = r.window
+    H = T - b
+    true_left = np.linalg.norm(Y64[b - 1 + H] - Y64[b - 1])
+    vec = horizon.predicted_motion(r, H, 1e-2, factor=factors[(a, b)])
+    total = horizon.predicted_motion(r, H, 1e-2)
+    assert vec == pytest.approx(true_left, rel=2e-2)
+    assert total > 1.2 * vec
+
+
 def test_loss_forecast_is_the_closed_form_of_an_exponential_plateau():
     e = np.arange(1, 61)
     v = 0.5 + 2.0 * 0.9 ** e
