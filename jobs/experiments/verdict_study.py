@@ -533,7 +533,9 @@ def main(argv=None) -> int:
              ("activation statistics (std, dead units)", lambda r: act_flags(r.get("act"), ath)),
              ("v2 or activation statistics", lambda r: flags(r["bi"], th) or act_flags(r.get("act"), ath))]
     for name, f in rules:
-        for setname, rs in (("tuning (in-sample)", tune), ("held out", held)):
+        for setname, rs in (("tuning (in-sample)", tune), ("held out", held),
+                            ("held out: MLPs", [r for r in held if r["family"] == "mlp"]),
+                            ("held out: CNNs", [r for r in held if r["family"] == "cnn"])):
             rs = [r for r in rs if r["bi"] is not None]
             if not rs:
                 continue
