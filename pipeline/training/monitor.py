@@ -69,6 +69,9 @@ class SpectrumMonitor:
         ``horizon``, every layer's spectra and motion are judged too.
     budget_snapshots, budget_epochs : int, optional
         The variant's snapshots and epochs at its full budget.
+    unit_roundoff : float, optional
+        Of the dtype the run's snapshots are stored in (with ``horizon``: the analysis'
+        default cut follows it; default float32's).
 
     Attributes
     ----------
@@ -82,8 +85,10 @@ class SpectrumMonitor:
 
     def __init__(self, window: int = 10, every: int = 1, rank=None, tol=None,
                  stop_when: Callable[[SpectrumRecord], bool] | None = None, threshold=None,
-                 criterion=None, horizon=None, groups=None, budget_snapshots=None, budget_epochs=None):
+                 criterion=None, horizon=None, groups=None, budget_snapshots=None, budget_epochs=None,
+                 unit_roundoff=None):
         self.window, self.every, self.rank, self.tol = window, every, rank, tol
+        self.unit_roundoff = unit_roundoff
         self.horizon = horizon
         self.groups = list(groups) if groups is not None and len(groups) > 1 else None
         self.budget_snapshots, self.budget_epochs = budget_snapshots, budget_epochs
@@ -146,7 +151,7 @@ class SpectrumMonitor:
         fitted as ``[1, W + 1)`` of ``[x_0; window]`` (a break at 1 keeps ``x_0`` out of
         it). Window ``[0, W)`` is the run's start: fitted as it is."""
         per_layer = self.groups is not None
-        kw = dict(per_layer=per_layer)
+        kw = dict(per_layer=per_layer, unit_roundoff=self.unit_roundoff)
         groups = self.groups if per_layer else None
         if a == 0:
             return KoopmanDMD(**kw).fit(Y, groups=groups)

@@ -190,12 +190,14 @@ def stop_monitor(variant: Variant, layout=None):
         return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
                                threshold=VERDICT_CUT, criterion=Criterion())
     from ..apps.horizon import HorizonCriterion
+    from ..koopman.core import dtype_roundoff
 
     capacity = variant.snapshot_capacity()   # snapshot.unit epoch: SweepConfig refuses v2 otherwise
     return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
                            threshold=VERDICT_CUT, horizon=HorizonCriterion(),
                            groups=layout.layer_ranges() if layout is not None else None,
-                           budget_snapshots=capacity, budget_epochs=variant.epochs)
+                           budget_snapshots=capacity, budget_epochs=variant.epochs,
+                           unit_roundoff=dtype_roundoff(variant.snapshot.dtype))
 
 
 def stop_record(monitor, result) -> dict:

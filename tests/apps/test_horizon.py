@@ -106,3 +106,29 @@ def test_classes_of_known_runs():
     _, s, f = _fit(_traj(0.8)[1])
     v = horizon.verdict(s, factors=f, snapshot_epochs=ep)
     assert v["class"] == "converged" and "weights only" in v["evidence"]["limitation"]
+
+
+@pytest.mark.parametrize("last_epoch, budget, expected", [(71, 150, 151), (103, 150, 151), (150, 150, 151),
+                                                         (35, 60, 61)])
+def test_an_early_stopped_run_is_judged_against_its_whole_budget(monkeypatch, last_epoch, budget, expected):
+    """A run that ``stop:`` ended at epoch e (snapshots 0..e, one per epoch) is judged with
+    the horizon of its whole budget: ``1 + budget`` snapshots, as the task judged it."""
+    from types import SimpleNamespace
+
+    from pipeline.apps import verdicts
+
+    seen = {}
+
+    def fake(*args, **kw):
+        seen.update(kw)
+        return {"class": "still_improving", "converged_at": None, "converged_epoch": None,
+                "online_converged_at": None, "online_converged_epoch": None, "online_confirmed_epoch": None,
+                "class_reason": "", "evidence": {}}
+
+    monkeypatch.setattr(horizon, "verdict", fake)
+    n = last_epoch + 1
+    run = SimpleNamespace(metrics={"val_loss": [1.0] * last_epoch}, config={"epochs": budget})
+    ctx = verdicts.VerdictInput("r", [SimpleNamespace(window=(n - 16, n))], run=run,
+                                snapshot_epochs=list(range(n)), status="complete")
+    verdicts.horizon_producer(ctx)
+    assert seen["budget_snapshots"] == expected and seen["budget_epochs"] == budget
