@@ -186,9 +186,9 @@ def test_stop_v2_stops_where_the_offline_verdict_would(tmp_path):
     assert full_ev["window_epochs"][:n] == on["window_epochs"]
     for key in ("motion_so_far", "loss_gain"):
         np.testing.assert_allclose(np.array(on[key], float), np.array(full_ev[key][:n], float), rtol=1e-6, atol=1e-9)
-    # the spectra: the task fits each window against x_0 alone, the analysis assembles the
-    # half-overlapping windows (starts 8, 24, ...) from the band of the whole trajectory;
-    # the others are equal to rounding, those differ where the window is ill-conditioned
+    # the spectra: the task fits each window from its own snapshots and x_0, the analysis
+    # every window from one band Gram of the whole trajectory; windows starting at 0, 16, ...
+    # are equal to rounding, those at 8, 24, ... differ where the window is ill-conditioned
     # (measured here: up to 60x in predicted motion, and 1 window of 12 reads "holds" only in the task)
     same = np.isclose(np.array(on["predicted_motion"], float), np.array(full_ev["predicted_motion"][:n], float),
                       rtol=1e-6, atol=1e-9)
