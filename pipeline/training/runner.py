@@ -243,7 +243,8 @@ def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
     root = variant.run_id
     last = policy.max_restarts if policy.action == "restart" else 0
     store = TrajectoryStore(store_url)
-    groups = variant_layout(variant).layer_ranges()
+    layout = variant_layout(variant)
+    groups = layout.layer_ranges()
     summaries: list[dict] = []
     for k in range(last + 1):
         rid = attempt_id(root, k)
@@ -254,7 +255,7 @@ def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
                 continue
             break
         v = attempt_variant(variant, k)
-        monitor = BadInitMonitor(policy.after, groups, policy.action)
+        monitor = BadInitMonitor(policy.after, groups, policy.action, rule=policy.rule, layout=layout, lr=v.lr)
         next_id = attempt_id(root, k + 1) if k < last else None
         links = {"variant_run_id": root, "attempt": k}
         if k:
