@@ -18,7 +18,9 @@ lines; ``--no-analyze``), fits every run once with the default analysis, and
    concurrent trials: a replay, not a new training);
 4. bad init within K = 6 snapshots: recall and false alarms against the outcome
    (bad = stalled or diverged) for the first and second detector, the weight-gain rule
-   alone and the loss plateau after K epochs.
+   alone, the loss plateau after K epochs and activation statistics on a probe batch
+   (each model rebuilt from its stored config; cached with the runs), on the held-out
+   MLPs and CNNs together and apart.
 
     nice -n 10 python jobs/experiments/verdict_study.py --store /tmp/kma-verdicts [--max-runs N]
 
