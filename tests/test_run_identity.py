@@ -92,7 +92,7 @@ def test_resources_never_enter_the_run_id():
 # (each option alone on the demo sweep; the first two variants): a run's id with an option
 # set must not move when the option's declaration does.
 OPTION_IDS = {
-    "stop": ({"when": "converged", "window": 6, "every": 2},
+    "stop": ({"when": "converged", "rule": "v1", "window": 6, "every": 2},   # v1: the rule these ids had
              ["mlp-d2-w32-tanh-kaiming-adam-s0-741a75506a", "mlp-d2-w32-tanh-small_variance-adam-s0-799531d9ae"]),
     "on_bad_init": ({"action": "restart", "max_restarts": 1},
                     ["mlp-d2-w32-tanh-kaiming-adam-s0-cc41242e08", "mlp-d2-w32-tanh-small_variance-adam-s0-462cfc399d"]),
@@ -110,3 +110,16 @@ def test_run_ids_with_a_training_option_are_pinned():
     for option, (value, ids) in OPTION_IDS.items():
         variants = config.expand(config.validate({**data, option: value}, names=False))
         assert [v.run_id for v in variants[:2]] == ids, option
+
+
+def test_stop_rule_v2_gets_its_own_ids_and_v1_keeps_the_old_ones():
+    """``stop:`` without ``rule`` is the second version now: a different stopping point is
+    a different trajectory, so its ids differ from the runs ``stop:`` made before (v1)."""
+    data = config.load(ROOT / "configs" / "demo.yaml", names=False).model_dump(mode="json")
+    value, old_ids = OPTION_IDS["stop"]
+    plain = {k: v for k, v in value.items() if k != "rule"}
+    ids = {rule: [v.run_id for v in config.expand(config.validate({**data, "stop": {**plain, **extra}},
+                                                                   names=False))[:2]]
+           for rule, extra in (("default", {}), ("v2", {"rule": "v2"}), ("v1", {"rule": "v1"}))}
+    assert ids["v1"] == old_ids
+    assert ids["default"] == ids["v2"] and not set(ids["v2"]) & set(old_ids)

@@ -18,7 +18,9 @@ lines; ``--no-analyze``), fits every run once with the default analysis, and
    concurrent trials: a replay, not a new training);
 4. bad init within K = 6 snapshots: recall and false alarms against the outcome
    (bad = stalled or diverged) for the first and second detector, the weight-gain rule
-   alone and the loss plateau after K epochs.
+   alone, the loss plateau after K epochs and activation statistics on a probe batch
+   (each model rebuilt from its stored config; cached with the runs), on the held-out
+   MLPs and CNNs together and apart.
 
     nice -n 10 python jobs/experiments/verdict_study.py --store /tmp/kma-verdicts [--max-runs N]
 
@@ -265,6 +267,92 @@ def badinit_features(r):
         "loss_drop": drop}
 
 
+PROBE = 256        # probe batch: the first training samples of the run's own task
+
+
+def activation_features(run, Y0, probe=PROBE, _probes={}):
+    """The practitioner's check (activation statistics on a probe batch): the run's model
+    rebuilt from its stored config, loaded with snapshot 0 and with snapshot ``K − 1``
+    (after the first epochs), run on a probe batch (the first ``probe`` training samples
+    of the run's task, built once per task with seed 0); per hidden
+    layer (every call of the model's activation) the std of its outputs and the fraction
+    of dead units (a unit whose output does not vary over the batch: std ≤ 1e-4 — a ReLU
+    never active, a saturated tanh, a collapsed start). ``{"std_min", "std_max",
+    "dead_max"}`` at ``"init"`` and ``"early"``; None when the model cannot be rebuilt."""
+    import torch
+
+    from pipeline.config import Variant
+    from pipeline.storage.layout import Layout
+    from pipeline.training.models import build_model
+    from pipeline.training.tasks import build_task
+
+    try:
+        v = Variant.model_validate_json(json.dumps(run.config))
+        key = json.dumps(v.task.model_dump(mode="json"), sort_keys=True)
+        if key not in _probes:
+            task = build_task(v.task.name, seed=0, **v.task.model_dump(exclude={"name"}))
+            _probes[key] = (task.x_train[:probe], task.in_dim, task.out_dim)
+        x, in_dim, out_dim = _probes[key]
+        model = build_model(v.family, in_dim, out_dim, v.depth, v.width, v.activation)
+        layout = Layout.from_named_shapes((n, p.shape) for n, p in model.named_parameters())
+        if v.snapshot.layers != "all" or layout.size != Y0.shape[1]:
+            return None
+    except Exception as e:  # noqa: BLE001 - a run whose config cannot be rebuilt has no baseline
+        print(f"  activation stats: {run.run_id}: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+    outs = []
+    hook = model.act.register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+    feats = {}
+    try:
+        for name, t in (("init", 0), ("early", Y0.shape[0] - 1)):
+            views = layout.unflatten(torch.from_numpy(np.ascontiguousarray(Y0[t], dtype=np.float32)))
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for n, w in views.items():
+                    params[n].copy_(w.reshape(params[n].shape))
+                outs.clear()
+                model(x)
+            stds, dead = [], []
+            for o in outs:
+                u = o.transpose(0, 1).reshape(o.shape[1], -1) if o.dim() > 2 else o.T   # (units, samples[*space])
+                stds.append(float(o.std()))
+                dead.append(float((u.std(dim=1) <= 1e-4).float().mean()))
+            feats[name] = {"std_min": min(stds) if stds else None, "std_max": max(stds) if stds else None,
+                           "dead_max": max(dead) if dead else None}
+    finally:
+        hook.remove()
+    return feats
+
+
+def act_flags(a, th):
+    """Activation-statistics rule: at the chosen snapshot(s), a layer's activation std below
+    ``std_low`` or above ``std_high``, or a layer with more than ``dead_high`` dead units."""
+    if a is None:
+        return None
+    hit = False
+    for at in (("init",) if th["at"] == "init" else ("early",) if th["at"] == "early" else ("init", "early")):
+        f = a[at]
+        if f["std_min"] is None:
+            continue
+        hit |= f["std_min"] < th["std_low"] or f["std_max"] > th["std_high"] or f["dead_max"] > th["dead_high"]
+    return hit
+
+
+def tune_activation(runs):
+    """Activation-statistics thresholds on the tuning runs: the most recall with false
+    alarms <= 5% (as the weight rules)."""
+    best = None
+    for at in ("init", "early", "either"):
+        for sl in (0.0, 0.01, 0.03, 0.1, 0.2, 0.3):
+            for sh in (0.9, 0.95, 0.99, 1e9):
+                for dh in (0.1, 0.25, 0.5, 0.9, 1.0):
+                    th = {"at": at, "std_low": sl, "std_high": sh, "dead_high": dh}
+                    h, nb, fa, ng = rate(runs, lambda r: act_flags(r.get("act"), th))
+                    if ng and fa / ng <= 0.05 and (best is None or (h, -fa) > best[0]):
+                        best = ((h, -fa), th)
+    return best[1] if best else {"at": "init", "std_low": 0.0, "std_high": 1e9, "dead_high": 1.0}
+
+
 def flags(f, th):
     if f is None:
         return None
@@ -415,14 +503,26 @@ def main(argv=None) -> int:
     # -- bad init
     for r in runs:
         r["bi"] = badinit_features(r)
+    missing = [r for r in runs if "act" not in r and r.get("Y0") is not None]
+    if missing:
+        from pipeline.storage.store import TrajectoryStore
+
+        store = TrajectoryStore(args.store, create=False)
+        for i, r in enumerate(missing):
+            r["act"] = activation_features(store.open_run(r["run_id"]), r["Y0"])
+            if (i + 1) % 100 == 0:
+                print(f"  activation statistics {i + 1}/{len(missing)}", file=sys.stderr, flush=True)
+        if args.cache:
+            pickle.dump(runs, open(args.cache, "wb"))
     th = tune_badinit([r for r in tune if r["bi"]])
     lp = tune_loss_plateau([r for r in tune if r["bi"]])
+    ath = tune_activation([r for r in tune if r["bi"] and r.get("act")])
     print(f"### bad init within K = {K_BADINIT} snapshots (bad = outcome stalled or diverged)")
     from pipeline.apps import badinit as _bi
 
     print(f"thresholds fixed on the tuning runs: {th}; loss plateau drop < {lp}\n"
           f"(detect_v2 defaults: gain_low {_bi.GAIN_LOW}, gain_high {_bi.GAIN_HIGH}, motion_low {_bi.MOTION_LOW}, "
-          f"structure {_bi.STRUCTURE})\n")
+          f"structure {_bi.STRUCTURE}); activation statistics (probe batch of {PROBE}): {ath}\n")
     print("| rule | set | detected (bad) | false alarms (good) |")
     print("| --- | --- | ---: | ---: |")
     rules = [("spectral v1 (detect defaults)", lambda r: r["bi"]["v1"]),
@@ -431,9 +531,13 @@ def main(argv=None) -> int:
              ("weight gain only", lambda r: flags({**r["bi"], "frozen_or_collapsed": False, "motion_min": -1}, th)),
              ("loss plateau after K epochs", lambda r: r["bi"]["loss_drop"] is not None and r["bi"]["loss_drop"] < lp),
              ("weight gain or loss plateau", lambda r: flags({**r["bi"], "frozen_or_collapsed": False, "motion_min": -1}, th)
-              or (r["bi"]["loss_drop"] is not None and r["bi"]["loss_drop"] < lp))]
+              or (r["bi"]["loss_drop"] is not None and r["bi"]["loss_drop"] < lp)),
+             ("activation statistics (std, dead units)", lambda r: act_flags(r.get("act"), ath)),
+             ("v2 or activation statistics", lambda r: flags(r["bi"], th) or act_flags(r.get("act"), ath))]
     for name, f in rules:
-        for setname, rs in (("tuning (in-sample)", tune), ("held out", held)):
+        for setname, rs in (("tuning (in-sample)", tune), ("held out", held),
+                            ("held out: MLPs", [r for r in held if r["family"] == "mlp"]),
+                            ("held out: CNNs", [r for r in held if r["family"] == "cnn"])):
             rs = [r for r in rs if r["bi"] is not None]
             if not rs:
                 continue
@@ -443,8 +547,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _figures(runs, crit, out)
-    keep = ("run_id", "sweep", "group", "init", "lr", "seed", "status", "outcome", "bi")
-    json.dump({"refs": refs, "criterion": crit.as_dict(), "badinit_thresholds": th,
+    keep = ("run_id", "sweep", "group", "init", "lr", "seed", "status", "outcome", "bi", "act")
+    json.dump({"refs": refs, "criterion": crit.as_dict(), "badinit_thresholds": th, "activation_thresholds": ath,
                "runs": [{**{k: r.get(k) for k in keep},
                          "verdict": {k: r["verdict"].get(k) for k in ("class", "converged_epoch",
                                                                        "online_converged_epoch",

@@ -83,6 +83,7 @@ class HorizonCriterion:
     stall_ratio: float = 0.5
     rise_windows: int = 5
     residual_tol: float = convergence.RELIABLE_RESIDUAL
+    motion: str = "sum"          # "vector": the norm of the predicted displacement (predicted_motion)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,27 +106,53 @@ def path_so_far(factors: dict) -> dict:
     return out
 
 
-def predicted_motion(result, horizon: int, residual_tol: float, delta: float = 0.01) -> float:
+def predicted_motion(result, horizon: int, residual_tol: float, delta: float = 0.01,
+                     factor=None) -> float:
     """``M_pred`` of one :class:`~pipeline.koopman.WindowResult` over ``horizon`` snapshots
     (inf when a pair grows and the horizon is long enough to matter). Every kept pair
     counts except those that cannot be told from 1: ``|λ − 1| ≤ min(κ r, δ)``
     (``residual_tol`` is kept for the signature; certification is not required, see the
-    module docstring)."""
+    module docstring).
+
+    With the window's ``factor`` (``C``: k × W, the factor the result was cut from) the
+    motion is the norm of the predicted displacement, ``‖Σ_i b_i λ_i^{W−1} (λ_i^H − 1) z_i‖``
+    (``z_i`` the unit Ritz vectors in the factor's coordinates, which keep norms): the
+    modes' contents add as vectors (``HorizonCriterion(motion="vector")``). Without it, the
+    sum of their norms ``Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|`` (the default), an upper bound
+    that ill-conditioned pairs (nearly parallel Ritz vectors whose amplitudes cancel)
+    inflate. The tuning runs chose the sum (``jobs/experiments/verdict_minibatch.py``)."""
     lam = np.asarray(result.eigenvalues, dtype=np.complex128)
     if lam.size == 0 or horizon <= 0:
         return 0.0
-    amp = np.abs(np.asarray(result.amplitudes, dtype=np.complex128))
+    b = np.asarray(result.amplitudes, dtype=np.complex128)
     ok = np.isfinite(lam)
     bound = np.abs(np.asarray(result.conditions if result.conditions is not None else np.ones(lam.size))) \
         * np.asarray(result.residuals, dtype=float)
     moving = ok & (np.abs(lam - 1) > np.minimum(bound, delta))
     W = result.window[1] - result.window[0]
+    Z = _ritz_vectors(result, factor) if factor is not None else None
     with np.errstate(over="ignore", invalid="ignore"):
-        now = amp * np.abs(lam) ** (W - 1)
-        move = np.abs(lam ** int(horizon) - 1)
-        terms = np.where(moving, now * move, 0.0)
-    total = float(np.nansum(terms))
+        coef = np.where(moving, b * lam ** (W - 1) * (lam ** int(horizon) - 1), 0.0)
+        if Z is not None:
+            total = float(np.linalg.norm(Z @ coef)) if np.isfinite(coef).all() else float("inf")
+        else:
+            total = float(np.nansum(np.abs(coef)))
     return total if math.isfinite(total) else float("inf")
+
+
+def _ritz_vectors(result, factor):
+    """The result's unit Ritz vectors ``(k, r)`` in the factor's coordinates: its DMD again
+    on the factor at the verdict cut (:func:`convergence.recut`'s call); None when that does
+    not reproduce the result's eigenvalues (a result cut some other way)."""
+    from ..koopman import dmd
+
+    a, b = result.window
+    r = dmd(factor.C, threshold=convergence.VERDICT_CUT, data_shape=(factor.stop - factor.start, b - a - 1),
+            factor_error=float(factor.error))
+    lam = np.asarray(result.eigenvalues, dtype=np.complex128)
+    if r.eigenvalues.shape != lam.shape or not np.allclose(r.eigenvalues, lam, rtol=1e-9, atol=1e-12):
+        return None
+    return np.asarray(r.vectors, dtype=np.complex128)
 
 
 def loss_gain(val_loss, start_epoch: int, end_epoch: int, horizon_epochs: int) -> float | None:
@@ -223,7 +250,9 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         H = max(last_snap - 1 - e, b - a)     # at least one more window: the budget's end is no free pass
         c1 = convergence.check_window(r, v1)
         growing_at.append(c1.n_growing > 0)
-        mp = predicted_motion(r, H, crit.residual_tol, crit.delta)
+        vec = crit.motion == "vector"
+        mp = predicted_motion(r, H, crit.residual_tol, crit.delta,
+                              factor=(factors or {}).get((a, b)) if vec else None)
         ms = past.get((a, b))
         w_ok = c1.n_growing == 0 and (ms is None or mp <= crit.motion_tol * ms) and \
             (ms is not None or c1.holds)       # no factors: the first version's test stands in
@@ -233,7 +262,8 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
             lms = layer_past.get(name, {}).get((a, b))
             if lr is None or lms is None:
                 continue
-            lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta)
+            lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta,
+                                   factor=(layer_factors or {}).get(name, {}).get((a, b)) if vec else None)
             ev["layer_motion_ratio"][name].append(_r(lmp / lms) if lms > 0 else 0.0)
             if lmp > crit.layer_tol * lms:
                 moving.append(name)

@@ -79,7 +79,8 @@ def horizon_producer(ctx: VerdictInput) -> dict:
     if budget_epochs is not None and ctx.snapshot_epochs is not None and n:
         last_ep = int(ctx.snapshot_epochs[min(n, len(ctx.snapshot_epochs)) - 1])
         if last_ep > 0 and budget_epochs > last_ep and ctx.status != "diverged":
-            n = int(round(n * budget_epochs / last_ep))      # stopped early: the budget's snapshots
+            # stopped early: the budget's snapshots (snapshot 0 is the initial weights)
+            n = n + int(round((n - 1) * (budget_epochs - last_ep) / last_ep))
         elif budget_epochs < last_ep:
             budget_epochs = None
     v = horizon.verdict(ctx.spectra, factors=ctx.factors, layer_spectra=ctx.layer_spectra,

@@ -20,6 +20,9 @@ class _Strict(BaseModel):
     # enter the identity, at their defaults too, so that the ids of existing runs stay.
     # A field added later enters only when it differs from its default (see identity()).
     ID_KEYS_V1: ClassVar[frozenset[str]] = frozenset()
+    # Per field, the value that stays out of the identity when it is not the default
+    # (a field whose new default changes the trajectory: the old value keeps old ids).
+    ID_DEFAULTS: ClassVar[dict] = {}
 
 
 

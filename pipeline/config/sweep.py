@@ -16,7 +16,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from .analysis import AnalysisParams
@@ -43,7 +43,10 @@ def identity(model: BaseModel) -> dict:
       packing, anything that does not change the trajectory) never enters;
     - a required field, or one listed in the model's ``ID_KEYS_V1`` (the keys hashed
       before the rule existed), always enters;
-    - any other field enters only when its value differs from its default.
+    - any other field enters only when its value differs from its default, or, when the
+      model's ``ID_DEFAULTS`` names it, from the value given there (the value runs made
+      before the field existed had implicitly: a new default that changes the trajectory
+      then enters the id, the old value keeps the old ids).
 
     Nested models follow the same rule, recursively.
     """
@@ -56,7 +59,8 @@ def identity(model: BaseModel) -> dict:
             continue
         value = getattr(model, name)
         if not (field.is_required() or name in cls.ID_KEYS_V1):
-            if value == field.get_default(call_default_factory=True):
+            default = cls.ID_DEFAULTS[name] if name in cls.ID_DEFAULTS else field.get_default(call_default_factory=True)
+            if value == default:
                 continue
         out[name] = identity(value) if isinstance(value, BaseModel) else dumped[name]
     return out
@@ -91,6 +95,13 @@ class SweepConfig(TrainingOptions):
         if len(v) > MAX_NAME:  # it names the MLflow experiment
             raise ValueError(f"{len(v)} characters; at most {MAX_NAME} (MLflow's limit for an experiment name)")
         return v
+
+    @model_validator(mode="after")
+    def _stop_v2_needs_epochs(self):
+        if self.stop is not None and self.stop.rule == "v2" and self.snapshot.unit != "epoch":
+            raise ValueError("stop: rule v2 needs snapshot.unit: epoch (its horizon is the rest of the "
+                             "budget in snapshots); set stop.rule: v1 for per-step snapshots")
+        return self
 
     @field_validator("seeds")
     @classmethod

@@ -88,8 +88,10 @@ def variant_done(store, root: str) -> bool:
 
 # ----------------------------------------------------------------------- in the task
 class BadInitMonitor:
-    """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` on the first
-    ``after`` snapshots; asks to stop when it is bad and ``action`` is not ``continue``.
+    """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` (``rule`` v1)
+    or :func:`~pipeline.apps.badinit.detect_v2` (v2: needs ``layout``, and ``lr`` to
+    normalise the motion) on the first ``after`` snapshots; asks to stop when it is bad
+    and ``action`` is not ``continue``.
 
     Attributes
     ----------
@@ -99,8 +101,11 @@ class BadInitMonitor:
         ``{"snapshot": K - 1, "epoch": e, "step": s}``: where the verdict was reached.
     """
 
-    def __init__(self, after: int, groups, action: str):
+    def __init__(self, after: int, groups, action: str, rule: str = "v1", layout=None, lr=None):
         self.after, self.groups, self.action = int(after), groups, action
+        self.rule, self.layout, self.lr = rule, layout, lr
+        if rule == "v2" and layout is None:
+            raise ValueError("rule v2 needs the layout")
         self.rows = SnapshotWindow(after)
         self.verdict: dict | None = None
         self.at: dict | None = None
@@ -110,9 +115,12 @@ class BadInitMonitor:
             return
         self.rows.append(flat)
         if self.rows.full:
-            from ..apps.badinit import detect
+            from ..apps.badinit import detect, detect_v2
 
-            self.verdict = detect(self.rows.array(), self.groups, snapshots=self.after)
+            if self.rule == "v2":
+                self.verdict = detect_v2(self.rows.array(), self.layout, self.lr, snapshots=self.after)
+            else:
+                self.verdict = detect(self.rows.array(), self.groups, snapshots=self.after)
             self.at = {"snapshot": self.after - 1, "epoch": int(epoch), "step": int(step)}
             self.rows.clear()
             log.info("bad-init verdict after %d snapshots: %s", self.after,

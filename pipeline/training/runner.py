@@ -149,7 +149,7 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
         if variant.optimizer in ("sgd", "rmsprop"):
             kw["momentum"] = variant.momentum
         optimizer = build_optimizer(variant.optimizer, model.parameters(), variant.lr, **kw)
-        monitor = stop_monitor(variant)
+        monitor = stop_monitor(variant, layout)
         if monitor is not None:
             callbacks = (*callbacks, monitor)
         hooks = training_hooks(variant, model, optimizer, task, loss_fn, layout, device)  # prune/accelerate
@@ -187,18 +187,30 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
                         error=reason if isinstance(e, KMAError) else reason + "\n" + traceback.format_exc())
 
 
-def stop_monitor(variant: Variant):
+def stop_monitor(variant: Variant, layout=None):
     """The in-task :class:`~pipeline.training.monitor.SpectrumMonitor` of the sweep option
-    ``stop: {when: converged, window, every}`` (None when the option is absent): the
-    verdicts' convergence criterion on the whole network's spectrum of the last
-    ``window`` snapshots, cut at the verdicts' threshold, every ``every`` snapshots."""
+    ``stop: {rule, when: converged, window, every}`` (None when the option is absent):
+    the spectra of the last ``window`` snapshots, cut at the verdicts' threshold, every
+    ``every`` snapshots, judged by the second-version verdict (``rule: v2``: whole
+    network and every layer of ``layout``, the losses, the rest of the budget) or the
+    first version's criterion (``rule: v1``: the whole network's certified share at 1)."""
     if variant.stop is None:
         return None
     from ..apps.convergence import VERDICT_CUT, Criterion
     from .monitor import SpectrumMonitor
 
+    if variant.stop.rule == "v1":
+        return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
+                               threshold=VERDICT_CUT, criterion=Criterion())
+    from ..apps.horizon import HorizonCriterion
+    from ..koopman.core import dtype_roundoff
+
+    capacity = variant.snapshot_capacity()   # snapshot.unit epoch: SweepConfig refuses v2 otherwise
     return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
-                           threshold=VERDICT_CUT, criterion=Criterion())
+                           threshold=VERDICT_CUT, horizon=HorizonCriterion(),
+                           groups=layout.layer_ranges() if layout is not None else None,
+                           budget_snapshots=capacity, budget_epochs=variant.epochs,
+                           unit_roundoff=dtype_roundoff(variant.snapshot.dtype))
 
 
 def stop_record(monitor, result) -> dict:
@@ -206,8 +218,11 @@ def stop_record(monitor, result) -> dict:
     where and why training stopped, or that it ran its full budget."""
     if result.stopped_early and monitor.stop_point is not None:
         return dict(monitor.stop_point)
-    rec = {"when": "converged", "reason": "budget" if result.status == "complete" else result.status,
+    rec = {"when": "converged", "rule": "v1" if monitor.horizon is None else "v2",
+           "reason": "budget" if result.status == "complete" else result.status,
            "snapshot": None, "epoch": None, "window": monitor.window, "every": monitor.every}
+    if monitor.verdict is not None:    # v2: the class the last window read as
+        rec["class"] = monitor.verdict["class"]
     if monitor.stop_point is not None:   # held only at the last epoch: nothing left to save
         rec.update(converged_at=monitor.stop_point["converged_at"],
                    converged_epoch=monitor.stop_point["converged_epoch"])
@@ -241,7 +256,8 @@ def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
     root = variant.run_id
     last = policy.max_restarts if policy.action == "restart" else 0
     store = TrajectoryStore(store_url)
-    groups = variant_layout(variant).layer_ranges()
+    layout = variant_layout(variant)
+    groups = layout.layer_ranges()
     summaries: list[dict] = []
     for k in range(last + 1):
         rid = attempt_id(root, k)
@@ -252,7 +268,7 @@ def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
                 continue
             break
         v = attempt_variant(variant, k)
-        monitor = BadInitMonitor(policy.after, groups, policy.action)
+        monitor = BadInitMonitor(policy.after, groups, policy.action, rule=policy.rule, layout=layout, lr=v.lr)
         next_id = attempt_id(root, k + 1) if k < last else None
         links = {"variant_run_id": root, "attempt": k}
         if k:

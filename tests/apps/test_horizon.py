@@ -46,6 +46,27 @@ def test_predicted_motion_and_path_match_float64_references():
         assert past[w] == pytest.approx(ref[w], rel=1e-3, abs=1e-4)
 
 
+def test_vector_motion_is_the_predicted_displacement_and_the_sum_bounds_it():
+    """Two decaying modes along nearly parallel directions (angle 0.05 rad) whose contents
+    partly cancel: the vector form is the true remaining displacement (dense float64
+    reference), the sum of the modes' norms only an upper bound (here 1.4 times larger)."""
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.standard_normal((P, 3)))
+    v1, v2 = Q[:, 1], np.cos(0.05) * Q[:, 1] + np.sin(0.05) * Q[:, 2]
+    t = np.arange(T)[:, None]
+    Y64 = 3.0 * Q[:, 0] + 2.0 * 0.9 ** t * v1 - 2.0 * 0.8 ** t * v2
+    Y = (Y64 + 1e-6 * rng.standard_normal(Y64.shape)).astype(np.float32)
+    est, spectra, factors = _fit(Y)
+    r = spectra[0]
+    a, b = r.window
+    H = T - b
+    true_left = np.linalg.norm(Y64[b - 1 + H] - Y64[b - 1])
+    vec = horizon.predicted_motion(r, H, 1e-2, factor=factors[(a, b)])
+    total = horizon.predicted_motion(r, H, 1e-2)
+    assert vec == pytest.approx(true_left, rel=2e-2)
+    assert total > 1.2 * vec
+
+
 def test_loss_forecast_is_the_closed_form_of_an_exponential_plateau():
     e = np.arange(1, 61)
     v = 0.5 + 2.0 * 0.9 ** e
@@ -85,3 +106,29 @@ def test_classes_of_known_runs():
     _, s, f = _fit(_traj(0.8)[1])
     v = horizon.verdict(s, factors=f, snapshot_epochs=ep)
     assert v["class"] == "converged" and "weights only" in v["evidence"]["limitation"]
+
+
+@pytest.mark.parametrize("last_epoch, budget, expected", [(71, 150, 151), (103, 150, 151), (150, 150, 151),
+                                                         (35, 60, 61)])
+def test_an_early_stopped_run_is_judged_against_its_whole_budget(monkeypatch, last_epoch, budget, expected):
+    """A run that ``stop:`` ended at epoch e (snapshots 0..e, one per epoch) is judged with
+    the horizon of its whole budget: ``1 + budget`` snapshots, as the task judged it."""
+    from types import SimpleNamespace
+
+    from pipeline.apps import verdicts
+
+    seen = {}
+
+    def fake(*args, **kw):
+        seen.update(kw)
+        return {"class": "still_improving", "converged_at": None, "converged_epoch": None,
+                "online_converged_at": None, "online_converged_epoch": None, "online_confirmed_epoch": None,
+                "class_reason": "", "evidence": {}}
+
+    monkeypatch.setattr(horizon, "verdict", fake)
+    n = last_epoch + 1
+    run = SimpleNamespace(metrics={"val_loss": [1.0] * last_epoch}, config={"epochs": budget})
+    ctx = verdicts.VerdictInput("r", [SimpleNamespace(window=(n - 16, n))], run=run,
+                                snapshot_epochs=list(range(n)), status="complete")
+    verdicts.horizon_producer(ctx)
+    assert seen["budget_snapshots"] == expected and seen["budget_epochs"] == budget

@@ -87,6 +87,29 @@ def test_stop_stops_and_continue_only_records(tmp_path):
     assert out["status"] == "complete" and out["n_snapshots"] == good.epochs + 1
 
 
+def test_rule_v2_judges_with_the_second_version(tmp_path):
+    """``rule: v2``: the second detector (gain and lr-normalised motion) in the task; a
+    zero start whose hidden layers never move is bad, a small-variance start that grows
+    out of the origin is not (the first version flags it: growth)."""
+    from pipeline.apps import badinit
+
+    zeros = _variant(action="restart", rule="v2", fallback_init="kaiming", after=6)
+    out = run_variant(zeros, str(tmp_path / "a"))
+    st = TrajectoryStore(str(tmp_path / "a"))
+    first = st.open_run(zeros.run_id)
+    assert [a["status"] for a in out["attempts"]] == ["bad_init", "complete"]
+    verdict = first.attrs["bad_init_verdict"]
+    assert verdict["bad_init_version"] == 2 and verdict["bad_init_reasons"] == ["small gain, not escaping"]
+    # the task's verdict is detect_run_v2's on the stored first snapshots
+    assert badinit.detect_run_v2(first, 6)["bad_init"] is True
+    small_v2 = _variant(init="small_variance", action="stop", rule="v2", after=6)
+    small_v1 = _variant(init="small_variance", action="stop", after=6)
+    assert run_variant(small_v2, str(tmp_path / "b"))["status"] == "complete"
+    assert run_variant(small_v1, str(tmp_path / "c"))["status"] == "bad_init"
+    assert small_v2.run_id != small_v1.run_id and small_v1.on_bad_init.rule == "v1"
+    assert "rule" not in small_v1.identity()["on_bad_init"]
+
+
 def test_policy_enters_the_run_id_only_when_set():
     plain = _variant()
     assert plain.on_bad_init is None and "on_bad_init" not in plain.identity()
