@@ -215,12 +215,13 @@ class _MemberHooks:
     the bad-initialization policy (links, verdict, status ``bad_init``)."""
 
     def __init__(self, v: Variant, layout):
-        self.monitor = stop_monitor(v)
+        self.monitor = stop_monitor(v, layout)
         self.bad = self.next_id = None
         self.links: dict = {}
         if v.on_bad_init is not None:
             policy = v.on_bad_init
-            self.bad = BadInitMonitor(policy.after, layout.layer_ranges(), policy.action)
+            self.bad = BadInitMonitor(policy.after, layout.layer_ranges(), policy.action,
+                                      rule=policy.rule, layout=layout, lr=v.lr)
             self.links = {"variant_run_id": v.run_id, "attempt": 0}
             if policy.action == "restart":
                 self.next_id = attempt_id(v.run_id, 1)

@@ -7,6 +7,7 @@ after it, linked as an unpacked chain is. Tolerance as in test_packed.py."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline import config
 from pipeline.storage.store import TrajectoryStore
@@ -36,8 +37,9 @@ def _same_run(a, b):
         np.testing.assert_allclose(b.metrics[k], a.metrics[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def test_spectral_stop_per_member_as_unpacked(tmp_path):
-    vs = _variants(stop={"window": 6, "every": 1})
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_spectral_stop_per_member_as_unpacked(tmp_path, rule):
+    vs = _variants(stop={"window": 6, "every": 1, "rule": rule})
     assert [len(p) for p in plan_packs(vs)] == [8]
     for v in vs:
         run_variant(v, str(tmp_path / "a"))
