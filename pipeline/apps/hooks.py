@@ -25,8 +25,11 @@ def pruner(cfg, model, optimizer, task, loss_fn, layout, device):
 
 
 def accelerator(cfg, model, optimizer, task, loss_fn, layout, device):
-    from .accelerate import Accelerator, batch_loss
+    from .accelerate import Accelerator, LayerAccelerator, batch_loss
 
+    if cfg.scope == "layer":   # the jump is checked on held-out (validation) samples
+        x, y = task.x_val[:EVAL_BATCH].to(device), task.y_val[:EVAL_BATCH].to(device)
+        return LayerAccelerator(model, optimizer, layout, cfg, batch_loss(model, loss_fn, x, y))
     x = task.x_train[:EVAL_BATCH].to(device)
     y = task.y_train[:EVAL_BATCH].to(device)
     return Accelerator(model, optimizer, layout, cfg, batch_loss(model, loss_fn, x, y))

@@ -127,6 +127,23 @@ class AccelerateConfig(_Strict):
     rank: int | None = Field(None, ge=1)
     optimizer_state: Literal["keep", "reset"] = "keep"
     residual_tol: float = Field(RELIABLE_RESIDUAL, gt=0.0)   # certification: κ · residual <= this
+    # Dogra & Redman's form (absent = the whole-network jump above, so old runs keep their
+    # ids): ``scope: layer`` fits one operator per layer on the weight updates of the
+    # window (per step with ``snapshot: {unit: step}``) and checks the jump on a held-out
+    # batch; ``horizon_rule: certified`` chooses the horizon among horizon, horizon/2, ...
+    # whose first-order error bound (relative to the layer's norm) is <= ``bound_tol``.
+    scope: Literal["network", "layer"] = "network"
+    horizon_rule: Literal["fixed", "certified"] = "fixed"
+    bound_tol: float = Field(0.01, gt=0.0)
+
+    @model_validator(mode="after")
+    def _layer_only(self):
+        if self.scope == "network" and (self.horizon_rule != "fixed" or "bound_tol" in self.model_fields_set):
+            raise ValueError("horizon_rule and bound_tol need scope: layer")
+        if self.scope == "layer" and self.window < 4:
+            raise ValueError(f"scope: layer needs window >= 4 (got {self.window}): "
+                             "the per-layer fit needs three updates")
+        return self
 
 
 class FreezeConfig(_Strict):
