@@ -230,7 +230,8 @@ def _geometric(lam: np.ndarray, horizon: int) -> np.ndarray:
     lam = np.asarray(lam, dtype=np.complex128)
     near1 = np.abs(1.0 - lam) < 1e-12
     safe = np.where(near1, 0.5, lam)
-    out = safe * (1.0 - safe ** int(horizon)) / (1.0 - safe)
+    with np.errstate(over="ignore", invalid="ignore"):   # |λ| > 1 at long H: inf, never certified
+        out = safe * (1.0 - safe ** int(horizon)) / (1.0 - safe)
     return np.where(near1, float(horizon), out)
 
 
@@ -320,7 +321,7 @@ class LayerAccelerator(Accelerator):
     :func:`candidate_horizons` whose :func:`jump_bound` is at most ``bound_tol`` are
     tried on the held-out batch, the one with the lowest loss kept; none certified, or
     none lowering the loss → no jump (weights restored bit for bit). The time spent in the
-    fits and loss checks is summed in :attr:`seconds`.
+    fits and loss checks is summed in :attr:`seconds` and logged per attempt (``seconds``).
     """
 
     def __init__(self, model, optimizer, layout, cfg, check_loss):
@@ -335,7 +336,9 @@ class LayerAccelerator(Accelerator):
         try:
             return self._attempt(epoch, step)
         finally:
-            self.seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.seconds += took
+            self.log[-1]["seconds"] = took             # every attempt logs exactly one entry
 
     def _attempt(self, epoch: int, step: int) -> bool:
         x_last = self.buffer.last
