@@ -15,7 +15,7 @@ for acceleration, ``jump_attempts`` (every attempt with its outcome), for freezi
 from __future__ import annotations
 
 
-EVAL_BATCH = 1024  # training samples the accelerator's loss check uses (the first ones)
+EVAL_BATCH = 1024  # samples the accelerator's loss check uses (the first training ones; validation with scope: layer)
 
 
 def pruner(cfg, model, optimizer, task, loss_fn, layout, device):
