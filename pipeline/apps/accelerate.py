@@ -351,7 +351,7 @@ class LayerAccelerator(Accelerator):
         else:
             bounds = {h: jump_bound(fits, h) for h in candidate_horizons(self.cfg.horizon)}
             horizons = [h for h, e in bounds.items() if e <= self.cfg.bound_tol]
-            record["bounds"] = {str(h): e for h, e in bounds.items()}
+            record["bounds"] = {str(h): (e if np.isfinite(e) else None) for h, e in bounds.items()}  # None: unbounded
         if not horizons:
             self.log.append({**record, "outcome": "skipped", "reason": "no horizon certified"})
             return False
