@@ -84,7 +84,8 @@ def write(url, T, P, layers, noise):
 
 def timed_child(cmd) -> tuple[float, int, subprocess.CompletedProcess]:
     """Run ``cmd``; its wall seconds, its own peak RSS (bytes: ``wait4``'s ``ru_maxrss``,
-    this child only) and the finished process (stdout/stderr captured)."""
+    this child only) and the finished process (stdout/stderr captured; ``cpu_s``: its
+    user + system CPU seconds, set on it)."""
     import threading
 
     t0 = time.perf_counter()
@@ -99,8 +100,9 @@ def timed_child(cmd) -> tuple[float, int, subprocess.CompletedProcess]:
     for r in readers:
         r.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss * 1024, subprocess.CompletedProcess(cmd, proc.returncode, out["stdout"],
-                                                                     out["stderr"])
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out["stdout"], out["stderr"])
+    done.cpu_s = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss * 1024, done
 
 
 def drop_cache() -> bool:
@@ -130,6 +132,7 @@ def main(argv=None):
         if not (Path(url) / "runs" / "big").exists():
             print(f"writing {a.T} x {a.P:,} float32 = {res['bytes'] / 1e9:.1f} GB to {url}", flush=True)
             res["write_s"] = write(url, a.T, a.P, a.layers, a.noise)
+            save(res, a.out)
         res["page_cache_dropped"] = drop_cache() if a.drop_cache else False
         res["load_before"] = os.getloadavg()
         arr = str(Path(url) / "runs" / "big" / "weights")
@@ -139,13 +142,19 @@ def main(argv=None):
                "--json", str(out_json)]
         # read pass, analysis, read pass: the ratio is taken against the mean of the two
         # read passes around it (the machine's load and the page cache change meanwhile)
-        res["read_s"], res["read_peak_rss_bytes"], _ = timed_child(read)
-        print(f"  read pass {res['read_s']:.1f}s", flush=True)
+        res["read_s"], res["read_peak_rss_bytes"], done = timed_child(read)
+        res["read_cpu_s"] = done.cpu_s
+        print(f"  read pass {res['read_s']:.1f}s ({done.cpu_s:.1f} CPU s)", flush=True)
+        save(res, a.out)
         res["analyze_s"], res["peak_rss_bytes"], proc = timed_child(cmd)
         if proc.returncode != 0:
             raise SystemExit(f"kma analyze failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        print(f"  kma analyze {res['analyze_s']:.1f}s", flush=True)
-        res["read_after_s"], _, _ = timed_child(read)
+        res["analyze_cpu_s"] = proc.cpu_s
+        print(f"  kma analyze {res['analyze_s']:.1f}s ({proc.cpu_s:.1f} CPU s, peak RSS "
+              f"{res['peak_rss_bytes'] / 2**30:.2f} GiB)", flush=True)
+        save(res, a.out)
+        res["read_after_s"], _, done = timed_child(read)
+        res["read_after_cpu_s"] = done.cpu_s
         res["load_after"] = os.getloadavg()
         res["analyze_over_read"] = res["analyze_s"] / (0.5 * (res["read_s"] + res["read_after_s"]))
         res["plan_line"] = next((ln for ln in proc.stderr.splitlines() if "window" in ln and "snapshots" in ln), "")
@@ -165,7 +174,12 @@ def main(argv=None):
           f"peak RSS {res['peak_rss_bytes'] / 2**30:.2f} GiB (target 1 GiB); "
           f"{res['plan_line'].strip()}; factors {res['factors']}; first window certifies "
           f"{res['first_window_certified']}/5 modes, {res['first_window_wrong']} wrong")
-    out = Path(a.out)
+    save(res, a.out)
+
+
+def save(res: dict, path) -> None:
+    """Write what is measured so far (a long run leaves its first numbers if stopped)."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
 
