@@ -50,8 +50,8 @@ def test_write_read_list_delete(run):
 
 
 def test_an_analysis_is_a_few_arrays_not_one_per_layer_and_field(tmp_path):
-    """Format 2: one array per field whatever the number of layers (11 layers × 12 fields
-    were ~150 small writes, a sixth of a ``kma analyze`` process); every layer's arrays
+    """Format 2: one array per field whatever the number of layers (11 layers × 11 fields
+    were 121 small arrays, a sixth of a ``kma analyze`` process); every layer's arrays
     come back with their own shapes and dtypes."""
     store = TrajectoryStore(str(tmp_path / "s"))
     w = store.create_run("r", Layout.from_named_shapes([("a.weight", (4,))]), config={})
