@@ -205,17 +205,19 @@ def weight_features(Y, layout, lr: float | None = None) -> dict:
     "motion_min", "growth_max"}`` — weight tensors (ndim ≥ 2; fan_in = the product of the
     trailing dimensions) for the gain, every layer for growth and motion.
     """
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = np.asarray(Y)
     K = Y.shape[0]
+    # only the first and last snapshots enter: convert those two, not all K (K × P float64)
+    first, last = np.asarray(Y[0], dtype=np.float64), np.asarray(Y[-1], dtype=np.float64)
     gain, growth, motion = {}, {}, {}
     for e in layout.entries:
         if len(e.shape) >= 2:
-            w0 = Y[0, e.offset:e.offset + e.size]
+            w0 = first[e.offset:e.offset + e.size]
             gain[e.name] = float(w0.std() * np.sqrt(np.prod(e.shape[1:])))
     for name, a, b in layout.layer_ranges():
-        n0, n1 = np.linalg.norm(Y[0, a:b]), np.linalg.norm(Y[-1, a:b])
+        n0, n1 = np.linalg.norm(first[a:b]), np.linalg.norm(last[a:b])
         growth[name] = float(n1 / n0) if n0 > 0 else (float("inf") if n1 > 0 else 1.0)
-        rms = float(np.sqrt(np.mean((Y[-1, a:b] - Y[0, a:b]) ** 2))) / max(K - 1, 1)
+        rms = float(np.sqrt(np.mean((last[a:b] - first[a:b]) ** 2))) / max(K - 1, 1)
         motion[name] = rms / lr if lr else rms
     fin = [g for g in growth.values() if np.isfinite(g)]
     return {"gain": gain, "growth": growth, "motion": motion,

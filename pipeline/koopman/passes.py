@@ -77,10 +77,12 @@ def transformed_slabs(parts, part_rows, c0, c1, starts, stops, s0=None, s1=None,
         for a in range(lo, hi, width):
             cols = slice(a - c0, min(a + width, hi) - c0)
             x = buf[:, :cols.stop - cols.start]
-            first = parts[0][0, cols]
-            for q, q0, q1, at in pieces:          # cast, subtract, no concat
-                np.subtract(q[q0:q1, cols], first, out=x[at:at + q1 - q0], dtype=np.float64)
-            x[0] = first
+            np.copyto(x[0], parts[0][0, cols])    # x_0, cast
+            for q, q0, q1, at in pieces:          # cast, no concat
+                np.copyto(x[at:at + q1 - q0], q[q0:q1, cols])
+            # then subtract in float64: the same values as a mixed-dtype subtract (both
+            # operands are cast first), faster (no buffered casting loop)
+            np.subtract(x[1:], x[0], out=x[1:])
             yield g, x
         g += 1
 

@@ -21,7 +21,8 @@ class RunAnalyses:
 
     # runs/<id>/analyses/<analysis_id>/: attrs status ("writing" until the last write,
     # then "complete"), params, created, and what the writer adds (layers, n_snapshots,
-    # modes_layers); one group per layer of small arrays; modes/<layer>.{real,imag}.
+    # modes_layers); the small arrays packed one array per field (format 2, below); modes/
+    # <layer>.{real,imag}. Format 1 (before): one group per layer of small arrays, still read.
 
     def list_analyses(self) -> dict[str, dict]:
         """``{analysis_id: its stored params}`` of the completely written analyses (one
@@ -48,8 +49,10 @@ class RunAnalyses:
         """``(attrs, {layer: {array name: values}})`` of a complete analysis."""
         g = self._analysis_group(analysis_id)
         attrs = dict(g.attrs)
+        if isinstance(attrs.get("packed"), dict):            # format 2
+            return attrs, _unpack(g, attrs["packed"], attrs.get("layers", []))
         layers = {}
-        for layer in attrs.get("layers", []):
+        for layer in attrs.get("layers", []):                # format 1: a group per layer
             lg = g[layer]
             layers[layer] = {name: lg[name][...] for name in lg.array_keys()}
         return attrs, layers
@@ -73,10 +76,7 @@ class RunAnalyses:
                 del analyses[slot]
             g = analyses.create_group(slot, attributes={"status": "writing", "params": params,
                                                                "created": _now()})
-            for layer, arrays in layers.items():
-                lg = g.create_group(layer)
-                for name, arr in arrays.items():
-                    lg.create_array(name, data=arr)
+            packed = _pack(g, layers)
             for layer, arr in (modes or {}).items():
                 import dask.array as da
 
@@ -86,6 +86,7 @@ class RunAnalyses:
                     da.to_zarr(values.astype(np.float32), mg.create_array(
                         f"{layer}.{part}", shape=arr.shape, chunks=chunks, dtype="float32"))
             g.update_attributes({**(attrs or {}), "status": "complete", "layers": list(layers),
+                                 "format": FORMAT, "packed": packed,
                                  "modes_layers": list(modes or {}), "t_end": time.time()})
         except Exception:
             self._delete_slot(slot, quiet=True)   # the current analysis, if any, stays
@@ -144,6 +145,47 @@ class RunAnalyses:
 
 # an analysis is rewritten into its other slot, and the old slot removed only after
 _NEXT = ".next"
+
+# How the small arrays are laid out. 2: one 1-D array per field (``windows``, ``residuals``,
+# ...) holding every layer's values flattened one after the other, and the attribute
+# ``packed`` = ``{field: {layer: [offset, shape, dtype]}}`` to cut them out again: 11
+# arrays for an analysis instead of one per layer and field (11 layers × 11 fields: 121
+# small arrays, 0.6 s of a 4 s ``kma analyze``). 1 (no ``packed`` attribute): one group per
+# layer holding its arrays; still read. A storage layout, not what the engine computes: the
+# engine version (and so the analysis id) does not change with it.
+FORMAT = 2
+
+
+def _pack(g, layers: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Write ``layers`` (``{layer: {field: array}}``) into ``g`` as one flat array per
+    field; returns the index (``{field: {layer: [offset, shape, dtype]}}``) that
+    :func:`_unpack` reads them back with, shapes and dtypes exactly as given."""
+    fields: dict[str, list] = {}
+    for layer, arrays in layers.items():
+        for name, arr in arrays.items():
+            fields.setdefault(name, []).append((layer, np.asarray(arr)))
+    index = {}
+    for name, parts in fields.items():
+        dtype = np.result_type(*(a.dtype for _, a in parts))
+        flat = np.concatenate([a.reshape(-1).astype(dtype, copy=False) for _, a in parts])
+        g.create_array(name, data=flat)                   # zarr refuses what it cannot store
+        index[name], offset = {}, 0
+        for layer, a in parts:
+            index[name][layer] = [offset, list(a.shape), a.dtype.str]
+            offset += a.size
+    return index
+
+
+def _unpack(g, index: dict, layer_names: list) -> dict[str, dict[str, np.ndarray]]:
+    """The ``{layer: {field: array}}`` that :func:`_pack` wrote into ``g``."""
+    out: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layer_names}
+    for name, where in index.items():
+        flat = g[name][...]
+        for layer, (offset, shape, dtype) in where.items():
+            size = int(np.prod(shape, dtype=np.int64))
+            out.setdefault(layer, {})[name] = (
+                flat[offset:offset + size].reshape(shape).astype(np.dtype(dtype), copy=False))
+    return out
 
 
 def _complete_slot(analyses, analysis_id: str) -> str | None:

@@ -49,6 +49,67 @@ def test_write_read_list_delete(run):
         run.read_analysis("x1")
 
 
+def test_an_analysis_is_a_few_arrays_not_one_per_layer_and_field(tmp_path):
+    """Format 2: one array per field whatever the number of layers (11 layers × 11 fields
+    were 121 small arrays, a sixth of a ``kma analyze`` process); every layer's arrays
+    come back with their own shapes and dtypes."""
+    store = TrajectoryStore(str(tmp_path / "s"))
+    w = store.create_run("r", Layout.from_named_shapes([("a.weight", (4,))]), config={})
+    w.append(np.zeros(4, np.float32))
+    w.finish("complete")
+    run = store.open_run("r")
+    rng = np.random.default_rng(0)
+    layers = {f"l{i}": {"windows": np.array([[0, 10], [5, 15]][: 1 + i % 2], dtype=np.int64),
+                        "rank": np.arange(1 + i % 2, dtype=np.int64),
+                        "eigenvalues": rng.standard_normal((1 + i % 2, i + 1, 2)),
+                        "informative": np.array([True, False][: 1 + i % 2]),
+                        "misfit": rng.standard_normal(1 + i % 2)} for i in range(11)}
+    run.write_analysis("x", {"k": 1}, layers)
+    nodes = sorted(p.parent.name for p in (tmp_path / "s/runs/r/analyses/x").rglob("zarr.json"))
+    assert len(nodes) == 1 + 5                       # the group and one array per field
+    attrs, back = run.read_analysis("x")
+    assert attrs["format"] == 2 and list(back) == list(layers)
+    for layer, arrays in layers.items():
+        assert back[layer].keys() == arrays.keys()
+        for name, arr in arrays.items():
+            assert back[layer][name].dtype == arr.dtype and back[layer][name].shape == arr.shape
+            np.testing.assert_array_equal(back[layer][name], arr)
+
+
+def test_an_analysis_of_the_first_format_is_still_read(tmp_path):
+    """One group per layer (how analyses were stored before format 2) is read, listed
+    and loaded as engine results as before."""
+    from pipeline.koopman import ENGINE_VERSION
+    from pipeline.results import list_analyses, load_results
+
+    store = TrajectoryStore(str(tmp_path / "s"))
+    w = store.create_run("r", Layout.from_named_shapes([("a.weight", (4,))]), config={})
+    w.append(np.zeros(4, np.float32))
+    w.finish("complete")
+    run = store.open_run("r")
+    lam = np.array([[0.9, 0.1], [0.5, 0.0]])
+    old = {"windows": np.array([[0, 10]], np.int64), "rank": np.array([2], np.int64),
+           "eigenvalues": lam[None], "amplitudes": np.ones((1, 2, 2)),
+           "residuals": np.array([[1e-4, 2e-3]]), "singular_values": np.array([[3.0, 1.0]]),
+           "residual_floors": np.array([[1e-7, 1e-7]]), "conditions": np.ones((1, 2)),
+           "informative": np.array([True]), "misfit": np.array([1e-5]),
+           "misfit_limit": np.array([1e-3])}
+    g = run.group.require_group("analyses").create_group(
+        "old", attributes={"status": "writing", "params": {"engine": ENGINE_VERSION}})
+    lg = g.create_group("all")
+    for name, arr in old.items():
+        lg.create_array(name, data=arr)
+    g.update_attributes({"status": "complete", "layers": ["all"], "modes_layers": [],
+                         "factors": {"all": ["gram"]}})
+    assert list_analyses(run, outdated=False) == ["old"]
+    attrs, layers = run.read_analysis("old")
+    for name, arr in old.items():
+        np.testing.assert_array_equal(layers["all"][name], arr)
+    (r,) = load_results(run, "old")
+    np.testing.assert_array_equal(r.eigenvalues, [0.9 + 0.1j, 0.5])
+    assert r.window == (0, 10) and r.misfit == 1e-5 and r.factor == "gram"
+
+
 def test_a_failed_write_leaves_nothing_and_keeps_the_others(run):
     run.write_analysis("keep", {"k": 1}, LAYERS)
     bad = {**LAYERS, "b": {"windows": np.array([object()], dtype=object)}}   # zarr cannot store it
