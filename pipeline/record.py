@@ -37,7 +37,8 @@ config=None, *, experiment="recorded", overwrite=False)``
   the verdicts read ``train_loss`` and ``val_loss``. Returns whether the weights were
   stored. Non-finite weights or a non-finite ``train_loss``/``val_loss`` end the run as
   ``diverged`` (as in a sweep); later calls are then ignored (False).
-- ``log_metrics(metrics, epoch)``: metrics for an epoch whose snapshot was already taken.
+- ``log_metrics(metrics, epoch)``: metrics for an epoch whose snapshot was already taken;
+  ``note(**attrs)``: attributes stored with the run when it ends (``stop={...}``).
 - ``finish()``: the run ``complete`` (registered in MLflow); ``fail(reason)``: ``failed``;
   ``interrupt()``: everything written, status left ``running`` and the lease released, so
   ``kma runs`` shows it ``interrupted`` and a new Recorder of that id starts it over.
@@ -129,6 +130,7 @@ class Recorder:
         self._history: dict[str, list] = {}
         self._initial: dict[str, float] = {}
         self._last_epoch = self._last_step = 0
+        self._notes: dict = {}
         self.status = "running"          # until finish / fail / interrupt / divergence
         self.message = ""
 
@@ -228,9 +230,15 @@ class Recorder:
                 else:
                     self._end("diverged", f"{name} is {x} at epoch {epoch}")
 
+    def note(self, **attrs) -> None:
+        """Attributes stored with the run when it ends (JSON-able), e.g. ``stop={...}``:
+        where and why an integration stopped training, as a sweep's ``stop:`` option
+        records it (MLflow tags ``kma.stop.*``)."""
+        self._notes.update(json.loads(json.dumps(attrs)))
+
     # ------------------------------------------------------------------ endings
     def _attrs(self) -> dict:
-        out = {"epochs_run": self._last_epoch, "steps": self._last_step, "t_end": time.time()}
+        out = {**self._notes, "epochs_run": self._last_epoch, "steps": self._last_step, "t_end": time.time()}
         if self._initial:
             out["initial_metrics"] = dict(self._initial)
         if self.message:
