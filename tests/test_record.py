@@ -202,3 +202,15 @@ def test_snapshot_of_the_wrong_thing_or_an_unknown_layer(tmp_path):
     with pytest.raises(KMAError, match="unknown layer nope"):
         with Recorder(str(tmp_path / "s"), "q", tracking_uri=False, layers=["nope"]) as rec:
             rec.snapshot(_net())
+
+
+def test_importing_the_recorder_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline, pipeline.record, pipeline.integrations, pipeline.integrations.common; "
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', 'mlflow', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
