@@ -23,8 +23,8 @@ config=None, *, experiment="recorded", overwrite=False)``
   ``layers``: ``"all"`` or a list of layer names (a parameter's name minus its last part);
   ``dtype``: ``float32`` / ``float16`` / ``bfloat16`` storage; ``every``: keep every
   ``every``-th :meth:`snapshot` call's weights (the first always; metrics are kept from
-  every call); ``tracking_uri``: MLflow, resolved as ``kma sweep`` does (``None``: the
-  store's recorded one, ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``); ``False``: the
+  every call); ``tracking_uri``: MLflow, resolved as ``kma sweep`` does (``None``:
+  ``$MLFLOW_TRACKING_URI``, else the store's recorded one, else ``./mlflow.db``); ``False``: the
   store only (``kma sync`` registers later — use it in worker processes, so only one
   process writes to a SQLite MLflow); ``config``: a JSON-able dict stored with the run
   and logged as MLflow params — give ``{"epochs": N}`` so verdicts know the budget;
