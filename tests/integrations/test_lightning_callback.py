@@ -159,3 +159,24 @@ def test_a_second_fit_of_a_recorded_run_is_refused(tmp_path):
         _trainer(2, [KMACallback(store, "r", tracking_uri=False)]).fit(Tiny(), _data(), _data(seed=1))
     with pytest.raises(KMAError, match="every_n_epochs must be an integer >= 1"):
         KMACallback(store, "q", every_n_epochs=0)
+    with pytest.raises(KMAError, match="losses must map 'train_loss' / 'val_loss' to logged names"):
+        KMACallback(store, "q", losses={"loss": "train_loss"})
+
+
+def test_losses_logged_under_other_names(tmp_path):
+    class Named(Tiny):
+        def training_step(self, batch, i):
+            x, y = batch
+            loss = ((self.net(x) - y) ** 2).mean()
+            self.log("mse", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, i):
+            x, y = batch
+            self.log("holdout_mse", ((self.net(x) - y) ** 2).mean())
+
+    cb = KMACallback(str(tmp_path / "s"), "r", tracking_uri=False,
+                     losses={"train_loss": "mse", "val_loss": "holdout_mse"})
+    _trainer(3, [cb]).fit(Named(), _data(), _data(seed=1))
+    m = TrajectoryStore(str(tmp_path / "s")).open_run("r").metrics
+    assert m["train_loss"] == m["mse"] and m["val_loss"] == m["holdout_mse"] and len(m["mse"]) == 3
