@@ -96,7 +96,8 @@ class KMATrainerCallback(TrainerCallback):
         self.recorder = Recorder(self.store, self.run_id, layers=self.layers, dtype=self.dtype,
                                  tracking_uri=self.tracking_uri, config=config,
                                  experiment=self.experiment, overwrite=self.overwrite)
-        self.recorder.snapshot(model, epoch=0, step=state.global_step)
+        # (training resumed from a checkpoint starts at its epoch: the run's first snapshot says so)
+        self.recorder.snapshot(model, epoch=int(round(state.epoch or 0)), step=state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.recorder is None or self.every_n_steps is None or state.global_step % self.every_n_steps:

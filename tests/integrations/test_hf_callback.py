@@ -166,3 +166,17 @@ def test_stop_on_converged_stops_training(tmp_path):
     assert run.attrs["stop"]["epoch"] < 40 and run.n_snapshots == run.attrs["stop"]["epoch"] + 1
     judged = [h for h in trainer.state.log_history if "kma/converged" in h]
     assert judged[-1]["kma/converged"] == 1.0 and {h["kma/converged"] for h in judged[:-1]} <= {0.0}
+
+
+def test_resumed_training_records_from_the_epoch_it_resumes_at(tmp_path):
+    store = str(tmp_path / "store")
+    Trainer(model=_bert(), args=_args(tmp_path, 2, save_strategy="epoch"), train_dataset=Tokens(64, 0),
+            eval_dataset=Tokens(32, 1), callbacks=[KMATrainerCallback(store, "part1", tracking_uri=False)]).train()
+    ckpt = tmp_path / "hf-out" / "checkpoint-8"
+    assert ckpt.is_dir()
+    Trainer(model=_bert(), args=_args(tmp_path, 3), train_dataset=Tokens(64, 0), eval_dataset=Tokens(32, 1),
+            callbacks=[KMATrainerCallback(store, "part2", tracking_uri=False)]).train(resume_from_checkpoint=str(ckpt))
+    s = TrajectoryStore(store)
+    one, two = s.open_run("part1"), s.open_run("part2")
+    assert two.attrs["snapshot_epochs"] == [2, 3] and two.attrs["snapshot_steps"] == [8, 12]
+    np.testing.assert_array_equal(two.weights().compute()[0], one.weights().compute()[-1])

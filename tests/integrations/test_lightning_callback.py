@@ -180,3 +180,17 @@ def test_losses_logged_under_other_names(tmp_path):
     _trainer(3, [cb]).fit(Named(), _data(), _data(seed=1))
     m = TrajectoryStore(str(tmp_path / "s")).open_run("r").metrics
     assert m["train_loss"] == m["mse"] and m["val_loss"] == m["holdout_mse"] and len(m["mse"]) == 3
+
+
+def test_a_resumed_fit_records_from_the_epoch_it_resumes_at(tmp_path):
+    store = str(tmp_path / "s")
+    first = _trainer(2, [KMACallback(store, "part1", tracking_uri=False)])
+    first.fit(Tiny(), _data(), _data(seed=1))
+    first.save_checkpoint(tmp_path / "e2.ckpt")
+    _trainer(4, [KMACallback(store, "part2", tracking_uri=False)]).fit(
+        Tiny(), _data(), _data(seed=1), ckpt_path=str(tmp_path / "e2.ckpt"))
+    s = TrajectoryStore(store)
+    one, two = s.open_run("part1"), s.open_run("part2")
+    assert two.attrs["snapshot_epochs"] == [2, 3, 4] and two.config["epochs"] == 4
+    np.testing.assert_array_equal(two.weights().compute()[0], one.weights().compute()[-1])
+    assert two.metrics["train_loss"][:2] == [None, None] and None not in two.metrics["train_loss"][2:]
