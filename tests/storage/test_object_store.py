@@ -54,8 +54,8 @@ def test_sweep_and_analyze_on_s3(s3_server, tiny_config, tmp_path, kma_env):
 
 def test_a_recorder_on_s3(s3_server):
     """A user's loop recorded straight into object storage: the lease is taken with S3's
-    conditional create, the verdict while training reads the rows written so far (a
-    partial chunk row, rewritten whole later), and the run reads back exactly."""
+    conditional create, the verdict while training reads the rows in the bucket and those
+    still buffered, and the run reads back exactly."""
     import torch
 
     from pipeline.errors import KMAError
