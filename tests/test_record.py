@@ -266,3 +266,19 @@ def test_the_rows_a_live_verdict_reads_are_the_rows_stored(tmp_path, dtype):
     after = TrajectoryStore(store).open_run("r").weights().compute()
     assert during.dtype == after.dtype == np.float32
     np.testing.assert_array_equal(during, after)
+
+
+def test_a_run_recorded_without_mlflow_is_registered_by_kma_sync(tmp_path, capsys):
+    """``tracking_uri=False`` (a worker process): the store only; ``kma sync`` from one
+    place registers the run afterwards, with its losses."""
+    store, uri = str(tmp_path / "s"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Recorder(store, "worker-run", tracking_uri=False, experiment="trials") as rec:
+        _loop(rec, epochs=4)
+    assert not (tmp_path / "mlflow.db").exists() and TrajectoryStore(store).tracking_uri is None
+    assert main(["sync", "--store", store, "--tracking-uri", uri]) == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("trials").experiment_id],
+                                  "tags.`kma.run_id` = 'worker-run'")
+    assert len(client.get_metric_history(found.info.run_id, "val_loss")) == 4
