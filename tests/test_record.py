@@ -145,6 +145,10 @@ def test_non_finite_weights_or_loss_end_the_run_diverged(tmp_path):
         assert not rec.snapshot(net, epoch=2)                      # later calls: ignored
     run = TrajectoryStore(store).open_run("nan-w")
     assert run.status == "diverged" and run.n_snapshots == 1 and "epoch 1" in run.attrs["message"]
+    with Recorder(store, "no-budget", tracking_uri=False) as rec:
+        _loop(rec, epochs=8)
+        v = rec.verdict()
+        assert v["budget_epochs"] is None and v["budget"].startswith("unknown") and v["class"] is not None
     with Recorder(store, "nan-l", tracking_uri=False) as rec:
         rec.snapshot(_net(), epoch=0)
         rec.snapshot(_net(), epoch=1, metrics={"train_loss": float("inf")})
@@ -187,6 +191,7 @@ def test_verdict_while_training_is_the_verdict_of_the_stored_prefix(tmp_path):
         if epoch in (9, 63, 64, 66):
             live[epoch] = v = rec.verdict()
             assert v["in_progress"] and v["n_snapshots"] == epoch + 1 and v["budget_epochs"] == 80
+            assert v["budget"].startswith("80 epochs (config)")
             assert TrajectoryStore(store).open_run("r").status == "running"
     rec.finish()
     run = TrajectoryStore(store).open_run("r")
