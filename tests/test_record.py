@@ -287,3 +287,15 @@ def test_a_run_recorded_without_mlflow_is_registered_by_kma_sync(tmp_path, capsy
     (found,) = client.search_runs([client.get_experiment_by_name("trials").experiment_id],
                                   "tags.`kma.run_id` = 'worker-run'")
     assert len(client.get_metric_history(found.info.run_id, "val_loss")) == 4
+
+
+def test_recorded_runs_are_compared_by_their_config(tmp_path, capsys):
+    store = str(tmp_path / "s")
+    for lr in (0.01, 0.05):
+        with Recorder(store, f"lr{lr}", tracking_uri=False, config={"epochs": 12, "lr": lr}) as rec:
+            _loop(rec, epochs=12, lr=lr)
+    assert main(["analyze", "--store", store, "--no-mlflow"]) == 0
+    out = tmp_path / "c.json"
+    assert main(["compare", "--store", store, "--by", "lr", "--out", str(tmp_path / "cmp"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["group"], r["run_id"]) for r in rows if r.get("run_id")} == {("0.01", "lr0.01"), ("0.05", "lr0.05")}
