@@ -217,18 +217,42 @@ class RunWriter:
             self._buf = np.empty_like(self._buf)
         self._fill = 0
 
+    def pending(self) -> tuple[int, np.ndarray]:
+        """``(k, rows)``: wait until the first ``k`` snapshots — every full chunk row handed
+        to the writer thread — are in the store, and return a float32 copy of the rows
+        after them, still buffered (``(n_snapshots - k, layout.size)``). Nothing is
+        written: a reader of a run still being written sees all of it this way
+        (:meth:`pipeline.record.Recorder.verdict`) without a partial chunk written twice."""
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        if not self._closed:
+            done = threading.Event()
+            self._queue.put(("wait", done))
+            done.wait()
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        rows = self._buf[:self._fill]
+        rows = _bf16_to_f32(rows) if self.dtype == "bfloat16" else rows.astype(np.float32)
+        return self._written, rows
+
+    def _write(self, start: int, rows) -> None:
+        stop = start + rows.shape[0]
+        if stop > self.array.shape[0]:
+            grow = max(stop, 2 * self.array.shape[0])
+            self.array.resize((grow, self.array.shape[1]))
+        self.array[start:stop] = rows
+
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            if item[0] == "wait":   # pending(): everything queued before is written
+                item[1].set()
+                continue
             start, buf, n = item
             try:
-                stop = start + n
-                if stop > self.array.shape[0]:
-                    grow = max(stop, 2 * self.array.shape[0])
-                    self.array.resize((grow, self.array.shape[1]))
-                self.array[start:stop] = buf[:n]
+                self._write(start, buf[:n])
             except BaseException as e:  # noqa: BLE001 - surfaced on the next call
                 self._error = e
             self._spare.put(buf)
@@ -243,7 +267,8 @@ class RunWriter:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
 
     def finish(self, status: str, *, metrics: dict | None = None, extra: dict | None = None) -> None:
-        """Flush every snapshot, then record metrics and the final ``status``."""
+        """Flush every snapshot, then record metrics and the final ``status`` (``running``:
+        everything written, the run left unfinished, e.g. interrupted)."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         try:
@@ -263,7 +288,8 @@ class RunWriter:
                 }
             )
             # the status goes last: a run is only "complete" once everything is written
-            self.group.update_attributes({"status": status, "finished": _now()})
+            # ("running": written and closed, not finished: an interrupted Recorder's run)
+            self.group.update_attributes({"status": status, **({"finished": _now()} if status != "running" else {})})
 
     def abort(self, reason: str) -> None:
         """Mark the run failed (best effort); a re-run redoes it."""
@@ -272,6 +298,11 @@ class RunWriter:
         except StoreError:
             pass
         self.group.update_attributes({"status": "failed", "error": reason[:500], "updated": _now()})
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
