@@ -4,7 +4,7 @@ module is imported). Imports inside functions count; imports under ``if TYPE_CHE
 
 - no import circle between modules;
 - no two packages (a subpackage, or a top-level module) that import each other;
-- every import points down the layers of :data:`LAYERS` (commands → workflows →
+- every import points down the layers of :data:`LAYERS` (commands → user loops → workflows →
   configuration → training → applications → adapters → the pure engine → base), or stays within its own layer.
 """
 
@@ -19,6 +19,9 @@ PKG = ROOT / "pipeline"
 # highest first; a package (first name under pipeline/) imports only its own layer or lower
 LAYERS = [
     ("commands", {"cli", "__main__"}),
+    # users' own training loops: the Recorder registers runs as a sweep's driver does
+    # (workflows.sync), the framework callbacks build on it
+    ("user loops", {"record", "integrations"}),
     ("workflows", {"workflows", "ray_cluster", "seams"}),
     ("configuration", {"config", "yamlload"}),
     ("training", {"training"}),

@@ -217,18 +217,51 @@ class RunWriter:
             self._buf = np.empty_like(self._buf)
         self._fill = 0
 
+    def sync(self, metrics: dict | None = None) -> None:
+        """Write every snapshot appended so far, wait until it is in the store, then
+        record how many there are (``n_snapshots``, ``snapshot_epochs``/``_steps``, and
+        ``metrics`` when given); the status stays. The rows of a chunk row not yet full
+        are written too and stay buffered: the next full write of that chunk row rewrites
+        them, so chunk writes stay aligned. Lets a reader see the trajectory of a run
+        still being written (:meth:`pipeline.record.Recorder.verdict`)."""
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        done = threading.Event()
+        rows = self._buf[:self._fill].copy() if self._fill else None
+        self._queue.put(("sync", self._written, rows, done))
+        done.wait()
+        if self._error is not None:
+            raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
+        attrs = {"n_snapshots": self.n_snapshots, "snapshot_epochs": list(self.epochs),
+                 "snapshot_steps": list(self.steps), "updated": _now()}
+        if metrics is not None:
+            attrs["metrics"] = _json_safe(metrics)
+        self.group.update_attributes(attrs)
+
+    def _write(self, start: int, rows) -> None:
+        stop = start + rows.shape[0]
+        if stop > self.array.shape[0]:
+            grow = max(stop, 2 * self.array.shape[0])
+            self.array.resize((grow, self.array.shape[1]))
+        self.array[start:stop] = rows
+
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            if item[0] == "sync":   # (a copy of the partial row: never recycled as a buffer)
+                _, start, rows, done = item
+                try:
+                    if rows is not None:
+                        self._write(start, rows)
+                except BaseException as e:  # noqa: BLE001 - surfaced by sync()
+                    self._error = e
+                done.set()
+                continue
             start, buf, n = item
             try:
-                stop = start + n
-                if stop > self.array.shape[0]:
-                    grow = max(stop, 2 * self.array.shape[0])
-                    self.array.resize((grow, self.array.shape[1]))
-                self.array[start:stop] = buf[:n]
+                self._write(start, buf[:n])
             except BaseException as e:  # noqa: BLE001 - surfaced on the next call
                 self._error = e
             self._spare.put(buf)
@@ -243,7 +276,8 @@ class RunWriter:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
 
     def finish(self, status: str, *, metrics: dict | None = None, extra: dict | None = None) -> None:
-        """Flush every snapshot, then record metrics and the final ``status``."""
+        """Flush every snapshot, then record metrics and the final ``status`` (``running``:
+        everything written, the run left unfinished, e.g. interrupted)."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         try:
@@ -263,7 +297,8 @@ class RunWriter:
                 }
             )
             # the status goes last: a run is only "complete" once everything is written
-            self.group.update_attributes({"status": status, "finished": _now()})
+            # ("running": written and closed, not finished: an interrupted Recorder's run)
+            self.group.update_attributes({"status": status, **({"finished": _now()} if status != "running" else {})})
 
     def abort(self, reason: str) -> None:
         """Mark the run failed (best effort); a re-run redoes it."""

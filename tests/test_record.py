@@ -1,0 +1,204 @@
+"""The Recorder: a user's own training loop as a KMA run, in a real store, with a real
+SQLite MLflow and the real ``kma runs`` / ``kma analyze``."""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.errors import KMAError
+from pipeline.record import Recorder
+from pipeline.storage.health import shown_status
+from pipeline.storage.store import TrajectoryStore
+
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1))
+
+
+def _loop(rec, epochs=8, lr=0.05, every_metrics=True):
+    """A plain training loop; returns (the flat weights after each epoch, the losses)."""
+    net = _net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    y = torch.sin(x.sum(1, keepdim=True))
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    flats, losses = [torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone()], []
+    rec.snapshot(net, epoch=0)
+    for epoch in range(1, epochs + 1):
+        loss = ((net(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            val = float(((net(x[:16]) - y[:16]) ** 2).mean())
+        losses.append((loss.item(), val))
+        flats.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone())
+        rec.snapshot(net, epoch=epoch, step=epoch * 4,
+                     metrics={"train_loss": loss, "val_loss": val} if every_metrics else None)
+    return flats, losses
+
+
+def test_a_recorded_run_is_listed_analysed_and_registered(tmp_path, capsys):
+    store, db = tmp_path / "store", tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    with Recorder(str(store), "my-loop", tracking_uri=uri, config={"epochs": 12, "lr": 0.05}) as rec:
+        flats, losses = _loop(rec, epochs=12)
+        assert shown_status(rec.store, "my-loop") == "running"      # its lease is live
+    assert rec.status == "complete"
+
+    run = TrajectoryStore(str(store)).open_run("my-loop")
+    assert run.status == "complete" and run.n_snapshots == 13
+    assert run.attrs["snapshot_epochs"] == list(range(13))
+    assert run.attrs["snapshot_steps"] == [0] + [4 * e for e in range(1, 13)]
+    np.testing.assert_array_equal(run.weights().compute(), torch.stack(flats).numpy())
+    # the losses stored as a sweep stores its history: one per epoch, epoch e at index e - 1
+    np.testing.assert_allclose(run.metrics["train_loss"], [t for t, _ in losses], rtol=1e-6)
+    np.testing.assert_allclose(run.metrics["val_loss"], [v for _, v in losses], rtol=1e-6)
+    assert run.attrs["sweep"] == "recorded" and run.config["epochs"] == 12
+    assert rec.store.tracking_uri == uri                             # later commands find this MLflow
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("recorded")
+    (rec_run,) = client.search_runs([exp.experiment_id], "tags.`kma.run_id` = 'my-loop'")
+    assert rec_run.info.status == "FINISHED" and rec_run.data.params["lr"] == "0.05"
+    assert len(client.get_metric_history(rec_run.info.run_id, "train_loss")) == 12
+
+    assert main(["runs", "--store", str(store), "--json"]) == 0     # the real command, in this process
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["run_id"] == "my-loop" and row["status"] == "complete" and row["n_snapshots"] == 13
+
+    out = tmp_path / "a.json"
+    assert main(["analyze", "--store", str(store), "--tracking-uri", uri, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {r["run_id"] for r in result["runs"]} == {"my-loop"}
+    (stored,) = result["verdicts"]
+    assert stored["evidence"]["losses"] is True                      # the verdict used the losses
+    # the in-loop verdict is the one kma analyze stores, on the same snapshots
+    mine = rec.verdict()
+    assert (mine["class"], mine["converged_at"]) == (stored["class"], stored["converged_at"])
+    assert len(client.search_runs([exp.experiment_id], "tags.`kma.run_id` = 'my-loop'")) == 2   # + its analysis
+    assert mine["in_progress"] is False and mine["n_snapshots"] == 13
+
+
+def test_a_second_recorder_of_the_same_run_is_refused(tmp_path):
+    store = str(tmp_path / "s")
+    first = Recorder(store, "r", tracking_uri=False)
+    with pytest.raises(KMAError, match=r"^run r: already being recorded by .*pid \d+.*one writer per run"):
+        Recorder(store, "r", tracking_uri=False)
+    first.snapshot(_net(), epoch=0)
+    first.snapshot(_net(1), epoch=1)
+    first.finish()
+    with pytest.raises(KMAError, match="run r: already complete in .*overwrite=True"):
+        Recorder(store, "r", tracking_uri=False)
+    with Recorder(store, "r", tracking_uri=False, overwrite=True) as again:
+        again.snapshot(_net(), epoch=0)
+    assert TrajectoryStore(store).open_run("r").n_snapshots == 1
+
+
+def test_an_exception_fails_the_run_and_ctrl_c_leaves_it_interrupted(tmp_path):
+    store = str(tmp_path / "s")
+    with pytest.raises(ValueError):
+        with Recorder(store, "boom", tracking_uri=False) as rec:
+            _loop(rec, epochs=3)
+            raise ValueError("bad batch")
+    run = TrajectoryStore(store).open_run("boom")
+    assert run.status == "failed" and run.attrs["error"] == "ValueError: bad batch" and run.n_snapshots == 4
+
+    with pytest.raises(KeyboardInterrupt):
+        with Recorder(store, "ctrl-c", tracking_uri=False) as rec:
+            _loop(rec, epochs=3)
+            raise KeyboardInterrupt
+    s = TrajectoryStore(store)
+    assert s.open_run("ctrl-c").status == "running" and s.open_run("ctrl-c").n_snapshots == 4
+    assert shown_status(s, "ctrl-c") == "interrupted"               # no live lease: kma runs says so
+    with Recorder(store, "ctrl-c", tracking_uri=False) as rec:     # a new recorder starts it over
+        _loop(rec, epochs=2)
+    assert TrajectoryStore(store).open_run("ctrl-c").n_snapshots == 3
+
+
+def test_every_keeps_every_kth_snapshot_and_all_metrics(tmp_path):
+    store = str(tmp_path / "s")
+    with Recorder(store, "r", every=3, tracking_uri=False, layers=["2"]) as rec:
+        flats, losses = _loop(rec, epochs=7)
+    run = TrajectoryStore(store).open_run("r")
+    assert run.attrs["snapshot_epochs"] == [0, 3, 6] and run.layout.layers == ["2"]
+    assert len(run.metrics["train_loss"]) == 7
+    np.testing.assert_array_equal(run.weights().compute()[-1], flats[6][-13:].numpy())
+
+
+def test_non_finite_weights_or_loss_end_the_run_diverged(tmp_path):
+    store = str(tmp_path / "s")
+    net = _net()
+    with Recorder(store, "nan-w", tracking_uri=False) as rec:
+        assert rec.snapshot(net, epoch=0)
+        with torch.no_grad():
+            net[0].weight[0, 0] = float("nan")
+        assert not rec.snapshot(net, epoch=1)
+        assert not rec.snapshot(net, epoch=2)                      # later calls: ignored
+    run = TrajectoryStore(store).open_run("nan-w")
+    assert run.status == "diverged" and run.n_snapshots == 1 and "epoch 1" in run.attrs["message"]
+    with Recorder(store, "nan-l", tracking_uri=False) as rec:
+        rec.snapshot(_net(), epoch=0)
+        rec.snapshot(_net(), epoch=1, metrics={"train_loss": float("inf")})
+    assert TrajectoryStore(store).open_run("nan-l").status == "diverged"
+    assert rec.verdict()["class"] == "diverging"
+
+
+def test_verdict_while_training_reads_what_is_written_so_far(tmp_path):
+    store = str(tmp_path / "s")
+    rec = Recorder(store, "r", tracking_uri=False, config={"epochs": 80})
+    net = _net()
+    assert rec.verdict()["class"] is None                          # nothing yet
+    rec.snapshot(net, epoch=0)
+    assert "a verdict needs at least" in rec.verdict()["reason"]
+    flats = [torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone()]
+    x = torch.randn(32, 4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for epoch in range(1, 71):      # across the writer's 64-row chunk boundary, syncs in between
+        loss = (net(x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.snapshot(net, epoch=epoch, metrics={"train_loss": loss, "val_loss": loss})
+        flats.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone())
+        if epoch in (9, 40, 63, 66):
+            v = rec.verdict()
+            assert v["in_progress"] and v["n_snapshots"] == epoch + 1 and v["budget_epochs"] == 80
+            assert v["class"] in ("converged", "stalled", "still_improving", "diverging")
+            assert TrajectoryStore(store).open_run("r").status == "running"
+    rec.finish()
+    run = TrajectoryStore(store).open_run("r")
+    assert run.n_snapshots == 71
+    np.testing.assert_array_equal(run.weights().compute(), torch.stack(flats).numpy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"run_id": "../x"}, r"run id '\.\./x': invalid"),
+    ({"dtype": "int8"}, "dtype 'int8': expected one of float32, float16, bfloat16"),
+    ({"every": 0}, "every must be an integer >= 1"),
+    ({"layers": []}, "layers must be 'all' or a list of layer names"),
+    ({"config": {"f": object()}}, "config must be JSON-serialisable"),
+])
+def test_bad_arguments_are_one_line(tmp_path, kwargs, message):
+    args = {"store": str(tmp_path / "s"), "run_id": "r", "tracking_uri": False, **kwargs}
+    with pytest.raises(KMAError, match=message) as e:
+        Recorder(**args)
+    assert "\n" not in str(e.value)
+
+
+def test_snapshot_of_the_wrong_thing_or_an_unknown_layer(tmp_path):
+    with Recorder(str(tmp_path / "s"), "r", tracking_uri=False) as rec:
+        with pytest.raises(KMAError, match="expected a torch.nn.Module or a state_dict, got list"):
+            rec.snapshot([1, 2, 3])
+        rec.snapshot(_net().state_dict(), epoch=0)                 # a state_dict works as well
+    with pytest.raises(KMAError, match="unknown layer nope"):
+        with Recorder(str(tmp_path / "s"), "q", tracking_uri=False, layers=["nope"]) as rec:
+            rec.snapshot(_net())
