@@ -70,3 +70,14 @@ def verdict_metrics(verdict: dict) -> dict[str, float]:
     if e is not None and math.isfinite(float(e)):
         out["kma/converged_epoch"] = float(e)
     return out
+
+
+def outside_stop_record(by: str, verdict: dict | None, epoch: int, snapshot: int) -> dict:
+    """The run attribute ``stop`` for training ended by a search (a Ray Tune scheduler or
+    stopper, an Optuna pruner): who stopped it, and the spectral class at the time (the
+    verdict's own record, :func:`stop_record`, when that class was ``converged``)."""
+    v = verdict or {}
+    if v.get("class") == "converged":
+        return {**stop_record(v, epoch, snapshot), "by": f"{by} on the spectral verdict (class converged)"}
+    return {"when": "search", "reason": "stopped by the search", "by": by, "snapshot": int(snapshot),
+            "epoch": int(epoch), "class": v.get("class")}
