@@ -322,3 +322,16 @@ def test_a_malicious_bin_in_an_hf_folder_is_refused(tmp_path, kma_env):
         f"kma: error: {bin_}: refused: it carries pickled objects beyond tensors and plain containers "
         "(builtins.exec); nothing in it was run (save the state_dict alone, or as .safetensors)"]
     assert not marker.exists() and not (tmp_path / "s").exists()
+
+
+def test_importing_kma_imports_no_framework():
+    """The integrations' frameworks load only when their module is imported: ``import
+    pipeline``, the CLI, ``kma ingest``'s modules and ``pipeline.integrations`` load none."""
+    import sys
+
+    code = ("import sys, pipeline, pipeline.cli, pipeline.workflows.ingest, pipeline.integrations; "
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', 'optuna', "
+            "'ray.tune', 'safetensors') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -13,6 +13,8 @@ from pipeline.integrations.optuna import SpectralPruner, report
 from pipeline.record import Recorder
 from pipeline.storage.store import TrajectoryStore
 
+import doc_examples
+
 EPOCHS = 40
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -51,31 +53,33 @@ def _study(pruner, lrs):
     return study
 
 
-def test_converged_trials_complete_diverging_ones_are_pruned(tmp_path):
-    store = str(tmp_path / "s")
-    study = _study(SpectralPruner(), [0.3, 0.05, 1.5])
-    study.optimize(_objective(store), n_trials=3)
+def test_the_docs_example_completes_converged_and_prunes_diverging_trials(tmp_path, capsys):
+    """The example on docs/pages/optuna.md, run as the page shows it."""
+    ns = doc_examples.run("optuna.md", tmp_path)
+    study, epochs = ns["study"], ns["EPOCHS"]
     t = {tr.params["lr"]: tr for tr in study.trials}
-    s = TrajectoryStore(store)
+    s = TrajectoryStore(str(tmp_path / "kma-store"))
 
     conv = t[0.3]   # converged: complete, ended early, its value stands (it is the best)
     assert conv.state == optuna.trial.TrialState.COMPLETE and conv.user_attrs["kma_class"] == "converged"
-    assert max(conv.intermediate_values) < EPOCHS and study.best_trial.number == conv.number
-    run = s.open_run(f"opt-t{conv.number}")
+    assert max(conv.intermediate_values) < epochs and study.best_trial.number == conv.number
+    run = s.open_run(f"study-t{conv.number}")
     assert run.status == "complete" and run.n_snapshots == max(conv.intermediate_values) + 1
     assert run.attrs["stop"]["by"] == "optuna on the spectral verdict (class converged)"
     assert run.attrs["stop"]["converged_epoch"] == conv.user_attrs["kma_converged_epoch"]
 
     slow = t[0.05]  # no pruner behind the spectral one: trains its whole budget
-    assert slow.state == optuna.trial.TrialState.COMPLETE and max(slow.intermediate_values) == EPOCHS
-    assert s.open_run(f"opt-t{slow.number}").n_snapshots == EPOCHS + 1
+    assert slow.state == optuna.trial.TrialState.COMPLETE and max(slow.intermediate_values) == epochs
+    assert s.open_run(f"study-t{slow.number}").n_snapshots == epochs + 1
 
     bad = t[1.5]
     assert bad.state == optuna.trial.TrialState.PRUNED and bad.user_attrs["kma_class"] == "diverging"
-    assert max(bad.intermediate_values) < EPOCHS
-    run = s.open_run(f"opt-t{bad.number}")
+    assert max(bad.intermediate_values) < epochs
+    run = s.open_run(f"study-t{bad.number}")
     assert run.status in ("complete", "diverged") and run.n_snapshots == max(bad.intermediate_values) + 1
-    assert not list((tmp_path / "s").glob("leases/*"))
+    assert not list((tmp_path / "kma-store").glob("leases/*"))
+    assert f"lr 1.5: pruned at epoch {max(bad.intermediate_values)}, spectral class diverging" in \
+        capsys.readouterr().out
 
 
 def test_the_wrapped_pruner_prunes_and_the_run_is_still_complete(tmp_path):

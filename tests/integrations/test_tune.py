@@ -16,6 +16,8 @@ from pipeline.record import Recorder
 from pipeline.storage.health import shown_status
 from pipeline.storage.store import TrajectoryStore
 
+import doc_examples
+
 EPOCHS = 40
 
 
@@ -66,33 +68,38 @@ def _fit(tmp_path, lrs, stopper=None, scheduler=None):
     return {r.config["lr"]: r for r in grid}
 
 
-def test_spectral_stopper_stops_converged_and_diverging_trials(tmp_path, local_ray):
-    stopper = SpectralStopper()
-    results = _fit(tmp_path, [0.3, 0.05, 1.5], stopper)
-    store = TrajectoryStore(str(tmp_path / "store"))
+def test_the_docs_example_stops_converged_and_diverging_trials(tmp_path, local_ray, capsys):
+    """The example on docs/pages/tune.md, run as the page shows it."""
+    ns = doc_examples.run("tune.md", tmp_path)
+    stopper, grid, epochs = ns["stopper"], ns["grid"], ns["EPOCHS"]
+    assert not grid.errors, grid.errors
+    results = {r.config["lr"]: r for r in grid}
+    store = TrajectoryStore(str(tmp_path / "kma-store"))
     runs = {f"tune-{r.metrics['trial_id']}": lr for lr, r in results.items()}
     assert len(runs) == 3 and sorted(i.run_id for i in store.runs()) == sorted(runs)
     by_lr = {lr: store.open_run(rid) for rid, lr in runs.items()}
 
     conv = results[0.3].metrics   # stopped by the stopper on its own report of "converged"
-    assert conv["kma_class"] == "converged" and conv["training_iteration"] < EPOCHS
+    assert conv["kma_class"] == "converged" and conv["training_iteration"] < epochs
     run = by_lr[0.3]
     assert run.status == "complete" and run.n_snapshots == conv["training_iteration"] + 1
     assert run.attrs["stop"]["by"] == "ray tune on the spectral verdict (class converged)"
     assert run.attrs["stop"]["converged_epoch"] == conv["kma_converged_epoch"] <= conv["training_iteration"]
 
     slow = results[0.05].metrics  # never converged: trained its whole budget, no stop
-    assert slow["training_iteration"] == EPOCHS and slow["kma_class"] not in stopper.stop_on
-    assert by_lr[0.05].status == "complete" and by_lr[0.05].n_snapshots == EPOCHS + 1
+    assert slow["training_iteration"] == epochs and slow["kma_class"] not in stopper.stop_on
+    assert by_lr[0.05].status == "complete" and by_lr[0.05].n_snapshots == epochs + 1
     assert "stop" not in by_lr[0.05].attrs
 
     bad = results[1.5].metrics
-    assert bad["kma_class"] == "diverging" and bad["training_iteration"] < EPOCHS
+    assert bad["kma_class"] == "diverging" and bad["training_iteration"] < epochs
     assert by_lr[1.5].status in ("complete", "diverged")
     assert sorted(c for c, _ in stopper.stopped.values()) == ["converged", "diverging"]
     for rid in runs:                       # nothing left interrupted, no claim left behind
         assert shown_status(store, rid) in ("complete", "diverged")
-    assert not list((tmp_path / "store").glob("leases/*"))
+    assert not list((tmp_path / "kma-store").glob("leases/*"))
+    out = capsys.readouterr().out
+    assert f"lr 0.3: converged after {conv['training_iteration']} epochs" in out
 
 
 def test_runs_stopped_by_asha_are_complete_too(tmp_path, local_ray):
