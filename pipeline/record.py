@@ -23,8 +23,8 @@ config=None, *, experiment="recorded", overwrite=False)``
   ``layers``: ``"all"`` or a list of layer names (a parameter's name minus its last part);
   ``dtype``: ``float32`` / ``float16`` / ``bfloat16`` storage; ``every``: keep every
   ``every``-th :meth:`snapshot` call's weights (the first always; metrics are kept from
-  every call); ``tracking_uri``: MLflow, resolved as ``kma sweep`` does (``None``: the
-  store's recorded one, ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``); ``False``: the
+  every call); ``tracking_uri``: MLflow, resolved as ``kma sweep`` does (``None``:
+  ``$MLFLOW_TRACKING_URI``, else the store's recorded one, else ``./mlflow.db``); ``False``: the
   store only (``kma sync`` registers later — use it in worker processes, so only one
   process writes to a SQLite MLflow); ``config``: a JSON-able dict stored with the run
   and logged as MLflow params — give ``{"epochs": N}`` so verdicts know the budget;
@@ -43,7 +43,8 @@ config=None, *, experiment="recorded", overwrite=False)``
   ``interrupt()``: everything written, status left ``running`` and the lease released, so
   ``kma runs`` shows it ``interrupted`` and a new Recorder of that id starts it over.
 - ``verdict() -> dict``: the spectral verdict so far (:mod:`pipeline.apps.verdicts`,
-  computed as ``kma analyze`` would on the snapshots stored so far; one pass over them).
+  computed as ``kma analyze`` would on the snapshots recorded so far: one pass over those
+  in the store and those the writer still buffers; nothing is written).
   With fewer snapshots than the default window needs: ``class`` None and the reason.
 - ``status``, ``n_snapshots``, ``run_id``, ``store``.
 
@@ -350,8 +351,47 @@ class Recorder:
         if n < need:
             return {**base, "class": None, "converged_at": None, "converged_epoch": None, "bad_init": None,
                     "reason": f"{plural(n, 'snapshot')} so far; a verdict needs at least {need}"}
-        if self.status == "running":
-            self._writer.sync(metrics=self._history)   # what a reader of the store sees so far
         run = self.store.open_run(self.run_id)
+        if self.status == "running":   # the rows written so far and those still buffered
+            run = _LiveRun(run, self._writer, self._history)
         est = params.estimator(unit_roundoff=dtype_roundoff(self.dtype)).fit(run.trajectory(rows=n))
         return {**verdicts.for_estimator(run, est, params.residual_tol), **base}
+
+
+class _LiveRun:
+    """A run being recorded, as the verdicts read a stored :class:`~pipeline.storage.store.Run`
+    (``run_id``, ``attrs``, ``config``, ``metrics``, ``status``, ``layout``,
+    ``n_snapshots``, ``trajectory``): its attributes as they stand now, and a trajectory of
+    the rows in the store followed by those the writer still buffers (nothing is written)."""
+
+    def __init__(self, run, writer, history: dict):
+        from .storage.writer import _json_safe
+
+        self._run, self.run_id, self.store = run, run.run_id, run.store
+        self._written, self._buffered = writer.pending()
+        self.attrs = {**run.attrs, "n_snapshots": writer.n_snapshots, "snapshot_epochs": list(writer.epochs),
+                      "snapshot_steps": list(writer.steps), "metrics": _json_safe(history)}
+        self.layout = run.layout
+
+    config = property(lambda self: self.attrs.get("config", {}))
+    metrics = property(lambda self: self.attrs.get("metrics", {}))
+    status = property(lambda self: self.attrs.get("status", "running"))
+    n_snapshots = property(lambda self: int(self.attrs["n_snapshots"]))
+
+    def trajectory(self, dtype=None, rows: int | None = None):
+        """The first ``rows`` snapshots (default all) as a :class:`pipeline.koopman.Trajectory`."""
+        import dask.array as da
+        import numpy as np
+
+        from .koopman import Trajectory
+
+        dtype = np.dtype(dtype or np.float32)
+        n = self.n_snapshots if rows is None else int(rows)
+        stored = self._run.trajectory(dtype, rows=min(n, self._written)).array if self._written else None
+        cols = stored.chunks[1] if stored is not None else min(self.layout.size, 2**18)
+        parts = [] if stored is None else [stored]
+        if n > self._written:
+            mem = self._buffered[:n - self._written].astype(dtype, copy=False)
+            parts.append(da.from_array(mem, chunks=(mem.shape[0], cols)))
+        array = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+        return Trajectory(array, groups=tuple(self.layout.layer_ranges()))

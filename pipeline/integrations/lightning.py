@@ -8,7 +8,9 @@
     trainer.fit(model, train_loader, val_loader)
     # then: kma runs --store kma-store; kma analyze --store kma-store --run my-fit
 
-One snapshot of the module's parameters at fit start (epoch 0), one at the end of every
+One snapshot of the module's parameters at fit start (epoch 0; the run and its lease are
+taken in ``on_fit_start``, the snapshot when training starts, once a resumed fit knows
+its epoch), one at the end of every
 ``every_n_epochs``-th training epoch (after that epoch's validation), with the losses
 Lightning has logged by then (``trainer.callback_metrics``: ``train_loss`` /
 ``val_loss`` for the verdicts, from the names in ``losses`` or the usual ones, see
@@ -26,8 +28,8 @@ verdict goes to Lightning's loggers as ``kma/converged`` (1/0), ``kma/converged_
 Only global rank 0 records (one writer per run); the stop decision is broadcast to every
 rank. Lightning is imported from ``lightning.pytorch``, else ``pytorch_lightning``: the
 callback must come from the package your ``Trainer`` does. A fit resumed from a
-checkpoint starts its run over (a run's snapshots come from one process); give it a new
-``run_id`` to keep the first.
+checkpoint records a run of its own (give it a new ``run_id``; the same one starts the
+unfinished run over) whose first snapshot is the epoch it resumed at.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ class KMACallback(pl.Callback):
         self.recorder = Recorder(self.store, self.run_id, layers=self.layers, dtype=self.dtype,
                                  tracking_uri=self.tracking_uri, config=config,
                                  experiment=self.experiment, overwrite=self.overwrite)
-        self.recorder.snapshot(pl_module, epoch=0, step=trainer.global_step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # the first snapshot: the weights the fit starts from (the same as at fit start, the
+        # sanity check changes nothing), taken here because a fit resumed from a checkpoint
+        # knows its epoch only now: the run's first snapshot then says where it resumed
+        if self.recorder is not None and self.recorder.n_snapshots == 0:
+            self.recorder.snapshot(pl_module, epoch=trainer.current_epoch, step=trainer.global_step)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1           # epochs completed, 1-based as the store counts

@@ -46,7 +46,7 @@ from .location import StoreLocation, has_password
 from .runids import check_run_id, is_valid
 # the writer's names, re-exported: `from pipeline.storage.store import FINISHED` etc. keep working
 from .writer import (BUFFER_BYTES, FINISHED, INTERRUPTED, STATUSES, _P_CHUNK, RunWriter,  # noqa: F401
-                     _f32_to_bf16, _json_safe, _now, code_version, new_run)
+                     _bf16_to_f32, _f32_to_bf16, _json_safe, _now, code_version, new_run)
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,6 @@ class _Cast:
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         return block.astype(self.dtype)
-
-
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class TrajectoryStore:

@@ -217,26 +217,23 @@ class RunWriter:
             self._buf = np.empty_like(self._buf)
         self._fill = 0
 
-    def sync(self, metrics: dict | None = None) -> None:
-        """Write every snapshot appended so far, wait until it is in the store, then
-        record how many there are (``n_snapshots``, ``snapshot_epochs``/``_steps``, and
-        ``metrics`` when given); the status stays. The rows of a chunk row not yet full
-        are written too and stay buffered: the next full write of that chunk row rewrites
-        them, so chunk writes stay aligned. Lets a reader see the trajectory of a run
-        still being written (:meth:`pipeline.record.Recorder.verdict`)."""
+    def pending(self) -> tuple[int, np.ndarray]:
+        """``(k, rows)``: wait until the first ``k`` snapshots — every full chunk row handed
+        to the writer thread — are in the store, and return a float32 copy of the rows
+        after them, still buffered (``(n_snapshots - k, layout.size)``). Nothing is
+        written: a reader of a run still being written sees all of it this way
+        (:meth:`pipeline.record.Recorder.verdict`) without a partial chunk written twice."""
         if self._error is not None:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
-        done = threading.Event()
-        rows = self._buf[:self._fill].copy() if self._fill else None
-        self._queue.put(("sync", self._written, rows, done))
-        done.wait()
+        if not self._closed:
+            done = threading.Event()
+            self._queue.put(("wait", done))
+            done.wait()
         if self._error is not None:
             raise StoreError(f"run {self.run_id}: writing failed ({self._error})")
-        attrs = {"n_snapshots": self.n_snapshots, "snapshot_epochs": list(self.epochs),
-                 "snapshot_steps": list(self.steps), "updated": _now()}
-        if metrics is not None:
-            attrs["metrics"] = _json_safe(metrics)
-        self.group.update_attributes(attrs)
+        rows = self._buf[:self._fill]
+        rows = _bf16_to_f32(rows) if self.dtype == "bfloat16" else rows.astype(np.float32)
+        return self._written, rows
 
     def _write(self, start: int, rows) -> None:
         stop = start + rows.shape[0]
@@ -250,14 +247,8 @@ class RunWriter:
             item = self._queue.get()
             if item is None:
                 return
-            if item[0] == "sync":   # (a copy of the partial row: never recycled as a buffer)
-                _, start, rows, done = item
-                try:
-                    if rows is not None:
-                        self._write(start, rows)
-                except BaseException as e:  # noqa: BLE001 - surfaced by sync()
-                    self._error = e
-                done.set()
+            if item[0] == "wait":   # pending(): everything queued before is written
+                item[1].set()
                 continue
             start, buf, n = item
             try:
@@ -307,6 +298,11 @@ class RunWriter:
         except StoreError:
             pass
         self.group.update_attributes({"status": "failed", "error": reason[:500], "updated": _now()})
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32 (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ def test_a_fit_leaves_a_complete_run_that_kma_lists_and_analyses(tmp_path, capsy
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["run_id"], row["status"], row["n_snapshots"]) == ("lit-fit", "complete", 6)
     out = tmp_path / "a.json"
-    assert main(["analyze", "--store", str(store), "--tracking-uri", uri, "--json", str(out)]) == 0
+    assert main(["analyze", "--store", str(store), "--no-mlflow", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {r["run_id"] for r in result["runs"]} == {"lit-fit"} and not result["errors"]
     assert result["verdicts"][0]["evidence"]["losses"] is True
@@ -90,7 +90,8 @@ def test_a_fit_leaves_a_complete_run_that_kma_lists_and_analyses(tmp_path, capsy
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("recorded")
     found = client.search_runs([exp.experiment_id], "tags.`kma.run_id` = 'lit-fit'")
-    assert {r.info.status for r in found} == {"FINISHED"} and len(found) == 2   # training + analysis
+    assert [r.info.status for r in found] == ["FINISHED"]                    # one record, from the callback
+    assert len(client.get_metric_history(found[0].info.run_id, "val_loss")) == 5
 
 
 def test_every_n_epochs(tmp_path):
@@ -158,3 +159,38 @@ def test_a_second_fit_of_a_recorded_run_is_refused(tmp_path):
         _trainer(2, [KMACallback(store, "r", tracking_uri=False)]).fit(Tiny(), _data(), _data(seed=1))
     with pytest.raises(KMAError, match="every_n_epochs must be an integer >= 1"):
         KMACallback(store, "q", every_n_epochs=0)
+    with pytest.raises(KMAError, match="losses must map 'train_loss' / 'val_loss' to logged names"):
+        KMACallback(store, "q", losses={"loss": "train_loss"})
+
+
+def test_losses_logged_under_other_names(tmp_path):
+    class Named(Tiny):
+        def training_step(self, batch, i):
+            x, y = batch
+            loss = ((self.net(x) - y) ** 2).mean()
+            self.log("mse", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, i):
+            x, y = batch
+            self.log("holdout_mse", ((self.net(x) - y) ** 2).mean())
+
+    cb = KMACallback(str(tmp_path / "s"), "r", tracking_uri=False,
+                     losses={"train_loss": "mse", "val_loss": "holdout_mse"})
+    _trainer(3, [cb]).fit(Named(), _data(), _data(seed=1))
+    m = TrajectoryStore(str(tmp_path / "s")).open_run("r").metrics
+    assert m["train_loss"] == m["mse"] and m["val_loss"] == m["holdout_mse"] and len(m["mse"]) == 3
+
+
+def test_a_resumed_fit_records_from_the_epoch_it_resumes_at(tmp_path):
+    store = str(tmp_path / "s")
+    first = _trainer(2, [KMACallback(store, "part1", tracking_uri=False)])
+    first.fit(Tiny(), _data(), _data(seed=1))
+    first.save_checkpoint(tmp_path / "e2.ckpt")
+    _trainer(4, [KMACallback(store, "part2", tracking_uri=False)]).fit(
+        Tiny(), _data(), _data(seed=1), ckpt_path=str(tmp_path / "e2.ckpt"))
+    s = TrajectoryStore(store)
+    one, two = s.open_run("part1"), s.open_run("part2")
+    assert two.attrs["snapshot_epochs"] == [2, 3, 4] and two.config["epochs"] == 4
+    np.testing.assert_array_equal(two.weights().compute()[0], one.weights().compute()[-1])
+    assert two.metrics["train_loss"][:2] == [None, None] and None not in two.metrics["train_loss"][2:]
