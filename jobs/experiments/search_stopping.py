@@ -70,7 +70,7 @@ def tune_trainable(config):
 
     def each(rec, epoch, val):
         if config["spectral"]:
-            reporter.setdefault("r", TuneReporter(rec))({"val_loss": val}, epoch=epoch)
+            return reporter.setdefault("r", TuneReporter(rec))({"val_loss": val}, epoch=epoch)
         else:
             tune.report({"val_loss": val})
         return False

@@ -107,19 +107,23 @@ def report(trial: optuna.Trial, recorder: Recorder, value: float, epoch: int, ch
             trial.set_user_attr("kma_converged_epoch", verdict["converged_epoch"])
         if verdict.get("class") == "converged":
             if recorder.status == "running":   # the objective's own exit completes the run
-                recorder.note(stop=outside_stop_record("optuna", verdict, epoch, recorder.n_snapshots - 1),
-                              stopped_early=True)
+                recorder.note(stop=outside_stop_record("optuna", verdict, epoch, recorder.n_snapshots - 1,
+                                                       spectral=True), stopped_early=True)
             return True
     if trial.should_prune():
         last = trial.user_attrs.get("kma_class")   # the last verdict's class, when none was made now
-        _end(recorder, "optuna pruner", verdict or {"class": None if last in (None, "none") else last}, epoch)
+        verdict = verdict or {"class": None if last in (None, "none") else last}
+        pruner = getattr(trial.study, "pruner", None)
+        spectral = isinstance(pruner, SpectralPruner) and verdict.get("class") in pruner.prune_on
+        _end(recorder, "optuna pruner", verdict, epoch, spectral)
         raise optuna.TrialPruned(f"pruned at epoch {epoch} (spectral class "
                                  f"{(verdict or {}).get('class') or trial.user_attrs.get('kma_class', 'none')})")
     return False
 
 
-def _end(recorder: Recorder, by: str, verdict: dict | None, epoch: int) -> None:
+def _end(recorder: Recorder, by: str, verdict: dict | None, epoch: int, spectral: bool) -> None:
     if recorder.status != "running" or recorder.n_snapshots == 0:
         return
-    recorder.note(stop=outside_stop_record(by, verdict, epoch, recorder.n_snapshots - 1), stopped_early=True)
+    recorder.note(stop=outside_stop_record(by, verdict, epoch, recorder.n_snapshots - 1, spectral=spectral),
+                  stopped_early=True)
     recorder.finish()

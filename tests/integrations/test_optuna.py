@@ -77,6 +77,8 @@ def test_the_docs_example_completes_converged_and_prunes_diverging_trials(tmp_pa
     assert max(bad.intermediate_values) < epochs
     run = s.open_run(f"study-t{bad.number}")
     assert run.status in ("complete", "diverged") and run.n_snapshots == max(bad.intermediate_values) + 1
+    if run.status == "complete":
+        assert run.attrs["stop"]["by"] == "optuna pruner on the spectral verdict (class diverging)"
     assert not list((tmp_path / "kma-store").glob("leases/*"))
     assert f"lr 1.5: pruned at epoch {max(bad.intermediate_values)}, spectral class diverging" in \
         capsys.readouterr().out

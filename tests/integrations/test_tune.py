@@ -54,7 +54,8 @@ def regression(config):
             with torch.no_grad():
                 val = float(((net(xv) - xv @ w) ** 2).mean())
             rec.snapshot(net, epoch=epoch, metrics={"train_loss": loss.item(), "val_loss": val})
-            report({"val_loss": val}, epoch=epoch)
+            if report({"val_loss": val}, epoch=epoch):
+                break
 
 
 def _fit(tmp_path, lrs, stopper=None, scheduler=None):
@@ -87,13 +88,15 @@ def test_the_docs_example_stops_converged_and_diverging_trials(tmp_path, local_r
     assert run.attrs["stop"]["converged_epoch"] == conv["kma_converged_epoch"] <= conv["training_iteration"]
 
     slow = results[0.05].metrics  # never converged: trained its whole budget, no stop
-    assert slow["training_iteration"] == epochs and slow["kma_class"] not in stopper.stop_on
+    assert slow["training_iteration"] == epochs and slow["kma_class"] not in ("converged", "diverging")
     assert by_lr[0.05].status == "complete" and by_lr[0.05].n_snapshots == epochs + 1
     assert "stop" not in by_lr[0.05].attrs
 
     bad = results[1.5].metrics
     assert bad["kma_class"] == "diverging" and bad["training_iteration"] < epochs
     assert by_lr[1.5].status in ("complete", "diverged")
+    if by_lr[1.5].status == "complete":
+        assert by_lr[1.5].attrs["stop"]["by"] == "ray tune on the spectral verdict (class diverging)"
     assert sorted(c for c, _ in stopper.stopped.values()) == ["converged", "diverging"]
     for rid in runs:                       # nothing left interrupted, no claim left behind
         assert shown_status(store, rid) in ("complete", "diverged")
@@ -111,27 +114,32 @@ def test_runs_stopped_by_asha_are_complete_too(tmp_path, local_ray):
     results = _fit(tmp_path, [0.3, 0.02, 0.01, 0.005], scheduler=asha)
     store = TrajectoryStore(str(tmp_path / "store"))
     cut = [lr for lr, r in results.items() if r.metrics["training_iteration"] < EPOCHS]
-    assert cut, {lr: r.metrics["training_iteration"] for lr, r in results.items()}
+    assert [lr for lr in cut if not results[lr].metrics["kma_stop"]], \
+        {lr: (r.metrics["training_iteration"], r.metrics["kma_stop"]) for lr, r in results.items()}
     for lr, r in results.items():
         run = store.open_run(f"tune-{r.metrics['trial_id']}")
         assert run.status == "complete" and run.n_snapshots == r.metrics["training_iteration"] + 1
-        if lr in cut:
+        if lr in cut and r.metrics["kma_stop"]:   # its own verdict ended it (no stopper: the loop broke)
+            assert run.attrs["stop"]["by"] == f"ray tune on the spectral verdict (class {r.metrics['kma_class']})"
+        elif lr in cut:                            # ASHA stopped it
             assert run.attrs["stop"]["by"] == "ray tune" and run.attrs["stop"]["class"] == r.metrics["kma_class"]
             assert run.attrs["stop"]["epoch"] == r.metrics["training_iteration"]
 
 
 def test_bad_arguments_are_one_line(tmp_path):
-    with pytest.raises(KMAError, match=r"stop_on: expected one or more of converged, stalled"):
-        SpectralStopper(stop_on=["done"])
     with pytest.raises(KMAError, match="TuneReporter needs a pipeline.record.Recorder"):
         TuneReporter("not a recorder")
     rec = Recorder(str(tmp_path / "s"), "r", tracking_uri=False)
+    with pytest.raises(KMAError, match=r"stop_on: expected one or more of converged, stalled"):
+        TuneReporter(rec, stop_on=["done"])
     with pytest.raises(KMAError, match="check_every must be an integer >= 1"):
         TuneReporter(rec, check_every=0)
     with pytest.raises(KMAError, match="kma_class are the verdict's own fields"):
         TuneReporter(rec)({"kma_class": 1})
     rec.fail("test over")
-    with pytest.raises(KMAError, match="not inside a Ray Tune trial"):
+    with pytest.raises(KMAError, match="not inside a Ray Tune trial"), pytest.warns(UserWarning, match="get_trial_id"):
         trial_run_id()
+    assert not SpectralStopper()("t", {"kma_class": "converged", "kma_stop": 0})
+    assert SpectralStopper()("t", {"kma_class": "converged", "kma_stop": 1})
     assert verdict_fields({"class": None, "n_snapshots": 3}) == {"kma_class": "none", "kma_converged": 0,
                                                                   "kma_snapshots": 3}
