@@ -332,7 +332,8 @@ class Recorder:
     def verdict(self) -> dict:
         """The spectral verdict of the snapshots stored so far (see the module docstring):
         ``{"run_id", "class", "converged_at", "converged_epoch", "bad_init", "reason",
-        "evidence", ..., "n_snapshots", "budget_epochs", "in_progress"}``. ``class`` is
+        "evidence", ..., "n_snapshots", "budget_epochs", "budget", "in_progress"}``
+        (``budget``: what the verdict assumed about the rest of training, in words). ``class`` is
         None while there are fewer snapshots than the default analysis window needs. The
         budget is ``config["epochs"]`` when given (the verdict then asks what the rest of
         it would bring); without it, the snapshots so far are taken as the budget."""
@@ -342,8 +343,13 @@ class Recorder:
 
         params = AnalysisParams()
         n = self.n_snapshots
-        base = {"run_id": self.run_id, "n_snapshots": n, "budget_epochs": self.config.get("epochs"),
-                "in_progress": self.status == "running"}
+        budget = self.config.get("epochs")
+        base = {"run_id": self.run_id, "n_snapshots": n, "budget_epochs": budget,
+                "in_progress": self.status == "running",
+                "budget": (f"{budget} epochs (config): the motion and loss gain left over the rest of it are judged"
+                           if isinstance(budget, int) and self.status == "running" else
+                           "unknown (no config['epochs']): judged as if training ended at the last snapshot"
+                           if self.status == "running" else "the run has ended")}
         need = max(params.min_snapshots(), 4)
         if self.status == "diverged":
             return {**base, "class": "diverging", "converged_at": None, "converged_epoch": None,

@@ -145,6 +145,10 @@ def test_non_finite_weights_or_loss_end_the_run_diverged(tmp_path):
         assert not rec.snapshot(net, epoch=2)                      # later calls: ignored
     run = TrajectoryStore(store).open_run("nan-w")
     assert run.status == "diverged" and run.n_snapshots == 1 and "epoch 1" in run.attrs["message"]
+    with Recorder(store, "no-budget", tracking_uri=False) as rec:
+        _loop(rec, epochs=8)
+        v = rec.verdict()
+        assert v["budget_epochs"] is None and v["budget"].startswith("unknown") and v["class"] is not None
     with Recorder(store, "nan-l", tracking_uri=False) as rec:
         rec.snapshot(_net(), epoch=0)
         rec.snapshot(_net(), epoch=1, metrics={"train_loss": float("inf")})
@@ -187,6 +191,7 @@ def test_verdict_while_training_is_the_verdict_of_the_stored_prefix(tmp_path):
         if epoch in (9, 63, 64, 66):
             live[epoch] = v = rec.verdict()
             assert v["in_progress"] and v["n_snapshots"] == epoch + 1 and v["budget_epochs"] == 80
+            assert v["budget"].startswith("80 epochs (config)")
             assert TrajectoryStore(store).open_run("r").status == "running"
     rec.finish()
     run = TrajectoryStore(store).open_run("r")
@@ -242,3 +247,55 @@ def test_importing_the_recorder_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_the_rows_a_live_verdict_reads_are_the_rows_stored(tmp_path, dtype):
+    """What ``RunWriter.pending`` hands the verdict while training (rows in the store +
+    rows still buffered) is, row for row, what the finished run reads back."""
+    from pipeline.record import _LiveRun
+
+    store = str(tmp_path / "s")
+    rec = Recorder(store, "r", tracking_uri=False, dtype=dtype)
+    net = _net()
+    rng = torch.Generator().manual_seed(3)
+    for epoch in range(70):               # 70 rows: one full chunk row of 64 written, 6 buffered
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=rng))
+        rec.snapshot(net, epoch=epoch)
+    live = _LiveRun(TrajectoryStore(store).open_run("r"), rec._writer, {})
+    assert live._written == 64 and live.n_snapshots == 70
+    during = live.trajectory().array.compute()
+    rec.finish()
+    after = TrajectoryStore(store).open_run("r").weights().compute()
+    assert during.dtype == after.dtype == np.float32
+    np.testing.assert_array_equal(during, after)
+
+
+def test_a_run_recorded_without_mlflow_is_registered_by_kma_sync(tmp_path, capsys):
+    """``tracking_uri=False`` (a worker process): the store only; ``kma sync`` from one
+    place registers the run afterwards, with its losses."""
+    store, uri = str(tmp_path / "s"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Recorder(store, "worker-run", tracking_uri=False, experiment="trials") as rec:
+        _loop(rec, epochs=4)
+    assert not (tmp_path / "mlflow.db").exists() and TrajectoryStore(store).tracking_uri is None
+    assert main(["sync", "--store", store, "--tracking-uri", uri]) == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("trials").experiment_id],
+                                  "tags.`kma.run_id` = 'worker-run'")
+    assert len(client.get_metric_history(found.info.run_id, "val_loss")) == 4
+
+
+def test_recorded_runs_are_compared_by_their_config(tmp_path, capsys):
+    store = str(tmp_path / "s")
+    for lr in (0.01, 0.05):
+        with Recorder(store, f"lr{lr}", tracking_uri=False, config={"epochs": 12, "lr": lr}) as rec:
+            _loop(rec, epochs=12, lr=lr)
+    assert main(["analyze", "--store", store, "--no-mlflow"]) == 0
+    out = tmp_path / "c.json"
+    assert main(["compare", "--store", store, "--by", "lr", "--out", str(tmp_path / "cmp"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["group"], r["run_id"]) for r in rows if r.get("run_id")} == {("0.01", "lr0.01"), ("0.05", "lr0.05")}

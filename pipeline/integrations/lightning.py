@@ -94,6 +94,7 @@ class KMACallback(pl.Callback):
         self.losses = losses
         self.recorder: Recorder | None = None
         self.last_verdict: dict | None = None
+        self._validated = False          # a validation ran in this epoch (its metrics are fresh)
 
     # -------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -113,12 +114,19 @@ class KMACallback(pl.Callback):
         if self.recorder is not None and self.recorder.n_snapshots == 0:
             self.recorder.snapshot(pl_module, epoch=trainer.current_epoch, step=trainer.global_step)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1           # epochs completed, 1-based as the store counts
         stop = False
         rec = self.recorder
         if rec is not None:
             metrics = with_losses(trainer.callback_metrics, self.losses)
+            if not self._validated:   # (check_val_every_n_epoch > 1) last validation's values: not this epoch's
+                metrics = {k: v for k, v in metrics.items() if "val" not in k.lower()}
+            self._validated = False
             if epoch % self.every_n_epochs == 0:
                 rec.snapshot(pl_module, epoch=epoch, step=trainer.global_step, metrics=metrics)
             else:

@@ -194,3 +194,14 @@ def test_a_resumed_fit_records_from_the_epoch_it_resumes_at(tmp_path):
     assert two.attrs["snapshot_epochs"] == [2, 3, 4] and two.config["epochs"] == 4
     np.testing.assert_array_equal(two.weights().compute()[0], one.weights().compute()[-1])
     assert two.metrics["train_loss"][:2] == [None, None] and None not in two.metrics["train_loss"][2:]
+
+
+def test_epochs_without_validation_store_no_stale_validation_loss(tmp_path):
+    cb = KMACallback(str(tmp_path / "s"), "r", tracking_uri=False)
+    trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=2,
+                         accelerator="cpu")
+    trainer.fit(Tiny(), _data(), _data(seed=1))
+    m = TrajectoryStore(str(tmp_path / "s")).open_run("r").metrics
+    assert [x is None for x in m["val_loss"]] == [True, False, True, False]
+    assert None not in m["train_loss"] and len(m["train_loss"]) == 4
