@@ -8,7 +8,10 @@ same configs enqueued, one process): no pruner, ``MedianPruner(n_startup_trials=
 n_warmup_steps=5)``, :class:`SpectralPruner`, ``SpectralPruner(MedianPruner(...))``. Per
 method: trials stopped early, epochs spent (sum over trials), the best final validation
 loss the search returns (a stopped trial's is its last report) and its regret against the
-unstopped search's best.
+unstopped search's best. The baselines report with plain ``tune.report`` / ``trial.report``
+(no verdict computed); their runs end ``failed`` / ``interrupted`` when Tune stops them (the
+Recorder takes Tune's ``SystemExit`` for an error): :class:`TuneReporter` is what completes
+stopped runs. The table reads Tune's and Optuna's results, not the store.
 
     nice -n 10 python jobs/experiments/search_stopping.py --out /tmp/search [--epochs 40] [--seeds 0 1]
         [--only tune optuna]
