@@ -123,8 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, metavar="DIR", help="also write figures to DIR/<run id>/")
     parser.subcommands["analyze"] = p
 
-    p = sub.add_parser("ingest", help="import PyTorch checkpoints (state_dicts) as a run")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files, in snapshot order")
+    p = sub.add_parser("ingest", help="import checkpoints (.pt, .safetensors, Lightning .ckpt, Hugging Face "
+                                      "checkpoint folders) as a run")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="checkpoint files or Hugging Face checkpoint-<step> folders (or the folder holding "
+                        "them), one form per run; in the order given, except that HF folders and Lightning "
+                        ".ckpt files go by their global step. Pickles load weights-only: a file carrying "
+                        "other objects is refused, never run")
     _add_common(p, store_required=True)
     p.add_argument("--run-id", required=True, metavar="ID",
                    help="id of the new run (a letter or digit, then letters, digits, '.', '_', '-'; "
@@ -355,7 +360,7 @@ def cmd_ingest(args, console) -> int:
     out = ingest(args.checkpoints, args.store, args.run_id, layers=args.layers, dtype=args.dtype,
                  overwrite=args.overwrite)
     console.info(f"ingested run {out['run_id']}: {plural(out['n_snapshots'], 'snapshot')} × "
-                 f"{plural(out['n_parameters'], 'parameter')}")
+                 f"{plural(out['n_parameters'], 'parameter')} (from {out['read']})")
     return 0
 
 

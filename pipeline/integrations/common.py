@@ -70,3 +70,19 @@ def verdict_metrics(verdict: dict) -> dict[str, float]:
     if e is not None and math.isfinite(float(e)):
         out["kma/converged_epoch"] = float(e)
     return out
+
+
+def outside_stop_record(by: str, verdict: dict | None, epoch: int, snapshot: int, spectral: bool = False) -> dict:
+    """The run attribute ``stop`` for training ended in a search (Ray Tune, Optuna): by
+    the spectral verdict (``spectral``; a ``converged`` one as :func:`stop_record`
+    writes it) or by the search itself (a scheduler, another stopper or pruner), with
+    the spectral class at the time."""
+    v = verdict or {}
+    cls = v.get("class")
+    if spectral and cls == "converged":
+        return {**stop_record(v, epoch, snapshot), "by": f"{by} on the spectral verdict (class converged)"}
+    if spectral:
+        return {"when": cls, "reason": cls, "by": f"{by} on the spectral verdict (class {cls})",
+                "snapshot": int(snapshot), "epoch": int(epoch), "class": cls}
+    return {"when": "search", "reason": "stopped by the search", "by": by, "snapshot": int(snapshot),
+            "epoch": int(epoch), "class": cls}

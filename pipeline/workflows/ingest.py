@@ -1,6 +1,10 @@
-"""Import an ordered series of PyTorch checkpoints (state_dicts) as a stored run.
+"""Import an ordered series of checkpoints (state_dicts) as a stored run.
 
-Every file must hold the same floating-point tensors with the same shapes, with finite
+The forms (PyTorch files, ``.safetensors``, Lightning ``.ckpt``, Hugging Face
+``checkpoint-*/`` folders, sharded or not) and their order are read by
+:mod:`.checkpoints`; a series is one form, and nothing pickled is loaded beyond what
+``torch.load(weights_only=True)`` allows. Every checkpoint must hold the same
+floating-point tensors with the same shapes, with finite
 values that the storage dtype can hold (``float16`` stops at 65504). All files are
 checked first — the run id, then every file's keys, shapes and values (memory-mapped;
 this reads each file once more than the write does) — and only then is the store
@@ -18,33 +22,9 @@ from ..errors import KMAError, plural
 from ..storage.layout import Layout
 from ..storage.runids import check_run_id
 from ..storage.store import FINISHED, TrajectoryStore
+from .checkpoints import Checkpoint, describe, discover
 
 _FLOAT16_MAX = 65504.0
-
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-
-
-def _load(path: Path):
-    import torch
-
-    if not path.is_file():
-        raise KMAError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - unreadable, truncated, or not a checkpoint
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise KMAError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
-    if isinstance(obj, dict):
-        for key in _WRAPPER_KEYS:
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise KMAError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    return obj
-
 
 def ingest(
     files: Sequence[str | Path],
@@ -55,23 +35,24 @@ def ingest(
     dtype: str = "float32",
     overwrite: bool = False,
 ) -> dict:
-    """Write checkpoints ``files`` (in the order given) as snapshots of run ``run_id``."""
-    files = [Path(f) for f in files]
+    """Write the checkpoints ``files`` stand for (files, or HF folders; see
+    :mod:`.checkpoints` for the order) as snapshots of run ``run_id``."""
     if not files:
         raise KMAError("ingest: no checkpoint files given")
     check_run_id(run_id, what="--run-id")
-    first = _load(files[0])  # validate every file before the store is even opened
+    found = discover(files)
+    first = found[0].load()  # validate every checkpoint before the store is even opened
     try:
         layout = Layout.from_state_dict(first, layers)
     except KMAError as e:
-        raise KMAError(f"{files[0]}: {e}") from None
+        raise KMAError(f"{found[0].path}: {e}") from None
     if layout.size == 0:
-        raise KMAError(f"{files[0]}: no floating-point tensors to ingest")
-    _check_values(layout, first, files[0], 0, dtype)
-    for i, f in enumerate(files[1:], start=1):
-        state = _load(f)
-        _check_same(layout, state, f)
-        _check_values(layout, state, f, i, dtype)
+        raise KMAError(f"{found[0].path}: no floating-point tensors to ingest")
+    _check_values(layout, first, found[0].path, 0, dtype)
+    for i, c in enumerate(found[1:], start=1):
+        state = c.load()
+        _check_same(layout, state, c.path, found[0].path)
+        _check_values(layout, state, c.path, i, dtype)
 
     from ..storage.lease import LeaseKeeper
 
@@ -83,24 +64,25 @@ def ingest(
         holder = leases.claim(run_id)
         if holder is not None:
             raise KMAError(f"run {run_id}: being written by {holder.describe()}; try again later")
-        return _write(store, files, first, layout, run_id, layers, dtype, overwrite)
+        return _write(store, found, first, layout, run_id, layers, dtype, overwrite)
 
 
-def _write(store, files, first, layout, run_id, layers, dtype, overwrite) -> dict:
+def _write(store, found: list[Checkpoint], first, layout, run_id, layers, dtype, overwrite) -> dict:
     if overwrite:
         store.delete_run(run_id)
     writer = store.create_run(
         run_id,
         layout,
-        config={"source": "ingest", "files": [str(f) for f in files], "layers": list(layers or [])},
-        capacity=len(files),
+        config={"source": "ingest", "form": found[0].form, "files": [str(c.path) for c in found],
+                "layers": list(layers or [])},
+        capacity=len(found),
         dtype=dtype,
         extra={"sweep": "ingested"},
     )
     try:
-        for i, f in enumerate(files):
-            state = first if i == 0 else _load(f)
-            writer.append(layout.flatten(state).float().contiguous(), epoch=i, step=i)
+        for i, c in enumerate(found):
+            state = first if i == 0 else c.load()
+            writer.append(layout.flatten(state).float().contiguous(), epoch=i, step=i if c.step is None else c.step)
     except BaseException as e:
         writer.abort(f"ingest interrupted: {type(e).__name__}")
         store.delete_run(run_id)
@@ -108,7 +90,8 @@ def _write(store, files, first, layout, run_id, layers, dtype, overwrite) -> dic
             raise
         raise KMAError(f"ingest of {run_id} failed ({type(e).__name__}: {e})") from None
     writer.finish("complete")
-    return {"run_id": run_id, "n_snapshots": len(files), "n_parameters": layout.size}
+    return {"run_id": run_id, "n_snapshots": len(found), "n_parameters": layout.size, "form": found[0].form,
+            "read": describe(found)}
 
 
 def _check_values(layout: Layout, state, path: Path, index: int, dtype: str) -> None:
@@ -131,10 +114,10 @@ def _check_values(layout: Layout, state, path: Path, index: int, dtype: str) -> 
             raise KMAError(f"{path}: snapshot {index}: key {e.name!r} overflows bfloat16 (use --dtype float32)")
 
 
-def _check_same(layout: Layout, state, path: Path) -> None:
+def _check_same(layout: Layout, state, path: Path, first: Path) -> None:
     for e in layout.entries:
         if e.name not in state:
             raise KMAError(f"{path}: missing key {e.name!r} that the first checkpoint has")
         shape = tuple(state[e.name].shape)
         if shape != e.shape:
-            raise KMAError(f"{path}: key {e.name!r} has shape {shape}, the first file has {e.shape}")
+            raise KMAError(f"{path}: key {e.name!r} has shape {shape}, {first} has {e.shape}")
