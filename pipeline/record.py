@@ -322,7 +322,9 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.finish()
-        elif issubclass(exc_type, KeyboardInterrupt):
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            # stopped from outside (Ctrl-C; a Ray Tune scheduler ending the trial's process
+            # with SystemExit): what was recorded stands, the run is not a failure
             self.interrupt()
         else:
             self.fail(f"{exc_type.__name__}: {exc}")

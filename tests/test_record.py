@@ -123,6 +123,12 @@ def test_an_exception_fails_the_run_and_ctrl_c_leaves_it_interrupted(tmp_path):
         _loop(rec, epochs=2)
     assert TrajectoryStore(store).open_run("ctrl-c").n_snapshots == 3
 
+    with pytest.raises(SystemExit):      # a process told to exit (a Tune scheduler's stop): not a failure
+        with Recorder(store, "exit", tracking_uri=False) as rec:
+            _loop(rec, epochs=2)
+            raise SystemExit(0)
+    assert shown_status(TrajectoryStore(store), "exit") == "interrupted"
+
 
 def test_every_keeps_every_kth_snapshot_and_all_metrics(tmp_path):
     store = str(tmp_path / "s")

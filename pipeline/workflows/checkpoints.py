@@ -286,12 +286,8 @@ def _lightning_state(path: Path, obj) -> dict:
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state:
         raise KMAError(f"{path}: a .ckpt without a 'state_dict' (not a Lightning checkpoint)")
-    return _drop_prefix(state, "model.")
-
-
-def _drop_prefix(state: dict, prefix: str) -> dict:
-    if all(isinstance(k, str) and k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+    # the LightningModule's own names (``model.`` kept): the names KMACallback records for
+    # the same fit live, so a fit recorded and the same fit ingested have the same layers
     return state
 
 
