@@ -85,3 +85,29 @@ def test_bad_arguments():
         select_units([np.ones(3)], 1.0)
     with pytest.raises(ValueError, match="hidden layer"):
         mlp_units([3, 1])
+
+
+def test_experiment_script_tiny(tmp_path, kma_env):
+    """jobs/experiments/prune_units.py end to end on a tiny setting: every arm trains a
+    physically smaller network, and bad input is one line and exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    script = str(REPO / "jobs" / "experiments" / "prune_units.py")
+    out = tmp_path / "pu.json"
+    proc = subprocess.run(
+        [sys.executable, script, "--seeds", "1", "--tasks", "digits", "--width", "16",
+         "--epochs", "3", "--prune-epochs", "1", "--sparsities", "0.5", "--window", "6",
+         "--out", str(out)], capture_output=True, text=True, env=kma_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["tasks"]["digits"]["rows"]
+    assert [r["method"] for r in rows] == ["unpruned", "magnitude", "random", "koopman",
+                                          "koopman-layer"]
+    assert all(0.0 < r["test_acc"] <= 1.0 for r in rows)
+    assert [r["jaccard_vs_magnitude"] for r in rows[:2]] == [1.0, 1.0]
+    bad = subprocess.run([sys.executable, script, "--sparsities", "1.5"], capture_output=True,
+                         text=True, env=kma_env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("kma: error:")
+    assert "Traceback" not in bad.stderr
