@@ -24,7 +24,10 @@ keeping every unit (fresh Adam at the same epoch). All arms of a seed share the
 pre-prune trajectory. Reported: final test accuracy (digits) or test MSE (regression),
 final train loss, the Jaccard overlap of the kept units with magnitude's, and the
 forward+backward time of the pruned model on the whole training set relative to the
-unpruned one (median of interleaved repeats, in this process). Tasks: ``digits``
+unpruned one (fastest of 200 interleaved repeats, in this process) beside the ratio of
+multiply-adds; and, paired by seed and
+prune epoch, each arm's test metric minus magnitude's. ``--from JSON`` reprints the
+tables of a saved run (the timing column measured afresh). Tasks: ``digits``
 (sklearn, 64 -> 10, 1257 train / 540 test) and ``regression`` (1-D multiscale: sum of
 sines at frequencies 1, 4, 16 on [0, 1], 1024 train / 1024 test points, no noise).
 Everything is single-threaded (``torch.set_num_threads(1)``).
@@ -73,6 +76,11 @@ def task_data(name: str):
     raise SystemExit(f"kma: error: unknown task {name!r}; known: digits, regression")
 
 
+def task_sizes(args, data):
+    Xtr, ytr, _, _, cls = data
+    return [Xtr.shape[1], args.width, args.width, int(ytr.max()) + 1 if cls else ytr.shape[1]]
+
+
 def make_model(d, width, k, seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
@@ -107,9 +115,9 @@ def evaluate(model, X, y, loss_fn, classification):
             "acc": float((out.argmax(1) == y).float().mean()) if classification else None}
 
 
-def fwd_bwd_ratio(full, small, X, y, loss_fn, reps=60):
-    """Median time of forward+backward of ``small`` over that of ``full`` on ``(X, y)``,
-    interleaved so both see the same load."""
+def fwd_bwd_ratio(full, small, X, y, loss_fn, reps=200):
+    """Fastest forward+backward of ``small`` over the fastest of ``full`` on ``(X, y)``,
+    ``reps`` interleaved repeats (the minimum: least disturbed by other jobs' load)."""
     def once(m):
         m.zero_grad()
         t = time.perf_counter()
@@ -121,7 +129,7 @@ def fwd_bwd_ratio(full, small, X, y, loss_fn, reps=60):
     for _ in range(reps):
         tf.append(once(full))
         ts.append(once(small))
-    return statistics.median(ts) / statistics.median(tf)
+    return min(ts) / min(tf)
 
 
 def run_seed(task, seed, args, data):
@@ -184,6 +192,14 @@ def timing(task, args, data):
     return out
 
 
+def flop_ratio(sizes, sparsity):
+    """Multiply-adds of the pruned MLP over the full one's (hidden widths cut alike)."""
+    h = [max(1, int(round((1 - sparsity) * w))) for w in sizes[1:-1]]
+    cut = [sizes[0]] + h + [sizes[-1]]
+    return (sum(a * b for a, b in zip(cut[:-1], cut[1:]))
+            / sum(a * b for a, b in zip(sizes[:-1], sizes[1:])))
+
+
 def fmt(xs, digits=4):
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -193,11 +209,11 @@ def fmt(xs, digits=4):
     return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def table(rows, times, task):
+def table(rows, times, sizes):
     cls = rows[0]["test_acc"] is not None
     head = ("| prune epoch | sparsity | arm | test accuracy | test loss | train loss "
-            "| kept units vs magnitude (Jaccard) | fwd+bwd time vs unpruned |")
-    out = [head, "|" + " --- |" * 8]
+            "| kept units vs magnitude (Jaccard) | fwd+bwd time vs unpruned | multiply-adds vs unpruned |")
+    out = [head, "|" + " --- |" * 9]
     order = ["unpruned"] + METHODS
     keys = sorted({(r["prune_epoch"], r["sparsity"], r["method"]) for r in rows},
                   key=lambda t: (t[0], t[1], order.index(t[2])))
@@ -207,7 +223,27 @@ def table(rows, times, task):
         jac = fmt([r["jaccard_vs_magnitude"] for r in rs], 2) if m in ("random", "koopman", "koopman-layer") else ""
         tr = "1" if m == "unpruned" else f"{times[str(sp)]:.2f}"
         out.append(f"| {pe} | {sp:g} | {m} | {acc} | {fmt([r['test_loss'] for r in rs])} "
-                   f"| {fmt([r['train_loss'] for r in rs])} | {jac} | {tr} |")
+                   f"| {fmt([r['train_loss'] for r in rs])} | {jac} | {tr} "
+                   f"| {flop_ratio(sizes, sp):.2f} |")
+    return "\n".join(out)
+
+
+def paired(rows):
+    """Per sparsity, over seeds and prune epochs: koopman (and koopman-layer) minus
+    magnitude on the same seed and prune epoch, for the test metric; and in how many of
+    those pairs the Koopman arm was better."""
+    cls = rows[0]["test_acc"] is not None
+    key = "test_acc" if cls else "test_loss"
+    by = {(r["seed"], r["prune_epoch"], r["method"], r["sparsity"]): r[key] for r in rows}
+    out = ["| sparsity | arm | Δ test " + ("accuracy" if cls else "loss") + " vs magnitude "
+           "(mean ± sd over pairs) | better / worse / pairs |", "| --- | --- | --- | --- |"]
+    for sp in sorted({r["sparsity"] for r in rows if r["sparsity"] > 0}):
+        for m in ("koopman", "koopman-layer", "random"):
+            d = [by[(s, pe, m, sp)] - by[(s, pe, "magnitude", sp)]
+                 for (s, pe, mm, ss) in by if mm == m and ss == sp]
+            better = sum((x > 0) if cls else (x < 0) for x in d)
+            worse = sum((x < 0) if cls else (x > 0) for x in d)
+            out.append(f"| {sp:g} | {m} | {fmt(d)} | {better} / {worse} / {len(d)} |")
     return "\n".join(out)
 
 
@@ -222,7 +258,25 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--out", type=Path)
+    p.add_argument("--from", dest="source", type=Path,
+                   help="print the tables and the paired summary of a saved JSON; run nothing")
     args = p.parse_args(argv)
+    if args.source:
+        try:
+            saved = json.loads(args.source.read_text())["tasks"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"kma: error: cannot read {args.source}: {e}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(1)
+        for task, t in saved.items():
+            a = argparse.Namespace(**{**vars(args), **{k: v for k, v in
+                                                       json.loads(args.source.read_text())["args"].items()
+                                                       if k in ("width", "sparsities")}})
+            data = task_data(task)
+            times = timing(task, a, data)
+            print(f"\n## {task}\n\n{table(t['rows'], times, task_sizes(a, data))}\n\n"
+                  f"{paired(t['rows'])}\n")
+        return 0
     if args.seeds < 1 or args.window < 3 or args.stride < 1 or any(
             not 0 < s < 1 for s in args.sparsities) or any(
             not 1 <= e < args.epochs for e in args.prune_epochs):
@@ -238,8 +292,9 @@ def main(argv=None):
         rows = [r for s in range(args.seeds) for r in run_seed(task, s, args, data)]
         times = timing(task, args, data)
         result["tasks"][task] = {"rows": rows, "fwd_bwd_ratio": times,
-                                 "table": table(rows, times, task)}
-        print(f"\n## {task}\n\n{result['tasks'][task]['table']}\n", flush=True)
+                                 "table": table(rows, times, task_sizes(args, data))}
+        print(f"\n## {task}\n\n{result['tasks'][task]['table']}\n\n{paired(rows)}\n",
+              flush=True)
     result["wall_s"] = time.perf_counter() - t0
     print(f"total {result['wall_s']:.0f} s")
     if args.out:
