@@ -45,12 +45,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from pipeline.apps.unit_prune import (layer_ranges, mlp_units, select_units,  # noqa: E402
-                                      shrink_mlp, unit_scores)
+from pipeline.apps.unit_prune import (
+    layer_ranges,
+    mlp_units,
+    select_units,
+    shrink_mlp,
+    unit_scores,
+)
 
 METHODS = ["magnitude", "random", "koopman", "koopman-layer"]
 

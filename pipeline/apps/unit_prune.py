@@ -33,8 +33,15 @@ from torch import nn
 
 from .prune import window_fit
 
-__all__ = ["mlp_units", "layer_ranges", "predict_weights", "unit_norms", "unit_scores",
-           "select_units", "shrink_mlp"]
+__all__ = [
+    "layer_ranges",
+    "mlp_units",
+    "predict_weights",
+    "select_units",
+    "shrink_mlp",
+    "unit_norms",
+    "unit_scores",
+]
 
 
 def _linears(model: nn.Sequential) -> list[nn.Linear]:
