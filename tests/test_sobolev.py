@@ -217,3 +217,25 @@ def test_wiener_target_removes_white_noise_and_keeps_strong_lines():
     before = float((noisy - clean).norm() / clean.norm())
     after = float((filt.reshape(-1).double() - clean).norm() / clean.norm())
     assert before > 1.5 and after < 0.15 * before
+
+
+def test_scales_experiment_case_runs_and_reports_every_method_per_scale():
+    """Smoke test of jobs/experiments/sobolev_scales.py: a few epochs of one case."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "jobs" / "experiments" / "sobolev_scales.py"
+    spec = importlib.util.spec_from_file_location("sobolev_scales", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.set_num_threads(1)
+    r = mod.run_case("pink", 2.0, seed=0, epochs=4, every=2)
+    assert set(r["methods"]) == {"mse", "mse_es", "mse_wd", "wiener", "hm0.5", "hm1", "hm2"}
+    for m in r["methods"].values():
+        assert set(m["final"]) == {"total", "f1", "f4", "f16", "f48", "above"}
+        assert all(math.isfinite(v) and v >= 0 for v in m["final"].values())
+    assert r["methods"]["mse_wd"]["wd"] in mod.WDS
+    assert r["methods"]["mse_es"]["epoch"] in (0, 2, 4)
+    # untrained nets on a noisy target are far from the clean signal
+    assert r["methods"]["mse"]["final"]["total"] > 0.3
+    table = mod.tables([r])
+    assert "| H^-1, last epoch |" in table and "pink 2×" in table

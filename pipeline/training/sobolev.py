@@ -203,10 +203,13 @@ def wiener_target(y: torch.Tensor, noise_quantile_from: float = 0.5) -> torch.Te
     """A Wiener-filtered copy of a signal ``y`` (``(n,)`` or ``(n, 1)``) on a uniform grid,
     under a *white*-noise model whose level is estimated from the data.
 
-    The noise power per rfft bin, N, is the median of |ŷ_k|² over the bins
+    The noise power per rfft bin, N, is estimated as median/ln 2 of |ŷ_k|² over the bins
     ``k >= noise_quantile_from · n/2`` (the upper half of the spectrum by default, where
-    a band-limited signal has almost no power); each bin is kept with the gain
-    ``max(0, 1 − N / |ŷ_k|²)``. Coloured noise breaks the model (its low-frequency power
+    a band-limited signal has almost no power; a white-noise bin's power is exponential,
+    whose mean is its median/ln 2); each bin is kept with the gain
+    ``max(0, 1 − α N / |ŷ_k|²)``, α = ln(n/2): spectral subtraction over-subtracted so
+    that a pure-noise bin passes with probability e^-α = 2/n (the plain Wiener gain,
+    α = 1, lets a third of the noise bins through). Coloured noise breaks the model (its low-frequency power
     passes through): the filter is a baseline that knows as much as the user would.
     """
     flat = y.detach().reshape(-1).double()
@@ -214,7 +217,8 @@ def wiener_target(y: torch.Tensor, noise_quantile_from: float = 0.5) -> torch.Te
     spec = torch.fft.rfft(flat)
     power = spec.abs() ** 2
     start = int(noise_quantile_from * (n // 2))
-    noise = power[start:].median()
-    gain = (1.0 - noise / power.clamp_min(1e-300)).clamp_min(0.0)
+    noise = power[start:].median() / math.log(2.0)
+    alpha = math.log(max(n // 2, 2))
+    gain = (1.0 - alpha * noise / power.clamp_min(1e-300)).clamp_min(0.0)
     out = torch.fft.irfft(gain * spec, n=n)
     return out.to(y.dtype).reshape(y.shape)
