@@ -240,8 +240,11 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="print the tables of --out; no training")
     a = ap.parse_args(argv)
     if a.merge:
-        a.out.write_text(json.dumps(sum((json.loads(p.read_text()) for p in a.merge), []),
-                                    indent=1))
+        merged: dict = {}                   # one result per (noise, level, seed): first wins
+        for p in a.merge:
+            for r in json.loads(p.read_text()):
+                merged.setdefault((r["kind"], r["level"], r["seed"]), r)
+        a.out.write_text(json.dumps(list(merged.values()), indent=1))
         a.table = True
     if a.table:
         print(tables(json.loads(a.out.read_text())))
