@@ -33,6 +33,7 @@ the grid axis 0, channels are averaged.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -190,7 +191,7 @@ def band_errors(pred: torch.Tensor, clean: torch.Tensor,
     pc = mult * torch.fft.rfft(c).abs() ** 2
     total = float(pc.sum())
     out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         band = (k >= lo) & (k < hi)
         den = float(pc[band].sum())
         if den <= 1e-9 * total:  # no clean power here (float32 round-off aside)
