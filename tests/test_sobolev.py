@@ -177,3 +177,65 @@ def test_training_steps_full_batch_in_grid_order_and_logs_clean_error():
         pred = model(task.grid)
     ref = float(np.linalg.norm((pred - task.clean).numpy()) / np.linalg.norm(task.clean.numpy()))
     assert res.history["clean_error"][-1] == pytest.approx(ref, rel=1e-5)
+
+
+def test_band_errors_match_a_dense_dft_and_split_in_band_from_fitted_noise():
+    from pipeline.training.sobolev import band_errors
+    n = 256
+    x = torch.arange(n, dtype=torch.float64) / n
+    clean = torch.sin(2 * torch.pi * 3 * x) + 0.5 * torch.cos(2 * torch.pi * 20 * x + 0.3)
+    # error: 10% of the f=3 component (in phase), none at 20, noise of std 0.1 at f=60
+    err = 0.1 * torch.sin(2 * torch.pi * 3 * x) + 0.1 * 2 ** 0.5 * torch.sin(2 * torch.pi * 60 * x)
+    pred = (clean + err).float()                       # float32 in, float64 inside
+    got = band_errors(pred, clean.float(), [0, 10, 40, n // 2 + 1])
+    # dense float64 reference: the DFT as a matrix
+    j = torch.arange(n, dtype=torch.float64)
+    F = torch.exp(-2j * torch.pi * torch.outer(j, j) / n)
+    E, C = F @ (pred.double() - clean).to(F.dtype), F @ clean.to(F.dtype)
+    kk = torch.minimum(j, n - j)                       # |k| of each full-FFT bin
+    def rel(lo, hi, whole=False):
+        b = (kk >= lo) & (kk < hi)
+        den = C.abs().pow(2).sum() if whole else C[b].abs().pow(2).sum()
+        return float((E[b].abs().pow(2).sum() / den).sqrt())
+    assert got[0] == pytest.approx(rel(0, 10), rel=1e-5)
+    assert got[0] == pytest.approx(0.1, rel=1e-4)      # 10% of the f=3 component
+    assert got[1] == pytest.approx(0.0, abs=1e-6)      # nothing wrong at 20
+    # band 40..128 has no clean power: error relative to the whole clean norm
+    assert got[2] == pytest.approx(rel(40, n // 2 + 1, whole=True), rel=1e-5)
+    assert got[2] == pytest.approx(0.1 / float(clean.pow(2).mean().sqrt()), rel=1e-4)
+
+
+def test_wiener_target_removes_white_noise_and_keeps_strong_lines():
+    from pipeline.training.sobolev import wiener_target
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    x = torch.arange(n, dtype=torch.float64) / n
+    clean = torch.sin(2 * torch.pi * 2 * x) + 0.5 * torch.sin(2 * torch.pi * 9 * x)
+    noisy = clean + 1.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    filt = wiener_target(noisy.float().unsqueeze(1))
+    assert filt.shape == (n, 1) and filt.dtype == torch.float32
+    before = float((noisy - clean).norm() / clean.norm())
+    after = float((filt.reshape(-1).double() - clean).norm() / clean.norm())
+    assert before > 1.5 and after < 0.15 * before
+
+
+def test_scales_experiment_case_runs_and_reports_every_method_per_scale():
+    """Smoke test of jobs/experiments/sobolev_scales.py: a few epochs of one case."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "jobs" / "experiments" / "sobolev_scales.py"
+    spec = importlib.util.spec_from_file_location("sobolev_scales", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.set_num_threads(1)
+    r = mod.run_case("pink", 2.0, seed=0, epochs=4, every=2)
+    assert set(r["methods"]) == {"mse", "mse_es", "mse_wd", "wiener", "hm0.5", "hm1", "hm2"}
+    for m in r["methods"].values():
+        assert set(m["final"]) == {"total", "f1", "f4", "f16", "f48", "above"}
+        assert all(math.isfinite(v) and v >= 0 for v in m["final"].values())
+    assert r["methods"]["mse_wd"]["wd"] in mod.WDS
+    assert r["methods"]["mse_es"]["epoch"] in (0, 2, 4)
+    # untrained nets on a noisy target are far from the clean signal
+    assert r["methods"]["mse"]["final"]["total"] > 0.3
+    table = mod.tables([r])
+    assert "| H^-1, last epoch |" in table and "pink 2×" in table
