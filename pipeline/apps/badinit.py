@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..koopman import KoopmanDMD
 
@@ -205,6 +206,15 @@ def weight_features(Y, layout, lr: float | None = None) -> dict:
     "motion_min", "growth_max"}`` — weight tensors (ndim ≥ 2; fan_in = the product of the
     trailing dimensions) for the gain, every layer for growth and motion.
     """
+    # one BLAS thread: the norms are of one layer's slice (10^5-10^6 values), which a
+    # multithreaded OpenBLAS dot splits across every core; on a loaded machine its
+    # threads wait for cores (0.35 s of a 1 GB analysis at load 13, 0.06 s with one),
+    # and one thread gives the same sum whatever the core count
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _weight_features(Y, layout, lr)
+
+
+def _weight_features(Y, layout, lr):
     Y = np.asarray(Y)
     K = Y.shape[0]
     # only the first and last snapshots enter: convert those two, not all K (K × P float64)

@@ -21,19 +21,36 @@ import X`` works whichever module defines ``X``:
 - :mod:`.loading` — ``load``/``validate``, overrides, error messages, name checks.
 """
 
-# The private names are re-exported too (a pure move: nothing that imported them breaks).
-from .base import (FloatGrid, IntGrid, NameGrid, _as_list, _grid_check, _is_kind, _KIND_NAMES,  # noqa: F401
-                   _show, _Strict)
-from .tasks import BlobsTask, DigitsTask, MultiscaleTask, TaskConfig
-from .losses import (GRID_LOSSES, GRID_TASKS, LOSS_SPECS, LossGrid, LossSpec, LossValue, SobolevLossSpec,
-                     _loss_entry, _loss_grid_check, loss_label, loss_name)  # noqa: F401
-from .grids import ModelGrid, OptimizerGrid
-from .analysis import _RANK_ARGS, RELIABLE_RESIDUAL, AnalysisParams  # noqa: F401
-from .policies import AccelerateConfig, FreezeConfig, OnBadInit, PruneConfig, Resources, SnapshotPolicy, StopPolicy
-from .sweep import (EXECUTION_ONLY, MAX_GRID, MAX_NAME, MAX_SEEDS, SweepConfig, Variant, _axes, expand,
-                    flatten_dict, grid_size, identity, resolved_dict, variant_params)  # noqa: F401
-from .loading import (_TAGS, _TYPE_ERRORS, _check_axes, _check_finite, _check_grid_losses, _format_error,
-                      _is_tag, _merge, check_names, load, parse_overrides, validate)  # noqa: F401
+# Every name is imported from its module on first use (PEP 562), so that importing one
+# model (``from pipeline.config import AnalysisParams``, as ``kma analyze`` does) loads its
+# module only and not every schema of the package. The private names are re-exported too
+# (a pure move: nothing that imported them breaks).
+import importlib as _importlib
+
+_HOME = {
+    **dict.fromkeys(('FloatGrid', 'IntGrid', 'NameGrid', '_as_list', '_grid_check', '_is_kind', '_KIND_NAMES', '_show', '_Strict'), "base"),
+    **dict.fromkeys(('BlobsTask', 'DigitsTask', 'MultiscaleTask', 'TaskConfig'), "tasks"),
+    **dict.fromkeys(('GRID_LOSSES', 'GRID_TASKS', 'LOSS_SPECS', 'LossGrid', 'LossSpec', 'LossValue', 'SobolevLossSpec', '_loss_entry', '_loss_grid_check', 'loss_label', 'loss_name'), "losses"),
+    **dict.fromkeys(('ModelGrid', 'OptimizerGrid'), "grids"),
+    **dict.fromkeys(('_RANK_ARGS', 'RELIABLE_RESIDUAL', 'AnalysisParams'), "analysis"),
+    **dict.fromkeys(('AccelerateConfig', 'FreezeConfig', 'OnBadInit', 'PruneConfig', 'Resources', 'SnapshotPolicy', 'StopPolicy'), "policies"),
+    **dict.fromkeys(('EXECUTION_ONLY', 'MAX_GRID', 'MAX_NAME', 'MAX_SEEDS', 'SweepConfig', 'Variant', '_axes', 'expand', 'flatten_dict', 'grid_size', 'identity', 'resolved_dict', 'variant_params'), "sweep"),
+    **dict.fromkeys(('_TAGS', '_TYPE_ERRORS', '_check_axes', '_check_finite', '_check_grid_losses', '_format_error', '_is_tag', '_merge', 'check_names', 'load', 'parse_overrides', 'validate'), "loading"),
+}
+
+
+def __getattr__(name):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "AccelerateConfig", "AnalysisParams", "FreezeConfig", "BlobsTask", "DigitsTask", "EXECUTION_ONLY", "FloatGrid",

@@ -29,7 +29,6 @@ from ..storage.remote import StoreUnreachable
 from ..storage.runids import check_run_id, is_valid
 from ..storage.store import Run, TrajectoryStore
 from ..results import is_outdated, list_analyses, load_results, outdated_analyses  # noqa: F401 - re-exported
-from .sync import analysis_times
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +448,7 @@ def _figures(run: Run, est: KoopmanDMD, params: AnalysisParams, out: Path, verdi
 
 def _register(tracker, run: Run, params: AnalysisParams, est: KoopmanDMD, figs: list[Path],
               verdict=None) -> None:
-    from .sync import register_analysis
+    from .sync import analysis_times, register_analysis
 
     register_analysis(tracker, run, params.analysis_id, params.key(), est.results_, figs,
                       n_snapshots=est.n_snapshots_, store=run.store.location,

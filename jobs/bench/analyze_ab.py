@@ -1,0 +1,112 @@
+"""Whole-process A/B of ``kma analyze --no-mlflow`` (default flags) against a read pass.
+
+Alternates, ``--reps`` times, three child processes on one stored run from the page
+cache: the read pass (``dask.array.from_zarr(weights).sum()``), ``kma analyze`` of the
+code in ``--before`` (a ``git archive`` of an earlier commit's ``pipeline/``, imported
+first by running there) and of this checkout; reports wall seconds and each child's CPU
+seconds (its ``wait4`` rusage), their median ratios, the load average, and whether the
+two analyses' JSON rows are identical (the verdicts' differing leaves listed).
+
+    python jobs/bench/analyze_ab.py --dir DIR --write          # 80 x 3M float32 store, once
+    git archive <commit> pipeline | tar -x -C BEFORE
+    python jobs/bench/analyze_ab.py --dir DIR --before BEFORE --reps 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", required=True, help="folder holding the store (DIR/real)")
+    p.add_argument("--write", action="store_true", help="write the realistic trajectory first")
+    p.add_argument("--T", type=int, default=80)
+    p.add_argument("--P", type=int, default=3_000_000)
+    p.add_argument("--noise", type=float, default=1e-6)
+    p.add_argument("--before", help="a folder holding an earlier commit's pipeline/ (git archive)")
+    p.add_argument("--reps", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def write(url, T, P, noise):
+    sys.path.insert(0, str(ROOT / "jobs" / "bench"))
+    from analyze_vs_read import five_mode_rows, layout_of
+    from pipeline.storage.store import TrajectoryStore
+
+    w = TrajectoryStore(url).create_run("real", layout_of(P, 10), capacity=T)
+    for t, row in enumerate(five_mode_rows(T, P, noise)):
+        w.append(row, epoch=t)
+    w.finish("complete")
+
+
+def child(cmd, cwd):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed: {p.stderr.read().decode()[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime
+
+
+def differing(x, y, path=""):
+    if isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y):
+        return [d for k in x for d in differing(x[k], y[k], f"{path}.{k}")]
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        return [d for i, (u, v) in enumerate(zip(x, y)) for d in differing(u, v, f"{path}[{i}]")]
+    return [] if x == y else [(path, x, y)]
+
+
+def main(argv=None):
+    args = parse(argv)
+    d = Path(args.dir).resolve()
+    url = str(d / "real")
+    if args.write:
+        write(url, args.T, args.P, args.noise)
+    arr = f"{url}/runs/real/weights"
+    py = sys.executable
+    kma = [py, "-m", "pipeline.cli", "analyze", "--store", url, "--no-mlflow", "--json"]
+    cmds = {"read": ([py, "-c", f"import dask.array as da; da.from_zarr({arr!r}).sum().compute()"], ROOT)}
+    if args.before:
+        cmds["before"] = (kma + [str(d / "before.json")], Path(args.before).resolve())
+    cmds["now"] = (kma + [str(d / "now.json")], ROOT)
+    child(*cmds["read"])                                           # warm the page cache
+    wall = {k: [] for k in cmds}
+    cpu = {k: [] for k in cmds}
+    load0 = os.getloadavg()[0]
+    for _ in range(args.reps):
+        for k, c in cmds.items():
+            w, u = child(*c)
+            wall[k].append(round(w, 2))
+            cpu[k].append(round(u, 2))
+    med = lambda d, k: statistics.median(d[k])
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    for k in cmds:
+        print(f"{k:7s} wall {wall[k]}  cpu {cpu[k]}")
+    for k in cmds:
+        if k != "read":
+            print(f"{k} / read: wall {med(wall, k) / med(wall, 'read'):.2f}x (min-based "
+                  f"{min(wall[k]) / min(wall['read']):.2f}x), cpu {med(cpu, k) / med(cpu, 'read'):.2f}x")
+    if args.before:
+        print(f"now / before: wall {med(wall, 'now') / med(wall, 'before'):.2f}x, "
+              f"cpu {med(cpu, 'now') / med(cpu, 'before'):.2f}x")
+        a, b = (json.loads((d / f"{n}.json").read_text()) for n in ("before", "now"))
+        for key in ("runs", "verdicts"):
+            diff = differing(a.get(key), b.get(key))
+            print(f"{key}: {'identical' if not diff else f'{len(diff)} leaves differ'}")
+            for p, x, y in diff[:12]:
+                rel = abs(x - y) / abs(x) if isinstance(x, float) and isinstance(y, float) and x else None
+                print(f"  {p}: {x} -> {y}" + (f" (relative {rel:.1e})" if rel is not None else ""))
+
+
+if __name__ == "__main__":
+    main()
