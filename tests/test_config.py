@@ -93,3 +93,14 @@ def test_resolved_config_round_trips(tiny_config):
     v = config.expand(config.load(tiny_config()))[0]
     again = config.Variant.model_validate(yaml.safe_load(yaml.safe_dump(v.model_dump(mode="json"))))
     assert again.run_id == v.run_id
+
+
+def test_every_config_name_resolves_from_its_home_module():
+    """``pipeline.config`` loads names lazily from a table: every exported name is in the
+    table and resolves to the object its module defines (a name added to ``__all__`` but
+    not to the table would fail here, not in a user's import)."""
+    import importlib
+
+    assert set(config.__all__) <= set(config._HOME)
+    for name, home in config._HOME.items():
+        assert getattr(config, name) is getattr(importlib.import_module(f"pipeline.config.{home}"), name), name
