@@ -223,6 +223,10 @@ def test_transition_depth_is_where_extra_depth_stops_halving_the_error():
     # flat from the start; a stricter gain moves it
     assert transition_depth([1, 2, 3], [1.0, 0.6, 0.55]) == 1
     assert transition_depth([1, 2, 3], [1.0, 0.6, 0.55], gain=0.3) == 2
+    # below the floor, halving does not count
+    assert transition_depth([1, 2, 3, 4], [1e-4, 4e-5, 1.5e-5, 5e-6]) == 4
+    assert transition_depth([1, 2, 3, 4], [1e-4, 4e-5, 1.5e-5, 5e-6], floor=1e-3) == 1
+    assert transition_depth([1, 2, 3, 4], [0.5, 2e-3, 5e-5, 1e-5], floor=1e-3) == 2
     # error rising with depth: the shallowest
     assert transition_depth([2, 4, 6], [0.1, 0.2, 0.3]) == 2
     with pytest.raises(KMAError):
