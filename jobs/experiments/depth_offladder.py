@@ -136,6 +136,8 @@ def run(args) -> list:
               f"Fourier {rec.fourier['depth']} | transition mlp {row['mlp']['transition']} "
               f"hier@detected {row['hier@detected']['transition']}", flush=True)
         rows.append(row)
+        if args.json:                     # after each target: a cut-short run keeps its rows
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -251,8 +253,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t0 = time.process_time()
     rows = run(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     _report(rows, args.figure)
     print(f"{args.targets} targets x depths 1-{args.max_depth} x {args.seeds} seeds x 2 models, "
           f"{args.steps} steps: {time.process_time() - t0:.0f} s CPU")
