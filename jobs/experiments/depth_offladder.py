@@ -121,14 +121,14 @@ def run(args) -> list:
                "dmd_freqs": sorted(1.0 / p for p in rec.scales), "depths": depths}
         for name in ("mlp", "hier@detected"):
             errs = np.zeros((args.seeds, len(depths)))
-            for s in range(args.seeds):
+            for si, s in enumerate(range(args.seed_offset, args.seed_offset + args.seeds)):
                 for j, d in enumerate(depths):
                     torch.manual_seed(s)
                     if name == "mlp":
                         model, xin = build_model("mlp", 1, 1, d, args.width, "tanh"), 2 * t["x"] - 1
                     else:
                         model, xin = StageStack(stage_freqs(rec.scales, d)), t["x"]
-                    errs[s, j] = train(model, xin, t["y"], ~t["test"], args.steps, args.lr)
+                    errs[si, j] = train(model, xin, t["y"], ~t["test"], args.steps, args.lr)
             mean = errs.mean(0)
             row[name] = {"errors": errs.tolist(), "mean": mean.tolist(),
                          "transition": transition_depth(depths, mean, GAIN)}
@@ -222,6 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=int, default=20)
     ap.add_argument("--first", type=int, default=0, help="index of the first target (to split a run)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed-offset", type=int, default=0, help="first torch seed (to add seeds later)")
     ap.add_argument("--max-depth", type=int, default=6)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--steps", type=int, default=1500)
@@ -239,14 +240,21 @@ def main(argv=None) -> int:
               "and --lr > 0", file=sys.stderr)
         return 2
     if args.from_json:
-        rows = []
+        by_target: dict = {}
         for f in args.from_json:
             try:
-                rows += json.loads(Path(f).read_text())
+                for r in json.loads(Path(f).read_text()):
+                    if r["target"] not in by_target:
+                        by_target[r["target"]] = r
+                        continue
+                    for name in ("mlp", "hier@detected"):   # more seeds of the same target
+                        m = by_target[r["target"]][name]
+                        m["errors"] += r[name]["errors"]
+                        m["mean"] = np.mean(m["errors"], axis=0).tolist()
             except (OSError, ValueError) as e:
                 print(f"kma: error: cannot read {f}: {e}", file=sys.stderr)
                 return 2
-        rows.sort(key=lambda r: r["target"])
+        rows = [by_target[k] for k in sorted(by_target)]
         print(f"{len(rows)} targets, {len(rows[0]['mlp']['errors'])} seeds, from {' '.join(args.from_json)}")
         _report(rows, args.figure)
         return 0
