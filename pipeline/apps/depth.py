@@ -109,6 +109,30 @@ def filter_scales(scales, decay: float = DECAY) -> list:
     return out
 
 
+def transition_depth(depths, errors, gain: float = 0.5, floor: float = 0.0) -> int:
+    """Where the error against depth stops falling: the smallest depth ``d`` after which
+    no deeper depth lowers the error by more than the fraction ``gain`` (default 0.5:
+    extra depth never halves it), i.e. ``min(errors[d' > d]) >= (1 - gain) * errors[d]``.
+    ``depths`` ascending, ``errors`` (positive, e.g. mean test MSE over seeds) aligned with
+    them; the deepest depth is the answer when every step gains. Errors below ``floor``
+    count as ``floor`` (halving an error that is already negligible is no gain)."""
+    d = [int(v) for v in depths]
+    e = np.asarray(errors, dtype=np.float64)
+    if not floor >= 0:
+        raise KMAError(f"floor must be >= 0, got {floor}")
+    e = np.maximum(e, floor)
+    if len(d) == 0 or e.shape != (len(d),):
+        raise KMAError(f"need one error per depth, got {len(d)} depths and shape {e.shape}")
+    if any(b <= a for a, b in zip(d, d[1:])):
+        raise KMAError(f"depths must be strictly ascending, got {d}")
+    if not (0 < gain < 1) or not np.all(np.isfinite(e)):
+        raise KMAError("gain must be in (0, 1) and errors finite")
+    for i in range(len(d)):
+        if i == len(d) - 1 or e[i + 1:].min() >= (1 - gain) * e[i]:
+            return d[i]
+    return d[-1]
+
+
 def recommend_depth(y, dx: float | None = None, *, decay: float = DECAY,
                     rel_amplitude: float = REL_AMPLITUDE, residual_tol: float = RESIDUAL_TOL,
                     delays: int | None = None) -> DepthResult:

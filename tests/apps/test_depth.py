@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.apps.depth import filter_scales, recommend_depth
+from pipeline.errors import KMAError
 from pipeline.cli import main
 from pipeline.training.models import HIER_RATIO, build_model
 
@@ -210,3 +211,27 @@ def test_hier_stage_k_sees_period_ratio_to_the_minus_k():
     names = [n for n, _ in m2.named_parameters()]
     assert names == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
                      "out.weight", "out.bias"]
+
+
+def test_transition_depth_is_where_extra_depth_stops_halving_the_error():
+    from pipeline.apps.depth import transition_depth
+
+    # a drop at 3, then flat (noise within 2x): the transition is 3
+    assert transition_depth([1, 2, 3, 4, 5], [1.0, 0.9, 1e-3, 8e-4, 1.1e-3]) == 3
+    # a late second drop counts: depth 2 is not the transition because depth 5 is 10x lower
+    assert transition_depth([1, 2, 3, 4, 5], [1.0, 0.1, 0.1, 0.1, 0.01]) == 5
+    # flat from the start; a stricter gain moves it
+    assert transition_depth([1, 2, 3], [1.0, 0.6, 0.55]) == 1
+    assert transition_depth([1, 2, 3], [1.0, 0.6, 0.55], gain=0.3) == 2
+    # below the floor, halving does not count
+    assert transition_depth([1, 2, 3, 4], [1e-4, 4e-5, 1.5e-5, 5e-6]) == 4
+    assert transition_depth([1, 2, 3, 4], [1e-4, 4e-5, 1.5e-5, 5e-6], floor=1e-3) == 1
+    assert transition_depth([1, 2, 3, 4], [0.5, 2e-3, 5e-5, 1e-5], floor=1e-3) == 2
+    # error rising with depth: the shallowest
+    assert transition_depth([2, 4, 6], [0.1, 0.2, 0.3]) == 2
+    with pytest.raises(KMAError):
+        transition_depth([1, 2], [1.0])
+    with pytest.raises(KMAError):
+        transition_depth([2, 1], [1.0, 0.5])
+    with pytest.raises(KMAError):
+        transition_depth([1, 2], [1.0, 0.5], gain=1.5)
