@@ -5,11 +5,16 @@ cache: the read pass (``dask.array.from_zarr(weights).sum()``), ``kma analyze`` 
 code in ``--before`` (a ``git archive`` of an earlier commit's ``pipeline/``, imported
 first by running there) and of this checkout; reports wall seconds and each child's CPU
 seconds (its ``wait4`` rusage), their median ratios, the load average, and whether the
-two analyses' JSON rows are identical (the verdicts' differing leaves listed).
+two analyses' JSON rows are identical (the verdicts' differing leaves listed). Each
+analysis replaces the run's previous one of the same id (deleting it once the new one
+is whole); ``--first`` adds a fourth child, this checkout's analysis with the run's
+analyses removed just before it (untimed), so that it is the run's first (nothing to
+delete).
 
     python jobs/bench/analyze_ab.py --dir DIR --write          # 80 x 3M float32 store, once
     git archive <commit> pipeline | tar -x -C BEFORE
     python jobs/bench/analyze_ab.py --dir DIR --before BEFORE --reps 5
+    python jobs/bench/analyze_ab.py --dir DIR --reps 7 --first   # replace vs first analysis
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ def parse(argv=None):
     p.add_argument("--noise", type=float, default=1e-6)
     p.add_argument("--before", help="a folder holding an earlier commit's pipeline/ (git archive)")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--sync", action="store_true",
+                   help="os.sync() before each child (untimed): no child waits on the last one's writeback")
+    p.add_argument("--first", action="store_true",
+                   help="also time this checkout's analysis as the run's first (analyses removed, untimed)")
     return p.parse_args(argv)
 
 
@@ -48,7 +57,9 @@ def write(url, T, P, noise):
     w.finish("complete")
 
 
-def child(cmd, cwd):
+def child(cmd, cwd, flush=False):
+    if flush:   # the previous child's writes go to disk now, not inside this child's time
+        os.sync()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
@@ -56,6 +67,17 @@ def child(cmd, cwd):
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd} failed: {p.stderr.read().decode()[-2000:]}")
     return wall, ru.ru_utime + ru.ru_stime
+
+
+def clear_analyses(url):
+    """Remove every analysis of the stored run ``real`` (both slots), then flush the
+    deletions to disk, so that none of that work falls inside the next timed child."""
+    from pipeline.storage.store import TrajectoryStore
+
+    run = TrajectoryStore(url).open_run("real")
+    for aid in run.list_analyses():
+        run.delete_analysis(aid)
+    os.sync()
 
 
 def differing(x, y, path=""):
@@ -79,23 +101,32 @@ def main(argv=None):
     if args.before:
         cmds["before"] = (kma + [str(d / "before.json")], Path(args.before).resolve())
     cmds["now"] = (kma + [str(d / "now.json")], ROOT)
+    if args.first:
+        cmds["first"] = (kma + [str(d / "first.json")], ROOT)
     child(*cmds["read"])                                           # warm the page cache
     wall = {k: [] for k in cmds}
     cpu = {k: [] for k in cmds}
     load0 = os.getloadavg()[0]
     for _ in range(args.reps):
         for k, c in cmds.items():
-            w, u = child(*c)
+            if k == "first":
+                clear_analyses(url)
+            w, u = child(*c, flush=args.sync)
             wall[k].append(round(w, 2))
             cpu[k].append(round(u, 2))
     med = lambda d, k: statistics.median(d[k])
-    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}" + ("; os.sync() before each child" if args.sync else ""))
     for k in cmds:
         print(f"{k:7s} wall {wall[k]}  cpu {cpu[k]}")
     for k in cmds:
         if k != "read":
             print(f"{k} / read: wall {med(wall, k) / med(wall, 'read'):.2f}x (min-based "
                   f"{min(wall[k]) / min(wall['read']):.2f}x), cpu {med(cpu, k) / med(cpu, 'read'):.2f}x")
+    if args.first:
+        print(f"first / now: wall {med(wall, 'first') / med(wall, 'now'):.2f}x, "
+              f"cpu {med(cpu, 'first') / med(cpu, 'now'):.2f}x (a first analysis / one replacing the last)")
+        a, b = (json.loads((d / f"{n}.json").read_text()) for n in ("now", "first"))
+        print(f"first vs now runs: {'identical' if not differing(a.get('runs'), b.get('runs')) else 'differ'}")
     if args.before:
         print(f"now / before: wall {med(wall, 'now') / med(wall, 'before'):.2f}x, "
               f"cpu {med(cpu, 'now') / med(cpu, 'before'):.2f}x")
