@@ -203,7 +203,8 @@ def figure(rows, path) -> None:
         ax.plot([0.5, hi + 0.5], [0.5, hi + 0.5], "k:", lw=1, label="recommended = transition")
         ax.set_xlabel("recommended depth (a priori)")
         ax.set_ylabel("measured transition depth")
-        ax.set_title(f"{name}: {len(rows)} random targets (points jittered)", fontsize=10)
+        ax.set_title(f"{name}: {len(rows)} targets, {len(rows[0][name]['errors'])}-seed mean "
+                     "(jittered)", fontsize=10)
         ax.set_xlim(0.5, hi + 0.5)
         ax.set_ylim(0.5, rows[0]["depths"][-1] + 0.5)
         ax.set_xticks(range(1, hi + 1))
