@@ -74,6 +74,14 @@ LOSSES = ("train_loss", "val_loss")   # the metrics the verdicts read; non-finit
 __all__ = ["Recorder", "DTYPES", "LOSSES"]
 
 
+def positive_int(value, what: str) -> int:
+    """``value`` when it is an integer >= 1 (not a bool), else one :class:`KMAError` line
+    naming ``what``: the check every counting option here and in the integrations uses."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KMAError(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
 class Recorder:
     """Streams a user's training loop into the trajectory store as one run (see the
     module docstring for the interface)."""
@@ -87,8 +95,7 @@ class Recorder:
         self.run_id = check_run_id(run_id, what="run id")
         if dtype not in DTYPES:
             raise KMAError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise KMAError(f"every must be an integer >= 1, got {every!r}")
+        positive_int(every, "every")
         if isinstance(layers, str) and layers != "all":
             layers = [layers]
         if layers != "all" and (not layers or not all(isinstance(x, str) for x in layers)):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from ..record import positive_int  # noqa: F401 - the integrations' counting options, checked as the Recorder's
+
 # logged names taken for the verdicts' losses, first found wins (a mapping given to a
 # callback's ``losses`` replaces these)
 LOSS_NAMES = {
@@ -43,14 +45,6 @@ def with_losses(logged: Mapping, losses: Mapping[str, str] | None = None) -> dic
                 out[target] = out[name]
                 break
     return out
-
-
-def positive_int(value, what: str) -> int:
-    from ..errors import KMAError
-
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise KMAError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def stop_record(verdict: dict, epoch: int, snapshot: int) -> dict:
