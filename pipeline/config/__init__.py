@@ -52,12 +52,5 @@ def __dir__():
     return sorted(set(globals()) | set(_HOME))
 
 
-__all__ = [
-    "AccelerateConfig", "AnalysisParams", "FreezeConfig", "BlobsTask", "DigitsTask", "EXECUTION_ONLY", "FloatGrid",
-    "GRID_LOSSES", "GRID_TASKS", "IntGrid", "LOSS_SPECS", "LossGrid", "LossSpec", "LossValue",
-    "MAX_GRID", "MAX_NAME", "MAX_SEEDS", "ModelGrid", "MultiscaleTask", "NameGrid", "OnBadInit",
-    "OptimizerGrid", "PruneConfig", "RELIABLE_RESIDUAL", "Resources", "SnapshotPolicy",
-    "SobolevLossSpec", "StopPolicy", "SweepConfig", "TaskConfig", "Variant", "check_names", "expand",
-    "flatten_dict", "grid_size", "identity", "load", "loss_label", "loss_name", "parse_overrides",
-    "resolved_dict", "validate", "variant_params",
-]
+# the public names are the table's: a name is added once, to _HOME
+__all__ = sorted(n for n in _HOME if not n.startswith("_"))
