@@ -483,7 +483,7 @@ def detect_run_v3(run, snapshots: int | None = None, *, rows=None, **rule) -> di
     array when the caller already holds it, else read), layout, learning rate, the
     training losses of those epochs (:func:`run_losses`) and its chance level
     (:func:`run_chance`)."""
-    n = run.n_snapshots if snapshots is None else min(int(snapshots), run.n_snapshots)
+    n = min(run.n_snapshots, DEFAULT_SNAPSHOTS if snapshots is None else int(snapshots))
     if n < MIN_SNAPSHOTS:
         return {**detect_run(run, snapshots, **rule), "bad_init_version": 3}
     Y = np.asarray(rows)[:n] if rows is not None else first_snapshots(run, n)[0]

@@ -258,3 +258,22 @@ def test_v3_on_a_real_training(init, bad):
     Y, layout, lr, losses, chance = _trained(init)
     d = detect_v3(Y, layout, lr, train_loss=losses, chance=chance)
     assert d["bad_init"] is bad, (d["bad_init_reasons"], d["loss_features"])
+
+
+def test_v3_on_a_stored_run_reads_its_first_six_snapshots_and_their_epochs_losses(tmp_path):
+    """``detect_run_v3``: K = 6 by default (not every snapshot), the losses of epochs 1-5,
+    the chance level the training recorded; rows handed in (the analysis' first rows) give
+    the same verdict as rows read back."""
+    from pipeline.apps.badinit import detect_run_v3, run_chance
+
+    v = config.expand(config.validate({**TINY_TRAIN, "init": "zeros", "epochs": 8}))[0]
+    run_variant(v, str(tmp_path / "s"))
+    run = TrajectoryStore(str(tmp_path / "s")).open_run(v.run_id)
+    d = detect_run_v3(run)
+    assert d["bad_init_snapshots"] == 6 and d["loss_features"]["n"] == 5
+    assert d["loss_features"]["last"] == pytest.approx(run.metrics["train_loss"][4])
+    assert run_chance(run) == pytest.approx(run.attrs["chance_loss"]) and run.attrs["chance_loss"] > 0
+    assert d["bad_init"] and "at chance" in d["bad_init_reasons"]
+    handed = detect_run_v3(run, rows=run.weights().compute())
+    assert handed["bad_init_reasons"] == d["bad_init_reasons"] and handed["loss_features"] == d["loss_features"]
+    assert detect_run_v3(run, snapshots=3)["bad_init_undecided"]      # below the detector's 4: undecided
