@@ -319,19 +319,21 @@ def loss_features(train_loss, chance: float | None = None) -> dict:
     """Features of the training loss over the first epochs (``train_loss[i]``: the mean
     loss of epoch ``i + 1``; the epochs a detector's ``K`` snapshots span).
 
-    Returns ``{"n", "first", "last", "drop", "rate", "rise", "ratio", "chance"}``:
-    ``drop`` = (first − last)/|first| (against the run's own start), ``rate`` = the last
-    epoch's relative drop (L[−2] − L[−1])/|L[−2]|, ``rise`` = last / min − 1 (a loss
-    climbing back), ``ratio`` = last / chance (None without a chance level). Every entry is
-    None when fewer than two finite losses are given; a non-finite loss is ``rise`` inf.
+    Returns ``{"n", "first", "last", "drop", "rate", "rise", "ratio", "chance", "finite",
+    "mode", "mode_residual", "limit", "progress"}``: ``drop`` = (first − last)/|first|
+    (against the run's own start), ``rate`` = the last epoch's relative drop
+    (L[−2] − L[−1])/|L[−2]|, ``rise`` = last / min − 1 (a loss climbing back), ``ratio`` =
+    last / chance (None without a chance level), ``finite`` (every loss finite), and the
+    loss window's mode (:func:`_loss_mode`; ``progress`` = (first − limit)/|first|).
+    Entries are None when fewer than two finite losses are given.
     """
     L = np.asarray([np.nan if x is None else x for x in (list(train_loss) if train_loss is not None else [])],
                    dtype=float)
     out = {"n": int(L.size), "first": None, "last": None, "drop": None, "rate": None, "rise": None,
            "ratio": None, "chance": None if chance is None else float(chance),
-           "mode": None, "mode_residual": None, "limit": None, "progress": None}
-    if L.size and not np.isfinite(L).all():
-        out["rise"] = float("inf")
+           "mode": None, "mode_residual": None, "limit": None, "progress": None,
+           "finite": bool(np.isfinite(L).all())}
+    if not out["finite"]:
         return out
     if L.size < 2:
         return out
@@ -377,7 +379,7 @@ def loss_marks(f: dict, *, chance_band: float = CHANCE_BAND, rate_low: float = R
     ``stall_progress`` of the first epoch's loss gained; 0: off), ``"loss rising"`` (the last loss more than
     ``rise_high`` above the window's best; a non-finite loss always)."""
     marks = []
-    if f.get("rise") is not None and (not np.isfinite(f["rise"]) or f["rise"] > rise_high):
+    if f.get("finite") is False or (f.get("rise") is not None and f["rise"] > rise_high):
         marks.append("loss rising")
     if f.get("last") is None:
         return marks
@@ -431,11 +433,11 @@ def detect_v3(Y, layout, lr: float | None = None, *, train_loss=None, chance: fl
               "bad_init_v1": None, "init_features": wf}
     f = loss_features(train_loss, chance)
     th = {"init_chance_band": chance_band, "init_rate_low": rate_low, "init_plateau_drop": plateau_drop,
-          "init_rise_high": rise_high, "init_stall_progress": stall_progress, "init_mode_tol": mode_tol,
+          "init_rise_high": rise_high if np.isfinite(rise_high) else None, "init_stall_progress": stall_progress, "init_mode_tol": mode_tol,
           "init_weights": bool(weights)}
     out = {**v2, "bad_init_v2": v2["bad_init"], "bad_init_v2_reasons": v2["bad_init_reasons"],
            "loss_features": f, **th, "bad_init_version": 3}
-    if f["last"] is None and f["rise"] is None:
+    if f["last"] is None and f["finite"]:
         out.update(bad_init_basis="weights")
         return out
     reasons = loss_marks(f, chance_band=chance_band, rate_low=rate_low, plateau_drop=plateau_drop,

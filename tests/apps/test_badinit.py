@@ -185,8 +185,14 @@ def test_chance_level_and_loss_features_against_numpy():
     assert f["drop"] == pytest.approx(0.5) and f["rate"] == pytest.approx(0.2 / 1.2)
     assert f["ratio"] == pytest.approx(0.25) and f["rise"] == pytest.approx(0.0) and f["n"] == 4
     assert loss_features([1.0, 1.0, 2.0])["rise"] == pytest.approx(1.0)
-    assert loss_features([1.0, float("nan")])["rise"] == float("inf")
+    assert loss_features([1.0, float("nan")])["finite"] is False
     assert loss_features([1.0])["last"] is None
+    # the loss window's one mode: L_t = c + a λ^t is fitted exactly, its limit is c
+    t = np.arange(5)
+    m = loss_features(0.7 + 1.5 * 0.6 ** t)
+    assert m["mode"] == pytest.approx(0.6, rel=1e-12) and m["mode_residual"] == pytest.approx(0, abs=1e-12)
+    assert m["limit"] == pytest.approx(0.7, rel=1e-12) and m["progress"] == pytest.approx(1 - 0.7 / 2.2)
+    assert loss_features(2.0 - 0.01 * 1.5 ** t)["limit"] is None     # a growing mode: no limit
 
 
 def test_v3_flags_a_moving_start_whose_loss_stays_at_chance_which_v2_passes():
