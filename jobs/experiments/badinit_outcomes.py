@@ -148,6 +148,35 @@ def pct(h, n):
     return f"{h}/{n} ({h / max(n, 1):.0%})"
 
 
+LOGIT_FEATURES = ("|log(loss/chance)|", "last epoch's drop", "drop since epoch 1", "log10 slowest motion/lr")
+
+
+def logit_x(f):
+    """The tiny logistic score's features of one run (:data:`LOGIT_FEATURES`)."""
+    lf = f["loss"]
+    if lf["last"] is None:
+        return None
+    ratio = lf["ratio"] if lf["ratio"] else 1e6
+    return [abs(np.log(max(ratio, 1e-12))), lf["rate"], lf["drop"], np.log10(max(f["motion_min"] or 0.0, 1e-8))]
+
+
+def fit_logit(tune):
+    """A logistic score on :data:`LOGIT_FEATURES`, fitted on the tuning runs (standardised,
+    L2, C = 1), with its cut at the most recall within the false-alarm budget there."""
+    from sklearn.linear_model import LogisticRegression
+
+    rs = [r for r in tune if logit_x(r["f"]) is not None]
+    X = np.array([logit_x(r["f"]) for r in rs])
+    y = np.array([r["bad"] for r in rs])
+    mu, sd = X.mean(0), X.std(0) + 1e-12
+    model = LogisticRegression(C=1.0).fit((X - mu) / sd, y)
+    score = lambda r: (float(model.decision_function(((np.array([logit_x(r["f"])]) - mu) / sd))[0])  # noqa: E731
+                       if logit_x(r["f"]) is not None else -np.inf)
+    cuts = sorted({score(r) for r in rs})
+    cut = fit(rs, cuts, lambda r, c: score(r) >= c)
+    return (lambda r: score(r) >= cut), dict(zip(LOGIT_FEATURES, np.round(model.coef_[0], 3).tolist()))
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
@@ -213,8 +242,11 @@ def main(argv=None) -> int:
         fitted_v3[K] = v3th
         chosen[K] = {"v3": {k: v for k, v in v3th.items() if k != "v2"}, "weight gain": gth, "loss plateau": lp,
                      "gain or plateau": orth, "activation": ath}
+        logit, coefs = fit_logit(tune)
+        chosen[K]["logistic coefficients (standardised)"] = coefs
         rules = {
             "**v3** (loss at chance / plateau, fitted)": lambda r: v3_flag(r["f"], v3th),
+            "tiny logistic score (4 features, fitted)": logit,
             "v3, shipped defaults": lambda r: v3_flag(r["f"], DEFAULTS),
             "(ablation) v3 defaults + predicted stall 0.25, not chosen by the fit":
                 lambda r: v3_flag(r["f"], {**DEFAULTS, "stall_progress": 0.25}),
