@@ -1,5 +1,5 @@
 """Bad-initialization detectors against outcome labels, at K = 3, 4 and 6 snapshots: the
-third version (:func:`pipeline.apps.badinit.detect_v3`: the training loss against the
+third version (:func:`pipeline.apps.badinit_loss.detect_v3`: the training loss against the
 task's chance level and the run's own first epoch, beside the weights' evidence) and the
 baselines — weight gain, loss plateau, their OR, activation statistics on a probe batch —
 on the runs of the verdict study (``configs/verdicts/``: 63 multiscale MLPs to tune; digits
@@ -20,7 +20,7 @@ held-out runs: an oracle, marked as such).
         --cache /tmp/vs-cache.pkl --out DIR [--act-cache FILE]
 
 The chance level of a run is what its training records now (``chance_loss``:
-:func:`pipeline.apps.badinit.chance_level` of the task built with the run's seed: log 10
+:func:`pipeline.apps.badinit_loss.chance_level` of the task built with the run's seed: log 10
 for digits, the variance of the training targets for the multiscale regression).
 Prints markdown tables; per-run evidence to ``DIR/badinit_outcomes.json``, the operating
 points to ``DIR/badinit_roc.png``.
@@ -29,7 +29,6 @@ points to ``DIR/badinit_roc.png``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import pickle
 import sys
@@ -48,7 +47,7 @@ MAX_FA = 0.05
 # ------------------------------------------------------------------------------ features
 def chance_of(run) -> float | None:
     """The chance level the run's training records now (run attribute ``chance_loss``)."""
-    from pipeline.apps.badinit import chance_level
+    from pipeline.apps.badinit_loss import chance_level
     from pipeline.training.tasks import build_task
 
     cfg = run.config
@@ -60,14 +59,14 @@ def chance_of(run) -> float | None:
 
 def features(r, K):
     """Everything the rules read from the first ``K`` snapshots (None: not finite)."""
-    from pipeline.apps import badinit
+    from pipeline.apps import badinit, badinit_loss
 
     Y = r["Y0"]
     if Y is None or Y.shape[0] < K or not np.isfinite(Y[:K]).all():
         return None
     tl = list((r["metrics"].get("train_loss") or [])[:K - 1])
     wf = badinit.weight_features(Y[:K], r["layout"], r["lr"])
-    lf = badinit.loss_features(tl, r["chance"])
+    lf = badinit_loss.loss_features(tl, r["chance"])
     f = {"gain_min": wf["gain_min"], "gain_max": wf["gain_max"], "motion_min": wf["motion_min"],
          "loss": lf, "loss_drop": lf["drop"]}
     if K >= badinit.MIN_SNAPSHOTS:
@@ -75,16 +74,16 @@ def features(r, K):
         f.update(v1=d["bad_init_v1"], v2=d["bad_init"], frozen_or_collapsed=bool(
             d["init_frozen_layers"] or d["init_collapsed_layers"]))
     else:
-        f.update(v1=None, v2=bool(badinit._gain_reasons(wf, badinit.GAIN_LOW, badinit.GAIN_HIGH,
+        f.update(v1=None, v2=bool(badinit.gain_marks(wf, badinit.GAIN_LOW, badinit.GAIN_HIGH,
                                                         badinit.MOTION_LOW)), frozen_or_collapsed=False)
     return f
 
 
 # ------------------------------------------------------------------------------ rules
 def v3_flag(f, th):
-    from pipeline.apps import badinit
+    from pipeline.apps import badinit_loss
 
-    marks = badinit.loss_marks(f["loss"], chance_band=th["chance_band"], rate_low=th["rate_low"],
+    marks = badinit_loss.loss_marks(f["loss"], chance_band=th["chance_band"], rate_low=th["rate_low"],
                                plateau_drop=th["plateau_drop"], rise_high=th["rise_high"],
                                stall_progress=th["stall_progress"], mode_tol=th["mode_tol"])
     if th["weights"]:
@@ -343,11 +342,11 @@ def main(argv=None) -> int:
 
 
 def _defaults():
-    from pipeline.apps import badinit
+    from pipeline.apps import badinit, badinit_loss as bl
 
-    return {"chance_band": badinit.CHANCE_BAND, "rate_low": badinit.RATE_LOW, "plateau_drop": badinit.PLATEAU_DROP,
-            "rise_high": badinit.RISE_HIGH, "stall_progress": badinit.STALL_PROGRESS, "mode_tol": badinit.MODE_TOL,
-            "weights": badinit.WEIGHTS,
+    return {"chance_band": bl.CHANCE_BAND, "rate_low": bl.RATE_LOW, "plateau_drop": bl.PLATEAU_DROP,
+            "rise_high": bl.RISE_HIGH, "stall_progress": bl.STALL_PROGRESS, "mode_tol": bl.MODE_TOL,
+            "weights": bl.WEIGHTS,
             "v2": {"gain_low": badinit.GAIN_LOW, "gain_high": badinit.GAIN_HIGH, "motion_low": badinit.MOTION_LOW,
                    "structure": False}}
 

@@ -60,7 +60,7 @@ class OnBadInit(_Strict):
     train attempt ``<run id>-r1``, ``-r2``, ... (at most ``max_restarts``) with a new
     initialization seed and, when given, the ``fallback_init`` scheme; ``stop``: end the
     variant with status ``bad_init``; ``continue``: only record the verdict. ``rule``: the
-    detector, ``v3`` (default: :func:`~pipeline.apps.badinit.detect_v3`: the training loss
+    detector, ``v3`` (default: :func:`~pipeline.apps.badinit_loss.detect_v3`: the training loss
     against the task's chance level, the weights' evidence where no loss is known), ``v2``
     (:func:`~pipeline.apps.badinit.detect_v2`: weight gain and lr-normalised motion) or
     ``v1`` (:func:`~pipeline.apps.badinit.detect`: what ``on_bad_init`` ran before ``rule``

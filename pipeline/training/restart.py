@@ -53,9 +53,9 @@ def init_seed(variant) -> int:
 
 
 def task_chance(task, loss) -> float | None:
-    """The chance level of a task under a loss (:func:`pipeline.apps.badinit.chance_level`:
+    """The chance level of a task under a loss (:func:`pipeline.apps.badinit_loss.chance_level`:
     log C for cross-entropy, the targets' variance for MSE; None for other losses)."""
-    from ..apps.badinit import chance_level
+    from ..apps.badinit_loss import chance_level
 
     name = loss if isinstance(loss, str) else None
     if task.kind == "classification":
@@ -111,7 +111,7 @@ def variant_done(store, root: str) -> bool:
 class BadInitMonitor:
     """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` (``rule`` v1),
     :func:`~pipeline.apps.badinit.detect_v2` (v2: needs ``layout``, and ``lr`` to
-    normalise the motion) or :func:`~pipeline.apps.badinit.detect_v3` (v3: also the
+    normalise the motion) or :func:`~pipeline.apps.badinit_loss.detect_v3` (v3: also the
     training losses of the epochs the snapshots span, read from the loop's history at the
     end of the ``after``-th snapshot's epoch, and the task's ``chance`` level) on the first
     ``after`` snapshots; asks to stop when it is bad and ``action`` is not ``continue``.
@@ -161,7 +161,7 @@ class BadInitMonitor:
 
     def on_epoch_end(self, epoch: int, history) -> bool:
         if self._held is not None and self.verdict is None:
-            from ..apps.badinit import detect_v3
+            from ..apps.badinit_loss import detect_v3
 
             losses = list((history or {}).get("train_loss") or [])[:max(self.at["epoch"], 0)]
             self.verdict = detect_v3(self._held, self.layout, self.lr, train_loss=losses, chance=self.chance,

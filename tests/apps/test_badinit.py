@@ -174,7 +174,7 @@ def _moving_kaiming(layout_scale=1.0, K=6, lr=0.01, seed=0):
 
 
 def test_chance_level_and_loss_features_against_numpy():
-    from pipeline.apps.badinit import chance_level, loss_features
+    from pipeline.apps.badinit_loss import chance_level, loss_features
 
     assert chance_level("cross_entropy", n_classes=10) == pytest.approx(np.log(10), rel=1e-12)
     y = np.random.default_rng(1).standard_normal((50, 2)).astype(np.float32) * [1.0, 3.0] + 5.0
@@ -199,7 +199,8 @@ def test_v3_flags_a_moving_start_whose_loss_stays_at_chance_which_v2_passes():
     """A start with a healthy gain that moves (v2: good) but whose loss sits at log C and
     does not leave it (the outcome of a constant or symmetric start on digits) is bad; the
     same weights with a loss that leaves chance are good."""
-    from pipeline.apps.badinit import detect_v2, detect_v3
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
 
     Y, layout, lr = _moving_kaiming()
     assert not detect_v2(Y, layout, lr)["bad_init"]
@@ -215,7 +216,8 @@ def test_v3_flags_a_moving_start_whose_loss_stays_at_chance_which_v2_passes():
 def test_v3_passes_a_large_start_whose_loss_falls_which_v2_flags():
     """A large start (gain far above 30: v2 flags it) whose loss is far above chance and
     falls is still training (on digits such runs end still improving): v3 reads the loss."""
-    from pipeline.apps.badinit import detect_v2, detect_v3
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
 
     Y, layout, lr = _moving_kaiming(layout_scale=40.0)
     assert detect_v2(Y, layout, lr)["bad_init_reasons"] == ["large gain"]
@@ -226,7 +228,8 @@ def test_v3_passes_a_large_start_whose_loss_falls_which_v2_flags():
 
 
 def test_v3_without_a_chance_level_reads_the_plateau_and_without_losses_the_weights():
-    from pipeline.apps.badinit import detect_v2, detect_v3
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
 
     Y, layout, lr = _moving_kaiming()
     flat = detect_v3(Y, layout, lr, train_loss=[0.6080, 0.6079, 0.6079, 0.6078, 0.6078])
@@ -259,7 +262,7 @@ def _trained(init: str, epochs: int = 5):
 
 @pytest.mark.parametrize("init, bad", [("zeros", True), ("kaiming", False), ("xavier", False)])
 def test_v3_on_a_real_training(init, bad):
-    from pipeline.apps.badinit import detect_v3
+    from pipeline.apps.badinit_loss import detect_v3
 
     Y, layout, lr, losses, chance = _trained(init)
     d = detect_v3(Y, layout, lr, train_loss=losses, chance=chance)
@@ -270,7 +273,7 @@ def test_v3_on_a_stored_run_reads_its_first_six_snapshots_and_their_epochs_losse
     """``detect_run_v3``: K = 6 by default (not every snapshot), the losses of epochs 1-5,
     the chance level the training recorded; rows handed in (the analysis' first rows) give
     the same verdict as rows read back."""
-    from pipeline.apps.badinit import detect_run_v3, run_chance
+    from pipeline.apps.badinit_loss import detect_run_v3, run_chance
 
     v = config.expand(config.validate({**TINY_TRAIN, "init": "zeros", "epochs": 8}))[0]
     run_variant(v, str(tmp_path / "s"))

@@ -116,7 +116,7 @@ def test_rule_v3_judges_with_the_loss_at_the_end_of_the_kth_epoch(tmp_path):
     (the targets' variance for MSE, recorded as ``chance_loss``); a zero start whose loss
     sits at chance stops there, a kaiming restart trains on, and the stored run's verdict
     (``detect_run_v3``) agrees with the task's."""
-    from pipeline.apps import badinit
+    from pipeline.apps import badinit_loss
     from pipeline.training.restart import variant_chance
 
     zeros = _variant(action="restart", fallback_init="kaiming", after=5)
@@ -133,7 +133,7 @@ def test_rule_v3_judges_with_the_loss_at_the_end_of_the_kth_epoch(tmp_path):
     assert first.attrs["chance_loss"] == pytest.approx(chance) and v["loss_features"]["chance"] == pytest.approx(chance)
     assert v["loss_features"]["last"] == pytest.approx(first.metrics["train_loss"][3])
     assert second.attrs["bad_init_verdict"]["bad_init"] is False
-    offline = badinit.detect_run_v3(first, 5)
+    offline = badinit_loss.detect_run_v3(first, 5)
     assert offline["bad_init"] is True and offline["bad_init_reasons"] == v["bad_init_reasons"]
     assert offline["loss_features"] == v["loss_features"]
 
