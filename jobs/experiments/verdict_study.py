@@ -426,7 +426,7 @@ def main(argv=None) -> int:
 
     # -- convergence: tune motion_tol, loss_tol on the tuning runs
     grid = [horizon.HorizonCriterion(motion_tol=m, layer_tol=lay, loss_tol=lt, rise_tol=rt)
-            for m in (0.02, 0.05, 0.1, 0.2) for lay in (0.05, 0.2, 0.5, 1e9) for lt in (0.01, 0.02, 0.05)
+            for m in (0.02, 0.05, 0.1, 0.2) for lay in (0.05, 0.1, 0.2, 1e9) for lt in (0.01, 0.02, 0.05)
             for rt in (0.1, 0.25)]
 
     def score(rs, crit):

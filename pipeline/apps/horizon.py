@@ -65,7 +65,10 @@ from . import convergence
 
 RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
 
-__all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "loss_gain", "verdict"]
+__all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "drift_motion", "loss_gain", "loss_spread",
+           "verdict"]
+
+MOTIONS = ("sum", "vector", "drift", "both")
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,24 @@ class HorizonCriterion:
     delta: float = 0.01
     share: float = 0.8
     k: int = 2
-    motion_tol: float = 0.05
-    layer_tol: float = 0.05
+    motion_tol: float = 0.1
+    layer_tol: float = 0.1
     loss_tol: float = 0.01
     rise_tol: float = 0.25
     stall_ratio: float = 0.5
     rise_windows: int = 5
     residual_tol: float = convergence.RELIABLE_RESIDUAL
-    motion: str = "sum"          # "vector": the norm of the predicted displacement (predicted_motion)
+    # what a unit's remaining motion is (unit_motion): "sum" (the modes' predicted motion,
+    # Σ|b_i|·|λ_i^{W-1}|·|λ_i^H − 1|), "vector" (the norm of the predicted displacement),
+    # "drift" (the window's net drift, what its displacement holds beyond a random walk of
+    # its steps, times H), "both" (the smaller of "sum" and "drift": motion the modes
+    # predict *and* the displacement shows)
+    motion: str = "drift"
+    loss_spread: float | None = 0.2    # a window's val loss may swing by this much (max/min − 1); None: off
+
+    def __post_init__(self):
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {', '.join(MOTIONS)}, not {self.motion!r}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +151,51 @@ def predicted_motion(result, horizon: int, residual_tol: float, delta: float = 0
         else:
             total = float(np.nansum(np.abs(coef)))
     return total if math.isfinite(total) else float("inf")
+
+
+def drift_motion(factor, horizon: int) -> float:
+    """The window's net drift carried over ``horizon`` more snapshots: ``v̂ · H`` with
+    ``v̂² = max(D² − S, 0) / (n (n − 1))`` — ``D = ‖x_e − x_a‖`` the window's displacement,
+    ``S = Σ_t ‖x_{t+1} − x_t‖²`` the sum of its squared steps, ``n = W − 1`` steps (in the
+    factor's coordinates, ``C``: k × W, which keep norms).
+
+    For steps ``v + ξ_t`` (a constant drift ``v`` plus zero-mean noise of any covariance,
+    uncorrelated in time) ``E[D² − S] = n (n − 1) ‖v‖²``: the noise's share cancels, so a
+    layer that only jitters — a random walk (``D² ≈ S``) or a mean-reverting jitter
+    (``D² < S``) — has no drift, and a layer moving in a straight line keeps all of its
+    displacement. Extrapolated linearly over the rest of the budget: an upper bound for a
+    drift that slows. 0 for windows of fewer than 3 snapshots."""
+    C = np.asarray(factor.C, dtype=np.float64)
+    n = C.shape[1] - 1
+    if n < 2 or horizon <= 0:
+        return 0.0
+    D2 = float(np.sum((C[:, -1] - C[:, 0]) ** 2))
+    S = float(np.sum(np.diff(C, axis=1) ** 2))
+    return math.sqrt(max(D2 - S, 0.0) / (n * (n - 1))) * int(horizon)
+
+
+def unit_motion(result, factor, horizon: int, crit: HorizonCriterion) -> float:
+    """The remaining motion of one unit (the whole network or a layer) in one window, as
+    ``crit.motion`` reads it (:class:`HorizonCriterion`); needs ``factor`` for ``vector``,
+    ``drift`` and ``both`` (without it: the modes' sum)."""
+    if crit.motion in ("drift", "both") and factor is not None:
+        d = drift_motion(factor, horizon)
+        if crit.motion == "drift":
+            return d
+        return min(d, predicted_motion(result, horizon, crit.residual_tol, crit.delta))
+    return predicted_motion(result, horizon, crit.residual_tol, crit.delta,
+                            factor=factor if crit.motion == "vector" else None)
+
+
+def loss_spread(val_loss, start_epoch: int, end_epoch: int) -> float | None:
+    """How much the validation loss swings over epochs ``(start_epoch, end_epoch]``:
+    ``max / min − 1`` of its values there (``val_loss[i]`` is epoch ``i + 1``). None when
+    the losses do not cover the window or are not positive."""
+    v = np.asarray([np.nan if x is None else x for x in (list(val_loss) if val_loss is not None else [])], dtype=float)
+    seg = v[max(0, int(start_epoch)):min(int(end_epoch), v.size)]
+    if seg.size == 0 or not np.isfinite(seg).all() or seg.min() <= 0:
+        return None
+    return float(seg.max() / seg.min() - 1.0)
 
 
 def _ritz_vectors(result, factor):
@@ -235,6 +293,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     layer_rows = {n: {tuple(r.window): r for r in rs} for n, rs in (layer_spectra or {}).items()}
     ev = {"window_epochs": [], "predicted_motion": [], "motion_so_far": [], "loss_gain": [],
           "holds": [], "layers_moving": [], "share_at_1": [], "val_loss_at": [], "train_loss_at": [],
+          "loss_spread": [], "modes_motion": [], "drift_motion": [],
           "layer_motion_ratio": {n: [] for n in layer_rows}}
     limits = []
     if not factors:
@@ -250,9 +309,8 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         H = max(last_snap - 1 - e, b - a)     # at least one more window: the budget's end is no free pass
         c1 = convergence.check_window(r, v1)
         growing_at.append(c1.n_growing > 0)
-        vec = crit.motion == "vector"
-        mp = predicted_motion(r, H, crit.residual_tol, crit.delta,
-                              factor=(factors or {}).get((a, b)) if vec else None)
+        wf = (factors or {}).get((a, b))
+        mp = unit_motion(r, wf, H, crit)
         ms = past.get((a, b))
         w_ok = c1.n_growing == 0 and (ms is None or mp <= crit.motion_tol * ms) and \
             (ms is not None or c1.holds)       # no factors: the first version's test stands in
@@ -262,15 +320,18 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
             lms = layer_past.get(name, {}).get((a, b))
             if lr is None or lms is None:
                 continue
-            lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta,
-                                   factor=(layer_factors or {}).get(name, {}).get((a, b)) if vec else None)
+            lmp = unit_motion(lr, (layer_factors or {}).get(name, {}).get((a, b)), H, crit)
             ev["layer_motion_ratio"][name].append(_r(lmp / lms) if lms > 0 else 0.0)
             if lmp > crit.layer_tol * lms:
                 moving.append(name)
         ea, ee = _epoch(a, snapshot_epochs), _epoch(e, snapshot_epochs)
         bud_ep = budget_epochs if budget_epochs is not None else _epoch(last_snap - 1, snapshot_epochs)
         g = loss_gain(val, ea, ee, max(bud_ep - ee, ee - ea)) if has_loss else None
-        l_ok = g is None or g <= crit.loss_tol
+        sp = loss_spread(val, ea, ee) if has_loss else None
+        l_ok = (g is None or g <= crit.loss_tol) and (crit.loss_spread is None or sp is None or sp <= crit.loss_spread)
+        ev["loss_spread"].append(_r(sp))
+        ev["modes_motion"].append(_r(predicted_motion(r, H, crit.residual_tol, crit.delta)))
+        ev["drift_motion"].append(_r(drift_motion(wf, H)) if wf is not None else None)
         ev["window_epochs"].append(ee)
         ev["val_loss_at"].append(_r(val[ee - 1]) if has_loss and 1 <= ee <= len(val) and val[ee - 1] is not None else None)
         ev["train_loss_at"].append(_r(train[ee - 1]) if 1 <= ee <= len(train) and train[ee - 1] is not None else None)
@@ -381,12 +442,15 @@ def _why_not(ev, crit, rows) -> str:
             parts.append(f"certified share at 1 {ev['share_at_1'][i]:.2f} < {crit.share} (no factors)")
     mp, ms = ev["predicted_motion"][i], ev["motion_so_far"][i]
     if ms is not None and mp is not None and mp > crit.motion_tol * ms:
-        parts.append(f"predicted remaining motion {mp:.3g} > {crit.motion_tol} × motion so far {ms:.3g}")
+        parts.append(f"predicted remaining motion ({crit.motion}) {mp:.3g} > {crit.motion_tol} × motion so far {ms:.3g}")
     if ev["layers_moving"][i]:
         parts.append("layers still moving: " + ", ".join(ev["layers_moving"][i]))
     g = ev["loss_gain"][i]
     if g is not None and g > crit.loss_tol:
         parts.append(f"predicted val-loss gain {g:.1%} > {crit.loss_tol:.0%}")
+    sp = ev["loss_spread"][i]
+    if crit.loss_spread is not None and sp is not None and sp > crit.loss_spread:
+        parts.append(f"val loss still swings {sp:.0%} within the window > {crit.loss_spread:.0%}")
     return "; ".join(parts) or f"fewer than {crit.k} consecutive holding windows"
 
 

@@ -132,3 +132,84 @@ def test_an_early_stopped_run_is_judged_against_its_whole_budget(monkeypatch, la
                                 snapshot_epochs=list(range(n)), status="complete")
     verdicts.horizon_producer(ctx)
     assert seen["budget_snapshots"] == expected and seen["budget_epochs"] == budget
+
+
+# -- drift against jitter (the per-layer and whole-network motion test, HorizonCriterion.motion)
+V2 = horizon.HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None)   # the rule before
+
+
+def _two_layers(kind, amp, seed=0):
+    """Two layers of 150 weights settle (mode 0.85, norm 3) while layer ``b`` also either
+    jitters (a random walk of steps ``amp``: no drift) or drifts in a straight line
+    (``amp`` per snapshot); the losses settle with the first mode."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(T)[:, None]
+    Y = rng.standard_normal(P) + 3.0 * 0.85 ** t * rng.standard_normal(P) / np.sqrt(P)
+    b = slice(P // 2, P)
+    if kind == "jitter":
+        Y[:, b] += np.cumsum(amp * rng.standard_normal((T, P // 2)), axis=0) / np.sqrt(P // 2)
+    else:
+        u = rng.standard_normal(P // 2)
+        Y[:, b] += amp * t * u / np.linalg.norm(u)
+    groups = [("a", 0, P // 2), ("b", P // 2, P)]
+    est = KoopmanDMD(window="auto", per_layer=True).fit(Y.astype(np.float32), groups=groups)
+    e = np.arange(1, T)
+    v = list(0.05 + 0.85 ** e)
+    return dict(spectra=verdict_spectra(est), factors=est.window_factors_["all"],
+                layer_spectra={n: verdict_spectra(est, n) for n, *_ in groups},
+                layer_factors={n: est.window_factors_[n] for n, *_ in groups},
+                metrics={"val_loss": v, "train_loss": v}, snapshot_epochs=list(range(T)))
+
+
+def test_drift_motion_is_the_net_drift_and_ignores_a_random_walk():
+    """``drift_motion`` against its definition in float64: a straight line keeps its speed,
+    a random walk (the same step lengths) has next to none."""
+    from pipeline.koopman import Factor
+
+    rng = np.random.default_rng(3)
+    n, H = 15, 40
+    u = rng.standard_normal(50)
+    u /= np.linalg.norm(u)
+    line = np.outer(u, 0.2 * np.arange(n + 1))
+    walk = np.cumsum(np.c_[np.zeros(50), 0.2 * rng.standard_normal((50, n)) / np.sqrt(50)], axis=1)
+    f = lambda C: Factor("x", 0, 50, C, (), "gram-window")      # noqa: E731
+    assert horizon.drift_motion(f(line), H) == pytest.approx(0.2 * H, rel=1e-9)
+    D2 = np.sum((walk[:, -1] - walk[:, 0]) ** 2)
+    S = np.sum(np.diff(walk, axis=1) ** 2)
+    ref = np.sqrt(max(D2 - S, 0) / (n * (n - 1))) * H
+    assert horizon.drift_motion(f(walk), H) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert horizon.drift_motion(f(walk), H) < 0.2 * 0.2 * H
+
+
+def test_a_flat_run_whose_layer_only_jitters_gets_a_convergence_point():
+    """Flat losses; layer ``b`` keeps taking random-walk steps: the modes the old rule sums
+    predict motion of the jitter's size (its per-layer test never holds), the drift is nil."""
+    r = _two_layers("jitter", 0.05)
+    old = horizon.verdict(**r, crit=V2)
+    assert old["converged_at"] is None and "b" in old["class_reason"]
+    new = horizon.verdict(**r)
+    assert new["class"] == "converged" and new["converged_epoch"] is not None
+    assert max(new["evidence"]["layer_motion_ratio"]["b"][4:]) < horizon.HorizonCriterion().layer_tol
+
+
+def test_a_flat_run_whose_layer_still_drifts_gets_no_point():
+    """Flat losses; layer ``b`` drifts in a straight line (its window pair at λ = 1 is one
+    the old rule cannot tell from 1, so it predicts no motion): the drift carried over the
+    rest of the budget keeps the layer moving."""
+    r = _two_layers("drift", 0.02)
+    old = horizon.verdict(**r, crit=V2)
+    assert old["class"] == "converged"
+    new = horizon.verdict(**r)
+    assert new["converged_at"] is None and new["class"] == "still_improving"
+    assert ["b"] in new["evidence"]["layers_moving"][4:-1]       # after the settling, b still moves
+    # the modes-and-drift reading ("both", not the default) is as blind as the old rule here
+    assert horizon.verdict(**r, crit=horizon.HorizonCriterion(motion="both"))["class"] == "converged"
+
+
+def test_a_val_loss_that_still_swings_keeps_a_window_from_holding():
+    r = _two_layers("jitter", 0.05)
+    v = np.asarray(r["metrics"]["val_loss"])
+    v[40:] = 0.05 * (1 + 0.3 * (np.arange(v.size - 40) % 2))          # flat best, swinging by 30 %
+    r["metrics"] = {"val_loss": list(v), "train_loss": list(v)}
+    assert horizon.verdict(**r)["converged_at"] is None
+    assert horizon.verdict(**r, crit=horizon.HorizonCriterion(loss_spread=None))["converged_at"] is not None
