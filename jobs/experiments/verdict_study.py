@@ -453,7 +453,7 @@ def main(argv=None) -> int:
     for c in grid:
         called, prem, fg, ft, ag = score(tune, c)
         print(f"| {c.motion_tol:g} | {c.layer_tol:g} | {c.loss_tol:g} | {c.rise_tol:g} | {called} | {prem} | {fg}/{ft} | {ag}/{len(tune)} | |")
-        key = (prem <= 0, fg + ag, -c.layer_tol)
+        key = (prem <= 0, fg + ag, -c.layer_tol, c == horizon.HorizonCriterion())   # ties: the defaults
         if best is None or key > best[0]:
             best = (key, c)
     crit = best[1]

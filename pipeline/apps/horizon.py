@@ -12,14 +12,22 @@ For a window ``[a, b)`` (end snapshot ``e = b − 1``) and the ``H`` snapshots l
 budget after ``e`` (at least the window's width ``W = b − a``: near the budget's end the
 question is whether one more window would still move it):
 
-- **predicted remaining motion** of a layer: ``M_pred = Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|``
-  over its kept Ritz pairs that can be told from 1 (``|λ_i − 1| > min(κ_i r_i, δ)``) —
-  ``b_i λ_i^{W−1}`` is mode ``i``'s content at ``e`` (Ritz vectors of unit norm), and
-  ``|λ_i^H − 1|`` how much of it moves by the end (the bound the freeze option uses,
-  :mod:`pipeline.apps.freeze`). Certification is not required: since engine 4 a pair is
-  certified only where the window's misfit is small, which minibatch noise rarely allows
-  late in training (measured: most late windows of the tuning sweep have no certified
-  pair), and a test that needs certified pairs would never hold there;
+- **remaining motion** of a unit (the whole network, a layer), read two ways
+  (``HorizonCriterion.motion``). The default, ``drift``: the window's **net drift** carried
+  over the rest of the budget, ``M = v̂ · H`` with ``v̂² = max(D² − S, 0) / (n (n − 1))``
+  (``D`` the window's displacement, ``S`` the sum of its ``n`` squared steps:
+  :func:`drift_motion`) — displacement beyond what a random walk of the same steps would
+  make, so a layer that only jitters under minibatch noise (a random walk, or a
+  mean-reverting jitter) has none and a layer moving in a straight line keeps it all. The
+  rule before (``sum``, verdict_version 2): the motion the modes predict,
+  ``Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|`` over the kept Ritz pairs that can be told from 1
+  (``|λ_i − 1| > min(κ_i r_i, δ)``; ``b_i λ_i^{W−1}`` is mode ``i``'s content at ``e``,
+  ``|λ_i^H − 1|`` how much of it moves by the end: the bound the freeze option uses,
+  :mod:`pipeline.apps.freeze`); it reads minibatch jitter as motion (noise modes inside
+  the unit circle carry the jitter's size) and a straight-line drift as none (its pair
+  sits at λ = 1). Measured on the tuning and held-out sweeps:
+  ``jobs/experiments/verdict_minibatch.py``. Certification is not required either way
+  (engine 4 certifies few pairs of a minibatch window);
 - **motion so far** ``M_past``: the path from snapshot 0 to ``e`` measured on the windows'
   factors (``‖x_{a_{j+1}} − x_{a_j}‖`` chained over the windows, then ``‖x_e − x_a‖``; exact
   in the factor's coordinates, no pass over the data);
@@ -28,9 +36,13 @@ question is whether one more window would still move it):
   window's epochs), ``G = (m_e − c/(1−ρ)) (1 − ρ^{H_ep}) / m_e``; a fit with ``ρ ∉ (0, 1)``
   falls back to the window's linear rate times ``H_ep`` (capped at 1).
 
-A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M_pred ≤ motion_tol ·
+- **loss spread**: the validation loss over the window's epochs swings by ``max / min − 1``
+  (:func:`loss_spread`); a loss still swinging by more than ``loss_spread`` is a run that
+  still moves, whatever its best-so-far says.
+
+A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M ≤ motion_tol ·
 M_past`` for the whole network, ``≤ layer_tol · M_past`` of the layer for every layer,
-and ``G ≤ loss_tol`` where losses are
+``G ≤ loss_tol`` and the loss spread ``≤ loss_spread`` where losses are
 stored (without window factors — a stored analysis — the first version's share test
 stands in for the motion test). The first version's share at 1 stays in the evidence.
 The run's **class**, judged at its last window:
@@ -91,7 +103,7 @@ class HorizonCriterion:
     # "drift" (the window's net drift, what its displacement holds beyond a random walk of
     # its steps, times H), "both" (the smaller of "sum" and "drift": motion the modes
     # predict *and* the displacement shows)
-    motion: str = "drift"
+    motion: str = "both"
     loss_spread: float | None = 0.2    # a window's val loss may swing by this much (max/min − 1); None: off
 
     def __post_init__(self):

@@ -139,18 +139,22 @@ V2 = horizon.HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, los
 
 
 def _two_layers(kind, amp, seed=0):
-    """Two layers of 150 weights settle (mode 0.85, norm 3) while layer ``b`` also either
-    jitters (a random walk of steps ``amp``: no drift) or drifts in a straight line
-    (``amp`` per snapshot); the losses settle with the first mode."""
+    """Two layers of 150 weights settle (mode 0.85, norm 3) while layer ``b`` also jitters
+    (a random walk of steps ``amp``: no drift), drifts in a straight line (``amp`` per
+    snapshot), or keeps approaching a point ``amp`` away at rate 0.98 (``slow``), or
+    nothing more (``settle``); the losses settle with the first mode."""
     rng = np.random.default_rng(seed)
     t = np.arange(T)[:, None]
     Y = rng.standard_normal(P) + 3.0 * 0.85 ** t * rng.standard_normal(P) / np.sqrt(P)
     b = slice(P // 2, P)
+    u = rng.standard_normal(P // 2)
+    u /= np.linalg.norm(u)
     if kind == "jitter":
         Y[:, b] += np.cumsum(amp * rng.standard_normal((T, P // 2)), axis=0) / np.sqrt(P // 2)
-    else:
-        u = rng.standard_normal(P // 2)
-        Y[:, b] += amp * t * u / np.linalg.norm(u)
+    elif kind == "line":
+        Y[:, b] += amp * t * u
+    elif kind == "slow":
+        Y[:, b] += amp * (1 - 0.98 ** t) * u + np.cumsum(0.02 * rng.standard_normal((T, P // 2)), axis=0) / np.sqrt(P // 2)
     groups = [("a", 0, P // 2), ("b", P // 2, P)]
     est = KoopmanDMD(window="auto", per_layer=True).fit(Y.astype(np.float32), groups=groups)
     e = np.arange(1, T)
@@ -183,7 +187,8 @@ def test_drift_motion_is_the_net_drift_and_ignores_a_random_walk():
 
 def test_a_flat_run_whose_layer_only_jitters_gets_a_convergence_point():
     """Flat losses; layer ``b`` keeps taking random-walk steps: the modes the old rule sums
-    predict motion of the jitter's size (its per-layer test never holds), the drift is nil."""
+    predict motion of the jitter's size (its per-layer test never holds); the default counts
+    only what the modes predict *and* the window's displacement shows beyond a random walk."""
     r = _two_layers("jitter", 0.05)
     old = horizon.verdict(**r, crit=V2)
     assert old["converged_at"] is None and "b" in old["class_reason"]
@@ -193,23 +198,47 @@ def test_a_flat_run_whose_layer_only_jitters_gets_a_convergence_point():
 
 
 def test_a_flat_run_whose_layer_still_drifts_gets_no_point():
-    """Flat losses; layer ``b`` drifts in a straight line (its window pair at λ = 1 is one
-    the old rule cannot tell from 1, so it predicts no motion): the drift carried over the
-    rest of the budget keeps the layer moving."""
-    r = _two_layers("drift", 0.02)
-    old = horizon.verdict(**r, crit=V2)
-    assert old["class"] == "converged"
-    new = horizon.verdict(**r)
-    assert new["converged_at"] is None and new["class"] == "still_improving"
-    assert ["b"] in new["evidence"]["layers_moving"][4:-1]       # after the settling, b still moves
-    # the modes-and-drift reading ("both", not the default) is as blind as the old rule here
-    assert horizon.verdict(**r, crit=horizon.HorizonCriterion(motion="both"))["class"] == "converged"
+    """Flat losses; layer ``b`` still approaches a point 5 away at rate 0.98 (plus jitter) in
+    a budget of 200 epochs: its modes predict the motion and its displacement shows it."""
+    r = _two_layers("slow", 5.0)
+    v = horizon.verdict(**r, budget_snapshots=201, budget_epochs=200)
+    assert v["converged_at"] is None and v["class"] == "still_improving"
+    assert ["b"] in v["evidence"]["layers_moving"][-3:]
+    assert v["evidence"]["layer_motion_ratio"]["b"][-1] > horizon.HorizonCriterion().layer_tol
 
 
 def test_a_val_loss_that_still_swings_keeps_a_window_from_holding():
-    r = _two_layers("jitter", 0.05)
+    """The loss as an observable: weights that settle, a best-so-far that stays flat, but a
+    validation loss still swinging by 30 % from epoch to epoch — the old rule calls it
+    converged, the default does not."""
+    r = _two_layers("settle", 0.0)
     v = np.asarray(r["metrics"]["val_loss"])
-    v[40:] = 0.05 * (1 + 0.3 * (np.arange(v.size - 40) % 2))          # flat best, swinging by 30 %
+    v[40:] = 0.05 * (1 + 0.3 * (np.arange(v.size - 40) % 2))
     r["metrics"] = {"val_loss": list(v), "train_loss": list(v)}
-    assert horizon.verdict(**r)["converged_at"] is None
+    assert horizon.verdict(**r, crit=V2)["class"] == "converged"
+    new = horizon.verdict(**r)
+    assert new["converged_at"] is None and "swings" in new["class_reason"]
     assert horizon.verdict(**r, crit=horizon.HorizonCriterion(loss_spread=None))["converged_at"] is not None
+
+
+def test_a_straight_line_drift_is_seen_by_the_drift_reading_only():
+    """What the default cannot see: a layer moving in a straight line with flat losses puts
+    its pair at λ = 1, where the modes predict nothing (the old rule and the default call it
+    converged); ``motion="drift"`` (the net drift alone) keeps it moving."""
+    r = _two_layers("line", 0.02)
+    assert horizon.verdict(**r, crit=V2)["class"] == "converged"
+    assert horizon.verdict(**r)["class"] == "converged"
+    v = horizon.verdict(**r, crit=horizon.HorizonCriterion(motion="drift"))
+    assert v["converged_at"] is None and ["b"] in v["evidence"]["layers_moving"][4:-1]
+
+
+def test_a_verdict_of_an_older_rule_reads_as_outdated():
+    from pipeline.apps import verdicts
+
+    now = {"class": "converged", "converged_at": 12, "converged_epoch": 12, "verdict_version": verdicts.VERDICT_VERSION}
+    old = {**now, "verdict_version": 2}
+    assert verdicts.cell(now) == "converged 12 (ep 12)" and "kma.verdict_outdated" not in verdicts.mlflow_tags(now)
+    assert verdicts.cell(old) == "converged 12 (ep 12) (outdated rule v2)"
+    assert verdicts.cell({"class": "stalled"}) == "stalled (outdated rule v2)"       # stored before the key
+    assert "re-run kma analyze" in verdicts.mlflow_tags(old)["kma.verdict_outdated"]
+    assert verdicts.cell({"converged_at": None}) == "no"                               # first-version verdicts
