@@ -117,6 +117,13 @@ class HorizonCriterion:
         return convergence.Criterion(self.delta, self.share, self.k, self.residual_tol)
 
 
+# The in-training ``stop:`` rules of the second version (``pipeline.config.policies.StopPolicy``):
+# ``v2`` the rule before drift and jitter were told apart (the modes' predicted motion,
+# tolerance 0.05, no loss spread: verdict_version 2), ``v3`` the defaults.
+RULES = {"v2": HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None),
+         "v3": HorizonCriterion()}
+
+
 def path_so_far(factors: dict) -> dict:
     """``{(a, b): M_past}``: the path length from the first window's start to each window's
     end, from the windows' factors (``{(a, b): Factor}``, ``C`` of shape ``(k, b − a)``)."""
