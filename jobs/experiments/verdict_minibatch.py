@@ -20,7 +20,9 @@ Reads the fitted runs of the verdict study (``jobs/experiments/verdict_study.py
    sees a straight-line drift, which the modes put at λ = 1 — tests/apps/test_horizon.py);
 3. the held-out numbers of the chosen criterion, of the rule before and of two that were
    not chosen, MLPs and CNNs apart, with stopping at the confirmation (epochs saved, mean
-   regret with best-checkpoint restore).
+   regret with best-checkpoint restore);
+4. stopping on the held-out MLPs and CNNs apart: the default against patience 5/10/20, a
+   loss plateau, Ray Tune's TrialPlateauStopper and ASHA (``verdict_study.stopping_rows``).
 
     nice -n 10 python jobs/experiments/verdict_minibatch.py --cache /tmp/vs-cache.pkl
 """
@@ -171,7 +173,67 @@ def main(argv=None) -> int:
             (called, prem, fg, ft, ag), saved, reg = _stops(rs, c)
             print(f"| {name} | {tr[0][1]} · {tr[0][2]}/{tr[0][3]} | {sname} | {called} | {prem} | {fg}/{ft} | "
                   f"{ag}/{len(rs)} | {saved:.1%} · {reg:+.2%} |", flush=True)
+
+    print("\n### 4. stopping, held out, MLPs and CNNs apart: the default against the baselines at the same budget "
+          "(best-checkpoint restore)\n")
+    print("| set | method | epochs saved | median regret | mean regret | runs with regret > 1% | runs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    crit = horizon.HorizonCriterion()
+    for sname, rs in (("MLP", [r for r in held if r["family"] == "mlp"]),
+                      ("CNN", [r for r in held if r["family"] == "cnn"])):
+        for r in rs:
+            r["verdict"] = vs.verdict_of(r, crit)
+        for m, saved, med, mean, frac, n in vs.stopping_rows(rs, crit):
+            m = {"spectral v2 (confirmed)": "spectral v2, rule v3 (confirmed)"}.get(m, m)
+            print(f"| {sname} | {m} | {saved:.1%} | {med:+.2%} | {mean:+.2%} | {frac:.0%} | {n} |", flush=True)
+
+    print("\n### 5. what the layers do: flat windows (runs labelled converged, after the loss came within 1 % of "
+          "its best) against windows with > 10 % still to gain; medians over windows of the worst layer's\n"
+          "straightness D²/S (1: a random walk, W − 1: a straight line) and net drift over the rest of the budget "
+          "÷ its path so far (M_drift / M_past)\n")
+    print("| set | flat windows | D²/S | M_drift / M_past | windows with > 10 % to gain | D²/S | M_drift / M_past |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for sname, rs in (("tuning (in-sample)", tune), ("held out MLP", [r for r in held if r["family"] == "mlp"]),
+                      ("held out CNN", [r for r in held if r["family"] == "cnn"])):
+        flat, left = _layer_motion(rs)
+        print(f"| {sname} | {len(flat)} | {np.median([x[0] for x in flat]):.3g} | {np.median([x[1] for x in flat]):.3g} "
+              f"| {len(left)} | {np.median([x[0] for x in left]):.3g} | {np.median([x[1] for x in left]):.3g} |")
     return 0
+
+
+def _layer_motion(rs):
+    """Per window: the worst layer's (D²/S, M_drift / M_past), split into flat windows and
+    windows with more than 10 % still to gain."""
+    from pipeline.apps import horizon, outcomes
+
+    flat, left = [], []
+    for r in rs:
+        val = r["metrics"].get("val_loss") or []
+        if not val:
+            continue
+        fe = flat_epoch(val) if r["outcome"]["label"] == "converged" else None
+        last = max(b for _, b in r["factors"])
+        past = {n: horizon.path_so_far(f) for n, f in r["layer_factors"].items() if f}
+        for (a, b) in sorted(r["factors"]):
+            e = b - 1
+            ep = r["epochs_of"][e] if len(r["epochs_of"]) > e else e
+            H = max(last - 1 - e, b - a)
+            st, dr = [], []
+            for n, f in r["layer_factors"].items():
+                if (a, b) not in f or not past[n].get((a, b)):
+                    continue
+                C = np.asarray(f[(a, b)].C, float)
+                S = float(np.sum(np.diff(C, axis=1) ** 2))
+                st.append(float(np.sum((C[:, -1] - C[:, 0]) ** 2)) / S if S > 0 else 0.0)
+                dr.append(horizon.drift_motion(f[(a, b)], H) / past[n][(a, b)])
+            if not st:
+                continue
+            row = (max(st), max(dr))
+            if fe is not None and ep >= fe:
+                flat.append(row)
+            elif (outcomes.to_gain(val, ep) or 0) > 0.10:
+                left.append(row)
+    return flat, left
 
 
 if __name__ == "__main__":

@@ -361,9 +361,11 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         ev["layers_moving"].append(moving)
         ev["holds"].append(bool(w_ok and not moving and l_ok))
     holds = ev["holds"]
-    online = next((i for i in range(len(holds) - crit.k + 1) if all(holds[i:i + crit.k])), None)
+    confirms = _confirmations(rows, holds, crit.k)
+    first = next((j for j, c in enumerate(confirms) if c is not None), None)
+    online = confirms[first] if first is not None else None
     online_at = rows[online].window[1] - 1 if online is not None else None
-    confirmed = rows[online + crit.k - 1].window[1] - 1 if online is not None else None
+    confirmed = rows[first].window[1] - 1 if first is not None else None
     # the run's end state
     frozen = sorted(n for n, p in layer_past.items() if p and max(p.values()) == 0.0)
     finite = all(x is not None and math.isfinite(x) for x in val + train)
@@ -397,7 +399,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
             cls = "still_improving"
             reasons.append(_why_not(ev, crit, rows))
     conv_at = online_at if cls == "converged" else None
-    ev["class_by_window"] = _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit)
+    ev["class_by_window"] = _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit, confirms)
     if ev["class_by_window"]:
         ev["class_by_window"][-1] = cls        # the last window's is the run's class
     return {
@@ -414,7 +416,27 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     }
 
 
-def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> list:
+def _confirmations(rows, holds, k) -> list:
+    """Per window ``j``: the index of the first window of the streak of holding windows that
+    ``j`` confirms, or None. A streak confirms once it holds ``k`` windows whose starts span
+    at least ``(k − 1) ⌈W/2⌉`` snapshots: ``k`` half-overlapping windows (the analysis' auto
+    plan), not ``k`` windows a step apart that share most of their snapshots (a monitor
+    fitting every 2 snapshots) — those would confirm one window's noise."""
+    out, start = [], None
+    for j, r in enumerate(rows):
+        if not holds[j]:
+            start = None
+            out.append(None)
+            continue
+        start = j if start is None else start
+        a0, b0 = rows[start].window
+        span = int(r.window[0]) - int(a0)
+        ok = j - start + 1 >= k and span >= (k - 1) * math.ceil((b0 - a0) / 2)
+        out.append(start if ok else None)
+    return out
+
+
+def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit, confirms=None) -> list:
     """The class as it read at each window's end, from what was known then (the figures'
     class fractions over training)."""
     out = []
@@ -431,7 +453,7 @@ def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> li
         rising = _rising(train[:max(ee, 0)], [int(x) for x in ev["window_epochs"][:j + 1]],
                          crit.rise_windows, crit.rise_tol) if train else None
         bad = (prog is not None and prog > crit.stall_ratio) or bool(rising) or frozen
-        streak = j + 1 >= crit.k and all(holds[j - crit.k + 1:j + 1])
+        streak = confirms[j] is not None
         g = ev["loss_gain"][j]
         if streak and not bad:
             out.append("converged")
