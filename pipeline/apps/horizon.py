@@ -105,6 +105,7 @@ class HorizonCriterion:
     # predict *and* the displacement shows)
     motion: str = "both"
     loss_spread: float | None = 0.2    # a window's val loss may swing by this much (max/min − 1); None: off
+    confirm_span: float = 0.5          # k holding windows confirm when their starts span (k − 1)·⌈confirm_span·W⌉
 
     def __post_init__(self):
         if self.motion not in MOTIONS:
@@ -361,7 +362,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         ev["layers_moving"].append(moving)
         ev["holds"].append(bool(w_ok and not moving and l_ok))
     holds = ev["holds"]
-    confirms = _confirmations(rows, holds, crit.k)
+    confirms = _confirmations(rows, holds, crit.k, crit.confirm_span, last_snap)
     first = next((j for j, c in enumerate(confirms) if c is not None), None)
     online = confirms[first] if first is not None else None
     online_at = rows[online].window[1] - 1 if online is not None else None
@@ -416,12 +417,14 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     }
 
 
-def _confirmations(rows, holds, k) -> list:
+def _confirmations(rows, holds, k, span_frac: float = 0.5, end: int | None = None) -> list:
     """Per window ``j``: the index of the first window of the streak of holding windows that
     ``j`` confirms, or None. A streak confirms once it holds ``k`` windows whose starts span
-    at least ``(k − 1) ⌈W/2⌉`` snapshots: ``k`` half-overlapping windows (the analysis' auto
-    plan), not ``k`` windows a step apart that share most of their snapshots (a monitor
-    fitting every 2 snapshots) — those would confirm one window's noise."""
+    at least ``(k − 1) ⌈span_frac · W⌉`` snapshots: ``k`` half-overlapping windows (the
+    analysis' auto plan), not ``k`` windows a step apart that share most of their snapshots
+    (a monitor fitting every 2 snapshots) — those would confirm one window's noise. At the
+    budget's end (a window ending at snapshot ``end``) there is nothing more to confirm with:
+    ``k`` windows suffice (the auto plan's last window, moved to end at the run's end)."""
     out, start = [], None
     for j, r in enumerate(rows):
         if not holds[j]:
@@ -431,7 +434,8 @@ def _confirmations(rows, holds, k) -> list:
         start = j if start is None else start
         a0, b0 = rows[start].window
         span = int(r.window[0]) - int(a0)
-        ok = j - start + 1 >= k and span >= (k - 1) * math.ceil((b0 - a0) / 2)
+        ok = j - start + 1 >= k and (span >= (k - 1) * math.ceil(span_frac * (b0 - a0)) or
+                                     (end is not None and int(r.window[1]) >= end))
         out.append(start if ok else None)
     return out
 
