@@ -99,7 +99,7 @@ def score(rs, crit, stops=None):
     return called, prem, fg, ft, ag
 
 
-OLD = dict(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None)    # the rule before drift/jitter
+OLD = dict(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None, confirm_span=0.0)    # the rule before drift/jitter
 
 
 def _stops(rs, crit):

@@ -85,8 +85,9 @@ MOTIONS = ("sum", "vector", "drift", "both")
 
 @dataclass(frozen=True)
 class HorizonCriterion:
-    """The second version's numbers (fixed on the multiscale tuning sweep,
-    ``jobs/experiments/verdict_study.py``)."""
+    """The second version's numbers (fixed on the multiscale tuning sweep: the motion's
+    reading, its tolerances and the loss swing by ``jobs/experiments/verdict_minibatch.py``,
+    ``loss_tol`` and ``rise_tol`` by ``jobs/experiments/verdict_study.py``)."""
 
     delta: float = 0.01
     share: float = 0.8
@@ -120,8 +121,8 @@ class HorizonCriterion:
 
 # The in-training ``stop:`` rules of the second version (``pipeline.config.policies.StopPolicy``):
 # ``v2`` the rule before drift and jitter were told apart (the modes' predicted motion,
-# tolerance 0.05, no loss spread: verdict_version 2), ``v3`` the defaults.
-RULES = {"v2": HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None),
+# tolerance 0.05, no loss spread, any k consecutive windows confirm: verdict_version 2), ``v3`` the defaults.
+RULES = {"v2": HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None, confirm_span=0.0),
          "v3": HorizonCriterion()}
 
 
@@ -295,10 +296,12 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     -------
     dict
         ``class``, ``converged_at`` / ``converged_epoch`` (converged runs only),
-        ``online_converged_at`` / ``online_converged_epoch`` (the end of the first of the
-        first ``k`` holding windows) and ``online_confirmed_epoch`` (the end of the
-        ``k``-th: where an in-training stopper would stop), and ``evidence`` (per window:
-        ``window_epochs``, ``predicted_motion``, ``motion_so_far``, ``loss_gain``,
+        ``online_converged_at`` / ``online_converged_epoch`` (the end of the first window of
+        the first confirmed streak of holding windows) and ``online_confirmed_at`` /
+        ``online_confirmed_epoch`` (the end of the window that confirms it: where an
+        in-training stopper would stop), and ``evidence`` (per window:
+        ``window_epochs``, ``predicted_motion``, ``modes_motion``, ``drift_motion``,
+        ``motion_so_far``, ``loss_gain``, ``loss_spread``,
         ``holds``, ``layers_moving``; ``frozen_layers``, ``train_loss_rising``,
         ``progress_ratio``, ``reasons``, ``criterion``, ``limitation``).
     """
@@ -409,6 +412,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         "converged_epoch": _epoch(conv_at, snapshot_epochs),
         "online_converged_at": online_at,
         "online_converged_epoch": _epoch(online_at, snapshot_epochs),
+        "online_confirmed_at": confirmed,
         "online_confirmed_epoch": _epoch(confirmed, snapshot_epochs),
         "class_reason": "; ".join(r for r in reasons if r),
         "evidence": {**ev, "frozen_layers": frozen, "train_loss_rising": rising,

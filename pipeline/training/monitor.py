@@ -201,10 +201,7 @@ class SpectrumMonitor:
         }
 
     def _confirmed_snapshot(self, v) -> int:
-        holds = v["evidence"]["holds"]
-        k = self.horizon.k
-        i = next(i for i in range(len(holds) - k + 1) if all(holds[i:i + k]))
-        return int(self._spectra[i + k - 1].window[1] - 1)
+        return int(v["online_confirmed_at"])       # the verdict's confirmation (its span rule)
 
     def on_epoch_end(self, epoch: int, history) -> bool:
         if self.horizon is not None and self._fresh and not self._stop:

@@ -135,7 +135,7 @@ def test_an_early_stopped_run_is_judged_against_its_whole_budget(monkeypatch, la
 
 
 # -- drift against jitter (the per-layer and whole-network motion test, HorizonCriterion.motion)
-V2 = horizon.HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None)   # the rule before
+V2 = horizon.RULES["v2"]   # the rule before
 
 
 def _two_layers(kind, amp, seed=0):
@@ -242,3 +242,19 @@ def test_a_verdict_of_an_older_rule_reads_as_outdated():
     assert verdicts.cell({"class": "stalled"}) == "stalled (outdated rule v2)"       # stored before the key
     assert "re-run kma analyze" in verdicts.mlflow_tags(old)["kma.verdict_outdated"]
     assert verdicts.cell({"converged_at": None}) == "no"                               # first-version verdicts
+
+
+def test_holding_windows_a_step_apart_do_not_confirm_each_other():
+    """k = 2 holding windows confirm when their starts are ⌈W/2⌉ apart (the analysis' plan),
+    not when they are 2 snapshots apart (a monitor fitting every 2 snapshots), except at
+    the budget's end, where the plan's last window is moved to end with the run."""
+    from types import SimpleNamespace
+
+    rows = lambda starts, W=10: [SimpleNamespace(window=(a, a + W)) for a in starts]   # noqa: E731
+    step2 = horizon._confirmations(rows([0, 2, 4, 6]), [True] * 4, 2, 0.5, end=100)
+    assert step2 == [None, None, None, 0]                 # starts 0 and 6 are 5 or more apart
+    half = horizon._confirmations(rows([0, 5, 10]), [False, True, True], 2, 0.5, end=100)
+    assert half == [None, None, 1]
+    assert horizon._confirmations(rows([0, 2]), [True, True], 2, 0.0, end=100) == [None, 0]   # v2: any two
+    at_end = horizon._confirmations(rows([10, 11]), [True, True], 2, 0.5, end=21)
+    assert at_end == [None, 0]
