@@ -500,7 +500,8 @@ def _why_not(ev, crit, rows) -> str:
     sp = ev["loss_spread"][i]
     if crit.loss_spread is not None and sp is not None and sp > crit.loss_spread:
         parts.append(f"val loss still swings {sp:.0%} within the window > {crit.loss_spread:.0%}")
-    return "; ".join(parts) or f"fewer than {crit.k} consecutive holding windows"
+    return "; ".join(parts) or (f"no {crit.k} consecutive holding windows whose starts span "
+                                f"{crit.confirm_span:g} of a window (the last window holds)")
 
 
 def _rising(train, window_epochs, n, rise=None) -> bool | None:
