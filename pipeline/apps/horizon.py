@@ -76,6 +76,7 @@ import numpy as np
 from . import convergence
 
 RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
+SPREAD_FLOOR = 1e-3   # val-loss swings below 0.1 % of the first epoch's loss are beneath notice
 
 __all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "drift_motion", "loss_gain", "loss_spread",
            "verdict"]
@@ -210,13 +211,20 @@ def unit_motion(result, factor, horizon: int, crit: HorizonCriterion) -> float:
 
 def loss_spread(val_loss, start_epoch: int, end_epoch: int) -> float | None:
     """How much the validation loss swings over epochs ``(start_epoch, end_epoch]``:
-    ``max / min − 1`` of its values there (``val_loss[i]`` is epoch ``i + 1``). None when
-    the losses do not cover the window or are not positive."""
+    ``(max − min) / max(min, SPREAD_FLOOR · v_1)`` of its values there (``val_loss[i]`` is
+    epoch ``i + 1``, ``v_1`` the first epoch's): ``max / min − 1`` unless the loss has
+    fallen below 0.1 % of where it started (a fit to rounding, where relative swings of
+    1e-16 losses mean nothing). None when the losses do not cover the window or are not
+    positive."""
     v = np.asarray([np.nan if x is None else x for x in (list(val_loss) if val_loss is not None else [])], dtype=float)
     seg = v[max(0, int(start_epoch)):min(int(end_epoch), v.size)]
-    if seg.size == 0 or not np.isfinite(seg).all() or seg.min() <= 0:
+    if seg.size == 0 or not np.isfinite(seg).all() or seg.min() < 0:
         return None
-    return float(seg.max() / seg.min() - 1.0)
+    floor = SPREAD_FLOOR * abs(v[0]) if np.isfinite(v[0]) else 0.0
+    den = max(float(seg.min()), floor)
+    if den <= 0:
+        return None
+    return float((seg.max() - seg.min()) / den)
 
 
 def _ritz_vectors(result, factor):

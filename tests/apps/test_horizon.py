@@ -258,3 +258,10 @@ def test_holding_windows_a_step_apart_do_not_confirm_each_other():
     assert horizon._confirmations(rows([0, 2]), [True, True], 2, 0.0, end=100) == [None, 0]   # v2: any two
     at_end = horizon._confirmations(rows([10, 11]), [True, True], 2, 0.5, end=21)
     assert at_end == [None, 0]
+
+
+def test_the_val_loss_swing_is_relative_unless_the_loss_fell_to_rounding():
+    assert horizon.loss_spread([1.0, 0.5, 0.4, 0.5, 0.4], 2, 5) == pytest.approx(0.25)
+    exact_fit = [1.0, 1e-3, 1e-9, 1e-16, 5e-17, 2e-16]                  # a fit to rounding
+    assert horizon.loss_spread(exact_fit, 3, 6) == pytest.approx((2e-16 - 5e-17) / 1e-3)   # not 3
+    assert horizon.loss_spread(exact_fit, 2, 6) == pytest.approx((1e-9 - 5e-17) / 1e-3)
