@@ -76,7 +76,7 @@ import numpy as np
 from . import convergence
 
 RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
-SPREAD_FLOOR = 1e-3   # val-loss swings below 0.1 % of the first epoch's loss are beneath notice
+SPREAD_FLOOR = 1e-6   # a val loss a million times below its first epoch's is a fit to rounding
 
 __all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "drift_motion", "loss_gain", "loss_spread",
            "verdict"]
@@ -213,9 +213,10 @@ def loss_spread(val_loss, start_epoch: int, end_epoch: int) -> float | None:
     """How much the validation loss swings over epochs ``(start_epoch, end_epoch]``:
     ``(max − min) / max(min, SPREAD_FLOOR · v_1)`` of its values there (``val_loss[i]`` is
     epoch ``i + 1``, ``v_1`` the first epoch's): ``max / min − 1`` unless the loss has
-    fallen below 0.1 % of where it started (a fit to rounding, where relative swings of
-    1e-16 losses mean nothing). None when the losses do not cover the window or are not
-    positive."""
+    fallen a million times below where it started (a fit to rounding, where relative swings
+    of 1e-16 losses mean nothing; a floor at 1e-3 suppressed real swings of runs that
+    started from a huge loss and made a premature call on the tuning runs). None when the
+    losses do not cover the window or are not positive."""
     v = np.asarray([np.nan if x is None else x for x in (list(val_loss) if val_loss is not None else [])], dtype=float)
     seg = v[max(0, int(start_epoch)):min(int(end_epoch), v.size)]
     if seg.size == 0 or not np.isfinite(seg).all() or seg.min() < 0:

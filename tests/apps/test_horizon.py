@@ -263,5 +263,5 @@ def test_holding_windows_a_step_apart_do_not_confirm_each_other():
 def test_the_val_loss_swing_is_relative_unless_the_loss_fell_to_rounding():
     assert horizon.loss_spread([1.0, 0.5, 0.4, 0.5, 0.4], 2, 5) == pytest.approx(0.25)
     exact_fit = [1.0, 1e-3, 1e-9, 1e-16, 5e-17, 2e-16]                  # a fit to rounding
-    assert horizon.loss_spread(exact_fit, 3, 6) == pytest.approx((2e-16 - 5e-17) / 1e-3)   # not 3
-    assert horizon.loss_spread(exact_fit, 2, 6) == pytest.approx((1e-9 - 5e-17) / 1e-3)
+    assert horizon.loss_spread(exact_fit, 3, 6) == pytest.approx((2e-16 - 5e-17) / 1e-6)   # not 3
+    assert horizon.loss_spread(exact_fit, 1, 3) == pytest.approx((1e-3 - 1e-9) / 1e-6)
