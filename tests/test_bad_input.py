@@ -508,8 +508,8 @@ def test_policy_options_that_cannot_fire_are_refused(sweep_refused, policy, key)
 
 def test_stop_rule_v2_with_per_step_snapshots_or_an_unknown_rule_is_refused(sweep_refused):
     sweep_refused({**TINY, "stop": {"window": 6}, "snapshot": {"unit": "step"}},
-                  words=["stop: rule v2 needs snapshot.unit: epoch", "stop.rule: v1"])
-    sweep_refused({**TINY, "stop": {"rule": "v3"}}, words=["stop.rule", "'v2' or 'v1'"])
+                  words=["stop: rule v3 needs snapshot.unit: epoch", "stop.rule: v1"])
+    sweep_refused({**TINY, "stop": {"rule": "v4"}}, words=["stop.rule", "'v3', 'v2' or 'v1'"])
 
 
 def test_compare_says_what_is_missing(three_runs, tmp_path, capsys):

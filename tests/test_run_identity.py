@@ -113,16 +113,18 @@ def test_run_ids_with_a_training_option_are_pinned():
 
 
 def test_stop_rule_v2_gets_its_own_ids_and_v1_keeps_the_old_ones():
-    """``stop:`` without ``rule`` is the second version now: a different stopping point is
-    a different trajectory, so its ids differ from the runs ``stop:`` made before (v1)."""
+    """``stop:`` without ``rule`` is the second version at its current defaults (v3) now: a
+    different stopping point is a different trajectory, so its ids differ from the runs
+    ``stop:`` made before (v1) and from those of the second version's earlier rule (v2)."""
     data = config.load(ROOT / "configs" / "demo.yaml", names=False).model_dump(mode="json")
     value, old_ids = OPTION_IDS["stop"]
     plain = {k: v for k, v in value.items() if k != "rule"}
     ids = {rule: [v.run_id for v in config.expand(config.validate({**data, "stop": {**plain, **extra}},
                                                                    names=False))[:2]]
-           for rule, extra in (("default", {}), ("v2", {"rule": "v2"}), ("v1", {"rule": "v1"}))}
+           for rule, extra in (("default", {}), ("v3", {"rule": "v3"}), ("v2", {"rule": "v2"}), ("v1", {"rule": "v1"}))}
     assert ids["v1"] == old_ids
-    assert ids["default"] == ids["v2"] and not set(ids["v2"]) & set(old_ids)
+    assert ids["default"] == ids["v3"] and not set(ids["v2"]) & set(old_ids)
+    assert not set(ids["v3"]) & set(ids["v2"]) and not set(ids["v3"]) & set(old_ids)
 
 
 def test_bad_init_rule_v3_gets_its_own_ids_and_v1_keeps_the_old_ones():

@@ -426,7 +426,7 @@ def main(argv=None) -> int:
 
     # -- convergence: tune motion_tol, loss_tol on the tuning runs
     grid = [horizon.HorizonCriterion(motion_tol=m, layer_tol=lay, loss_tol=lt, rise_tol=rt)
-            for m in (0.02, 0.05, 0.1, 0.2) for lay in (0.05, 0.2, 0.5, 1e9) for lt in (0.01, 0.02, 0.05)
+            for m in (0.02, 0.05, 0.1, 0.2) for lay in (0.05, 0.1, 0.2, 1e9) for lt in (0.01, 0.02, 0.05)
             for rt in (0.1, 0.25)]
 
     def score(rs, crit):
@@ -453,7 +453,7 @@ def main(argv=None) -> int:
     for c in grid:
         called, prem, fg, ft, ag = score(tune, c)
         print(f"| {c.motion_tol:g} | {c.layer_tol:g} | {c.loss_tol:g} | {c.rise_tol:g} | {called} | {prem} | {fg}/{ft} | {ag}/{len(tune)} | |")
-        key = (prem <= 0, fg + ag, -c.layer_tol)
+        key = (prem <= 0, fg + ag, -c.layer_tol, c == horizon.HorizonCriterion())   # ties: the defaults
         if best is None or key > best[0]:
             best = (key, c)
     crit = best[1]

@@ -12,14 +12,22 @@ For a window ``[a, b)`` (end snapshot ``e = b − 1``) and the ``H`` snapshots l
 budget after ``e`` (at least the window's width ``W = b − a``: near the budget's end the
 question is whether one more window would still move it):
 
-- **predicted remaining motion** of a layer: ``M_pred = Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|``
-  over its kept Ritz pairs that can be told from 1 (``|λ_i − 1| > min(κ_i r_i, δ)``) —
-  ``b_i λ_i^{W−1}`` is mode ``i``'s content at ``e`` (Ritz vectors of unit norm), and
-  ``|λ_i^H − 1|`` how much of it moves by the end (the bound the freeze option uses,
-  :mod:`pipeline.apps.freeze`). Certification is not required: since engine 4 a pair is
-  certified only where the window's misfit is small, which minibatch noise rarely allows
-  late in training (measured: most late windows of the tuning sweep have no certified
-  pair), and a test that needs certified pairs would never hold there;
+- **remaining motion** of a unit (the whole network, a layer), read two ways
+  (``HorizonCriterion.motion``). The default, ``drift``: the window's **net drift** carried
+  over the rest of the budget, ``M = v̂ · H`` with ``v̂² = max(D² − S, 0) / (n (n − 1))``
+  (``D`` the window's displacement, ``S`` the sum of its ``n`` squared steps:
+  :func:`drift_motion`) — displacement beyond what a random walk of the same steps would
+  make, so a layer that only jitters under minibatch noise (a random walk, or a
+  mean-reverting jitter) has none and a layer moving in a straight line keeps it all. The
+  rule before (``sum``, verdict_version 2): the motion the modes predict,
+  ``Σ_i |b_i| |λ_i|^{W−1} |λ_i^H − 1|`` over the kept Ritz pairs that can be told from 1
+  (``|λ_i − 1| > min(κ_i r_i, δ)``; ``b_i λ_i^{W−1}`` is mode ``i``'s content at ``e``,
+  ``|λ_i^H − 1|`` how much of it moves by the end: the bound the freeze option uses,
+  :mod:`pipeline.apps.freeze`); it reads minibatch jitter as motion (noise modes inside
+  the unit circle carry the jitter's size) and a straight-line drift as none (its pair
+  sits at λ = 1). Measured on the tuning and held-out sweeps:
+  ``jobs/experiments/verdict_minibatch.py``. Certification is not required either way
+  (engine 4 certifies few pairs of a minibatch window);
 - **motion so far** ``M_past``: the path from snapshot 0 to ``e`` measured on the windows'
   factors (``‖x_{a_{j+1}} − x_{a_j}‖`` chained over the windows, then ``‖x_e − x_a‖``; exact
   in the factor's coordinates, no pass over the data);
@@ -28,9 +36,13 @@ question is whether one more window would still move it):
   window's epochs), ``G = (m_e − c/(1−ρ)) (1 − ρ^{H_ep}) / m_e``; a fit with ``ρ ∉ (0, 1)``
   falls back to the window's linear rate times ``H_ep`` (capped at 1).
 
-A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M_pred ≤ motion_tol ·
+- **loss spread**: the validation loss over the window's epochs swings by ``max / min − 1``
+  (:func:`loss_spread`); a loss still swinging by more than ``loss_spread`` is a run that
+  still moves, whatever its best-so-far says.
+
+A window **holds** when no certified pair grows (``|λ| > 1 + δ``), ``M ≤ motion_tol ·
 M_past`` for the whole network, ``≤ layer_tol · M_past`` of the layer for every layer,
-and ``G ≤ loss_tol`` where losses are
+``G ≤ loss_tol`` and the loss spread ``≤ loss_spread`` where losses are
 stored (without window factors — a stored analysis — the first version's share test
 stands in for the motion test). The first version's share at 1 stays in the evidence.
 The run's **class**, judged at its last window:
@@ -64,32 +76,55 @@ import numpy as np
 from . import convergence
 
 RISE = 0.25     # a training loss 25 % above its lowest window mean has come back up
+SPREAD_FLOOR = 1e-6   # a val loss a million times below its first epoch's is a fit to rounding
 
-__all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "loss_gain", "verdict"]
+__all__ = ["HorizonCriterion", "path_so_far", "predicted_motion", "drift_motion", "loss_gain", "loss_spread",
+           "verdict"]
+
+MOTIONS = ("sum", "vector", "drift", "both")
 
 
 @dataclass(frozen=True)
 class HorizonCriterion:
-    """The second version's numbers (fixed on the multiscale tuning sweep,
-    ``jobs/experiments/verdict_study.py``)."""
+    """The second version's numbers (fixed on the multiscale tuning sweep: the motion's
+    reading, its tolerances and the loss swing by ``jobs/experiments/verdict_minibatch.py``,
+    ``loss_tol`` and ``rise_tol`` by ``jobs/experiments/verdict_study.py``)."""
 
     delta: float = 0.01
     share: float = 0.8
     k: int = 2
-    motion_tol: float = 0.05
-    layer_tol: float = 0.05
+    motion_tol: float = 0.1
+    layer_tol: float = 0.1
     loss_tol: float = 0.01
     rise_tol: float = 0.25
     stall_ratio: float = 0.5
     rise_windows: int = 5
     residual_tol: float = convergence.RELIABLE_RESIDUAL
-    motion: str = "sum"          # "vector": the norm of the predicted displacement (predicted_motion)
+    # what a unit's remaining motion is (unit_motion): "sum" (the modes' predicted motion,
+    # Σ|b_i|·|λ_i^{W-1}|·|λ_i^H − 1|), "vector" (the norm of the predicted displacement),
+    # "drift" (the window's net drift, what its displacement holds beyond a random walk of
+    # its steps, times H), "both" (the smaller of "sum" and "drift": motion the modes
+    # predict *and* the displacement shows)
+    motion: str = "both"
+    loss_spread: float | None = 0.2    # a window's val loss may swing by this much (max/min − 1); None: off
+    confirm_span: float = 0.5          # k holding windows confirm when their starts span (k − 1)·⌈confirm_span·W⌉
+
+    def __post_init__(self):
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {', '.join(MOTIONS)}, not {self.motion!r}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def v1(self) -> convergence.Criterion:
         return convergence.Criterion(self.delta, self.share, self.k, self.residual_tol)
+
+
+# The in-training ``stop:`` rules of the second version (``pipeline.config.policies.StopPolicy``):
+# ``v2`` the rule before drift and jitter were told apart (the modes' predicted motion,
+# tolerance 0.05, no loss spread, any k consecutive windows confirm: verdict_version 2), ``v3`` the defaults.
+RULES = {"v2": HorizonCriterion(motion="sum", motion_tol=0.05, layer_tol=0.05, loss_spread=None, confirm_span=0.0),
+         "v3": HorizonCriterion()}
 
 
 def path_so_far(factors: dict) -> dict:
@@ -138,6 +173,59 @@ def predicted_motion(result, horizon: int, residual_tol: float, delta: float = 0
         else:
             total = float(np.nansum(np.abs(coef)))
     return total if math.isfinite(total) else float("inf")
+
+
+def drift_motion(factor, horizon: int) -> float:
+    """The window's net drift carried over ``horizon`` more snapshots: ``v̂ · H`` with
+    ``v̂² = max(D² − S, 0) / (n (n − 1))`` — ``D = ‖x_e − x_a‖`` the window's displacement,
+    ``S = Σ_t ‖x_{t+1} − x_t‖²`` the sum of its squared steps, ``n = W − 1`` steps (in the
+    factor's coordinates, ``C``: k × W, which keep norms).
+
+    For steps ``v + ξ_t`` (a constant drift ``v`` plus zero-mean noise of any covariance,
+    uncorrelated in time) ``E[D² − S] = n (n − 1) ‖v‖²``: the noise's share cancels, so a
+    layer that only jitters — a random walk (``D² ≈ S``) or a mean-reverting jitter
+    (``D² < S``) — has no drift, and a layer moving in a straight line keeps all of its
+    displacement. Extrapolated linearly over the rest of the budget: an upper bound for a
+    drift that slows. 0 for windows of fewer than 3 snapshots."""
+    C = np.asarray(factor.C, dtype=np.float64)
+    n = C.shape[1] - 1
+    if n < 2 or horizon <= 0:
+        return 0.0
+    D2 = float(np.sum((C[:, -1] - C[:, 0]) ** 2))
+    S = float(np.sum(np.diff(C, axis=1) ** 2))
+    return math.sqrt(max(D2 - S, 0.0) / (n * (n - 1))) * int(horizon)
+
+
+def unit_motion(result, factor, horizon: int, crit: HorizonCriterion) -> float:
+    """The remaining motion of one unit (the whole network or a layer) in one window, as
+    ``crit.motion`` reads it (:class:`HorizonCriterion`); needs ``factor`` for ``vector``,
+    ``drift`` and ``both`` (without it: the modes' sum)."""
+    if crit.motion in ("drift", "both") and factor is not None:
+        d = drift_motion(factor, horizon)
+        if crit.motion == "drift":
+            return d
+        return min(d, predicted_motion(result, horizon, crit.residual_tol, crit.delta))
+    return predicted_motion(result, horizon, crit.residual_tol, crit.delta,
+                            factor=factor if crit.motion == "vector" else None)
+
+
+def loss_spread(val_loss, start_epoch: int, end_epoch: int) -> float | None:
+    """How much the validation loss swings over epochs ``(start_epoch, end_epoch]``:
+    ``(max − min) / max(min, SPREAD_FLOOR · v_1)`` of its values there (``val_loss[i]`` is
+    epoch ``i + 1``, ``v_1`` the first epoch's): ``max / min − 1`` unless the loss has
+    fallen a million times below where it started (a fit to rounding, where relative swings
+    of 1e-16 losses mean nothing; a floor at 1e-3 suppressed real swings of runs that
+    started from a huge loss and made a premature call on the tuning runs). None when the
+    losses do not cover the window or are not positive."""
+    v = np.asarray([np.nan if x is None else x for x in (list(val_loss) if val_loss is not None else [])], dtype=float)
+    seg = v[max(0, int(start_epoch)):min(int(end_epoch), v.size)]
+    if seg.size == 0 or not np.isfinite(seg).all() or seg.min() < 0:
+        return None
+    floor = SPREAD_FLOOR * abs(v[0]) if np.isfinite(v[0]) else 0.0
+    den = max(float(seg.min()), floor)
+    if den <= 0:
+        return None
+    return float((seg.max() - seg.min()) / den)
 
 
 def _ritz_vectors(result, factor):
@@ -217,10 +305,12 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     -------
     dict
         ``class``, ``converged_at`` / ``converged_epoch`` (converged runs only),
-        ``online_converged_at`` / ``online_converged_epoch`` (the end of the first of the
-        first ``k`` holding windows) and ``online_confirmed_epoch`` (the end of the
-        ``k``-th: where an in-training stopper would stop), and ``evidence`` (per window:
-        ``window_epochs``, ``predicted_motion``, ``motion_so_far``, ``loss_gain``,
+        ``online_converged_at`` / ``online_converged_epoch`` (the end of the first window of
+        the first confirmed streak of holding windows) and ``online_confirmed_at`` /
+        ``online_confirmed_epoch`` (the end of the window that confirms it: where an
+        in-training stopper would stop), and ``evidence`` (per window:
+        ``window_epochs``, ``predicted_motion``, ``modes_motion``, ``drift_motion``,
+        ``motion_so_far``, ``loss_gain``, ``loss_spread``,
         ``holds``, ``layers_moving``; ``frozen_layers``, ``train_loss_rising``,
         ``progress_ratio``, ``reasons``, ``criterion``, ``limitation``).
     """
@@ -235,6 +325,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     layer_rows = {n: {tuple(r.window): r for r in rs} for n, rs in (layer_spectra or {}).items()}
     ev = {"window_epochs": [], "predicted_motion": [], "motion_so_far": [], "loss_gain": [],
           "holds": [], "layers_moving": [], "share_at_1": [], "val_loss_at": [], "train_loss_at": [],
+          "loss_spread": [], "modes_motion": [], "drift_motion": [],
           "layer_motion_ratio": {n: [] for n in layer_rows}}
     limits = []
     if not factors:
@@ -250,9 +341,8 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         H = max(last_snap - 1 - e, b - a)     # at least one more window: the budget's end is no free pass
         c1 = convergence.check_window(r, v1)
         growing_at.append(c1.n_growing > 0)
-        vec = crit.motion == "vector"
-        mp = predicted_motion(r, H, crit.residual_tol, crit.delta,
-                              factor=(factors or {}).get((a, b)) if vec else None)
+        wf = (factors or {}).get((a, b))
+        mp = unit_motion(r, wf, H, crit)
         ms = past.get((a, b))
         w_ok = c1.n_growing == 0 and (ms is None or mp <= crit.motion_tol * ms) and \
             (ms is not None or c1.holds)       # no factors: the first version's test stands in
@@ -262,15 +352,18 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
             lms = layer_past.get(name, {}).get((a, b))
             if lr is None or lms is None:
                 continue
-            lmp = predicted_motion(lr, H, crit.residual_tol, crit.delta,
-                                   factor=(layer_factors or {}).get(name, {}).get((a, b)) if vec else None)
+            lmp = unit_motion(lr, (layer_factors or {}).get(name, {}).get((a, b)), H, crit)
             ev["layer_motion_ratio"][name].append(_r(lmp / lms) if lms > 0 else 0.0)
             if lmp > crit.layer_tol * lms:
                 moving.append(name)
         ea, ee = _epoch(a, snapshot_epochs), _epoch(e, snapshot_epochs)
         bud_ep = budget_epochs if budget_epochs is not None else _epoch(last_snap - 1, snapshot_epochs)
         g = loss_gain(val, ea, ee, max(bud_ep - ee, ee - ea)) if has_loss else None
-        l_ok = g is None or g <= crit.loss_tol
+        sp = loss_spread(val, ea, ee) if has_loss else None
+        l_ok = (g is None or g <= crit.loss_tol) and (crit.loss_spread is None or sp is None or sp <= crit.loss_spread)
+        ev["loss_spread"].append(_r(sp))
+        ev["modes_motion"].append(_r(predicted_motion(r, H, crit.residual_tol, crit.delta)))
+        ev["drift_motion"].append(_r(drift_motion(wf, H)) if wf is not None else None)
         ev["window_epochs"].append(ee)
         ev["val_loss_at"].append(_r(val[ee - 1]) if has_loss and 1 <= ee <= len(val) and val[ee - 1] is not None else None)
         ev["train_loss_at"].append(_r(train[ee - 1]) if 1 <= ee <= len(train) and train[ee - 1] is not None else None)
@@ -281,9 +374,11 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         ev["layers_moving"].append(moving)
         ev["holds"].append(bool(w_ok and not moving and l_ok))
     holds = ev["holds"]
-    online = next((i for i in range(len(holds) - crit.k + 1) if all(holds[i:i + crit.k])), None)
+    confirms = _confirmations(rows, holds, crit.k, crit.confirm_span, last_snap)
+    first = next((j for j, c in enumerate(confirms) if c is not None), None)
+    online = confirms[first] if first is not None else None
     online_at = rows[online].window[1] - 1 if online is not None else None
-    confirmed = rows[online + crit.k - 1].window[1] - 1 if online is not None else None
+    confirmed = rows[first].window[1] - 1 if first is not None else None
     # the run's end state
     frozen = sorted(n for n, p in layer_past.items() if p and max(p.values()) == 0.0)
     finite = all(x is not None and math.isfinite(x) for x in val + train)
@@ -317,7 +412,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
             cls = "still_improving"
             reasons.append(_why_not(ev, crit, rows))
     conv_at = online_at if cls == "converged" else None
-    ev["class_by_window"] = _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit)
+    ev["class_by_window"] = _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit, confirms)
     if ev["class_by_window"]:
         ev["class_by_window"][-1] = cls        # the last window's is the run's class
     return {
@@ -326,6 +421,7 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         "converged_epoch": _epoch(conv_at, snapshot_epochs),
         "online_converged_at": online_at,
         "online_converged_epoch": _epoch(online_at, snapshot_epochs),
+        "online_confirmed_at": confirmed,
         "online_confirmed_epoch": _epoch(confirmed, snapshot_epochs),
         "class_reason": "; ".join(r for r in reasons if r),
         "evidence": {**ev, "frozen_layers": frozen, "train_loss_rising": rising,
@@ -334,7 +430,30 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
     }
 
 
-def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> list:
+def _confirmations(rows, holds, k, span_frac: float = 0.5, end: int | None = None) -> list:
+    """Per window ``j``: the index of the first window of the streak of holding windows that
+    ``j`` confirms, or None. A streak confirms once it holds ``k`` windows whose starts span
+    at least ``(k − 1) ⌈span_frac · W⌉`` snapshots: ``k`` half-overlapping windows (the
+    analysis' auto plan), not ``k`` windows a step apart that share most of their snapshots
+    (a monitor fitting every 2 snapshots) — those would confirm one window's noise. At the
+    budget's end (a window ending at snapshot ``end``) there is nothing more to confirm with:
+    ``k`` windows suffice (the auto plan's last window, moved to end at the run's end)."""
+    out, start = [], None
+    for j, r in enumerate(rows):
+        if not holds[j]:
+            start = None
+            out.append(None)
+            continue
+        start = j if start is None else start
+        a0, b0 = rows[start].window
+        span = int(r.window[0]) - int(a0)
+        ok = j - start + 1 >= k and (span >= (k - 1) * math.ceil(span_frac * (b0 - a0)) or
+                                     (end is not None and int(r.window[1]) >= end))
+        out.append(start if ok else None)
+    return out
+
+
+def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit, confirms=None) -> list:
     """The class as it read at each window's end, from what was known then (the figures'
     class fractions over training)."""
     out = []
@@ -351,7 +470,7 @@ def _classes_by_window(ev, growing_at, val, train, layer_past, rows, crit) -> li
         rising = _rising(train[:max(ee, 0)], [int(x) for x in ev["window_epochs"][:j + 1]],
                          crit.rise_windows, crit.rise_tol) if train else None
         bad = (prog is not None and prog > crit.stall_ratio) or bool(rising) or frozen
-        streak = j + 1 >= crit.k and all(holds[j - crit.k + 1:j + 1])
+        streak = confirms[j] is not None
         g = ev["loss_gain"][j]
         if streak and not bad:
             out.append("converged")
@@ -381,13 +500,17 @@ def _why_not(ev, crit, rows) -> str:
             parts.append(f"certified share at 1 {ev['share_at_1'][i]:.2f} < {crit.share} (no factors)")
     mp, ms = ev["predicted_motion"][i], ev["motion_so_far"][i]
     if ms is not None and mp is not None and mp > crit.motion_tol * ms:
-        parts.append(f"predicted remaining motion {mp:.3g} > {crit.motion_tol} × motion so far {ms:.3g}")
+        parts.append(f"predicted remaining motion ({crit.motion}) {mp:.3g} > {crit.motion_tol} × motion so far {ms:.3g}")
     if ev["layers_moving"][i]:
         parts.append("layers still moving: " + ", ".join(ev["layers_moving"][i]))
     g = ev["loss_gain"][i]
     if g is not None and g > crit.loss_tol:
         parts.append(f"predicted val-loss gain {g:.1%} > {crit.loss_tol:.0%}")
-    return "; ".join(parts) or f"fewer than {crit.k} consecutive holding windows"
+    sp = ev["loss_spread"][i]
+    if crit.loss_spread is not None and sp is not None and sp > crit.loss_spread:
+        parts.append(f"val loss still swings {sp:.0%} within the window > {crit.loss_spread:.0%}")
+    return "; ".join(parts) or (f"no {crit.k} consecutive holding windows whose starts span "
+                                f"{crit.confirm_span:g} of a window (the last window holds)")
 
 
 def _rising(train, window_epochs, n, rise=None) -> bool | None:

@@ -122,7 +122,7 @@ def evidence_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
             ax_l.plot(x, y, st, marker=".", label=name, color="k")
     if ax_l.lines:
         ax_l.set_yscale("log")
-        ax_l.legend(fontsize=7, loc="upper right")
+        ax_l.legend(fontsize=7, loc="upper right", handlelength=3.5)
     ax_l.set_ylabel("loss at window end")
     ratio = [np.nan if (m is None or s_ in (None, 0)) else m / s_ for m, s_ in
              zip(ev.get("predicted_motion") or [], ev.get("motion_so_far") or [])]
@@ -130,16 +130,21 @@ def evidence_figure(verdict: dict, *, label: str = "", analysis_id: str = ""):
     floor = 1e-6
     if ratio:
         ax_r.plot(x, np.maximum(ratio, floor), marker="o", ms=3, color="tab:purple",
-                  label="weights: predicted remaining motion / motion so far")
+                  label=f"weights: remaining motion ({crit.get('motion', 'sum')}) / motion so far")
         ax_r.axhline(crit.get("motion_tol", 0.05), color="tab:purple", ls=":", lw=1)
     if gain and np.isfinite(gain).any():
         ax_r.plot(x, np.maximum(gain, floor), marker="s", ms=3, color="tab:brown",
                   label="loss: predicted remaining val-loss gain (relative)")
         ax_r.axhline(crit.get("loss_tol", 0.05), color="tab:brown", ls=":", lw=1)
+    spread = [np.nan if v is None else v for v in ev.get("loss_spread") or []]
+    if crit.get("loss_spread") is not None and spread and np.isfinite(spread).any():
+        ax_r.plot(x, np.maximum(spread, floor), marker="^", ms=3, color="tab:olive",
+                  label="loss: val-loss swing within the window (max/min − 1)")
+        ax_r.axhline(crit["loss_spread"], color="tab:olive", ls=":", lw=1)
     ax_r.set_yscale("log")
     ax_r.set_ylabel("over the remaining budget")
     if ax_r.lines:
-        ax_r.legend(fontsize=7, loc="upper right")
+        ax_r.legend(fontsize=7, loc="best")
     ax_s.plot(x, ev.get("share_at_1") or [np.nan] * x.size, marker="o", ms=3, color="tab:gray")
     ax_s.axhline(crit.get("share", 0.8), color="0.3", ls=":", lw=1)
     ax_s.set_ylim(-0.05, 1.05)

@@ -29,6 +29,13 @@ from . import convergence
 
 log = logging.getLogger(__name__)
 
+# The second version's rule, as stored in each verdict (``verdict_version``): 2 judged a
+# unit's remaining motion by its modes' prediction alone; 3 by its net drift (a layer that
+# only jitters under minibatch noise holds) and the val loss's swing within a window
+# (docs "Convergence verdicts"). A stored verdict of an older rule is shown as outdated
+# (:func:`cell`, the MLflow tag ``kma.verdict_outdated``) until ``kma analyze`` runs again.
+VERDICT_VERSION = 3
+
 
 @dataclass
 class VerdictInput:
@@ -94,7 +101,7 @@ def horizon_producer(ctx: VerdictInput) -> dict:
             "online_converged_at": v["online_converged_at"],
             "online_converged_epoch": v["online_converged_epoch"],
             "online_confirmed_epoch": v["online_confirmed_epoch"],
-            "reason": v["class_reason"], "evidence": v["evidence"], "verdict_version": 2}
+            "reason": v["class_reason"], "evidence": v["evidence"], "verdict_version": VERDICT_VERSION}
 
 
 def badinit_producer(ctx: VerdictInput) -> dict:
@@ -163,17 +170,26 @@ def summary(verdict: dict | None) -> dict:
     return {k: v.get(k) for k in ("run_id", "class", "converged_at", "converged_epoch", "bad_init", "reason")}
 
 
+def outdated(verdict: dict | None) -> bool:
+    """A stored second-version verdict made by an older rule (``verdict_version`` below
+    :data:`VERDICT_VERSION`); verdicts stored before classes existed are not flagged."""
+    v = verdict or {}
+    return v.get("class") is not None and int(v.get("verdict_version") or 2) < VERDICT_VERSION
+
+
 def cell(verdict: dict | None) -> str:
     """One table cell: ``converged 12 (ep 12)``, ``still_improving``, ``stalled``,
-    ``diverging`` (second-version verdicts), ``12 (ep 12)`` / ``no`` (first-version
+    ``diverging`` (second-version verdicts; ``still_improving (outdated rule v2)`` for one
+    stored by an older rule: re-run ``kma analyze``), ``12 (ep 12)`` / ``no`` (first-version
     verdicts stored before classes existed), or ``-`` (no verdict stored)."""
     if not verdict:
         return "-"
     cls = verdict.get("class")
+    old = f" (outdated rule v{int(verdict.get('verdict_version') or 2)})" if outdated(verdict) else ""
     if verdict.get("converged_at") is None:
-        return cls or "no"
+        return (cls or "no") + old
     point = f"{verdict['converged_at']} (ep {verdict.get('converged_epoch')})"
-    return f"{cls} {point}" if cls else point
+    return (f"{cls} {point}" if cls else point) + old
 
 
 def bad_init_cell(verdict: dict | None) -> str:
@@ -194,6 +210,8 @@ def mlflow_tags(verdict: dict | None) -> dict[str, str]:
             "kma.verdict_class": str(verdict.get("class") or "not classified"),
             "kma.convergence_reason": str(verdict.get("reason", ""))[:250],
             "kma.bad_init": "not assessed" if b is None else ("yes" if b else "no")}
+    if outdated(verdict):
+        tags["kma.verdict_outdated"] = f"rule v{int(verdict.get('verdict_version') or 2)}: re-run kma analyze"
     if conv:
         tags["kma.converged_at"] = str(verdict["converged_at"])
         tags["kma.converged_epoch"] = str(verdict.get("converged_epoch"))

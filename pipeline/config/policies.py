@@ -37,18 +37,21 @@ class StopPolicy(_Strict):
     spectra of the last ``window`` snapshots are computed in the training task and a
     convergence rule applied; the variant stops when it holds. Absent (None) = off.
 
-    ``rule``: ``v2`` (default) the second-version verdict of :mod:`pipeline.apps.horizon`
-    (predicted remaining motion over the rest of the budget against the motion so far,
-    per layer, and the predicted validation-loss gain; stops where ``k`` holding windows
-    are confirmed, as the offline verdict's ``online_confirmed_epoch``); ``v1`` the first
-    version of :mod:`pipeline.apps.convergence` (certified share at 1), what ``stop:``
-    ran before ``rule`` existed. ``rule: v1`` keeps those runs' ids; ``v2`` enters the id
+    ``rule``: ``v3`` (default) the second-version verdict of :mod:`pipeline.apps.horizon`
+    at its defaults (remaining motion over the rest of the budget — what the modes predict
+    and the window's displacement shows beyond minibatch jitter — against the motion so
+    far, per layer, the predicted validation-loss gain and its swing; stops where ``k``
+    holding windows are confirmed, as the offline verdict's ``online_confirmed_epoch``);
+    ``v2`` the same verdict as it was before (the modes' prediction alone,
+    :data:`pipeline.apps.horizon.RULES`); ``v1`` the first version of
+    :mod:`pipeline.apps.convergence` (certified share at 1), what ``stop:`` ran before
+    ``rule`` existed. ``rule: v1`` keeps those runs' ids; ``v2`` and ``v3`` enter the id
     (a different stopping point is a different trajectory)."""
 
     ID_DEFAULTS: ClassVar[dict] = {"rule": "v1"}   # the value earlier runs had implicitly
 
     when: Literal["converged"] = "converged"
-    rule: Literal["v2", "v1"] = "v2"
+    rule: Literal["v3", "v2", "v1"] = "v3"
     window: int = Field(10, ge=6)
     every: int = Field(2, ge=1)
 

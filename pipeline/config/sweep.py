@@ -98,8 +98,8 @@ class SweepConfig(TrainingOptions):
 
     @model_validator(mode="after")
     def _stop_v2_needs_epochs(self):
-        if self.stop is not None and self.stop.rule == "v2" and self.snapshot.unit != "epoch":
-            raise ValueError("stop: rule v2 needs snapshot.unit: epoch (its horizon is the rest of the "
+        if self.stop is not None and self.stop.rule != "v1" and self.snapshot.unit != "epoch":
+            raise ValueError(f"stop: rule {self.stop.rule} needs snapshot.unit: epoch (its horizon is the rest of the "
                              "budget in snapshots); set stop.rule: v1 for per-step snapshots")
         return self
 

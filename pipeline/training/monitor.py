@@ -86,8 +86,9 @@ class SpectrumMonitor:
     def __init__(self, window: int = 10, every: int = 1, rank=None, tol=None,
                  stop_when: Callable[[SpectrumRecord], bool] | None = None, threshold=None,
                  criterion=None, horizon=None, groups=None, budget_snapshots=None, budget_epochs=None,
-                 unit_roundoff=None):
+                 unit_roundoff=None, rule: str = "v3"):
         self.window, self.every, self.rank, self.tol = window, every, rank, tol
+        self.rule = rule                      # the stop rule's name (with horizon), recorded in stop_point
         self.unit_roundoff = unit_roundoff
         self.horizon = horizon
         self.groups = list(groups) if groups is not None and len(groups) > 1 else None
@@ -192,7 +193,7 @@ class SpectrumMonitor:
         self._stop = True
         confirmed = self._confirmed_snapshot(v)
         self.stop_point = {
-            "when": "converged", "rule": "v2", "reason": "converged",
+            "when": "converged", "rule": self.rule, "reason": "converged",
             "snapshot": confirmed, "epoch": self.epochs[confirmed],
             "converged_at": int(v["online_converged_at"]),
             "converged_epoch": int(v["online_converged_epoch"]),
@@ -200,10 +201,7 @@ class SpectrumMonitor:
         }
 
     def _confirmed_snapshot(self, v) -> int:
-        holds = v["evidence"]["holds"]
-        k = self.horizon.k
-        i = next(i for i in range(len(holds) - k + 1) if all(holds[i:i + k]))
-        return int(self._spectra[i + k - 1].window[1] - 1)
+        return int(v["online_confirmed_at"])       # the verdict's confirmation (its span rule)
 
     def on_epoch_end(self, epoch: int, history) -> bool:
         if self.horizon is not None and self._fresh and not self._stop:

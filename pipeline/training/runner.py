@@ -193,8 +193,9 @@ def stop_monitor(variant: Variant, layout=None):
     ``stop: {rule, when: converged, window, every}`` (None when the option is absent):
     the spectra of the last ``window`` snapshots, cut at the verdicts' threshold, every
     ``every`` snapshots, judged by the second-version verdict (``rule: v2``: whole
-    network and every layer of ``layout``, the losses, the rest of the budget) or the
-    first version's criterion (``rule: v1``: the whole network's certified share at 1)."""
+    network and every layer of ``layout``, the losses, the rest of the budget; ``rule:
+    v3`` at its defaults, ``v2`` as it was before: :data:`pipeline.apps.horizon.RULES`) or
+    the first version's criterion (``rule: v1``: the whole network's certified share at 1)."""
     if variant.stop is None:
         return None
     from ..apps.convergence import VERDICT_CUT, Criterion
@@ -203,12 +204,12 @@ def stop_monitor(variant: Variant, layout=None):
     if variant.stop.rule == "v1":
         return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
                                threshold=VERDICT_CUT, criterion=Criterion())
-    from ..apps.horizon import HorizonCriterion
+    from ..apps.horizon import RULES
     from ..koopman.core import dtype_roundoff
 
     capacity = variant.snapshot_capacity()   # snapshot.unit epoch: SweepConfig refuses v2 otherwise
     return SpectrumMonitor(window=variant.stop.window, every=variant.stop.every,
-                           threshold=VERDICT_CUT, horizon=HorizonCriterion(),
+                           threshold=VERDICT_CUT, horizon=RULES[variant.stop.rule], rule=variant.stop.rule,
                            groups=layout.layer_ranges() if layout is not None else None,
                            budget_snapshots=capacity, budget_epochs=variant.epochs,
                            unit_roundoff=dtype_roundoff(variant.snapshot.dtype))
@@ -219,7 +220,7 @@ def stop_record(monitor, result) -> dict:
     where and why training stopped, or that it ran its full budget."""
     if result.stopped_early and monitor.stop_point is not None:
         return dict(monitor.stop_point)
-    rec = {"when": "converged", "rule": "v1" if monitor.horizon is None else "v2",
+    rec = {"when": "converged", "rule": "v1" if monitor.horizon is None else monitor.rule,
            "reason": "budget" if result.status == "complete" else result.status,
            "snapshot": None, "epoch": None, "window": monitor.window, "every": monitor.every}
     if monitor.verdict is not None:    # v2: the class the last window read as

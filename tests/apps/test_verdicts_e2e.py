@@ -144,7 +144,7 @@ def _offline_v2(run, W, S):
 
 
 def test_stop_v2_stops_where_the_offline_verdict_would(tmp_path):
-    """stop: (rule v2, the default) on a real minibatch-Adam run that flattens: training
+    """stop: (rule v3, the default) on a real minibatch-Adam run that flattens: training
     stops at the epoch where the offline second-version verdict of the same variant
     trained to its full budget confirms convergence, with less than 10 % still to gain."""
     from pipeline.apps import outcomes
@@ -152,7 +152,7 @@ def test_stop_v2_stops_where_the_offline_verdict_would(tmp_path):
     store = str(tmp_path / "store")
     # window 16, stride 8: the analysis' auto windows of a 151-snapshot run (the study's)
     v = _flattening(tmp_path, stop={"window": 16, "every": 8})
-    assert v.stop.rule == "v2" and v.identity()["stop"]["rule"] == "v2"
+    assert v.stop.rule == "v3" and v.identity()["stop"]["rule"] == "v3"
     assert run_variant(v, store)["status"] == "complete"
     full = _flattening(tmp_path)                                  # no stop: the whole budget
     assert run_variant(full, store)["status"] == "complete"
@@ -160,7 +160,7 @@ def test_stop_v2_stops_where_the_offline_verdict_would(tmp_path):
     run, whole = ts.open_run(v.run_id), ts.open_run(full.run_id)
     stop = run.attrs["stop"]
     assert whole.attrs["epochs_run"] == 150 and run.attrs["stopped_early"]
-    assert stop["rule"] == "v2" and stop["reason"] == "converged" and stop["class"] == "converged"
+    assert stop["rule"] == "v3" and stop["reason"] == "converged" and stop["class"] == "converged"
     # the offline verdict of the full run, on the monitor's windows
     off = _offline_v2(whole, 16, 8)
     assert off["online_confirmed_epoch"] == stop["epoch"] == run.attrs["epochs_run"] < 150

@@ -37,7 +37,7 @@ def _same_run(a, b):
         np.testing.assert_allclose(b.metrics[k], a.metrics[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.parametrize("rule", ["v1", "v2"])
+@pytest.mark.parametrize("rule", ["v1", "v2", "v3"])
 def test_spectral_stop_per_member_as_unpacked(tmp_path, rule):
     vs = _variants(stop={"window": 6, "every": 1, "rule": rule})
     assert [len(p) for p in plan_packs(vs)] == [8]
