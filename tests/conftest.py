@@ -120,7 +120,7 @@ def refusing_port():
 
 
 # --------------------------------------------------------------------------- figures
-def png_rgb(path) -> "np.ndarray":
+def png_rgb(path) :
     """The pixels of a PNG file as an ``H × W × 3`` float array in [0, 1] (fails on a
     file that is not a complete PNG)."""
     import matplotlib.image

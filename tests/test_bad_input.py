@@ -14,7 +14,6 @@ import json
 import os
 import pty
 import subprocess
-import sys
 import tracemalloc
 
 import numpy as np

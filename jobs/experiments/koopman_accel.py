@@ -135,7 +135,7 @@ def summarize(rows, steps_per_epoch):
         table = []
         for arm in dict.fromkeys(r["arm"] for r in group):
             rs = [r for r in group if r["arm"] == arm]
-            steps, wall, rel = [], [], []
+            steps, wall = [], []
             for r in rs:
                 hit = next((i for i, x in enumerate(r["history"]["train_loss"]) if x <= target), None)
                 if hit is not None:

@@ -3,7 +3,6 @@ on an unreliable spectrum, frozen weights constant in the stored trajectory (rea
 with the metric matching, the optimizer unable to move them, and one-line config errors."""
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
