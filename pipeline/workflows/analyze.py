@@ -352,6 +352,7 @@ def analyze_runs(
                                  f"0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
                 steps.relabel(f"{head}: verdicts", 0)
                 verdict = _verdict(run, est, params)
+                run.leading_rows = None          # the detector's rows: not held while writing
                 steps.relabel(f"{head}: writing" + (" modes (second pass)" if params.modes else ""), 0)
                 with DaskProgress(steps, f"{head}: writing modes (second pass)"):
                     _store_results(run, params, est, _modes(run, est, params) if params.modes else None,
