@@ -94,7 +94,7 @@ def test_resources_never_enter_the_run_id():
 OPTION_IDS = {
     "stop": ({"when": "converged", "rule": "v1", "window": 6, "every": 2},   # v1: the rule these ids had
              ["mlp-d2-w32-tanh-kaiming-adam-s0-741a75506a", "mlp-d2-w32-tanh-small_variance-adam-s0-799531d9ae"]),
-    "on_bad_init": ({"action": "restart", "max_restarts": 1},
+    "on_bad_init": ({"action": "restart", "max_restarts": 1, "rule": "v1"},   # v1: the rule these ids had
                     ["mlp-d2-w32-tanh-kaiming-adam-s0-cc41242e08", "mlp-d2-w32-tanh-small_variance-adam-s0-462cfc399d"]),
     "prune": ({"method": "koopman", "sparsity": 0.5, "after": 8},
               ["mlp-d2-w32-tanh-kaiming-adam-s0-b00620b629", "mlp-d2-w32-tanh-small_variance-adam-s0-386440ce55"]),
@@ -123,3 +123,18 @@ def test_stop_rule_v2_gets_its_own_ids_and_v1_keeps_the_old_ones():
            for rule, extra in (("default", {}), ("v2", {"rule": "v2"}), ("v1", {"rule": "v1"}))}
     assert ids["v1"] == old_ids
     assert ids["default"] == ids["v2"] and not set(ids["v2"]) & set(old_ids)
+
+
+def test_bad_init_rule_v3_gets_its_own_ids_and_v1_keeps_the_old_ones():
+    """``on_bad_init:`` without ``rule`` is the third detector now: a different restart
+    decision is a different trajectory, so its ids differ from the runs made before (v1)."""
+    data = config.load(ROOT / "configs" / "demo.yaml", names=False).model_dump(mode="json")
+    value, old_ids = OPTION_IDS["on_bad_init"]
+    plain = {k: v for k, v in value.items() if k != "rule"}
+    ids = {rule: [v.run_id for v in config.expand(config.validate({**data, "on_bad_init": {**plain, **extra}},
+                                                                   names=False))[:2]]
+           for rule, extra in (("default", {}), ("v3", {"rule": "v3"}), ("v2", {"rule": "v2"}),
+                               ("v1", {"rule": "v1"}))}
+    assert ids["v1"] == old_ids
+    assert ids["default"] == ids["v3"] and not set(ids["v3"]) & set(old_ids)
+    assert not set(ids["v2"]) & (set(old_ids) | set(ids["v3"]))

@@ -4,7 +4,7 @@ variants: epochs spent and the best validation loss each variant ends with.
 Trains every variant of a sweep config in this process (no Ray, sequentially) three ways:
 
 - **full budget**: no policy;
-- **restart (v1 / v2)**: ``on_bad_init: {action: restart, rule: v1|v2, fallback_init:
+- **restart (v1 / v2 / v3)**: ``on_bad_init: {action: restart, rule: v1|v2|v3, fallback_init:
   kaiming, after: 6}``: a variant the detector flags after 6 snapshots (5 epochs) stops
   and trains a fresh kaiming attempt for the whole budget (linked runs ``<id>-r1``);
 
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     results = {}
     for name, policy in (("full budget", None),
                          ("restart, v1 detector", OnBadInit(action="restart", rule="v1", fallback_init="kaiming", after=6)),
-                         ("restart, v2 detector", OnBadInit(action="restart", rule="v2", fallback_init="kaiming", after=6))):
+                         ("restart, v2 detector", OnBadInit(action="restart", rule="v2", fallback_init="kaiming", after=6)),
+                         ("restart, v3 detector", OnBadInit(action="restart", rule="v3", fallback_init="kaiming", after=6))):
         rows = []
         for v in plain:
             out = run_variant(v.model_copy(update={"on_bad_init": policy}), args.store)
@@ -76,8 +77,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {sum(r['restarted'] for r in rows)} | {sum(r['epochs'] for r in rows)} "
               f"({sum(r['epochs'] for r in rows) / budget:.0%}) | {int((reg <= 0.1).sum())}/{n} | "
               f"{int((reg <= 0.5).sum())}/{n} | {np.median(reg):+.1%} | {min(r['best'] for r in rows):.4g} |")
-    print("\nper variant (init, seed): best val loss full · restart v1 · restart v2 · ASHA")
-    names = list(results)
+    print("\nper variant (init, seed): best val loss " + " · ".join(names := list(results)) + " (*: restarted)")
     for i, r in enumerate(full):
         print(f"  {r['init']:>15} s{r['seed']}: " + " · ".join(
             f"{results[n][i]['best']:.4g}{'*' if results[n][i]['restarted'] else ''}" for n in names))

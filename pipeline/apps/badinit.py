@@ -28,7 +28,10 @@ whose weights are large and move little, like a good initialization trained with
 small learning rate (docs/pages/badinit.md: the spectrum loses to activation statistics there).
 
 :func:`detect` works on any ``(K, P)`` array; :func:`first_snapshots` reads the first
-``K`` snapshots of a stored (trained or ingested) run; :func:`detect_run` does both.
+``K`` snapshots of a stored (trained or ingested) run; :func:`detect_run` does both. The
+second version (:func:`detect_v2`) adds per-layer gain and lr-normalised motion; the third,
+the one the verdicts and ``on_bad_init`` use by default, reads the training loss against
+the task's chance level (:mod:`pipeline.apps.badinit_loss`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ..koopman import KoopmanDMD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["detect", "detect_run", "detect_v2", "detect_run_v2", "weight_features", "first_snapshots",
+__all__ = ["detect", "detect_run", "detect_v2", "detect_run_v2", "weight_features", "gain_marks", "first_snapshots",
            "DEFAULT_SNAPSHOTS", "GROWTH_TOL",
            "COLLAPSED_RANK", "MIN_SNAPSHOTS"]
 
@@ -255,15 +258,22 @@ def detect_v2(Y, layout, lr: float | None = None, *, gain_low: float = GAIN_LOW,
     v1 = detect(Y, layout.layer_ranges(), **rule)
     f = weight_features(np.asarray(Y)[:v1["bad_init_snapshots"]], layout, lr)
     reasons = [r for r in v1["bad_init_reasons"] if r != "growth"] if structure else []
+    reasons += gain_marks(f, gain_low, gain_high, motion_low)
+    return {**v1, "bad_init": bool(reasons), "bad_init_reasons": reasons,
+            "bad_init_v1": v1["bad_init"], "bad_init_v1_reasons": v1["bad_init_reasons"],
+            "init_features": f, "init_gain_low": gain_low, "init_gain_high": gain_high,
+            "init_motion_low": motion_low, "init_structure": bool(structure), "bad_init_version": 2}
+
+
+def gain_marks(f: dict, gain_low: float, gain_high: float, motion_low: float) -> list[str]:
+    """The second version's weight marks on :func:`weight_features` ``f``."""
+    reasons = []
     slow = f["motion_min"] is not None and f["motion_min"] < motion_low
     if f["gain_min"] is not None and f["gain_min"] < gain_low and slow:
         reasons.append("small gain, not escaping")
     if f["gain_max"] is not None and f["gain_max"] > gain_high:
         reasons.append("large gain")
-    return {**v1, "bad_init": bool(reasons), "bad_init_reasons": reasons,
-            "bad_init_v1": v1["bad_init"], "bad_init_v1_reasons": v1["bad_init_reasons"],
-            "init_features": f, "init_gain_low": gain_low, "init_gain_high": gain_high,
-            "init_motion_low": motion_low, "init_structure": bool(structure), "bad_init_version": 2}
+    return reasons
 
 
 def detect_run_v2(run, snapshots: int | None = None, **rule) -> dict:

@@ -8,7 +8,8 @@ its point stays as ``v1_converged_at`` / ``v1_converged_epoch`` / ``v1_reason`` 
 per-window ``window_checks`` / ``certified``), the second (:mod:`pipeline.apps.horizon`:
 ``class`` — converged / stalled / still_improving / diverging — with ``evidence``, and
 ``converged_at`` / ``converged_epoch`` / ``reason``), and the bad-initialization
-detector's second version (:func:`pipeline.apps.badinit.detect_run_v2`); ``bad_init`` is
+detector's third version (:func:`pipeline.apps.badinit_loss.detect_run_v3`; the second's and
+first's decisions as ``bad_init_v2`` / ``bad_init_v1``); ``bad_init`` is
 ``None`` (not assessed) when the stored run is not at hand.
 
 The verdict is computed once, when the analysis is made (``kma analyze``, a sweep's
@@ -97,13 +98,15 @@ def horizon_producer(ctx: VerdictInput) -> dict:
 
 
 def badinit_producer(ctx: VerdictInput) -> dict:
-    """``bad_init`` and its evidence (:func:`pipeline.apps.badinit.detect_run`: the first
-    snapshots of the stored run, read again; nothing when the run is not at hand)."""
+    """``bad_init`` and its evidence (:func:`pipeline.apps.badinit_loss.detect_run_v3`: the first
+    snapshots of the stored run, read again, and the training losses of their epochs; the
+    second and first versions' decisions stay as ``bad_init_v2`` / ``bad_init_v1``;
+    nothing when the run is not at hand)."""
     if ctx.run is None:
         return {}
-    from . import badinit
+    from . import badinit_loss
 
-    return badinit.detect_run_v2(ctx.run, residual_tol=ctx.residual_tol)
+    return badinit_loss.detect_run_v3(ctx.run, residual_tol=ctx.residual_tol)
 
 
 # The producers, in order; each (ctx: VerdictInput) -> dict of verdict fields.

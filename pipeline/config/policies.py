@@ -60,12 +60,16 @@ class OnBadInit(_Strict):
     train attempt ``<run id>-r1``, ``-r2``, ... (at most ``max_restarts``) with a new
     initialization seed and, when given, the ``fallback_init`` scheme; ``stop``: end the
     variant with status ``bad_init``; ``continue``: only record the verdict. ``rule``: the
-    detector, ``v1`` (default: :func:`~pipeline.apps.badinit.detect`) or ``v2``
-    (:func:`~pipeline.apps.badinit.detect_v2`: weight gain and lr-normalised motion); on the
-    held-out study neither dominates (v1 62 % recall at 17 % false alarms, v2 40 % at 6 %)."""
+    detector, ``v3`` (default: :func:`~pipeline.apps.badinit_loss.detect_v3`: the training loss
+    against the task's chance level, the weights' evidence where no loss is known), ``v2``
+    (:func:`~pipeline.apps.badinit.detect_v2`: weight gain and lr-normalised motion) or
+    ``v1`` (:func:`~pipeline.apps.badinit.detect`: what ``on_bad_init`` ran before ``rule``
+    existed; ``rule: v1`` keeps those runs' ids, ``v2``/``v3`` enter the id)."""
+
+    ID_DEFAULTS: ClassVar[dict] = {"rule": "v1"}   # the value earlier runs had implicitly
 
     action: Literal["restart", "stop", "continue"] = "restart"
-    rule: Literal["v1", "v2"] = "v1"
+    rule: Literal["v3", "v2", "v1"] = "v3"
     max_restarts: int = Field(1, ge=1, le=9)
     fallback_init: str | None = None
     after: int = Field(6, ge=4)   # K snapshots (the initial weights and after-1 more)

@@ -29,7 +29,7 @@ from ..errors import KMAError
 from ..storage.store import FINISHED, TrajectoryStore
 from .packed import (PACKABLE_ACTIVATIONS, PACKABLE_FAMILIES, PACKABLE_LOSSES, PACKABLE_OPTIMIZERS,
                      PackedOptimizer, build_packed, train_packed)
-from .restart import BAD_INIT, BadInitMonitor, attempt_id
+from .restart import BAD_INIT, BadInitMonitor, attempt_id, task_chance
 from .runner import (_summary, check_wired, pick_device, run_with_policy, stop_monitor, stop_record,
                      summary_of_stored)
 
@@ -163,13 +163,13 @@ def _train_members(todo: list[Variant], store, t0) -> dict:
     torch.set_num_threads(max(1, int(v0.resources.num_cpus)))
     tasks, model, layout = build_packed(todo, device)
     writers = []
-    hooks = [_MemberHooks(v, layout) for v in todo]
+    hooks = [_MemberHooks(v, layout, t) for v, t in zip(todo, tasks)]
     try:
         for v, h in zip(todo, hooks):
             writers.append(store.create_run(
                 v.run_id, layout, config=v.model_dump(mode="json"), capacity=v.snapshot_capacity(),
                 dtype=v.snapshot.dtype,
-                extra={"device": device, "sweep": v.sweep, "t_start": time.time(),
+                extra={"device": device, "sweep": v.sweep, "t_start": time.time(), "chance_loss": h.chance,
                        "packed": {"members": len(todo), "index": len(writers)}, **h.links}))
         optimizer = PackedOptimizer(v0.optimizer, model.flat, model.grad, [v.lr for v in todo],
                                     momentum=v0.momentum if v0.optimizer == "sgd" else 0.0,
@@ -214,14 +214,15 @@ class _MemberHooks:
     trained alone: the spectral stop's monitor (run attribute ``stop``) and attempt 0 of
     the bad-initialization policy (links, verdict, status ``bad_init``)."""
 
-    def __init__(self, v: Variant, layout):
+    def __init__(self, v: Variant, layout, task=None):
         self.monitor = stop_monitor(v, layout)
+        self.chance = task_chance(task, v.loss) if task is not None else None
         self.bad = self.next_id = None
         self.links: dict = {}
         if v.on_bad_init is not None:
             policy = v.on_bad_init
             self.bad = BadInitMonitor(policy.after, layout.layer_ranges(), policy.action,
-                                      rule=policy.rule, layout=layout, lr=v.lr)
+                                      rule=policy.rule, layout=layout, lr=v.lr, chance=self.chance)
             self.links = {"variant_run_id": v.run_id, "attempt": 0}
             if policy.action == "restart":
                 self.next_id = attempt_id(v.run_id, 1)

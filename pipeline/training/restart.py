@@ -3,7 +3,9 @@
 A variant with ``on_bad_init: {action, max_restarts, fallback_init, after}`` trains with a
 :class:`BadInitMonitor` among its callbacks: it keeps the first ``after`` (``K``)
 snapshots in memory (``K × P`` float32) and, at the ``K``-th, runs
-:func:`pipeline.apps.badinit.detect` on them. Then:
+:func:`pipeline.apps.badinit.detect` on them (``rule: v2``: ``detect_v2``; ``rule: v3``:
+``detect_v3`` with the training losses of those epochs, at the end of the ``K``-th
+snapshot's epoch). Then:
 
 - ``continue``: training goes on; the verdict is recorded with the run;
 - ``stop``: training stops at the end of that epoch; the run's status is ``bad_init``;
@@ -50,6 +52,25 @@ def init_seed(variant) -> int:
     return int(ss.generate_state(1)[0])
 
 
+def task_chance(task, loss) -> float | None:
+    """The chance level of a task under a loss (:func:`pipeline.apps.badinit_loss.chance_level`:
+    log C for cross-entropy, the targets' variance for MSE; None for other losses)."""
+    from ..apps.badinit_loss import chance_level
+
+    name = loss if isinstance(loss, str) else None
+    if task.kind == "classification":
+        return chance_level(name, n_classes=int(task.out_dim))
+    return chance_level(name, targets=task.y_train.detach().cpu().numpy())
+
+
+def variant_chance(variant) -> float | None:
+    """:func:`task_chance` of the variant's task (built with its seed, as its training does)."""
+    from .tasks import build_task
+
+    task = build_task(variant.task.name, seed=variant.torch_seed, **variant.task.model_dump(exclude={"name"}))
+    return task_chance(task, variant.loss)
+
+
 def attempt_variant(variant, k: int):
     """The variant trained as attempt ``k`` (``attempt: k``; the fallback init if set)."""
     update = {"attempt": k}
@@ -88,10 +109,12 @@ def variant_done(store, root: str) -> bool:
 
 # ----------------------------------------------------------------------- in the task
 class BadInitMonitor:
-    """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` (``rule`` v1)
-    or :func:`~pipeline.apps.badinit.detect_v2` (v2: needs ``layout``, and ``lr`` to
-    normalise the motion) on the first ``after`` snapshots; asks to stop when it is bad
-    and ``action`` is not ``continue``.
+    """Training callback: the verdict of :func:`pipeline.apps.badinit.detect` (``rule`` v1),
+    :func:`~pipeline.apps.badinit.detect_v2` (v2: needs ``layout``, and ``lr`` to
+    normalise the motion) or :func:`~pipeline.apps.badinit_loss.detect_v3` (v3: also the
+    training losses of the epochs the snapshots span, read from the loop's history at the
+    end of the ``after``-th snapshot's epoch, and the task's ``chance`` level) on the first
+    ``after`` snapshots; asks to stop when it is bad and ``action`` is not ``continue``.
 
     Attributes
     ----------
@@ -101,33 +124,50 @@ class BadInitMonitor:
         ``{"snapshot": K - 1, "epoch": e, "step": s}``: where the verdict was reached.
     """
 
-    def __init__(self, after: int, groups, action: str, rule: str = "v1", layout=None, lr=None):
+    def __init__(self, after: int, groups, action: str, rule: str = "v1", layout=None, lr=None,
+                 chance: float | None = None):
         self.after, self.groups, self.action = int(after), groups, action
-        self.rule, self.layout, self.lr = rule, layout, lr
-        if rule == "v2" and layout is None:
-            raise ValueError("rule v2 needs the layout")
+        self.rule, self.layout, self.lr, self.chance = rule, layout, lr, chance
+        if rule in ("v2", "v3") and layout is None:
+            raise ValueError(f"rule {rule} needs the layout")
         self.rows = SnapshotWindow(after)
         self.verdict: dict | None = None
         self.at: dict | None = None
+        self._held = None        # v3: the K snapshots, judged at the end of their epoch (with its loss)
 
     def on_snapshot(self, flat, epoch: int, step: int) -> None:
-        if self.verdict is not None:
+        if self.verdict is not None or self._held is not None:
             return
         self.rows.append(flat)
         if self.rows.full:
             from ..apps.badinit import detect, detect_v2
 
+            self.at = {"snapshot": self.after - 1, "epoch": int(epoch), "step": int(step)}
+            if self.rule == "v3":     # the losses of the epochs the K snapshots span come after
+                self._held = self.rows.array().copy()
+                self.rows.clear()
+                return
             if self.rule == "v2":
                 self.verdict = detect_v2(self.rows.array(), self.layout, self.lr, snapshots=self.after)
             else:
                 self.verdict = detect(self.rows.array(), self.groups, snapshots=self.after)
-            self.at = {"snapshot": self.after - 1, "epoch": int(epoch), "step": int(step)}
             self.rows.clear()
-            log.info("bad-init verdict after %d snapshots: %s", self.after,
-                     "bad (" + ", ".join(self.verdict["bad_init_reasons"]) + ")" if self.verdict["bad_init"]
-                     else "good")
+            self._log()
+
+    def _log(self) -> None:
+        log.info("bad-init verdict after %d snapshots: %s", self.after,
+                 "bad (" + ", ".join(self.verdict["bad_init_reasons"]) + ")" if self.verdict["bad_init"]
+                 else "good")
 
     def on_epoch_end(self, epoch: int, history) -> bool:
+        if self._held is not None and self.verdict is None:
+            from ..apps.badinit_loss import detect_v3
+
+            losses = list((history or {}).get("train_loss") or [])[:max(self.at["epoch"], 0)]
+            self.verdict = detect_v3(self._held, self.layout, self.lr, train_loss=losses, chance=self.chance,
+                                     snapshots=self.after)
+            self._held = None
+            self._log()
         return bool(self.verdict and self.verdict["bad_init"] and self.action != "continue")
 
     def judge(self, result, next_id: str | None) -> tuple[str, dict]:

@@ -26,7 +26,7 @@ from .optim import build_optimizer
 from ..storage.store import FINISHED, TrajectoryStore
 from .tasks import build_task
 from .loop import train
-from .restart import BAD_INIT, BadInitMonitor, attempt_id, attempt_variant, init_seed
+from .restart import BAD_INIT, BadInitMonitor, attempt_id, attempt_variant, init_seed, task_chance, variant_chance
 from ..apps.hooks import hook_records, training_hooks
 
 if TYPE_CHECKING:  # a type only: the workflows validate configs, training takes them
@@ -141,7 +141,8 @@ def train_attempt(variant: Variant, run_id: str, store_url: str, callbacks=(), *
         config=variant.model_dump(mode="json"),
         capacity=variant.snapshot_capacity(),
         dtype=variant.snapshot.dtype,
-        extra={"device": device, "sweep": variant.sweep, "t_start": time.time(), **(attrs or {})},
+        extra={"device": device, "sweep": variant.sweep, "t_start": time.time(),
+               "chance_loss": task_chance(task, variant.loss), **(attrs or {})},
     )
     try:
         loss_fn = build_loss_spec(variant.loss)
@@ -268,7 +269,8 @@ def run_with_policy(variant, store_url: str, callbacks=()) -> dict:
                 continue
             break
         v = attempt_variant(variant, k)
-        monitor = BadInitMonitor(policy.after, groups, policy.action, rule=policy.rule, layout=layout, lr=v.lr)
+        monitor = BadInitMonitor(policy.after, groups, policy.action, rule=policy.rule, layout=layout, lr=v.lr,
+                                 chance=variant_chance(v) if policy.rule == "v3" else None)
         next_id = attempt_id(root, k + 1) if k < last else None
         links = {"variant_run_id": root, "attempt": k}
         if k:

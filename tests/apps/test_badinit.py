@@ -157,3 +157,132 @@ def test_v2_weight_gain_and_motion_against_a_dense_reference():
     d = detect_v2(tiny, layout, lr)
     assert d["bad_init"] and "small gain, not escaping" in d["bad_init_reasons"]
     assert d["bad_init_version"] == 2 and "bad_init_v1" in d
+
+
+# ---------------------------------------------------------------------------- third version
+def _moving_kaiming(layout_scale=1.0, K=6, lr=0.01, seed=0):
+    """A float32 trajectory of a kaiming-like start that moves (the second version passes it)."""
+    from pipeline.storage.layout import Layout
+
+    layout = Layout.from_named_shapes([("l0.weight", (8, 5)), ("l0.bias", (8,)), ("out.weight", (3, 8)),
+                                       ("out.bias", (3,))])
+    rng = np.random.default_rng(seed)
+    W0 = np.concatenate([rng.standard_normal(40) * np.sqrt(2 / 5), np.zeros(8),
+                         rng.standard_normal(24) * np.sqrt(2 / 8), np.zeros(3)]) * layout_scale
+    Y = (W0 + np.cumsum(rng.standard_normal((K, W0.size)) * lr, axis=0)).astype(np.float32)
+    return Y, layout, lr
+
+
+def test_chance_level_and_loss_features_against_numpy():
+    from pipeline.apps.badinit_loss import chance_level, loss_features
+
+    assert chance_level("cross_entropy", n_classes=10) == pytest.approx(np.log(10), rel=1e-12)
+    y = np.random.default_rng(1).standard_normal((50, 2)).astype(np.float32) * [1.0, 3.0] + 5.0
+    y64 = y.astype(np.float64)
+    assert chance_level("mse", targets=y) == pytest.approx(((y64 - y64.mean(0)) ** 2).mean(0).mean(), rel=1e-12)
+    assert chance_level("huber", targets=y) is None and chance_level("cross_entropy") is None
+    f = loss_features([2.0, 1.5, 1.2, 1.0], chance=4.0)
+    assert f["drop"] == pytest.approx(0.5) and f["rate"] == pytest.approx(0.2 / 1.2)
+    assert f["ratio"] == pytest.approx(0.25) and f["rise"] == pytest.approx(0.0) and f["n"] == 4
+    assert loss_features([1.0, 1.0, 2.0])["rise"] == pytest.approx(1.0)
+    assert loss_features([1.0, float("nan")])["finite"] is False
+    assert loss_features([1.0])["last"] is None
+    # the loss window's one mode: L_t = c + a λ^t is fitted exactly, its limit is c
+    t = np.arange(5)
+    m = loss_features(0.7 + 1.5 * 0.6 ** t)
+    assert m["mode"] == pytest.approx(0.6, rel=1e-12) and m["mode_residual"] == pytest.approx(0, abs=1e-12)
+    assert m["limit"] == pytest.approx(0.7, rel=1e-12) and m["progress"] == pytest.approx(1 - 0.7 / 2.2)
+    assert loss_features(2.0 - 0.01 * 1.5 ** t)["limit"] is None     # a growing mode: no limit
+
+
+def test_v3_flags_a_moving_start_whose_loss_stays_at_chance_which_v2_passes():
+    """A start with a healthy gain that moves (v2: good) but whose loss sits at log C and
+    does not leave it (the outcome of a constant or symmetric start on digits) is bad; the
+    same weights with a loss that leaves chance are good."""
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
+
+    Y, layout, lr = _moving_kaiming()
+    assert not detect_v2(Y, layout, lr)["bad_init"]
+    stuck = [2.3035, 2.3030, 2.3027, 2.3026, 2.3026]
+    d = detect_v3(Y, layout, lr, train_loss=stuck, chance=np.log(10))
+    assert d["bad_init"] and d["bad_init_reasons"] == ["at chance"] and d["bad_init_basis"] == "loss"
+    assert d["bad_init_v2"] is False and d["bad_init_version"] == 3
+    assert d["loss_features"]["ratio"] == pytest.approx(2.3026 / np.log(10))
+    leaving = [2.0, 1.2, 0.8, 0.5, 0.35]
+    assert not detect_v3(Y, layout, lr, train_loss=leaving, chance=np.log(10))["bad_init"]
+
+
+def test_v3_passes_a_large_start_whose_loss_falls_which_v2_flags():
+    """A large start (gain far above 30: v2 flags it) whose loss is far above chance and
+    falls is still training (on digits such runs end still improving): v3 reads the loss."""
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
+
+    Y, layout, lr = _moving_kaiming(layout_scale=40.0)
+    assert detect_v2(Y, layout, lr)["bad_init_reasons"] == ["large gain"]
+    d = detect_v3(Y, layout, lr, train_loss=[26.9, 26.7, 26.5, 26.3, 26.1], chance=np.log(10))
+    assert d["bad_init"] is False and d["bad_init_v2"] is True and d["bad_init_reasons"] == []
+    # with the weights' marks switched on, the second version's mark flags again
+    assert detect_v3(Y, layout, lr, train_loss=[26.9, 26.1], chance=np.log(10), weights=True)["bad_init"]
+
+
+def test_v3_without_a_chance_level_reads_the_plateau_and_without_losses_the_weights():
+    from pipeline.apps.badinit import detect_v2
+    from pipeline.apps.badinit_loss import detect_v3
+
+    Y, layout, lr = _moving_kaiming()
+    flat = detect_v3(Y, layout, lr, train_loss=[0.6080, 0.6079, 0.6079, 0.6078, 0.6078])
+    assert flat["bad_init"] and flat["bad_init_reasons"] == ["loss plateau"]
+    assert not detect_v3(Y, layout, lr, train_loss=[0.60, 0.55, 0.50, 0.45, 0.41])["bad_init"]
+    tiny = (1e-4 * Y[0] + np.zeros((6, 1))).astype(np.float32)
+    d = detect_v3(tiny, layout, lr)
+    assert d["bad_init_basis"] == "weights" and d["bad_init"] == detect_v2(tiny, layout, lr)["bad_init"] is True
+    # a loss that blows up within the window (rise_high set) flags
+    assert detect_v3(Y, layout, lr, train_loss=[1.0, 0.5, float("inf")])["bad_init_reasons"] == ["loss rising"]
+    # three snapshots (two epochs): the weights' features alone, no DMD marks
+    d3 = detect_v3(Y[:3], layout, lr, train_loss=[2.3030, 2.3026], chance=np.log(10), snapshots=3)
+    assert d3["bad_init"] and d3["bad_init_v1"] is None and d3["bad_init_snapshots"] == 3
+    with pytest.raises(ValueError, match="at least 3"):
+        detect_v3(Y[:2], layout, lr, snapshots=2)
+
+
+def _trained(init: str, epochs: int = 5):
+    from pipeline.training.restart import task_chance
+
+    v = config.expand(config.validate({**TINY_TRAIN, "init": init, "epochs": epochs}))[0]
+    task, model, layout = build_parts(v)
+    rows = []
+    res = train(model, task, build_loss("mse"), build_optimizer("adam", model.parameters(), v.lr), epochs=v.epochs,
+                batch_size=v.batch_size, snapshot_every=1, snapshot_unit="epoch", layout=layout,
+                sink=lambda flat, epoch, step: rows.append(flat.numpy().copy()),
+                generator=torch.Generator().manual_seed(0))
+    return np.stack(rows), layout, v.lr, res.history["train_loss"], task_chance(task, "mse")
+
+
+@pytest.mark.parametrize("init, bad", [("zeros", True), ("kaiming", False), ("xavier", False)])
+def test_v3_on_a_real_training(init, bad):
+    from pipeline.apps.badinit_loss import detect_v3
+
+    Y, layout, lr, losses, chance = _trained(init)
+    d = detect_v3(Y, layout, lr, train_loss=losses, chance=chance)
+    assert d["bad_init"] is bad, (d["bad_init_reasons"], d["loss_features"])
+
+
+def test_v3_on_a_stored_run_reads_its_first_six_snapshots_and_their_epochs_losses(tmp_path):
+    """``detect_run_v3``: K = 6 by default (not every snapshot), the losses of epochs 1-5,
+    the chance level the training recorded; rows handed in (the analysis' first rows) give
+    the same verdict as rows read back."""
+    from pipeline.apps.badinit_loss import detect_run_v3, run_chance
+
+    v = config.expand(config.validate({**TINY_TRAIN, "init": "zeros", "epochs": 8}))[0]
+    run_variant(v, str(tmp_path / "s"))
+    run = TrajectoryStore(str(tmp_path / "s")).open_run(v.run_id)
+    d = detect_run_v3(run)
+    assert d["bad_init_snapshots"] == 6 and d["loss_features"]["n"] == 5
+    assert d["loss_features"]["last"] == pytest.approx(run.metrics["train_loss"][4])
+    assert run_chance(run) == pytest.approx(run.attrs["chance_loss"]) and run.attrs["chance_loss"] > 0
+    assert d["bad_init"] and "at chance" in d["bad_init_reasons"]
+    handed = detect_run_v3(run, rows=run.weights().compute())
+    assert handed["bad_init_reasons"] == d["bad_init_reasons"] and handed["loss_features"] == d["loss_features"]
+    assert detect_run_v3(run, snapshots=3)["bad_init_undecided"]      # below the detector's 4: undecided

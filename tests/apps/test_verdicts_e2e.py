@@ -75,7 +75,10 @@ def test_real_training_converges(trained):
             assert verdict["converged_at"] is None and verdict["reason"]
         # the first version's point is kept beside it
         assert "v1_converged_at" in verdict and "v1_reason" in verdict
-        assert verdict["bad_init"] is False and verdict["bad_init_version"] == 2   # kaiming, xavier: good
+        # kaiming, xavier: good; the third detector read the losses (the second's decision kept)
+        assert verdict["bad_init"] is False and verdict["bad_init_version"] == 3
+        assert verdict["bad_init_basis"] == "loss" and verdict["bad_init_v2"] is False
+        assert verdict["loss_features"]["n"] == 5 and verdict["loss_features"]["ratio"] < 1
         # stored with the analysis: what kma runs / compare read
         run = TrajectoryStore(store).open_run(v.run_id)
         (aid,) = run.list_analyses()
@@ -216,6 +219,7 @@ def test_json_verdicts_on_an_ingested_run_of_12_snapshots(tmp_path, capsys):
     assert [r["window"] for r in payload["runs"] if r["layer"] == "all"] == [[0, 6], [3, 9], [6, 12]]
     (v,) = payload["verdicts"]
     assert v["run_id"] == "ext" and v["bad_init"] is False
+    assert v["bad_init_basis"] == "weights"        # no loss stored: the weights-only verdict
     # first version: |d| ≈ 2|x*|: window [0, 6) has the fixed point's share ≈ 1/3 (< 0.8);
     # from [3, 9) on the transient is 2 · 0.3^3 ≈ 5% of it: the first run of k=2 holding
     # windows is [3, 9), [6, 12)

@@ -103,11 +103,39 @@ def test_rule_v2_judges_with_the_second_version(tmp_path):
     # the task's verdict is detect_run_v2's on the stored first snapshots
     assert badinit.detect_run_v2(first, 6)["bad_init"] is True
     small_v2 = _variant(init="small_variance", action="stop", rule="v2", after=6)
-    small_v1 = _variant(init="small_variance", action="stop", after=6)
+    small_v1 = _variant(init="small_variance", action="stop", rule="v1", after=6)
     assert run_variant(small_v2, str(tmp_path / "b"))["status"] == "complete"
     assert run_variant(small_v1, str(tmp_path / "c"))["status"] == "bad_init"
     assert small_v2.run_id != small_v1.run_id and small_v1.on_bad_init.rule == "v1"
     assert "rule" not in small_v1.identity()["on_bad_init"]
+
+
+def test_rule_v3_judges_with_the_loss_at_the_end_of_the_kth_epoch(tmp_path):
+    """The default rule (v3): the detector reads the training losses of the epochs the K
+    snapshots span (at the end of the K-th snapshot's epoch) against the task's chance level
+    (the targets' variance for MSE, recorded as ``chance_loss``); a zero start whose loss
+    sits at chance stops there, a kaiming restart trains on, and the stored run's verdict
+    (``detect_run_v3``) agrees with the task's."""
+    from pipeline.apps import badinit_loss
+    from pipeline.training.restart import variant_chance
+
+    zeros = _variant(action="restart", fallback_init="kaiming", after=5)
+    assert zeros.on_bad_init.rule == "v3"
+    out = run_variant(zeros, str(tmp_path / "a"))
+    st = TrajectoryStore(str(tmp_path / "a"))
+    first, second = st.open_run(zeros.run_id), st.open_run(zeros.run_id + "-r1")
+    assert [a["status"] for a in out["attempts"]] == ["bad_init", "complete"]
+    v = first.attrs["bad_init_verdict"]
+    assert v["bad_init_version"] == 3 and v["bad_init_basis"] == "loss" and "at chance" in v["bad_init_reasons"]
+    assert v["loss_features"]["n"] == 4 and first.attrs["bad_init_at"]["epoch"] == 4
+    assert first.n_snapshots == 5 and first.attrs["epochs_run"] == 4
+    chance = variant_chance(zeros)
+    assert first.attrs["chance_loss"] == pytest.approx(chance) and v["loss_features"]["chance"] == pytest.approx(chance)
+    assert v["loss_features"]["last"] == pytest.approx(first.metrics["train_loss"][3])
+    assert second.attrs["bad_init_verdict"]["bad_init"] is False
+    offline = badinit_loss.detect_run_v3(first, 5)
+    assert offline["bad_init"] is True and offline["bad_init_reasons"] == v["bad_init_reasons"]
+    assert offline["loss_features"] == v["loss_features"]
 
 
 def test_policy_enters_the_run_id_only_when_set():
