@@ -352,6 +352,7 @@ def test_the_pass_hands_its_first_snapshots_to_the_bad_init_detector(tmp_path, m
     the bad-init detector takes them instead of reading them again, and its verdict is
     the one it makes from a fresh read of the store."""
     from pipeline.apps.badinit import DEFAULT_SNAPSHOTS, detect_run_v2, first_snapshots
+    from pipeline.apps.badinit_loss import detect_run_v3
     from pipeline.storage import writer
     from pipeline.workflows.analyze import fit_run
 
@@ -370,6 +371,7 @@ def test_the_pass_hands_its_first_snapshots_to_the_bad_init_detector(tmp_path, m
     held, _ = first_snapshots(run)
     assert np.shares_memory(held, rows)                       # not read again
     assert detect_run_v2(run) == detect_run_v2(store.open_run("k"))   # the same verdict, bit for bit
+    assert detect_run_v3(run) == detect_run_v3(store.open_run("k"))   # (the verdicts' detector)
     # another scheduler (its tasks may run elsewhere): nothing kept, the detector reads
     other = store.open_run("k")
     fit_run(other, AnalysisParams(), "sync")
