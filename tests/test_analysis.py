@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -343,3 +344,50 @@ def test_missing_chunk_is_an_error(tmp_path):
     report = analyze_runs(store, ["deleted"], AnalysisParams(window=20), console=Console(stream=err))
     assert report["deleted"] is not None and "run deleted" in report["deleted"], err.getvalue()
     assert "chunk of its weights is missing" in report["deleted"]  # one chunk deleted
+
+
+# --------------------------------------------------------------------------- one pass, whole process
+def test_the_pass_hands_its_first_snapshots_to_the_bad_init_detector(tmp_path, monkeypatch):
+    """``kma analyze``'s pass keeps the first snapshots it reads (mapped chunks, threads);
+    the bad-init detector takes them instead of reading them again, and its verdict is
+    the one it makes from a fresh read of the store."""
+    from pipeline.apps.badinit import DEFAULT_SNAPSHOTS, detect_run_v2, first_snapshots
+    from pipeline.apps.badinit_loss import detect_run_v3
+    from pipeline.storage import writer
+    from pipeline.workflows.analyze import fit_run
+
+    layout, Y, _, _ = known_system()
+    # chunks of 4 snapshots x 1000 parameters: the first 6 snapshots lie in 2 x 3 chunks
+    monkeypatch.setattr(writer, "_P_CHUNK", 1000)
+    monkeypatch.setattr(writer, "BUFFER_BYTES", 4 * 2 * layout.size * 4)
+    store = TrajectoryStore(str(tmp_path / "s"))
+    write_run(store, "k", Y, layout)
+    run = store.open_run("k")
+    assert run.weights_array().chunks == (4, 1000)
+    fit_run(run, AnalysisParams(), "threads")
+    rows, groups = run.leading_rows
+    np.testing.assert_array_equal(rows, Y[:DEFAULT_SNAPSHOTS])
+    assert groups == layout.layer_ranges()
+    held, _ = first_snapshots(run)
+    assert np.shares_memory(held, rows)                       # not read again
+    assert detect_run_v2(run) == detect_run_v2(store.open_run("k"))   # the same verdict, bit for bit
+    assert detect_run_v3(run) == detect_run_v3(store.open_run("k"))   # (the verdicts' detector)
+    # another scheduler (its tasks may run elsewhere): nothing kept, the detector reads
+    other = store.open_run("k")
+    fit_run(other, AnalysisParams(), "sync")
+    assert other.leading_rows is None
+
+
+def test_analyze_without_mlflow_imports_neither_distributed_nor_the_tracking(tmp_path):
+    """Whole-process cost of the default ``kma analyze --no-mlflow``: the threaded
+    scheduler is handed to dask as a function (its name makes dask import
+    dask.distributed, ~0.1 s of CPU, to look for a Client) and MLflow is not loaded."""
+    layout, Y, _, _ = known_system()
+    write_run(TrajectoryStore(str(tmp_path / "s")), "k", Y, layout)
+    code = ("import sys; from pipeline.cli import main\n"
+            f"rc = main(['analyze', '--store', {str(tmp_path / 's')!r}, '--no-mlflow'])\n"
+            "loaded = [m for m in ('distributed', 'mlflow', 'pipeline.tracking.tracker') if m in sys.modules]\n"
+            "assert rc == 0 and not loaded, (rc, loaded)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(),
+                       cwd=tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -15,6 +15,7 @@ delete).
     git archive <commit> pipeline | tar -x -C BEFORE
     python jobs/bench/analyze_ab.py --dir DIR --before BEFORE --reps 5
     python jobs/bench/analyze_ab.py --dir DIR --reps 7 --first   # replace vs first analysis
+    python jobs/bench/analyze_ab.py --dir DIR --reps 7 --without xarray   # as without the test extra
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def parse(argv=None):
                    help="os.sync() before each child (untimed): no child waits on the last one's writeback")
     p.add_argument("--first", action="store_true",
                    help="also time this checkout's analysis as the run's first (analyses removed, untimed)")
+    p.add_argument("--without", metavar="MODULE", action="append", default=[],
+                   help="run every child with MODULE unimportable (e.g. xarray: dask.array imports it when "
+                        "installed, as PyDMD, a test extra, installs it), as in an install without it")
     return p.parse_args(argv)
 
 
@@ -96,8 +100,12 @@ def main(argv=None):
         write(url, args.T, args.P, args.noise)
     arr = f"{url}/runs/real/weights"
     py = sys.executable
-    kma = [py, "-m", "pipeline.cli", "analyze", "--store", url, "--no-mlflow", "--json"]
-    cmds = {"read": ([py, "-c", f"import dask.array as da; da.from_zarr({arr!r}).sum().compute()"], ROOT)}
+    block = "".join(f"import sys; sys.modules[{m!r}] = None; " for m in args.without)
+    kma = [py, "-m", "pipeline.cli"] if not block else [
+        py, "-c", block + "import runpy; sys.argv[0] = 'pipeline.cli'; "
+        "runpy.run_module('pipeline.cli', run_name='__main__', alter_sys=True)"]
+    kma += ["analyze", "--store", url, "--no-mlflow", "--json"]
+    cmds = {"read": ([py, "-c", block + f"import dask.array as da; da.from_zarr({arr!r}).sum().compute()"], ROOT)}
     if args.before:
         cmds["before"] = (kma + [str(d / "before.json")], Path(args.before).resolve())
     cmds["now"] = (kma + [str(d / "now.json")], ROOT)
@@ -115,7 +123,8 @@ def main(argv=None):
             wall[k].append(round(w, 2))
             cpu[k].append(round(u, 2))
     med = lambda d, k: statistics.median(d[k])
-    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}" + ("; os.sync() before each child" if args.sync else ""))
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}" + ("; os.sync() before each child" if args.sync else "")
+          + "".join(f"; without {m}" for m in args.without))
     for k in cmds:
         print(f"{k:7s} wall {wall[k]}  cpu {cpu[k]}")
     for k in cmds:

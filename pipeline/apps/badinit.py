@@ -159,12 +159,16 @@ def first_snapshots(run, snapshots: int | None = None) -> tuple[np.ndarray, list
     ingested), as an in-memory float32 ``(K, P)`` array, with its layers.
 
     ``K`` defaults to ``min(n_snapshots, DEFAULT_SNAPSHOTS)``; only the chunks holding those
-    rows are read.
+    rows are read, and none when the run carries them already (``run.leading_rows``:
+    ``(rows, groups)``, kept by ``kma analyze``'s pass, :mod:`pipeline.workflows.analyze`).
     """
     n = run.n_snapshots
     K = min(n, DEFAULT_SNAPSHOTS) if snapshots is None else int(snapshots)
     if K > n:
         raise ValueError(f"run {run.run_id}: {n} snapshots, fewer than the {K} asked for")
+    held = getattr(run, "leading_rows", None)   # (rows, groups) an analysis' pass already read
+    if held is not None and held[0].shape[0] >= K and held[0].dtype == np.float32:
+        return held[0][:K], list(held[1])
     traj = run.trajectory(np.float32, rows=K)
     # read here (threads): the snapshots end in this process' memory anyway; through a
     # cluster's scheduler one worker would hold them all, concatenated, on their way here

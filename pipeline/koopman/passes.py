@@ -183,6 +183,11 @@ def _reduce(level, merge, scheduler):
     kwargs = {}
     if scheduler in (None, "threads", "threading") and dask.config.get("num_workers", None) is None:
         kwargs["num_workers"] = n_workers()
+    if scheduler in ("threads", "threading"):
+        # the threaded scheduler itself, not its name: dask resolves a name by first
+        # importing dask.distributed to look for a Client (~0.1 s of CPU per process),
+        # which a named local scheduler then ignores
+        from dask.threaded import get as scheduler
     with _single_threaded_blas():
         (out,) = dask.compute(level[0], scheduler=scheduler, **kwargs)
     return out

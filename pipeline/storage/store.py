@@ -139,6 +139,9 @@ class Run(RunAnalyses):
         self.run_id = run_id
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
+        # (rows, groups): the first snapshots, in memory, when an analysis' pass kept them
+        # (pipeline.workflows.analyze); pipeline.apps.badinit reads them from here
+        self.leading_rows: tuple | None = None
 
     @property
     def status(self) -> str:

@@ -105,8 +105,10 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> 
             Y = run.trajectory(rows=prefix)
         est = params.estimator(scheduler, unit_roundoff=u)
         est.breaks = event_breaks(run.attrs)     # no window straddles a prune or a jump
-        est = est.fit(Y, progress=progress)
+        keep = _LeadingRows.tap(Y, run.n_snapshots, scheduler)
+        est = est.fit(Y if keep is None else keep.trajectory, progress=progress)
         est.finite_prefix_ = prefix
+        run.leading_rows = keep.rows() if keep is not None else None
         return est
     except StoreUnreachable:
         raise                                    # the whole command stops (analyze_runs)
@@ -116,6 +118,52 @@ def fit_run(run: Run, params: AnalysisParams, scheduler=None, progress=None) -> 
         if not _read_error(e):  # a bug elsewhere keeps its traceback
             raise
         raise KMAError(f"run {run.run_id}: cannot read its trajectory ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+class _LeadingRows:
+    """A chunk loader that copies the first ``K`` snapshots of the chunks a pass loads,
+    so that the bad-init detector (:func:`pipeline.apps.badinit.first_snapshots`: the
+    first ``min(n_snapshots, DEFAULT_SNAPSHOTS)`` snapshots) gets them from the pass
+    instead of reading them again. Only for passes in this process' threads that load
+    their chunks in their tasks (mapped files); :meth:`rows` is None when a chunk of
+    those rows was not loaded through it (then the detector reads them)."""
+
+    def __init__(self, Y, K: int):
+        from dataclasses import replace
+
+        from ..koopman.passes import chunk_edges
+
+        self.loader, self.K = Y.load_chunk, K
+        self.row_edges, self.col_edges = chunk_edges(Y.chunks[0]), chunk_edges(Y.chunks[1])
+        n_i = next(i for i, e in enumerate(self.row_edges) if e >= K)   # row chunks holding rows < K
+        self.needed = {(i, j) for i in range(n_i) for j in range(len(self.col_edges) - 1)}
+        self.done: set = set()
+        self.buf = np.empty((K, Y.shape[1]), dtype=Y.dtype)
+        self.groups = list(Y.groups or [])
+        self.trajectory = replace(Y, load_chunk=self)
+
+    @classmethod
+    def tap(cls, Y, n_snapshots: int, scheduler) -> "_LeadingRows | None":
+        from ..apps.badinit import DEFAULT_SNAPSHOTS, MIN_SNAPSHOTS
+
+        K = min(n_snapshots, DEFAULT_SNAPSHOTS)
+        if (scheduler not in ("threads", "threading") or Y.load_chunk is None or not Y.cheap
+                or K < MIN_SNAPSHOTS or Y.shape[0] < K):
+            return None
+        return cls(Y, K)
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        chunk = self.loader(i, j)
+        if (i, j) in self.needed and (i, j) not in self.done:
+            r0, c0 = self.row_edges[i], self.col_edges[j]
+            r1 = min(self.row_edges[i + 1], self.K)
+            self.buf[r0:r1, c0:c0 + chunk.shape[1]] = chunk[:r1 - r0]
+            self.done.add((i, j))          # disjoint rows and columns per chunk: no lock needed
+        return chunk
+
+    def rows(self) -> tuple[np.ndarray, list] | None:
+        """``(rows (K, P), groups)``, or None if some of those rows were not loaded."""
+        return (self.buf, self.groups) if self.done >= self.needed else None
 
 
 def event_breaks(attrs: dict) -> tuple[int, ...]:
@@ -304,6 +352,7 @@ def analyze_runs(
                                  f"0..{est.finite_prefix_ - 1} (non-finite from snapshot {est.finite_prefix_})")
                 steps.relabel(f"{head}: verdicts", 0)
                 verdict = _verdict(run, est, params)
+                run.leading_rows = None          # the detector's rows: not held while writing
                 steps.relabel(f"{head}: writing" + (" modes (second pass)" if params.modes else ""), 0)
                 with DaskProgress(steps, f"{head}: writing modes (second pass)"):
                     _store_results(run, params, est, _modes(run, est, params) if params.modes else None,
@@ -383,7 +432,6 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
     (it must exist: a mistyped path is an error, not a new empty store), check the
     ``--run`` ids against it, open the tracker, analyse. ``params`` arrive validated."""
     from ..outputs import check_dir, check_file
-    from ..tracking.tracker import Tracker, tracking_uri_for
 
     if json_path:
         check_file(json_path, "--json")
@@ -396,7 +444,11 @@ def analyze_store(store_url, run_ids, params, *, tracking_uri=None, json_path=No
             listed = store.run_ids()
             for rid in run_ids:
                 check_run_id(rid, what="--run", listed=listed)
-        tracker = Tracker(tracking_uri_for(tracking_uri, store)) if tracking_uri is not None else None
+        tracker = None
+        if tracking_uri is not None:   # --no-mlflow: the tracking modules are not imported
+            from ..tracking.tracker import Tracker, tracking_uri_for
+
+            tracker = Tracker(tracking_uri_for(tracking_uri, store))
         return analyze_runs(store, run_ids, params, tracker=tracker, console=console,
                             json_path=json_path, scheduler=sched, plots_dir=plots_dir)
     finally:
