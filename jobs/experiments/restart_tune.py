@@ -178,6 +178,14 @@ def replicate(args, root, out):
     return res
 
 
+def usable(rows, target=TARGETS[-1]) -> int:
+    """Trials whose best validation loss (restore) is at most ``target``."""
+    best = {}
+    for r in rows:
+        best[r["i"]] = min(best.get(r["i"], float("inf")), r["val"])
+    return sum(b <= target for b in best.values())
+
+
 def table(results) -> str:
     """The markdown tables: per replicate, then each arm's mean over replicates."""
     lines = []
@@ -186,8 +194,9 @@ def table(results) -> str:
                  f"{r0['variants']} variants each ({len(r0['seeds'])} seeds per init), {r0['epochs']} epochs, "
                  f"restart rule {r0['rule']}\n")
     head = ("| root | arm | trials | restarted | epochs spent | wall s | best val loss | "
-            + " | ".join(f"epochs to ≤ {t} | wall s to ≤ {t}" for t in TARGETS) + " |")
-    lines += [head, "| " + " | ".join(["---"] * (7 + 2 * len(TARGETS))) + " |"]
+            + " | ".join(f"epochs to ≤ {t} | wall s to ≤ {t}" for t in TARGETS)
+            + f" | trials ending ≤ {TARGETS[-1]} |")
+    lines += [head, "| " + " | ".join(["---"] * (8 + 2 * len(TARGETS))) + " |"]
 
     def cell(x, key):
         return "never" if x is None else f"{x[key]}"
@@ -199,11 +208,12 @@ def table(results) -> str:
                          f"({s['epochs'] / plain['epochs']:.0%}) | {s['wall_s']} ({s['wall_s'] / plain['wall_s']:.2f}×) | "
                          f"{s['best']:.4g} | "
                          + " | ".join(f"{cell(s[f'to {t}'], 'epochs')} | {cell(s[f'to {t}'], 'wall_s')}"
-                                      for t in TARGETS) + " |")
+                                      for t in TARGETS) + f" | {usable(s['rows'])} |")
     lines.append("")
     lines.append("| arm | epochs spent (× plain) | wall (× plain) | best val loss, mean (range) | "
-                 + " | ".join(f"reached ≤ {t} | median epochs to it | median wall s to it" for t in TARGETS) + " |")
-    lines.append("| " + " | ".join(["---"] * (4 + 3 * len(TARGETS))) + " |")
+                 + " | ".join(f"reached ≤ {t} | median epochs to it | median wall s to it" for t in TARGETS)
+                 + f" | trials ending ≤ {TARGETS[-1]}, mean |")
+    lines.append("| " + " | ".join(["---"] * (5 + 3 * len(TARGETS))) + " |")
     for arm in ARMS:
         ss = [(r["arms"][arm], r["arms"]["plain"]) for r in results if arm in r["arms"] and "plain" in r["arms"]]
         if not ss:
@@ -217,7 +227,8 @@ def table(results) -> str:
                             if hits else "– | –"))
         lines.append(f"| {arm} | {np.mean([s['epochs'] / p['epochs'] for s, p in ss]):.2f} | "
                      f"{np.mean([s['wall_s'] / p['wall_s'] for s, p in ss]):.2f} | "
-                     f"{best.mean():.4g} ({best.min():.4g}–{best.max():.4g}) | " + " | ".join(cells) + " |")
+                     f"{best.mean():.4g} ({best.min():.4g}–{best.max():.4g}) | " + " | ".join(cells)
+                     + f" | {np.mean([usable(s['rows']) for s, _ in ss]):.1f} |")
     return "\n".join(lines)
 
 
