@@ -211,7 +211,7 @@ def table(results) -> str:
                                       for t in TARGETS) + f" | {usable(s['rows'])} |")
     lines.append("")
     lines.append("| arm | epochs spent (× plain) | wall (× plain) | best val loss, mean (range) | "
-                 + " | ".join(f"reached ≤ {t} | median epochs to it | median wall s to it" for t in TARGETS)
+                 + " | ".join(f"reached ≤ {t} | epochs to it, median · mean | wall s to it, median" for t in TARGETS)
                  + f" | trials ending ≤ {TARGETS[-1]}, mean |")
     lines.append("| " + " | ".join(["---"] * (5 + 3 * len(TARGETS))) + " |")
     for arm in ARMS:
@@ -223,7 +223,8 @@ def table(results) -> str:
         for t in TARGETS:
             hits = [s[f"to {t}"] for s, _ in ss if s[f"to {t}"] is not None]
             cells.append(f"{len(hits)}/{len(ss)} | "
-                         + (f"{np.median([h['epochs'] for h in hits]):.0f} | {np.median([h['wall_s'] for h in hits]):.1f}"
+                         + (f"{np.median([h['epochs'] for h in hits]):.0f} · {np.mean([h['epochs'] for h in hits]):.0f} | "
+                               f"{np.median([h['wall_s'] for h in hits]):.1f}"
                             if hits else "– | –"))
         lines.append(f"| {arm} | {np.mean([s['epochs'] / p['epochs'] for s, p in ss]):.2f} | "
                      f"{np.mean([s['wall_s'] / p['wall_s'] for s, p in ss]):.2f} | "
