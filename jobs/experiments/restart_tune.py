@@ -210,10 +210,11 @@ def table(results) -> str:
                          + " | ".join(f"{cell(s[f'to {t}'], 'epochs')} | {cell(s[f'to {t}'], 'wall_s')}"
                                       for t in TARGETS) + f" | {usable(s['rows'])} |")
     lines.append("")
-    lines.append("| arm | epochs spent (× plain) | wall (× plain) | best val loss, mean (range) | "
+    lines.append("| arm | epochs spent (× plain) | wall (× plain) | wall s to the first report, median | "
+                 "best val loss, mean (range) | "
                  + " | ".join(f"reached ≤ {t} | epochs to it, median · mean | wall s to it, median" for t in TARGETS)
                  + f" | trials ending ≤ {TARGETS[-1]}, mean |")
-    lines.append("| " + " | ".join(["---"] * (5 + 3 * len(TARGETS))) + " |")
+    lines.append("| " + " | ".join(["---"] * (6 + 3 * len(TARGETS))) + " |")
     for arm in ARMS:
         ss = [(r["arms"][arm], r["arms"]["plain"]) for r in results if arm in r["arms"] and "plain" in r["arms"]]
         if not ss:
@@ -228,6 +229,7 @@ def table(results) -> str:
                             if hits else "– | –"))
         lines.append(f"| {arm} | {np.mean([s['epochs'] / p['epochs'] for s, p in ss]):.2f} | "
                      f"{np.mean([s['wall_s'] / p['wall_s'] for s, p in ss]):.2f} | "
+                     f"{np.median([min(x['t'] for x in s['rows']) for s, _ in ss]):.1f} | "
                      f"{best.mean():.4g} ({best.min():.4g}–{best.max():.4g}) | " + " | ".join(cells)
                      + f" | {np.mean([usable(s['rows']) for s, _ in ss]):.1f} |")
     return "\n".join(lines)
