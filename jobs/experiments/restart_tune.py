@@ -19,7 +19,7 @@ its validation loss to Tune after every epoch:
 
 Per arm: epochs spent, wall-clock seconds, trials, restarts, the best validation loss any
 trial reached (best-checkpoint restore), and the compute (epochs summed over every trial,
-in the order Tune received them, and wall-clock from the search's start) until some trial
+in the order of their report times, and wall-clock from the search's start) until some trial
 first reached each target validation loss. Targets are fixed beforehand, from the
 earlier 14-variant run (best 0.0811): 0.09 (within about 10 %) and 0.12 (within 50 %).
 Each ``--roots`` value is one replicate: the config's root ``seed`` and the trial order
