@@ -23,6 +23,7 @@ lines; ``--no-analyze``), fits every run once with the default analysis, and
    MLPs and CNNs together and apart.
 
     nice -n 10 python jobs/experiments/verdict_study.py --store /tmp/kma-verdicts [--max-runs N]
+    nice -n 10 python jobs/experiments/verdict_study.py --store /tmp/kma-verdicts /tmp/kma-verdicts-seeds   # several stores
 
 Prints markdown tables; per-run evidence to ``bench-out/verdict_study.json``; the
 stopping curve to ``bench-out/verdict_study_stopping.png``.
@@ -398,7 +399,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", required=True, nargs="+",
+                    help="one or more stores (e.g. more seeds of a sweep trained into a store of their own)")
     ap.add_argument("--max-runs", type=int, default=None)
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--cache", default=None, help="pickle of the fitted runs: written once, read on re-runs "
@@ -414,7 +416,10 @@ def main(argv=None) -> int:
     cached = {}
     if args.cache and Path(args.cache).exists():
         cached = {r["run_id"]: r for r in pickle.load(open(args.cache, "rb"))}
-    fresh = load(args.store, args.max_runs, sweeps, skip=set(cached))
+    fresh = []
+    for store_dir in args.store:
+        fresh += [{**r, "store": store_dir} for r in load(store_dir, args.max_runs, sweeps,
+                                                          skip=set(cached) | {r["run_id"] for r in fresh})]
     runs = [r for r in cached.values() if not sweeps or r["sweep"] in sweeps] + fresh
     if args.cache and fresh:
         pickle.dump(list(cached.values()) + fresh, open(args.cache, "wb"))
@@ -507,8 +512,9 @@ def main(argv=None) -> int:
     if missing:
         from pipeline.storage.store import TrajectoryStore
 
-        store = TrajectoryStore(args.store, create=False)
+        stores = {d: TrajectoryStore(d, create=False) for d in args.store}
         for i, r in enumerate(missing):
+            store = stores.get(r.get("store"), stores[args.store[0]])
             r["act"] = activation_features(store.open_run(r["run_id"]), r["Y0"])
             if (i + 1) % 100 == 0:
                 print(f"  activation statistics {i + 1}/{len(missing)}", file=sys.stderr, flush=True)
