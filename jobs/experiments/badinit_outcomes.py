@@ -180,7 +180,8 @@ def fit_logit(tune):
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", required=True, nargs="+",
+                    help="one or more stores (the ones verdict_study.py --store read for this cache)")
     ap.add_argument("--cache", required=True, help="the fitted-runs pickle verdict_study.py --cache wrote")
     ap.add_argument("--act-cache", default=None, help="pickle of the activation statistics per run and K "
                     "(written once, read on re-runs)")
@@ -191,10 +192,14 @@ def main(argv=None) -> int:
 
     runs = pickle.load(open(args.cache, "rb"))
     vs.label_all(runs)
-    store = TrajectoryStore(args.store, create=False)
+    stores = {d: TrajectoryStore(d, create=False) for d in args.store}
+
+    def open_run(r):
+        return stores.get(r.get("store"), stores[args.store[0]]).open_run(r["run_id"])
+
     chances = {}
     for r in runs:
-        run = store.open_run(r["run_id"])
+        run = open_run(r)
         key = json.dumps([run.config["task"], run.config["torch_seed"], run.config["loss"]], sort_keys=True)
         if key not in chances:
             chances[key] = chance_of(run)
@@ -205,7 +210,7 @@ def main(argv=None) -> int:
     for i, r in enumerate(runs):
         for K in KS:
             if (r["run_id"], K) not in act and r["Y0"] is not None:
-                act[(r["run_id"], K)] = vs.activation_features(store.open_run(r["run_id"]), r["Y0"][:K])
+                act[(r["run_id"], K)] = vs.activation_features(open_run(r), r["Y0"][:K])
         if (i + 1) % 100 == 0:
             print(f"  activation statistics {i + 1}/{len(runs)}", file=sys.stderr, flush=True)
     if args.act_cache and len(act) > n_act:
