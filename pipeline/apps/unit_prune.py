@@ -260,27 +260,39 @@ def _convs(model: nn.Module) -> list[nn.Conv2d]:
     return list(layers)
 
 
-def conv_channels(model: nn.Module) -> list[list[np.ndarray]]:
+def conv_channels(model: nn.Module, outgoing: bool = False) -> list[list[np.ndarray]]:
     """Flat indices of every output channel of every convolution of a CNN.
 
     Parameters
     ----------
     model : nn.Module
         With ``layers`` (a ModuleList of ``Conv2d``) and a Linear ``out``.
+    outgoing : bool
+        Also the weights that read the channel (as :func:`mlp_units` takes a unit's
+        outgoing column): the next convolution's input slice ``weight[:, j]`` or, for the
+        last convolution, the readout's columns of channel ``j``.
 
     Returns
     -------
     list over convolutions ``l`` of lists over output channels ``j`` of int arrays: the flat
     indices (in ``parameters_to_vector(model.parameters())``) of ``weight[j]``
-    (``C_in · k_h · k_w`` entries, row-major) and of ``bias[j]`` when there is one.
+    (``C_in · k_h · k_w`` entries, row-major), of ``bias[j]`` when there is one, and
+    (``outgoing``) of the reading weights.
     """
     offsets, groups = _param_offsets(model), []
-    for conv in _convs(model):
+    convs = _convs(model)
+    for l, conv in enumerate(convs):
         w0, n = offsets[id(conv.weight)], conv.weight[0].numel()
         b0 = offsets[id(conv.bias)] if conv.bias is not None else None
-        groups.append([np.concatenate([w0 + j * n + np.arange(n),
-                                       [b0 + j] if b0 is not None else []]).astype(np.int64)
-                       for j in range(conv.out_channels)])
+        nxt = convs[l + 1].weight if l + 1 < len(convs) else model.out.weight
+        n_rows = nxt.shape[0]
+        per = nxt[0].numel() // conv.out_channels        # reading weights per row and channel
+        o0 = offsets[id(nxt)]
+        groups.append([np.concatenate([
+            w0 + j * n + np.arange(n), [b0 + j] if b0 is not None else [],
+            (o0 + (np.arange(n_rows)[:, None] * nxt[0].numel() + j * per
+                   + np.arange(per)[None, :]).ravel()) if outgoing else []]).astype(np.int64)
+            for j in range(conv.out_channels)])
     return groups
 
 

@@ -215,3 +215,47 @@ def test_shrink_cnn_bad_arguments():
         shrink_cnn(m, [np.array([0, 0]), np.arange(2)])
     with pytest.raises(ValueError, match="CNN"):
         conv_channels(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_channel_groups_with_outgoing_weights():
+    from pipeline.apps.unit_prune import conv_channels
+    m = tiny_cnn(width=4, depth=2)
+    flat = torch.nn.utils.parameters_to_vector(m.parameters()).detach().numpy()
+    g = conv_channels(m, outgoing=True)
+    c0, c1 = m.layers
+    for j in range(4):
+        want0 = np.concatenate([c0.weight[j].detach().numpy().ravel(), [c0.bias[j].item()],
+                                c1.weight[:, j].detach().numpy().ravel()])
+        np.testing.assert_array_equal(flat[g[0][j]], want0)
+        want1 = np.concatenate([c1.weight[j].detach().numpy().ravel(), [c1.bias[j].item()],
+                                m.out.weight.view(3, 4, 36)[:, j].detach().numpy().ravel()])
+        np.testing.assert_array_equal(flat[g[1][j]], want1)
+
+
+def test_experiment_script_cnn_tiny(tmp_path, kma_env):
+    """--model cnn: every arm prunes half the channels of each convolution and trains the
+    smaller CNN; an MLP-only task is refused in one line."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    script = str(REPO / "jobs" / "experiments" / "prune_units.py")
+    out = tmp_path / "pc.json"
+    proc = subprocess.run(
+        [sys.executable, script, "--model", "cnn", "--seeds", "1", "--width", "4",
+         "--epochs", "2", "--prune-epochs", "1", "--sparsities", "0.5", "--window", "6",
+         "--channel-group", "full", "--out", str(out)],
+        capture_output=True, text=True, env=kma_env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())["tasks"]["digits"]
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["unpruned", "magnitude", "random", "koopman",
+                                          "koopman-layer"]
+    assert rows[0]["kept"] == [4, 4] and all(r["kept"] == [2, 2] for r in rows[1:])
+    assert all(0.0 < r["test_acc"] <= 1.0 for r in rows)
+    assert 0.0 < res["mac_ratio"]["0.5"] < 0.5          # conv 1 costs (1/2)², the rest 1/2
+    bad = subprocess.run([sys.executable, script, "--model", "cnn", "--tasks", "regression"],
+                         capture_output=True, text=True, env=kma_env, timeout=120, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("kma: error:")
+    assert "Traceback" not in bad.stderr
