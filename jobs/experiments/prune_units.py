@@ -24,7 +24,8 @@ keeping every unit (fresh Adam at the same epoch). All arms of a seed share the
 pre-prune trajectory. Reported: final test accuracy (digits) or test MSE (regression),
 final train loss, the Jaccard overlap of the kept units with magnitude's, and the
 forward+backward time of the pruned model on the whole training set relative to the
-unpruned one (fastest of 200 interleaved repeats, in this process) beside the ratio of
+unpruned one (fastest of 200 interleaved repeats, in this process; ``--timing-rounds N``:
+the median of N such ratios) beside the ratio of
 multiply-adds; and, paired by seed and
 prune epoch, each arm's test metric minus magnitude's. ``--from JSON`` reprints the
 tables of a saved run (the timing column measured afresh). Tasks: ``digits``
@@ -226,7 +227,10 @@ def timing(task, args, data):
     for sp in args.sparsities:
         keep = select_units([np.random.default_rng(0).random(args.width)] * n_layers, sp)
         small = shrink(full, keep)
-        out[str(sp)] = fwd_bwd_ratio(full, small, Xtr, ytr, loss_fn)
+        rounds = [fwd_bwd_ratio(full, small, Xtr, ytr, loss_fn)
+                  for _ in range(getattr(args, "timing_rounds", 1))]
+        out[str(sp)] = statistics.median(rounds)
+        out[f"{sp} rounds"] = rounds
         macs[str(sp)] = mac_count(small, Xtr[:1]) / mac_count(full, Xtr[:1])
     return out, macs
 
@@ -323,10 +327,16 @@ def main(argv=None):
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--timing-rounds", type=int, default=1,
+                   help="repeat the timing this many times and report the median ratio "
+                        "(every round is saved)")
     p.add_argument("--out", type=Path)
     p.add_argument("--from", dest="source", type=Path,
                    help="print the tables and the paired summary of a saved JSON; run nothing")
     args = p.parse_args(argv)
+    if args.timing_rounds < 1:
+        print("kma: error: --timing-rounds must be >= 1", file=sys.stderr)
+        return 2
     if args.source:
         try:
             saved = json.loads(args.source.read_text())["tasks"]
