@@ -189,6 +189,18 @@ def run_seed(task, seed, args, data):
         scores["koopman"] = unit_scores("koopman", units, Y, horizon=horizon)
         scores["koopman-layer"] = unit_scores("koopman", units, Y, horizon=horizon,
                                               groups=groups)
+        if args.scores_only:
+            scores["initial magnitude"] = unit_scores("magnitude", units, snaps[0][None])
+            for sp in args.sparsities:
+                mkeep = select_units(scores["magnitude"][0], sp)
+                for method in ("initial magnitude", "koopman", "koopman-layer", "random"):
+                    keep = select_units(scores[method][0], sp)
+                    rows.append({"task": task, "model": args.model, "seed": seed,
+                                 "prune_epoch": pe, "method": method, "sparsity": sp,
+                                 "jaccard_vs_magnitude": statistics.mean(
+                                     len(set(a) & set(b)) / len(set(a) | set(b))
+                                     for a, b in zip(keep, mkeep))})
+            continue
         arms = [("unpruned", 0.0)] + [(m, s) for s in args.sparsities for m in METHODS]
         for method, sp in arms:
             keep = ([np.arange(args.width)] * n_layers if method == "unpruned"
@@ -306,6 +318,20 @@ def paired(rows, by_epoch=False):
     return "\n".join(out)
 
 
+def overlap_table(rows, unit="units"):
+    """``--scores-only``: Jaccard of each scorer's kept set with magnitude's, mean ± sd
+    over seeds, per prune epoch and sparsity (``initial magnitude``: the norms at
+    initialization)."""
+    arms = ["initial magnitude", "koopman", "koopman-layer", "random"]
+    out = [f"| prune epoch | sparsity | " + " | ".join(arms) + " |", "|" + " --- |" * 6]
+    for pe in sorted({r["prune_epoch"] for r in rows}):
+        for sp in sorted({r["sparsity"] for r in rows}):
+            cells = [fmt([r["jaccard_vs_magnitude"] for r in rows if (r["prune_epoch"],
+                          r["sparsity"], r["method"]) == (pe, sp, m)], 2) for m in arms]
+            out.append(f"| {pe} | {sp:g} | " + " | ".join(cells) + " |")
+    return f"Kept {unit} vs magnitude's (Jaccard)\n\n" + "\n".join(out)
+
+
 def unit_name(args):
     return "channels" if args.model == "cnn" else "units"
 
@@ -330,6 +356,9 @@ def main(argv=None):
     p.add_argument("--timing-rounds", type=int, default=1,
                    help="repeat the timing this many times and report the median ratio "
                         "(every round is saved)")
+    p.add_argument("--scores-only", action="store_true",
+                   help="train to each prune epoch and compare the scorers' kept sets "
+                        "(also with the magnitudes at initialization); no fine-tuning")
     p.add_argument("--out", type=Path)
     p.add_argument("--from", dest="source", type=Path,
                    help="print the tables and the paired summary of a saved JSON; run nothing")
@@ -374,6 +403,10 @@ def main(argv=None):
     for task in args.tasks:
         data = task_data(task)
         rows = [r for s in range(args.seeds) for r in run_seed(task, s, args, data)]
+        if args.scores_only:
+            result["tasks"][task] = {"rows": rows, "table": overlap_table(rows, unit_name(args))}
+            print(f"\n## {task}\n\n{result['tasks'][task]['table']}\n", flush=True)
+            continue
         times, macs = timing(task, args, data)
         result["tasks"][task] = {"rows": rows, "fwd_bwd_ratio": times, "mac_ratio": macs,
                                  "table": table(rows, times, macs, unit_name(args))}
