@@ -25,7 +25,8 @@ pre-prune trajectory. Reported: final test accuracy (digits) or test MSE (regres
 final train loss, the Jaccard overlap of the kept units with magnitude's, and the
 forward+backward time of the pruned model on the whole training set relative to the
 unpruned one (fastest of 200 interleaved repeats, in this process; ``--timing-rounds N``:
-the median of N such ratios) beside the ratio of
+the median of N such ratios; ``--clock cpu``: CPU time instead of wall time) beside the
+ratio of
 multiply-adds; and, paired by seed and
 prune epoch, each arm's test metric minus magnitude's. ``--from JSON`` reprints the
 tables of a saved run (the timing column measured afresh). Tasks: ``digits``
@@ -150,14 +151,18 @@ def evaluate(model, X, y, loss_fn, classification):
             "acc": float((out.argmax(1) == y).float().mean()) if classification else None}
 
 
-def fwd_bwd_ratio(full, small, X, y, loss_fn, reps=200):
+def fwd_bwd_ratio(full, small, X, y, loss_fn, reps=200, clock="wall"):
     """Fastest forward+backward of ``small`` over the fastest of ``full`` on ``(X, y)``,
-    ``reps`` interleaved repeats (the minimum: least disturbed by other jobs' load)."""
+    ``reps`` interleaved repeats (the minimum: least disturbed by other jobs' load).
+    ``clock``: ``wall`` (``time.perf_counter``) or ``cpu`` (``time.process_time``: the
+    process's CPU time, which time spent descheduled by other jobs does not inflate)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+
     def once(m):
         m.zero_grad()
-        t = time.perf_counter()
+        t = now()
         loss_fn(m(X), y).backward()
-        return time.perf_counter() - t
+        return now() - t
     for m in (full, small):
         once(m)
     tf, ts = [], []
@@ -239,7 +244,8 @@ def timing(task, args, data):
     for sp in args.sparsities:
         keep = select_units([np.random.default_rng(0).random(args.width)] * n_layers, sp)
         small = shrink(full, keep)
-        rounds = [fwd_bwd_ratio(full, small, Xtr, ytr, loss_fn)
+        rounds = [fwd_bwd_ratio(full, small, Xtr, ytr, loss_fn,
+                                clock=getattr(args, "clock", "wall"))
                   for _ in range(getattr(args, "timing_rounds", 1))]
         out[str(sp)] = statistics.median(rounds)
         out[f"{sp} rounds"] = rounds
@@ -353,6 +359,9 @@ def main(argv=None):
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time forward+backward by the wall clock or by the process's CPU "
+                        "time (steadier on a loaded machine; one thread either way)")
     p.add_argument("--timing-rounds", type=int, default=1,
                    help="repeat the timing this many times and report the median ratio "
                         "(every round is saved)")
@@ -381,6 +390,9 @@ def main(argv=None):
                                                   "channel_group")}})
             data = task_data(task)
             times, macs = timing(task, a, data)
+            print("fwd+bwd time ratios per round: " + "; ".join(
+                f"{k.split()[0]}: " + ", ".join(f"{x:.2f}" for x in v)
+                for k, v in times.items() if k.endswith("rounds")))
             print(f"\n## {task}\n\n{table(t['rows'], times, macs, unit_name(a))}\n\n"
                   f"{paired(t['rows'], a.model == 'cnn')}\n")
         return 0
