@@ -45,8 +45,8 @@ channels is removed, and :func:`shrink_cnn` cuts the filters, the next convoluti
 input slices and the readout's columns; ``koopman-layer`` fits one operator per layer
 (:func:`module_ranges`). Command::
 
-    nice -n 10 python jobs/experiments/prune_units.py --model cnn --width 16 --epochs 20 \
-        --seeds 5 --prune-epochs 1 3 10 --out bench-out/pu_cnn.json
+    nice -n 10 python jobs/experiments/prune_units.py --model cnn --width 32 --epochs 30 \
+        --seeds 5 --prune-epochs 1 3 10 --out bench-out/pu_cnn5.json
 """
 
 from __future__ import annotations
