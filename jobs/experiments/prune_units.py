@@ -329,7 +329,7 @@ def overlap_table(rows, unit="units"):
     over seeds, per prune epoch and sparsity (``initial magnitude``: the norms at
     initialization)."""
     arms = ["initial magnitude", "koopman", "koopman-layer", "random"]
-    out = [f"| prune epoch | sparsity | " + " | ".join(arms) + " |", "|" + " --- |" * 6]
+    out = ["| prune epoch | sparsity | " + " | ".join(arms) + " |", "|" + " --- |" * 6]
     for pe in sorted({r["prune_epoch"] for r in rows}):
         for sp in sorted({r["sparsity"] for r in rows}):
             cells = [fmt([r["jaccard_vs_magnitude"] for r in rows if (r["prune_epoch"],
@@ -388,6 +388,9 @@ def main(argv=None):
                                          json.loads(args.source.read_text())["args"].items()
                                          if k in ("width", "sparsities", "model", "depth",
                                                   "channel_group")}})
+            if "test_acc" not in t["rows"][0]:          # a --scores-only run
+                print(f"\n## {task}\n\n{overlap_table(t['rows'], unit_name(a))}\n")
+                continue
             data = task_data(task)
             times, macs = timing(task, a, data)
             print("fwd+bwd time ratios per round: " + "; ".join(

@@ -47,8 +47,8 @@ from .prune import window_fit
 __all__ = [
     "conv_channels",
     "layer_ranges",
-    "module_ranges",
     "mlp_units",
+    "module_ranges",
     "predict_weights",
     "select_units",
     "shrink_cnn",

@@ -1,6 +1,7 @@
 """Structured Koopman pruning: the future-weight score, unit indexing, the shrunk MLP."""
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
@@ -146,7 +147,7 @@ def test_channel_groups_are_each_filter_and_bias_in_the_flat_vector():
     # per-layer ranges: conv 0, conv 1, out (weight + bias each), covering the vector
     r = module_ranges(m)
     assert r[0] == (0, 5 * 9 + 5) and r[1] == (50, 50 + 5 * 5 * 9 + 5)
-    assert r[-1][1] == flat.size and all(a[1] == b[0] for a, b in zip(r[:-1], r[1:]))
+    assert r[-1][1] == flat.size and all(a[1] == b[0] for a, b in itertools.pairwise(r))
     # the MLP's ranges agree with layer_ranges
     mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     assert module_ranges(mlp) == layer_ranges([4, 6, 2])
