@@ -23,9 +23,20 @@ network.
 Flat layout: ``torch.nn.utils.parameters_to_vector`` of an ``nn.Sequential`` of
 ``Linear`` layers (and parameter-free activations): ``W_0`` (row-major, ``(h_1, d)``),
 ``b_0``, ``W_1``, ``b_1``, ... Shapes: snapshots ``(P,)``, a window ``Y`` ``(W, P)``.
+
+CNN channels: the same scores, selection and prediction apply to any list of index
+groups, so a convolution's *output channel* is a group too (:func:`conv_channels`: its
+filter ``weight[j]`` and its ``bias[j]``, in the flat layout of ``model.parameters()``);
+:func:`module_ranges` gives the per-layer column ranges of any model, and
+:func:`shrink_cnn` builds the physically smaller copy of a CNN with ``layers`` (a
+ModuleList of ``Conv2d``) and a Linear readout ``out`` (the family ``cnn`` of
+:mod:`pipeline.training.models`): the dropped channels' filters and biases go, and so do
+the matching input slices of the next convolution and the matching columns of ``out``.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -34,10 +45,13 @@ from torch import nn
 from .prune import window_fit
 
 __all__ = [
+    "conv_channels",
     "layer_ranges",
     "mlp_units",
+    "module_ranges",
     "predict_weights",
     "select_units",
+    "shrink_cnn",
     "shrink_mlp",
     "unit_norms",
     "unit_scores",
@@ -143,14 +157,16 @@ def predict_weights(Y, horizon: int, rank: int | None = None,
 
 def unit_norms(x, units) -> list[np.ndarray]:
     """Per hidden layer, ``(h_l,)``: each unit's norm ``‖(W_in[j,:], b[j], W_out[:,j])‖``
-    in the flat weights ``x`` ``(P,)``."""
+    in the flat weights ``x`` ``(P,)`` — or, for any other index groups (e.g.
+    :func:`conv_channels`), each group's norm."""
     x = np.asarray(x, dtype=np.float64)
     return [np.array([np.linalg.norm(x[ix]) for ix in layer]) for layer in units]
 
 
 def unit_scores(method: str, units, Y=None, horizon: int = 0, rank: int | None = None,
                 residual_tol: float | None = None, groups=None, rng=None) -> tuple[list, dict]:
-    """Importance of every hidden unit (larger = keep).
+    """Importance of every hidden unit, or of every group of ``units`` (e.g. the output
+    channels of :func:`conv_channels`) (larger = keep).
 
     ``method``: ``"magnitude"`` (norm in the current weights ``Y[-1]``), ``"koopman"``
     (norm in :func:`predict_weights` ``(Y, horizon, rank, residual_tol, groups)``) or
@@ -206,3 +222,124 @@ def shrink_mlp(model: nn.Sequential, keep) -> nn.Sequential:
         layers.append(new)
         li += 1
     return nn.Sequential(*layers)
+
+
+def _param_offsets(model: nn.Module) -> dict[int, int]:
+    """``id(parameter) -> its first column`` in ``parameters_to_vector(model.parameters())``."""
+    out, off = {}, 0
+    for p in model.parameters():
+        out[id(p)] = off
+        off += p.numel()
+    return out
+
+
+def module_ranges(model: nn.Module) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: the flat columns of each module that holds parameters
+    directly (weight and bias of one layer), in ``model.parameters()`` order; for an MLP
+    the same as :func:`layer_ranges`. A module whose parameters are not contiguous in
+    that order is refused."""
+    offsets, out = _param_offsets(model), []
+    for m in model.modules():
+        ps = list(m.parameters(recurse=False))
+        if not ps:
+            continue
+        start = offsets[id(ps[0])]
+        stop = start + sum(p.numel() for p in ps)
+        if any(offsets[id(p)] != start + sum(q.numel() for q in ps[:i])
+               for i, p in enumerate(ps)):
+            raise ValueError(f"the parameters of {type(m).__name__} are not contiguous")
+        out.append((start, stop))
+    return sorted(out)
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    layers = getattr(model, "layers", None)
+    if layers is None or not isinstance(getattr(model, "out", None), nn.Linear) or not len(
+            layers) or not all(isinstance(m, nn.Conv2d) and m.groups == 1 for m in layers):
+        raise ValueError("need a CNN with `layers` (Conv2d, groups=1) and a Linear `out`")
+    return list(layers)
+
+
+def conv_channels(model: nn.Module, outgoing: bool = False) -> list[list[np.ndarray]]:
+    """Flat indices of every output channel of every convolution of a CNN.
+
+    Parameters
+    ----------
+    model : nn.Module
+        With ``layers`` (a ModuleList of ``Conv2d``) and a Linear ``out``.
+    outgoing : bool
+        Also the weights that read the channel (as :func:`mlp_units` takes a unit's
+        outgoing column): the next convolution's input slice ``weight[:, j]`` or, for the
+        last convolution, the readout's columns of channel ``j``.
+
+    Returns
+    -------
+    list over convolutions ``l`` of lists over output channels ``j`` of int arrays: the flat
+    indices (in ``parameters_to_vector(model.parameters())``) of ``weight[j]``
+    (``C_in · k_h · k_w`` entries, row-major), of ``bias[j]`` when there is one, and
+    (``outgoing``) of the reading weights.
+    """
+    offsets, groups = _param_offsets(model), []
+    convs = _convs(model)
+    for l, conv in enumerate(convs):
+        w0, n = offsets[id(conv.weight)], conv.weight[0].numel()
+        b0 = offsets[id(conv.bias)] if conv.bias is not None else None
+        nxt = convs[l + 1].weight if l + 1 < len(convs) else model.out.weight
+        n_rows = nxt.shape[0]
+        per = nxt[0].numel() // conv.out_channels        # reading weights per row and channel
+        o0 = offsets[id(nxt)]
+        groups.append([np.concatenate([
+            w0 + j * n + np.arange(n), [b0 + j] if b0 is not None else [],
+            (o0 + (np.arange(n_rows)[:, None] * nxt[0].numel() + j * per
+                   + np.arange(per)[None, :]).ravel()) if outgoing else []]).astype(np.int64)
+            for j in range(conv.out_channels)])
+    return groups
+
+
+def _conv_like(conv: nn.Conv2d, c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                     dilation=conv.dilation, bias=conv.bias is not None,
+                     padding_mode=conv.padding_mode)
+
+
+@torch.no_grad()
+def shrink_cnn(model: nn.Module, keep) -> nn.Module:
+    """A physically smaller copy of a CNN holding only the ``keep`` output channels of
+    each convolution.
+
+    ``keep``: one index array per convolution of ``model.layers``. Convolution ``l``
+    keeps ``weight[keep[l]][:, keep[l-1]]`` and ``bias[keep[l]]``; the readout ``out``
+    keeps the columns of the last convolution's kept channels (its input is the channel-
+    major flattening ``(C, H, W)``). Everything else (activation, input shape, forward)
+    is a deep copy of ``model``; on inputs where a dropped channel's activation is 0
+    (ReLU with a zeroed filter and bias) the outputs equal the full model's.
+    """
+    convs = _convs(model)
+    if len(keep) != len(convs):
+        raise ValueError(f"need a keep list per convolution ({len(convs)}), got {len(keep)}")
+    idx = [torch.as_tensor(np.asarray(k), dtype=torch.long) for k in keep]
+    for k, c in zip(idx, convs):
+        if k.ndim != 1 or not len(k) or int(k.min()) < 0 or int(k.max()) >= c.out_channels \
+                or len(torch.unique(k)) != len(k):
+            raise ValueError(f"keep indices must be distinct in [0, {c.out_channels}), got {k.tolist()}")
+    small = copy.deepcopy(model)
+    for l, conv in enumerate(convs):
+        w = conv.weight[idx[l]]
+        if l > 0:
+            w = w[:, idx[l - 1]]
+        new = _conv_like(conv, w.shape[1], w.shape[0])
+        new.weight.copy_(w)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[idx[l]])
+        small.layers[l] = new
+    out, c_last = model.out, convs[-1].out_channels
+    spatial = out.in_features // c_last
+    if spatial * c_last != out.in_features:
+        raise ValueError(f"out.in_features={out.in_features} is not a multiple of {c_last} channels")
+    w = out.weight.reshape(out.out_features, c_last, spatial)[:, idx[-1]].reshape(out.out_features, -1)
+    new = nn.Linear(w.shape[1], out.out_features, bias=out.bias is not None)
+    new.weight.copy_(w)
+    if out.bias is not None:
+        new.bias.copy_(out.bias)
+    small.out = new
+    return small
