@@ -73,6 +73,17 @@ def receptive_field(depth: int, dilated: bool = True) -> int:
     return 1 + (KERNEL - 1) * ((2 ** depth - 1) if dilated else depth)
 
 
+def rf_depth(row, depths) -> int:
+    """Post hoc (proposed after seed 0 showed the transition following the lowest
+    frequency): the smallest depth whose receptive field spans the coarsest period the
+    DMD route detected (a priori information), the deepest depth when none does."""
+    period = N_POINTS / min(row["dmd_freqs"]) if row["dmd_freqs"] else N_POINTS
+    for d in depths:
+        if receptive_field(d, row["dilated"]) >= period:
+            return d
+    return depths[-1]
+
+
 def train_denoiser(model, y, train_mask, noise_std, eval_noise, steps, lr, batch, seed) -> float:
     """Adam on fresh noisy copies of ``y``; test MSE / Var(y) on the fixed ``eval_noise``."""
     yt = torch.tensor(y, dtype=torch.float32)[None, None]
@@ -137,8 +148,10 @@ def tables(rows, floor: float = 0.0) -> str:
     out += ["", "| predictor | targets | exact | ±1 | off |", "| --- | --- | ---: | ---: | ---: |"]
     preds = [("Hankel DMD", lambda r: r["dmd"]), ("Fourier", lambda r: r["fourier"])]
     preds += [(f"constant {d}", lambda r, d=d: d) for d in depths]
+    preds += [("RF >= coarsest DMD period (post hoc)", lambda r: rf_depth(r, depths))]
     for label, f in preds:
-        for sel_label, sel in ((f"all {len(rows)}", rows), (f"{len(fit)} fitted", fit)):
+        sels = [(f"all {len(rows)}", rows)] + ([(f"{len(fit)} fitted", fit)] if len(fit) < len(rows) else [])
+        for sel_label, sel in sels:
             v = [verdict(f(r), r["cnn"]["transition"]) for r in sel]
             out.append(f"| {label} | {sel_label} | {v.count('exact')} | {v.count('±1')} | {v.count('off')} |")
     tm = [r["cnn"]["transition"] for r in rows]
@@ -164,18 +177,20 @@ def figure(rows, path) -> None:
     nseed = len(rows[0]["cnn"]["errors"])
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4.2))
     cmap = plt.get_cmap("viridis")
+    top = max(r["dmd"] for r in rows)
     for r in rows:
-        c = cmap((r["dmd"] - 1) / 3)
+        c = cmap((r["dmd"] - 1) / max(top - 1, 1))
         a0.semilogy(depths, r["cnn"]["mean"], "-", color=c, lw=1, alpha=0.8)
         k = depths.index(r["cnn"]["transition"])
         a0.semilogy([r["cnn"]["transition"]], [r["cnn"]["mean"][k]], "o", color=c, ms=4)
-    for d in range(1, 5):
-        a0.plot([], [], color=cmap((d - 1) / 3), label=f"DMD depth {d}")
+    for d in range(1, top + 1):
+        a0.plot([], [], color=cmap((d - 1) / max(top - 1, 1)), label=f"DMD depth {d}")
     a0.plot([], [], "ko", ms=4, label="transition")
-    a0.set_xlabel("CNN depth (dilated conv layers)")
+    a0.set_xlabel("CNN depth (conv layers); receptive field in samples")
     a0.set_ylabel("test MSE / Var(target)")
     a0.set_title(f"denoising error, {len(rows)} targets, {nseed}-seed mean", fontsize=10)
     a0.set_xticks(depths)
+    a0.set_xticklabels([f"{d}\n({receptive_field(d, rows[0]['dilated'])})" for d in depths])
     a0.grid(alpha=0.3, which="both")
     a0.legend(fontsize=7, loc="lower left")
     rng = np.random.default_rng(0)
@@ -193,7 +208,7 @@ def figure(rows, path) -> None:
     a1.set_xticks(range(1, hi + 1))
     a1.set_yticks(depths)
     a1.grid(alpha=0.3)
-    a1.legend(fontsize=7, loc="upper left")
+    a1.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
