@@ -188,7 +188,8 @@ def figure(rows, path) -> None:
     a0.plot([], [], "ko", ms=4, label="transition")
     a0.set_xlabel("CNN depth (conv layers); receptive field in samples")
     a0.set_ylabel("test MSE / Var(target)")
-    a0.set_title(f"denoising error, {len(rows)} targets, {nseed}-seed mean", fontsize=10)
+    seeds = "1 seed" if nseed == 1 else f"mean of {nseed} seeds"
+    a0.set_title(f"denoising error, {len(rows)} targets, {seeds}", fontsize=10)
     a0.set_xticks(depths)
     a0.set_xticklabels([f"{d}\n({receptive_field(d, rows[0]['dilated'])})" for d in depths])
     a0.grid(alpha=0.3, which="both")
