@@ -18,9 +18,9 @@ the noisy input through unchanged scores ``noise**2``; outputting zero scores 1.
 
 Model: ``depth`` convolution layers ``Conv1d(·, width=32, kernel 5, dilation 2**l)`` with
 tanh, ``l = 0 … depth-1``, zero "same" padding, then a 1x1 convolution to one channel;
-full-batch Adam, lr 3e-3, 1500 steps, one torch thread. The dilation doubles with depth
-(as in WaveNet/TCN stacks) so that the receptive field, ``1 + 4 (2**depth - 1)`` = 5, 13,
-29, 61, 125, 253 samples, runs from below the finest period of any target (12.8 samples
+Adam (lr 3e-3) on ``--batch`` 4 noisy copies a step, 1500 steps, one torch thread. The
+dilation doubles with depth (as in WaveNet/TCN stacks) so that the receptive field,
+``1 + 4 (2**depth - 1)`` = 5, 13, 29, 61, 125, 253 samples, runs from below the finest period of any target (12.8 samples
 at 20 cycles) to the whole window: each layer adds one octave of scale, the CNN's nearest
 analogue of the rule's one stage per scale. Without dilation a depth-6 stack would see 25
 samples, less than one period of most components, and depth would mean little more
