@@ -40,7 +40,8 @@ off (seen in testing: a run left with its claim, once in three runs of the test)
 the run from the training thread, or from an ``atexit`` hook when the process exit comes
 first, with a ``stop`` record naming Ray Tune and the class at the time. That is best
 effort: Ray may end the process first (the run then shows ``interrupted`` and its claim
-expires on its own).
+expires on its own). Tune's ``stop`` returns to the driver before that thread has
+finished, so ``Tuner.fit()`` can return a moment before such a run shows ``complete``.
 
 ``stalled`` is not a default stopping class: early in training a short plateau can read
 as stalled before the run moves on. Give each trial its own run id (:func:`trial_run_id`)

@@ -105,6 +105,21 @@ def test_the_docs_example_stops_converged_and_diverging_trials(tmp_path, local_r
     assert f"lr 0.3: converged after {conv['training_iteration']} epochs" in out
 
 
+def _settled(store, run_id, timeout=30.0):
+    """The run once its writer has finished it: Tune's ``stop`` returns to the driver
+    before the trial's training thread, released by ``SystemExit``, has completed the run,
+    so ``Tuner.fit()`` can return while a run stopped by a scheduler is still being
+    completed (seen on a loaded machine). Waits at most ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    run = store.open_run(run_id)
+    while run.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = store.open_run(run_id)
+    return run
+
+
 def test_runs_stopped_by_asha_are_complete_too(tmp_path, local_ray):
     """ASHA (grace 4, halving) stops the slow trials; each one's run is still complete,
     its ``stop`` naming Ray Tune and the spectral class it had then."""
@@ -117,7 +132,7 @@ def test_runs_stopped_by_asha_are_complete_too(tmp_path, local_ray):
     assert [lr for lr in cut if not results[lr].metrics["kma_stop"]], \
         {lr: (r.metrics["training_iteration"], r.metrics["kma_stop"]) for lr, r in results.items()}
     for lr, r in results.items():
-        run = store.open_run(f"tune-{r.metrics['trial_id']}")
+        run = _settled(store, f"tune-{r.metrics['trial_id']}")
         assert run.status == "complete" and run.n_snapshots == r.metrics["training_iteration"] + 1
         if lr in cut and r.metrics["kma_stop"]:   # its own verdict ended it (no stopper: the loop broke)
             assert run.attrs["stop"]["by"] == f"ray tune on the spectral verdict (class {r.metrics['kma_class']})"
