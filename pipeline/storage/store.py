@@ -69,6 +69,8 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
             from ..pathsafety import store_holding
 
             holder = None if (path / "zarr.json").is_file() else store_holding(path)
+            if holder is not None and holder == _resolved(path):
+                holder = None        # another writer created this very store since the look above
             if holder is not None:   # a new store inside another's runs would be wiped with them
                 raise StoreError(f"store {url}: inside the Zarr store {holder}; give a folder outside it")
             try:
@@ -92,6 +94,13 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         raise StoreError(f"store {url}: {e}") from None
     _probe(store, url)
     return store
+
+
+def _resolved(path):
+    try:
+        return path.expanduser().absolute().resolve()
+    except (OSError, RuntimeError):
+        return path.expanduser().absolute()
 
 
 def _probe(store, url: str) -> None:
@@ -251,7 +260,7 @@ class TrajectoryStore:
         self.read_only = read_only
         self._zstore = make_store(self.url, read_only=read_only, create=create)
         try:
-            self.root = zarr.open_group(self._zstore, mode="r" if read_only else "a" if create else "r+")
+            self.root = self._open_root(zarr, "r" if read_only else "a" if create else "r+")
         except FileNotFoundError:
             from .remote import RemoteStore, missing_bucket
 
@@ -266,6 +275,19 @@ class TrajectoryStore:
         except Exception as e:  # noqa: BLE001 - the root's zarr.json is an array's, or not JSON
             raise StoreError(f"store {self.url}: its root zarr.json is not a KMA store's group metadata "
                              f"({type(e).__name__}); nothing read or written") from None
+
+    def _open_root(self, zarr, mode: str):
+        """The root group; with ``mode="a"`` two writers creating a new store at once (the
+        first trials of a search, tasks of a sweep) race inside zarr (look, then create
+        without overwrite): the one that loses opens the group the other created."""
+        from zarr.errors import ContainsGroupError
+
+        try:
+            return zarr.open_group(self._zstore, mode=mode)
+        except ContainsGroupError:
+            if mode != "a":
+                raise
+            return zarr.open_group(self._zstore, mode="r+")
 
     # -- listing -------------------------------------------------------------------
     def run_ids(self) -> list[str]:

@@ -237,3 +237,34 @@ def test_tasks_creating_their_first_runs_together_all_succeed(tmp_path):
             t.join()
         assert errors == []
         assert sorted(r.run_id for r in TrajectoryStore(str(root)).runs()) == [f"r{i}" for i in range(8)]
+
+
+def test_writers_creating_a_new_store_together_all_open_it(tmp_path):
+    """The first trials of a Ray Tune search open the same new store at once: zarr's
+    ``open_group(mode="a")`` looks, then creates without overwrite, so the loser got
+    ``ContainsGroupError`` and its trial failed with "not a KMA store's group metadata"
+    (seen in tests/integrations/test_tune.py). Every writer must open the store, and
+    every run be created."""
+    import threading
+
+    from pipeline.storage.layout import Layout
+
+    layout = Layout.from_named_shapes([("w", (10,))])
+    for rep in range(20):
+        root = tmp_path / f"s{rep}"
+        barrier, errors = threading.Barrier(8), []
+
+        def open_and_create(i):
+            barrier.wait()
+            try:
+                TrajectoryStore(str(root)).create_run(f"r{i}", layout)
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=open_and_create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(r.run_id for r in TrajectoryStore(str(root)).runs()) == [f"r{i}" for i in range(8)]
