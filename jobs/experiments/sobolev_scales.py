@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from pipeline.training.sobolev import (  # noqa: E402
-    band_errors, clean_errors, hminus_loss, wiener_target)
+    band_errors, clean_errors, hminus_loss, metric_name, wiener_target)
 
 N = 4096
 FREQS = (1.0, 4.0, 16.0, 48.0)
@@ -68,10 +68,30 @@ MODELS = ([("mse", False, 0.0, None, False), ("mse_es", True, 0.0, None, False)]
 K = len(MODELS)
 
 
-def target() -> tuple[torch.Tensor, torch.Tensor]:
+def freqs(offgrid: float = 0.0) -> tuple[float, ...]:
+    """The target's frequencies (cycles per window): 1, 4, 16, 48, each shifted by
+    ``offgrid`` (a fraction of an FFT bin; 0 = on the grid, periodic on the window)."""
+    return tuple(f + offgrid for f in FREQS)
+
+
+def target(offgrid: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.arange(N, dtype=torch.float64) / N
-    y = sum(a * torch.sin(2 * math.pi * f * x + p) for f, a, p in zip(FREQS, AMPS, PHASES))
+    y = sum(a * torch.sin(2 * math.pi * f * x + p)
+            for f, a, p in zip(freqs(offgrid), AMPS, PHASES))
     return x, y
+
+
+def above_band(pred: torch.Tensor, clean: torch.Tensor, lo: int = 64) -> float:
+    """‖(pred − clean) restricted to rfft bins k >= lo‖ / ‖clean‖ (float64). On the grid
+    this is ``band_errors(pred, clean, [lo, N//2+1])[0]`` (no clean power there); off the
+    grid the clean target leaks into those bins, and ``band_errors`` would divide by
+    that leakage instead of by ‖clean‖."""
+    p, c = pred.detach().reshape(-1).double(), clean.detach().reshape(-1).double()
+    mult = torch.full((N // 2 + 1,), 2.0, dtype=torch.float64)
+    mult[0] = mult[-1] = 1.0
+    pe = mult * torch.fft.rfft(p - c).abs() ** 2
+    pc = mult * torch.fft.rfft(c).abs() ** 2
+    return float((pe[lo:].sum() / pc.sum()) ** 0.5)
 
 
 def noise(kind: str, std: float, g: torch.Generator) -> torch.Tensor:
@@ -94,8 +114,9 @@ def init(fan_in: int, fan_out: int, g: torch.Generator) -> tuple[torch.Tensor, t
             c.expand(K, -1).clone().unsqueeze(1).requires_grad_())
 
 
-def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dict:
-    x, clean = target()
+def run_case(kind: str, level: float, seed: int, epochs: int, every: int,
+             offgrid: float = 0.0) -> dict:
+    x, clean = target(offgrid)
     sd = float(clean.std())
     g = torch.Generator().manual_seed(1000 * seed + 7)
     y = clean + (noise(kind, level * sd, g) if level > 0 else 0.0)
@@ -146,10 +167,12 @@ def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dic
     vals_t = torch.stack(vals)                   # (evals, K)
 
     def metrics(pred: torch.Tensor) -> dict:
-        ce = clean_errors(pred, clean, x, FREQS)
+        ce = clean_errors(pred, clean, x, freqs(offgrid))
+        # per-scale keys stay f1/f4/f16/f48 (the unshifted scale) off the grid too
         return {"total": ce["clean_error"],
-                **{f"f{f:g}": ce[f"clean_error_f{f:g}"] for f in FREQS},
-                "above": band_errors(pred, clean, [64, N // 2 + 1])[0]}
+                **{f"f{f:g}": ce[metric_name(fs)] for f, fs in zip(FREQS, freqs(offgrid))},
+                "above": (band_errors(pred, clean, [64, N // 2 + 1])[0] if offgrid == 0
+                          else above_band(pred, clean))}
 
     def best_oracle(i: int) -> tuple[int, dict]:
         ms = [(metrics(p[i]), ep) for ep, p in snaps]
@@ -157,6 +180,8 @@ def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dic
         return ep, m
 
     out = {"kind": kind, "level": level, "seed": seed, "methods": {}}
+    if offgrid:
+        out["offgrid"] = offgrid
     last = snaps[-1][1]
     names = [m[0] for m in MODELS]
     for i, name in enumerate(names):
@@ -211,13 +236,16 @@ def tables(results: list[dict]) -> str:
         return out
 
     seeds = len({r["seed"] for r in results})
+    shifts = sorted({r.get("offgrid", 0.0) for r in results})
+    where = ("" if shifts == [0.0] else
+             ", off the grid: f + " + "/".join(f"{s:g}" for s in shifts) + " bin")
     lines = []
     for kind, levels in (("clean", (0.0,)), ("white", LEVELS), ("pink", LEVELS)):
         if not any(r["kind"] == kind for r in results):
             continue
         head = "noise = 0" if kind == "clean" else " | ".join(
             f"{kind} {c:g}×" for c in levels)
-        lines += [f"**{kind}** ({seeds} seeds, mean)", "",
+        lines += [f"**{kind}** ({seeds} seeds, mean{where})", "",
                   f"| method | {head} |", "|---|" + "---|" * len(levels)]
         for name, which, label in ROWS:
             lines.append(f"| {label} | " + " | ".join(
@@ -238,12 +266,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("sobolev_scales.json"))
     ap.add_argument("--cases", default="all", help="'all' or e.g. 'white:1,clean:0'")
     ap.add_argument("--table", action="store_true", help="print the tables of --out; no training")
+    ap.add_argument("--offgrid", type=float, default=0.0, metavar="FRACTION",
+                    help="shift every target frequency by FRACTION of an FFT bin (cycles per "
+                         "window), e.g. 0.37: not periodic on the window, every FFT-based "
+                         "method (H^-s weights, Wiener filter) sees leakage; 0 = on the grid")
     a = ap.parse_args(argv)
+    if not (math.isfinite(a.offgrid) and 0 <= a.offgrid < 1):
+        print(f"kma: error: --offgrid must be in [0, 1) (a fraction of a bin), got {a.offgrid}",
+              file=sys.stderr)
+        return 2
     if a.merge:
         merged: dict = {}                   # one result per (noise, level, seed): first wins
         for p in a.merge:
             for r in json.loads(p.read_text()):
-                merged.setdefault((r["kind"], r["level"], r["seed"]), r)
+                merged.setdefault((r["kind"], r["level"], r["seed"], r.get("offgrid", 0.0)), r)
         a.out.write_text(json.dumps(list(merged.values()), indent=1))
         a.table = True
     if a.table:
@@ -259,7 +295,7 @@ def main(argv=None) -> int:
                  else range(a.seeds))
         for seed in seeds:
             t0 = time.process_time()
-            results.append(run_case(kind, level, seed, a.epochs, a.every))
+            results.append(run_case(kind, level, seed, a.epochs, a.every, a.offgrid))
             m = results[-1]["methods"]
             print(f"{kind} {level:g} seed {seed}: " + ", ".join(
                 f"{k} {v['final']['total']:.3f}" for k, v in m.items())
