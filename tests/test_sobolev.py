@@ -271,4 +271,6 @@ def test_scales_experiment_offgrid_target_leaks_and_is_measured_against_the_whol
     assert r["offgrid"] == 0.37
     assert set(r["methods"]["hm1"]["final"]) == {"total", "f1", "f4", "f16", "f48", "above"}
     assert "off the grid: f + 0.37 bin" in mod.tables([r])
+    side = mod.versus([r], [r])
+    assert "| MSE on Wiener-filtered target | " in side and "white 1×" in side
     assert mod.main(["--offgrid", "1.5"]) == 2

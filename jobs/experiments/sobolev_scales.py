@@ -254,6 +254,40 @@ def tables(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versus(on: list[dict], off: list[dict]) -> str:
+    """Markdown: the total clean error on the grid → off it, per method and level (mean
+    over the seeds both runs share), then per scale f = 1/4/16/48 for each."""
+    seeds = sorted({r["seed"] for r in on} & {r["seed"] for r in off})
+    shift = "/".join(f"{s:g}" for s in sorted({r.get("offgrid", 0.0) for r in off}))
+    keys = sorted({(r["kind"], r["level"]) for r in on} & {(r["kind"], r["level"]) for r in off},
+                  key=lambda t: (t[0] != "clean", t[0], t[1]))
+
+    def mean(rs, kind, level, name, which):
+        vs = [r["methods"][name][which] for r in rs if r["seed"] in seeds
+              and r["kind"] == kind and r["level"] == level]
+        return {k: sum(v[k] for v in vs) / len(vs) for k in vs[0]}
+
+    head = " | ".join("clean" if k == "clean" else f"{k} {c:g}×" for k, c in keys)
+    lines = [f"Total clean error, on the grid → off it (+{shift} bin); mean over seeds "
+             f"{', '.join(map(str, seeds))}", "",
+             f"| method | {head} |", "|---|" + "---|" * len(keys)]
+    for name, which, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{mean(on, k, c, name, which)['total']:.3f} → "
+            f"{mean(off, k, c, name, which)['total']:.3f}" for k, c in keys) + " |")
+    cols = [f"f{f:g}" for f in FREQS] + ["above"]
+    lines += ["", "Per scale (f = 1, 4, 16, 48; above: k >= 64 relative to ‖clean‖), on → off",
+              "", "| method | noise | " + " | ".join(cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for name, label in (("mse_es", "MSE, early-stopped"), ("wiener", "MSE on Wiener target"),
+                        ("hm1", "H^-1, last epoch")):
+        for k, c in keys:
+            a, b = mean(on, k, c, name, "final"), mean(off, k, c, name, "final")
+            lines.append(f"| {label} | {'clean' if k == 'clean' else f'{k} {c:g}×'} | "
+                         + " | ".join(f"{a[q]:.2f} → {b[q]:.2f}" for q in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=2)
@@ -270,7 +304,12 @@ def main(argv=None) -> int:
                     help="shift every target frequency by FRACTION of an FFT bin (cycles per "
                          "window), e.g. 0.37: not periodic on the window, every FFT-based "
                          "method (H^-s weights, Wiener filter) sees leakage; 0 = on the grid")
+    ap.add_argument("--versus", type=Path, default=None, metavar="OFF_JSON",
+                    help="print on-grid --out against off-grid OFF_JSON side by side; no training")
     a = ap.parse_args(argv)
+    if a.versus:
+        print(versus(json.loads(a.out.read_text()), json.loads(a.versus.read_text())))
+        return 0
     if not (math.isfinite(a.offgrid) and 0 <= a.offgrid < 1):
         print(f"kma: error: --offgrid must be in [0, 1) (a fraction of a bin), got {a.offgrid}",
               file=sys.stderr)
