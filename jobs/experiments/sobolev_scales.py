@@ -268,8 +268,8 @@ def versus(on: list[dict], off: list[dict]) -> str:
         return {k: sum(v[k] for v in vs) / len(vs) for k in vs[0]}
 
     head = " | ".join("clean" if k == "clean" else f"{k} {c:g}×" for k, c in keys)
-    lines = [f"Total clean error, on the grid → off it (+{shift} bin); mean over seeds "
-             f"{', '.join(map(str, seeds))}", "",
+    lines = [(f"Total clean error, on the grid → off it (+{shift} bin); mean over seeds "
+              f"{', '.join(map(str, seeds))}"), "",
              f"| method | {head} |", "|---|" + "---|" * len(keys)]
     for name, which, label in ROWS:
         lines.append(f"| {label} | " + " | ".join(
