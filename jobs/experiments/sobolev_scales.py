@@ -21,6 +21,14 @@ c in {0.5, 1, 2, 5}; white (randn) or 1/f (power ∝ 1/k, random phases, scaled 
 std), and c = 0 (clean). Model: x -> [sin 2πBx, cos 2πBx] (64 fixed frequencies
 B ~ N(0, 24²), drawn per seed) -> 64 tanh -> 64 tanh -> 1; full-batch Adam, lr 3e-3.
 
+Off the FFT grid (--offgrid 0.37): every frequency + 0.37 cycles per window (1.37, 4.37,
+16.37, 48.37), not periodic on the window, so the H^-s weights and the Wiener filter see
+leakage; per-scale errors project on the shifted frequencies, "above" is relative to
+‖clean‖. `--out ON.json --versus OFF.json` prints the two side by side::
+
+    nice -n 10 python jobs/experiments/sobolev_scales.py --offgrid 0.37 --seeds 3 \
+        --cases clean:0,white:0.5,white:1,white:2,white:5 --out offgrid.json
+
 Methods (same initialisation within a seed, same noise draw):
   mse          MSE on all 4096 points, last epoch (and the oracle-best epoch, labelled)
   mse_es       MSE on a random 80 % of the points, stopped at the least MSE on the other
