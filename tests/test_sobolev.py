@@ -13,7 +13,8 @@ from pipeline.storage.layout import Layout
 from pipeline.training.losses import build_loss, build_loss_spec
 from pipeline.training.loop import train
 from pipeline.training.models import build_model
-from pipeline.training.sobolev import SobolevLoss, clean_errors, hminus_loss, task_callbacks
+from pipeline.training.sobolev import (
+    SobolevLoss, band_errors, clean_errors, hminus_loss, task_callbacks)
 from pipeline.training.tasks import build_task
 
 
@@ -239,3 +240,37 @@ def test_scales_experiment_case_runs_and_reports_every_method_per_scale():
     assert r["methods"]["mse"]["final"]["total"] > 0.3
     table = mod.tables([r])
     assert "| H^-1, last epoch |" in table and "pink 2×" in table
+
+
+def test_scales_experiment_offgrid_target_leaks_and_is_measured_against_the_whole_signal():
+    """--offgrid: the target's lines shift off the FFT grid (leakage above the band), the
+    per-scale errors use the shifted frequencies and "above" stays relative to ‖clean‖."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "jobs" / "experiments" / "sobolev_scales.py"
+    spec = importlib.util.spec_from_file_location("sobolev_scales", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, on = mod.target()
+    _, off = mod.target(0.37)
+    assert mod.freqs(0.37) == (1.37, 4.37, 16.37, 48.37)
+    # on the grid nothing of the clean target is above k = 64; off it, leakage is
+    assert mod.above_band(torch.zeros(mod.N, dtype=torch.float64), on) < 1e-12
+    assert mod.above_band(torch.zeros(mod.N, dtype=torch.float64), off) > 1e-3
+    # above_band agrees with band_errors wherever the clean band is empty
+    pred = on + 0.1 * torch.randn(mod.N, generator=torch.Generator().manual_seed(0),
+                                  dtype=torch.float64)
+    assert mod.above_band(pred, on) == pytest.approx(
+        band_errors(pred, on, [64, mod.N // 2 + 1])[0], rel=1e-9)
+    assert float((off - on).norm() / on.norm()) > 0.1
+    # the per-scale metric sees the shifted line exactly: the clean target has no error
+    ce = clean_errors(off, off, x, mod.freqs(0.37))
+    assert all(v < 1e-12 for v in ce.values())
+    torch.set_num_threads(1)
+    r = mod.run_case("white", 1.0, seed=0, epochs=2, every=1, offgrid=0.37)
+    assert r["offgrid"] == 0.37
+    assert set(r["methods"]["hm1"]["final"]) == {"total", "f1", "f4", "f16", "f48", "above"}
+    assert "off the grid: f + 0.37 bin" in mod.tables([r])
+    side = mod.versus([r], [r])
+    assert "| MSE on Wiener-filtered target | " in side and "white 1×" in side
+    assert mod.main(["--offgrid", "1.5"]) == 2

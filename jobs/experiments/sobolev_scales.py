@@ -21,6 +21,14 @@ c in {0.5, 1, 2, 5}; white (randn) or 1/f (power ∝ 1/k, random phases, scaled 
 std), and c = 0 (clean). Model: x -> [sin 2πBx, cos 2πBx] (64 fixed frequencies
 B ~ N(0, 24²), drawn per seed) -> 64 tanh -> 64 tanh -> 1; full-batch Adam, lr 3e-3.
 
+Off the FFT grid (--offgrid 0.37): every frequency + 0.37 cycles per window (1.37, 4.37,
+16.37, 48.37), not periodic on the window, so the H^-s weights and the Wiener filter see
+leakage; per-scale errors project on the shifted frequencies, "above" is relative to
+‖clean‖. `--out ON.json --versus OFF.json` prints the two side by side::
+
+    nice -n 10 python jobs/experiments/sobolev_scales.py --offgrid 0.37 --seeds 3 \
+        --cases clean:0,white:0.5,white:1,white:2,white:5 --out offgrid.json
+
 Methods (same initialisation within a seed, same noise draw):
   mse          MSE on all 4096 points, last epoch (and the oracle-best epoch, labelled)
   mse_es       MSE on a random 80 % of the points, stopped at the least MSE on the other
@@ -51,7 +59,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from pipeline.training.sobolev import (  # noqa: E402
-    band_errors, clean_errors, hminus_loss, wiener_target)
+    band_errors, clean_errors, hminus_loss, metric_name, wiener_target)
 
 N = 4096
 FREQS = (1.0, 4.0, 16.0, 48.0)
@@ -68,10 +76,30 @@ MODELS = ([("mse", False, 0.0, None, False), ("mse_es", True, 0.0, None, False)]
 K = len(MODELS)
 
 
-def target() -> tuple[torch.Tensor, torch.Tensor]:
+def freqs(offgrid: float = 0.0) -> tuple[float, ...]:
+    """The target's frequencies (cycles per window): 1, 4, 16, 48, each shifted by
+    ``offgrid`` (a fraction of an FFT bin; 0 = on the grid, periodic on the window)."""
+    return tuple(f + offgrid for f in FREQS)
+
+
+def target(offgrid: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.arange(N, dtype=torch.float64) / N
-    y = sum(a * torch.sin(2 * math.pi * f * x + p) for f, a, p in zip(FREQS, AMPS, PHASES))
+    y = sum(a * torch.sin(2 * math.pi * f * x + p)
+            for f, a, p in zip(freqs(offgrid), AMPS, PHASES))
     return x, y
+
+
+def above_band(pred: torch.Tensor, clean: torch.Tensor, lo: int = 64) -> float:
+    """‖(pred − clean) restricted to rfft bins k >= lo‖ / ‖clean‖ (float64). On the grid
+    this is ``band_errors(pred, clean, [lo, N//2+1])[0]`` (no clean power there); off the
+    grid the clean target leaks into those bins, and ``band_errors`` would divide by
+    that leakage instead of by ‖clean‖."""
+    p, c = pred.detach().reshape(-1).double(), clean.detach().reshape(-1).double()
+    mult = torch.full((N // 2 + 1,), 2.0, dtype=torch.float64)
+    mult[0] = mult[-1] = 1.0
+    pe = mult * torch.fft.rfft(p - c).abs() ** 2
+    pc = mult * torch.fft.rfft(c).abs() ** 2
+    return float((pe[lo:].sum() / pc.sum()) ** 0.5)
 
 
 def noise(kind: str, std: float, g: torch.Generator) -> torch.Tensor:
@@ -94,8 +122,9 @@ def init(fan_in: int, fan_out: int, g: torch.Generator) -> tuple[torch.Tensor, t
             c.expand(K, -1).clone().unsqueeze(1).requires_grad_())
 
 
-def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dict:
-    x, clean = target()
+def run_case(kind: str, level: float, seed: int, epochs: int, every: int,
+             offgrid: float = 0.0) -> dict:
+    x, clean = target(offgrid)
     sd = float(clean.std())
     g = torch.Generator().manual_seed(1000 * seed + 7)
     y = clean + (noise(kind, level * sd, g) if level > 0 else 0.0)
@@ -146,10 +175,12 @@ def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dic
     vals_t = torch.stack(vals)                   # (evals, K)
 
     def metrics(pred: torch.Tensor) -> dict:
-        ce = clean_errors(pred, clean, x, FREQS)
+        ce = clean_errors(pred, clean, x, freqs(offgrid))
+        # per-scale keys stay f1/f4/f16/f48 (the unshifted scale) off the grid too
         return {"total": ce["clean_error"],
-                **{f"f{f:g}": ce[f"clean_error_f{f:g}"] for f in FREQS},
-                "above": band_errors(pred, clean, [64, N // 2 + 1])[0]}
+                **{f"f{f:g}": ce[metric_name(fs)] for f, fs in zip(FREQS, freqs(offgrid))},
+                "above": (band_errors(pred, clean, [64, N // 2 + 1])[0] if offgrid == 0
+                          else above_band(pred, clean))}
 
     def best_oracle(i: int) -> tuple[int, dict]:
         ms = [(metrics(p[i]), ep) for ep, p in snaps]
@@ -157,6 +188,8 @@ def run_case(kind: str, level: float, seed: int, epochs: int, every: int) -> dic
         return ep, m
 
     out = {"kind": kind, "level": level, "seed": seed, "methods": {}}
+    if offgrid:
+        out["offgrid"] = offgrid
     last = snaps[-1][1]
     names = [m[0] for m in MODELS]
     for i, name in enumerate(names):
@@ -211,19 +244,56 @@ def tables(results: list[dict]) -> str:
         return out
 
     seeds = len({r["seed"] for r in results})
+    shifts = sorted({r.get("offgrid", 0.0) for r in results})
+    where = ("" if shifts == [0.0] else
+             ", off the grid: f + " + "/".join(f"{s:g}" for s in shifts) + " bin")
     lines = []
     for kind, levels in (("clean", (0.0,)), ("white", LEVELS), ("pink", LEVELS)):
         if not any(r["kind"] == kind for r in results):
             continue
         head = "noise = 0" if kind == "clean" else " | ".join(
             f"{kind} {c:g}×" for c in levels)
-        lines += [f"**{kind}** ({seeds} seeds, mean)", "",
+        lines += [f"**{kind}** ({seeds} seeds, mean{where})", "",
                   f"| method | {head} |", "|---|" + "---|" * len(levels)]
         for name, which, label in ROWS:
             lines.append(f"| {label} | " + " | ".join(
                 cell(kind, c, name, which) for c in levels) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def versus(on: list[dict], off: list[dict]) -> str:
+    """Markdown: the total clean error on the grid → off it, per method and level (mean
+    over the seeds both runs share), then per scale f = 1/4/16/48 for each."""
+    seeds = sorted({r["seed"] for r in on} & {r["seed"] for r in off})
+    shift = "/".join(f"{s:g}" for s in sorted({r.get("offgrid", 0.0) for r in off}))
+    keys = sorted({(r["kind"], r["level"]) for r in on} & {(r["kind"], r["level"]) for r in off},
+                  key=lambda t: (t[0] != "clean", t[0], t[1]))
+
+    def mean(rs, kind, level, name, which):
+        vs = [r["methods"][name][which] for r in rs if r["seed"] in seeds
+              and r["kind"] == kind and r["level"] == level]
+        return {k: sum(v[k] for v in vs) / len(vs) for k in vs[0]}
+
+    head = " | ".join("clean" if k == "clean" else f"{k} {c:g}×" for k, c in keys)
+    lines = [(f"Total clean error, on the grid → off it (+{shift} bin); mean over seeds "
+              f"{', '.join(map(str, seeds))}"), "",
+             f"| method | {head} |", "|---|" + "---|" * len(keys)]
+    for name, which, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{mean(on, k, c, name, which)['total']:.3f} → "
+            f"{mean(off, k, c, name, which)['total']:.3f}" for k, c in keys) + " |")
+    cols = [f"f{f:g}" for f in FREQS] + ["above"]
+    lines += ["", "Per scale (f = 1, 4, 16, 48; above: k >= 64 relative to ‖clean‖), on → off",
+              "", "| method | noise | " + " | ".join(cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for name, label in (("mse_es", "MSE, early-stopped"), ("wiener", "MSE on Wiener target"),
+                        ("hm1", "H^-1, last epoch")):
+        for k, c in keys:
+            a, b = mean(on, k, c, name, "final"), mean(off, k, c, name, "final")
+            lines.append(f"| {label} | {'clean' if k == 'clean' else f'{k} {c:g}×'} | "
+                         + " | ".join(f"{a[q]:.2f} → {b[q]:.2f}" for q in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -238,12 +308,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("sobolev_scales.json"))
     ap.add_argument("--cases", default="all", help="'all' or e.g. 'white:1,clean:0'")
     ap.add_argument("--table", action="store_true", help="print the tables of --out; no training")
+    ap.add_argument("--offgrid", type=float, default=0.0, metavar="FRACTION",
+                    help="shift every target frequency by FRACTION of an FFT bin (cycles per "
+                         "window), e.g. 0.37: not periodic on the window, every FFT-based "
+                         "method (H^-s weights, Wiener filter) sees leakage; 0 = on the grid")
+    ap.add_argument("--versus", type=Path, default=None, metavar="OFF_JSON",
+                    help="print on-grid --out against off-grid OFF_JSON side by side; no training")
     a = ap.parse_args(argv)
+    if a.versus:
+        print(versus(json.loads(a.out.read_text()), json.loads(a.versus.read_text())))
+        return 0
+    if not (math.isfinite(a.offgrid) and 0 <= a.offgrid < 1):
+        print(f"kma: error: --offgrid must be in [0, 1) (a fraction of a bin), got {a.offgrid}",
+              file=sys.stderr)
+        return 2
     if a.merge:
         merged: dict = {}                   # one result per (noise, level, seed): first wins
         for p in a.merge:
             for r in json.loads(p.read_text()):
-                merged.setdefault((r["kind"], r["level"], r["seed"]), r)
+                merged.setdefault((r["kind"], r["level"], r["seed"], r.get("offgrid", 0.0)), r)
         a.out.write_text(json.dumps(list(merged.values()), indent=1))
         a.table = True
     if a.table:
@@ -259,7 +342,7 @@ def main(argv=None) -> int:
                  else range(a.seeds))
         for seed in seeds:
             t0 = time.process_time()
-            results.append(run_case(kind, level, seed, a.epochs, a.every))
+            results.append(run_case(kind, level, seed, a.epochs, a.every, a.offgrid))
             m = results[-1]["methods"]
             print(f"{kind} {level:g} seed {seed}: " + ", ".join(
                 f"{k} {v['final']['total']:.3f}" for k, v in m.items())
