@@ -196,17 +196,21 @@ def drift_motion(factor, horizon: int) -> float:
     return math.sqrt(max(D2 - S, 0.0) / (n * (n - 1))) * int(horizon)
 
 
-def unit_motion(result, factor, horizon: int, crit: HorizonCriterion) -> float:
+def unit_motion(result, factor, horizon: int, crit: HorizonCriterion, *, modes: float | None = None,
+                drift: float | None = None) -> float:
     """The remaining motion of one unit (the whole network or a layer) in one window, as
     ``crit.motion`` reads it (:class:`HorizonCriterion`); needs ``factor`` for ``vector``,
-    ``drift`` and ``both`` (without it: the modes' sum)."""
-    if crit.motion in ("drift", "both") and factor is not None:
-        d = drift_motion(factor, horizon)
-        if crit.motion == "drift":
-            return d
-        return min(d, predicted_motion(result, horizon, crit.residual_tol, crit.delta))
-    return predicted_motion(result, horizon, crit.residual_tol, crit.delta,
-                            factor=factor if crit.motion == "vector" else None)
+    ``drift`` and ``both`` (without it: the modes' sum). ``modes`` / ``drift``: the
+    window's :func:`predicted_motion` (no factor) and :func:`drift_motion` when the caller
+    has them already."""
+    if crit.motion == "vector":
+        return predicted_motion(result, horizon, crit.residual_tol, crit.delta, factor=factor)
+    if modes is None:
+        modes = predicted_motion(result, horizon, crit.residual_tol, crit.delta)
+    if crit.motion == "sum" or factor is None:
+        return modes
+    d = drift_motion(factor, horizon) if drift is None else drift
+    return d if crit.motion == "drift" else min(d, modes)
 
 
 def loss_spread(val_loss, start_epoch: int, end_epoch: int) -> float | None:
@@ -342,7 +346,9 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         c1 = convergence.check_window(r, v1)
         growing_at.append(c1.n_growing > 0)
         wf = (factors or {}).get((a, b))
-        mp = unit_motion(r, wf, H, crit)
+        modes = predicted_motion(r, H, crit.residual_tol, crit.delta)
+        drift = drift_motion(wf, H) if wf is not None else None
+        mp = unit_motion(r, wf, H, crit, modes=modes, drift=drift)
         ms = past.get((a, b))
         w_ok = c1.n_growing == 0 and (ms is None or mp <= crit.motion_tol * ms) and \
             (ms is not None or c1.holds)       # no factors: the first version's test stands in
@@ -362,8 +368,8 @@ def verdict(spectra, *, factors=None, layer_spectra=None, layer_factors=None,
         sp = loss_spread(val, ea, ee) if has_loss else None
         l_ok = (g is None or g <= crit.loss_tol) and (crit.loss_spread is None or sp is None or sp <= crit.loss_spread)
         ev["loss_spread"].append(_r(sp))
-        ev["modes_motion"].append(_r(predicted_motion(r, H, crit.residual_tol, crit.delta)))
-        ev["drift_motion"].append(_r(drift_motion(wf, H)) if wf is not None else None)
+        ev["modes_motion"].append(_r(modes))
+        ev["drift_motion"].append(_r(drift))
         ev["window_epochs"].append(ee)
         ev["val_loss_at"].append(_r(val[ee - 1]) if has_loss and 1 <= ee <= len(val) and val[ee - 1] is not None else None)
         ev["train_loss_at"].append(_r(train[ee - 1]) if 1 <= ee <= len(train) and train[ee - 1] is not None else None)
