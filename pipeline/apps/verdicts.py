@@ -170,11 +170,16 @@ def summary(verdict: dict | None) -> dict:
     return {k: v.get(k) for k in ("run_id", "class", "converged_at", "converged_epoch", "bad_init", "reason")}
 
 
+def _rule(verdict: dict) -> int:
+    """The rule a stored second-version verdict was made by (2 when it predates the field)."""
+    return int(verdict.get("verdict_version") or 2)
+
+
 def outdated(verdict: dict | None) -> bool:
     """A stored second-version verdict made by an older rule (``verdict_version`` below
     :data:`VERDICT_VERSION`); verdicts stored before classes existed are not flagged."""
     v = verdict or {}
-    return v.get("class") is not None and int(v.get("verdict_version") or 2) < VERDICT_VERSION
+    return v.get("class") is not None and _rule(v) < VERDICT_VERSION
 
 
 def cell(verdict: dict | None) -> str:
@@ -185,7 +190,7 @@ def cell(verdict: dict | None) -> str:
     if not verdict:
         return "-"
     cls = verdict.get("class")
-    old = f" (outdated rule v{int(verdict.get('verdict_version') or 2)})" if outdated(verdict) else ""
+    old = f" (outdated rule v{_rule(verdict)})" if outdated(verdict) else ""
     if verdict.get("converged_at") is None:
         return (cls or "no") + old
     point = f"{verdict['converged_at']} (ep {verdict.get('converged_epoch')})"
@@ -211,7 +216,7 @@ def mlflow_tags(verdict: dict | None) -> dict[str, str]:
             "kma.convergence_reason": str(verdict.get("reason", ""))[:250],
             "kma.bad_init": "not assessed" if b is None else ("yes" if b else "no")}
     if outdated(verdict):
-        tags["kma.verdict_outdated"] = f"rule v{int(verdict.get('verdict_version') or 2)}: re-run kma analyze"
+        tags["kma.verdict_outdated"] = f"rule v{_rule(verdict)}: re-run kma analyze"
     if conv:
         tags["kma.converged_at"] = str(verdict["converged_at"])
         tags["kma.converged_epoch"] = str(verdict.get("converged_epoch"))
