@@ -69,7 +69,7 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
             from ..pathsafety import store_holding
 
             holder = None if (path / "zarr.json").is_file() else store_holding(path)
-            if holder is not None and holder == _resolved(path):
+            if holder is not None and (path / "zarr.json").is_file():
                 holder = None        # another writer created this very store since the look above
             if holder is not None:   # a new store inside another's runs would be wiped with them
                 raise StoreError(f"store {url}: inside the Zarr store {holder}; give a folder outside it")
@@ -94,13 +94,6 @@ def make_store(url: str, *, read_only: bool = False, create: bool = True):
         raise StoreError(f"store {url}: {e}") from None
     _probe(store, url)
     return store
-
-
-def _resolved(path):
-    try:
-        return path.expanduser().absolute().resolve()
-    except (OSError, RuntimeError):
-        return path.expanduser().absolute()
 
 
 def _probe(store, url: str) -> None:
