@@ -207,13 +207,32 @@ def test_local_chunks_are_mapped_and_equal_zarr_reads(tmp_path, monkeypatch):
     assert reads and set(reads) == {(i, 0) for i in range(len(Ym.chunks[0]))}
 
 
+def _eight_at_once(create) -> list[str]:
+    """``create(i)`` for i = 0..7 in 8 threads released together; the errors they raised."""
+    import threading
+
+    barrier, errors = threading.Barrier(8), []
+
+    def one(i):
+        barrier.wait()
+        try:
+            create(i)
+        except Exception as e:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_tasks_creating_their_first_runs_together_all_succeed(tmp_path):
     """Tasks starting together on a fresh store race to create its ``runs`` group: zarr's
     ``require_group`` looks, then creates without overwrite, so the loser got
     ``ContainsGroupError`` and its run ended ``failed`` (seen on S3 in a sweep). Before the
     fix 5 of 20 rounds of 8 threads lost a run here; every run must be created."""
-    import threading
-
     from pipeline.storage.layout import Layout
 
     layout = Layout.from_named_shapes([("w", (10,))])
@@ -221,21 +240,7 @@ def test_tasks_creating_their_first_runs_together_all_succeed(tmp_path):
         root = tmp_path / f"s{rep}"
         TrajectoryStore(str(root))                       # the store exists, runs/ does not yet
         stores = [TrajectoryStore(str(root)) for _ in range(8)]
-        barrier, errors = threading.Barrier(8), []
-
-        def create(i):
-            barrier.wait()
-            try:
-                stores[i].create_run(f"r{i}", layout)
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert _eight_at_once(lambda i: stores[i].create_run(f"r{i}", layout)) == []
         assert sorted(r.run_id for r in TrajectoryStore(str(root)).runs()) == [f"r{i}" for i in range(8)]
 
 
@@ -245,26 +250,10 @@ def test_writers_creating_a_new_store_together_all_open_it(tmp_path):
     ``ContainsGroupError`` and its trial failed with "not a KMA store's group metadata"
     (seen in tests/integrations/test_tune.py). Every writer must open the store, and
     every run be created."""
-    import threading
-
     from pipeline.storage.layout import Layout
 
     layout = Layout.from_named_shapes([("w", (10,))])
     for rep in range(20):
         root = tmp_path / f"s{rep}"
-        barrier, errors = threading.Barrier(8), []
-
-        def open_and_create(i):
-            barrier.wait()
-            try:
-                TrajectoryStore(str(root)).create_run(f"r{i}", layout)
-            except Exception as e:  # noqa: BLE001 - collected and asserted below
-                errors.append(repr(e))
-
-        threads = [threading.Thread(target=open_and_create, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert _eight_at_once(lambda i: TrajectoryStore(str(root)).create_run(f"r{i}", layout)) == []
         assert sorted(r.run_id for r in TrajectoryStore(str(root)).runs()) == [f"r{i}" for i in range(8)]
